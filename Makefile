@@ -1,0 +1,35 @@
+# The two commands the README opens with. Everything they need is installed into .venv here.
+PYTHON ?= python3
+VENV ?= .venv
+ENV ?= prod
+BIN := $(VENV)/bin
+# Re-install when the project's dependencies change.
+STAMP := $(VENV)/.peakguard-installed
+
+.PHONY: preview test lint setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[infra,dev]'
+	touch $(STAMP)
+
+## preview: the plan for ENV (dev|staging|prod), offline under Pulumi's mocks
+preview: $(STAMP)
+	$(BIN)/peakguard preview --env $(ENV)
+
+## lint: ruff, mypy and the import-layering contract
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+## test: linters, then the whole test suite
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""Run by the Pulumi engine (`main: infra/` in Pulumi.yaml): `pulumi up -s dev|staging|prod`."""
+
+from infra.program import run
+
+run()

@@ -1,0 +1,657 @@
+"""The stack's configuration: read once, validated whole, frozen.
+
+`StackConfig.from_mapping` takes the decoded `config:` map of a `Pulumi.<env>.yaml` (or what the
+Pulumi engine hands the program) and returns plain frozen values, or raises `ConfigError` naming
+the key, the bad value and what is allowed, before any resource is declared. It imports no
+Pulumi, so the offline preview and the policy check validate a stack file the same way
+`pulumi up` does.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Literal, NoReturn
+
+from infra import facts
+
+__all__ = [
+    "ENVIRONMENTS",
+    "PROJECT",
+    "CapacityReservation",
+    "ClusterConfig",
+    "ConfigError",
+    "FsxConfig",
+    "GpuPoolConfig",
+    "NetworkConfig",
+    "Scaling",
+    "StackConfig",
+    "StorageConfig",
+    "SystemNodesConfig",
+]
+
+PROJECT = "peakguard"
+"""The Pulumi project name, and so the namespace of our config keys (`peakguard:<key>`)."""
+
+ENVIRONMENTS = ("dev", "staging", "prod")
+"""Stack names. The stack name is the environment."""
+
+AmiFamily = Literal["al2023", "ubuntu"]
+NatGateways = Literal["perAz", "single"]
+ReservationType = Literal["odcr", "capacity-block"]
+
+_LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
+_POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_CLUSTER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
+_K8S_VERSION = re.compile(r"^1\.(\d{2})$")
+_AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
+_RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8,17}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
+_FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
+_MAX_GPU_VOLUME_GIB = 16384
+
+
+class ConfigError(ValueError):
+    """A stack config value is missing or invalid; the message names the key and the fix."""
+
+
+# --- The values ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Sizes of one node group (for GPU pools: of each per-AZ group)."""
+
+    min_size: int
+    """Nodes the group never goes below."""
+    desired_size: int
+    """Initial size only: the autoscaler and the runbooks own it afterwards (ignore_changes)."""
+    max_size: int
+    """Upper bound; with the other AZs' groups it must cover the expected peak plus headroom."""
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    vpc_cidr: ipaddress.IPv4Network
+    """The VPC's address range; split into one private and one public subnet per AZ."""
+    availability_zones: tuple[str, ...]
+    """AZ names, in order. prod needs at least 3 so one AZ's loss leaves two thirds serving."""
+    nat_gateways: NatGateways
+    """`perAz` keeps egress alive when an AZ dies (required in prod); `single` saves money."""
+
+
+@dataclass(frozen=True)
+class SystemNodesConfig:
+    instance_type: str
+    """Instance type of the CPU node group that runs cluster add-ons (coredns, controllers)."""
+    scaling: Scaling
+    """Sizes of the system node group, which spans every AZ."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    name: str
+    """EKS cluster name; default `peakguard-<env>`."""
+    kubernetes_version: str
+    """EKS control-plane version, e.g. "1.33"."""
+    endpoint_public_access: bool
+    """Whether the API endpoint is reachable from outside the VPC (private access is always on)."""
+    public_access_cidrs: tuple[str, ...]
+    """Who may reach the public endpoint; prod refuses 0.0.0.0/0."""
+    log_types: tuple[str, ...]
+    """Control-plane log streams sent to CloudWatch; default all five."""
+    addon_versions: Mapping[str, str]
+    """Pinned EKS add-on versions by add-on name (vpc-cni, coredns, kube-proxy)."""
+    system_nodes: SystemNodesConfig
+
+
+@dataclass(frozen=True)
+class CapacityReservation:
+    """A reservation a GPU group in one AZ launches into."""
+
+    reservation_id: str
+    """`cr-...` of an On-Demand Capacity Reservation or an EC2 Capacity Block for ML."""
+    type: ReservationType
+    """`odcr` or `capacity-block` (which also needs the capacity-block market type)."""
+    placement_group: str | None
+    """The cluster placement group the reservation was created in, if any. We never create one
+    beside a reservation: instances must land where the reserved capacity is."""
+
+
+@dataclass(frozen=True)
+class GpuPoolConfig:
+    name: str
+    """Pool name, used in node group names and the `peakguard.io/pool` label (e.g. full, mig)."""
+    instance_type: str
+    """An EFA-capable GPU instance type from `infra.facts.INSTANCE_TYPES`."""
+    availability_zones: tuple[str, ...]
+    """One managed node group per AZ: EFA traffic stays in one subnet and placement group."""
+    ami_family: AmiFamily
+    """`al2023` (EKS-optimised NVIDIA AMI, nodeadm) or `ubuntu` (Canonical EKS AMI, for GDS)."""
+    ami_id: str | None
+    """Required for `ubuntu` (a custom AMI); unset for `al2023`, where EKS picks the AMI."""
+    release_version: str | None
+    """AL2023 AMI release version pinned for the node group; unset means EKS's latest."""
+    mig_profile: str | None
+    """`nvidia.com/mig.config` label value, e.g. `all-1g.10gb`; None when MIG is off."""
+    expected_peak_nodes: int
+    """Nodes the pool needs at the expected peak, across its AZs."""
+    headroom: Fraction
+    """Factor over the expected peak that the groups' max must reach; >= 1.3."""
+    scaling_per_az: Scaling
+    """Sizes of each per-AZ node group."""
+    max_unavailable_percentage: int
+    """EKS rolling-update batch, <= 33 (never more than a third of a group at once)."""
+    root_volume_gib: int
+    """Encrypted gp3 root volume size; model weights live on the instance-store RAID0."""
+    pods_need_instance_metadata: bool
+    """Raise the IMDSv2 hop limit to 2 because pods on this pool read instance metadata."""
+    gds: bool
+    """GPUDirect Storage (nvidia-fs); only on the Ubuntu AMI family."""
+    capacity_reservations: Mapping[str, CapacityReservation]
+    """Reservation per AZ; those AZs get no placement group of ours."""
+
+    @property
+    def instance(self) -> facts.InstanceType:
+        return facts.INSTANCE_TYPES[self.instance_type]
+
+    @property
+    def max_capacity(self) -> int:
+        return self.scaling_per_az.max_size * len(self.availability_zones)
+
+
+@dataclass(frozen=True)
+class FsxConfig:
+    availability_zone: str
+    """FSx for Lustre is single-AZ: put it where the GPU nodes that load weights run."""
+    storage_capacity_gib: int
+    """1200, or a multiple of 2400 (PERSISTENT_2)."""
+    throughput_per_tib: int
+    """MB/s per TiB: 125, 250, 500 or 1000."""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    fsx: FsxConfig | None
+    """FSx for Lustre (PERSISTENT_2, EFA) for fast model loading; None when disabled."""
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    env: str
+    """dev, staging or prod (the stack name)."""
+    region: str
+    """AWS region (`aws:region`)."""
+    network: NetworkConfig
+    cluster: ClusterConfig
+    gpu_pools: tuple[GpuPoolConfig, ...]
+    storage: StorageConfig
+    tags: Mapping[str, str] = field(default_factory=dict)
+    """Extra tags on taggable resources and on GPU instances."""
+
+    @property
+    def partition(self) -> str:
+        """ARN partition of the region (aws, aws-cn, aws-us-gov)."""
+        if self.region.startswith("cn-"):
+            return "aws-cn"
+        if self.region.startswith("us-gov-"):
+            return "aws-us-gov"
+        return "aws"
+
+    def pool(self, name: str) -> GpuPoolConfig:
+        for pool in self.gpu_pools:
+            if pool.name == name:
+                return pool
+        raise KeyError(name)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], *, stack: str) -> StackConfig:
+        """Validate a decoded stack config map (`{"peakguard:network": {...}, ...}`)."""
+        return _parse_stack(values, stack)
+
+
+# --- Reading, with the key path in every message ------------------------------------------
+
+_MISSING: Any = object()
+
+
+def _describe(value: Any) -> str:
+    return "nothing" if value is _MISSING else repr(value)
+
+
+class _Obj:
+    """A config object being read; remembers which keys were used to reject unknown ones."""
+
+    def __init__(self, key: str, value: Any, *, separator: str = ".") -> None:
+        if not isinstance(value, Mapping):
+            _fail(key, value, "must be an object (a YAML mapping)")
+        self.key = key
+        self._separator = separator
+        self._value: Mapping[str, Any] = value
+        self._used: set[str] = set()
+
+    def _get(self, name: str, default: Any) -> Any:
+        self._used.add(name)
+        value = self._value.get(name, _MISSING)
+        if value is _MISSING or value is None:
+            if default is _MISSING:
+                _fail(self._path(name), _MISSING, "is required")
+            return default
+        return value
+
+    def _path(self, name: str) -> str:
+        return f"{self.key}{self._separator}{name}"
+
+    def text(self, name: str, *, default: Any = _MISSING, choices: Sequence[str] = ()) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if not isinstance(value, str) or not value:
+            _fail(self._path(name), value, "must be a non-empty string")
+        if choices and value not in choices:
+            _fail(self._path(name), value, f"must be one of {', '.join(choices)}")
+        return value
+
+    def number(self, name: str, *, default: Any = _MISSING, low: int = 0, high: int | None = None) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        # `pulumi config set --path` stores numbers as strings; accept those too.
+        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(self._path(name), value, "must be a whole number")
+        if value < low or (high is not None and value > high):
+            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+            _fail(self._path(name), value, f"must be {bounds}")
+        return value
+
+    def flag(self, name: str, *, default: Any = _MISSING) -> Any:
+        value = self._get(name, default)
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            _fail(self._path(name), value, "must be true or false")
+        return value
+
+    def texts(self, name: str, *, default: Any = _MISSING) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        if (
+            isinstance(value, str)
+            or not isinstance(value, Sequence)
+            or not all(isinstance(item, str) and item for item in value)
+        ):
+            _fail(self._path(name), value, "must be a list of strings")
+        return tuple(value)
+
+    def child(self, name: str, *, default: Any = _MISSING) -> Any:
+        value = self._get(name, default)
+        if value is default:
+            return value
+        return _Obj(self._path(name), value)
+
+    def items(self, name: str, *, default: Any = _MISSING) -> list[tuple[str, _Obj]]:
+        """The entries of a map-of-objects key, each read as an object."""
+        container = self.child(name, default=default)
+        if container is default:
+            return []
+        container._used.update(container._value)
+        return [(k, _Obj(container._path(k), v)) for k, v in container._value.items()]
+
+    def done(self) -> None:
+        unknown = sorted(set(self._value) - self._used)
+        if unknown:
+            name = unknown[0]
+            _fail(self._path(name), self._value[name], "is not a known key" + _did_you_mean(name, sorted(self._used)))
+
+
+def _did_you_mean(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+
+
+def _fail(key: str, value: Any, problem: str) -> NoReturn:
+    raise ConfigError(f"{key}: {problem} (got {_describe(value)})")
+
+
+# --- The schema ----------------------------------------------------------------------------
+
+
+def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
+    if stack not in ENVIRONMENTS:
+        _fail("stack", stack, f"must be one of {', '.join(ENVIRONMENTS)} (the stack name is the environment)")
+    env = stack
+    ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{PROJECT}:")}
+    root = _Obj(PROJECT, ours, separator=":")
+
+    region = values.get("aws:region")
+    if not isinstance(region, str) or not _REGION.match(region):
+        _fail(
+            "aws:region",
+            region if region is not None else _MISSING,
+            "must name an AWS region, e.g. us-west-2 (`pulumi config set aws:region ...`)",
+        )
+
+    network = _parse_network(root.child("network"), env=env, region=region)
+    cluster = _parse_cluster(root.child("cluster"), env=env, network=network)
+    pools = tuple(_parse_gpu_pool(name, node, network=network) for name, node in root.items("gpuPools"))
+    if not pools:
+        _fail(f"{PROJECT}:gpuPools", {}, "must define at least one GPU pool")
+    storage = _parse_storage(root.child("storage", default=None), pools=pools)
+    tags_node = root.child("tags", default=None)
+    tags: dict[str, str] = {}
+    if tags_node is not None:
+        for key in list(tags_node._value):
+            tags[key] = tags_node.text(key)
+        tags_node.done()
+    root.done()
+    return StackConfig(
+        env=env,
+        region=region,
+        network=network,
+        cluster=cluster,
+        gpu_pools=pools,
+        storage=storage,
+        tags=tags,
+    )
+
+
+def _parse_network(node: _Obj, *, env: str, region: str) -> NetworkConfig:
+    cidr_text = node.text("vpcCidr")
+    try:
+        cidr = ipaddress.IPv4Network(cidr_text)
+    except ValueError as exc:
+        _fail(node._path("vpcCidr"), cidr_text, f"is not an IPv4 network ({exc})")
+    if not 16 <= cidr.prefixlen <= 20:
+        _fail(
+            node._path("vpcCidr"),
+            cidr_text,
+            "must be a /16 to /20: GPU nodes with EFA and many pods use many addresses",
+        )
+    azs = node.texts("availabilityZones")
+    if len(set(azs)) != len(azs):
+        _fail(node._path("availabilityZones"), list(azs), "lists an AZ twice")
+    for az in azs:
+        if not (az.startswith(region) and len(az) == len(region) + 1 and az[-1].isalpha()):
+            _fail(node._path("availabilityZones"), az, f"is not an AZ of region {region} (e.g. {region}a)")
+    minimum = 3 if env == "prod" else 2
+    if not minimum <= len(azs) <= 4:
+        _fail(
+            node._path("availabilityZones"),
+            list(azs),
+            f"must list {minimum} to 4 AZs in {env}: a single AZ's loss must not take the service down",
+        )
+    nat = node.text("natGateways", default="perAz" if env == "prod" else "single", choices=("perAz", "single"))
+    if env == "prod" and nat != "perAz":
+        _fail(node._path("natGateways"), nat, "must be perAz in prod, so an AZ outage leaves the others egress")
+    node.done()
+    return NetworkConfig(vpc_cidr=cidr, availability_zones=azs, nat_gateways=nat)
+
+
+def _parse_scaling(node: _Obj) -> Scaling:
+    low = node.number("minSize", low=0, high=450)
+    desired = node.number("desiredSize", default=low, low=0, high=450)
+    high = node.number("maxSize", low=1, high=450)
+    if not low <= desired <= high:
+        _fail(
+            node.key,
+            {"minSize": low, "desiredSize": desired, "maxSize": high},
+            "must satisfy minSize <= desiredSize <= maxSize",
+        )
+    node.done()
+    return Scaling(min_size=low, desired_size=desired, max_size=high)
+
+
+def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterConfig:
+    name = node.text("name", default=f"{PROJECT}-{env}")
+    if not _CLUSTER_NAME.match(name):
+        _fail(node._path("name"), name, "must start with a letter and hold only letters, digits and '-' (max 63)")
+    version = node.text("kubernetesVersion")
+    if not _K8S_VERSION.match(version):
+        _fail(node._path("kubernetesVersion"), version, 'must be an EKS version such as "1.33" (quote it in YAML)')
+
+    endpoint = node.child("endpoint")
+    public = endpoint.flag("publicAccess")
+    cidrs = endpoint.texts("publicAccessCidrs", default=())
+    for cidr in cidrs:
+        try:
+            ipaddress.IPv4Network(cidr)
+        except ValueError as exc:
+            _fail(endpoint._path("publicAccessCidrs"), cidr, f"is not an IPv4 network ({exc})")
+    if public and not cidrs:
+        _fail(
+            endpoint._path("publicAccessCidrs"),
+            [],
+            "must list who may reach the public endpoint (or set publicAccess: false)",
+        )
+    if not public and cidrs:
+        _fail(endpoint._path("publicAccessCidrs"), list(cidrs), "is set but publicAccess is false")
+    if env == "prod" and any(ipaddress.IPv4Network(c).prefixlen == 0 for c in cidrs):
+        _fail(
+            endpoint._path("publicAccessCidrs"),
+            list(cidrs),
+            "must not include 0.0.0.0/0 in prod; list your VPN/bastion ranges",
+        )
+    endpoint.done()
+
+    log_types = node.texts("logTypes", default=_LOG_TYPES)
+    for log_type in log_types:
+        if log_type not in _LOG_TYPES:
+            _fail(node._path("logTypes"), log_type, f"must be among {', '.join(_LOG_TYPES)}")
+
+    addons = node.child("addons")
+    versions = {
+        "vpc-cni": addons.text("vpcCni"),
+        "coredns": addons.text("coredns"),
+        "kube-proxy": addons.text("kubeProxy"),
+    }
+    for addon_key, (addon, version_text) in zip(("vpcCni", "coredns", "kubeProxy"), versions.items(), strict=True):
+        if facts.parse_addon_version(version_text) is None:
+            _fail(
+                addons._path(addon_key),
+                version_text,
+                f"must be an EKS add-on version like v1.2.3-eksbuild.1 for {addon}",
+            )
+    vpc_cni = facts.parse_addon_version(versions["vpc-cni"])
+    assert vpc_cni is not None
+    if vpc_cni < facts.VPC_CNI_MIN_EFA_ONLY:
+        minimum = ".".join(map(str, facts.VPC_CNI_MIN_EFA_ONLY))
+        _fail(
+            addons._path("vpcCni"),
+            versions["vpc-cni"],
+            f"must be v{minimum} or newer: older VPC CNIs do not support the efa-only interfaces of the GPU nodes",
+        )
+    addons.done()
+
+    system = node.child("systemNodes")
+    system_nodes = SystemNodesConfig(
+        instance_type=system.text("instanceType"),
+        scaling=_parse_scaling(system.child("scaling")),
+    )
+    if system_nodes.scaling.min_size < len(network.availability_zones):
+        _fail(
+            system._path("scaling.minSize"),
+            system_nodes.scaling.min_size,
+            f"must be >= the number of AZs ({len(network.availability_zones)}) so add-ons run in every AZ",
+        )
+    system.done()
+    node.done()
+    return ClusterConfig(
+        name=name,
+        kubernetes_version=version,
+        endpoint_public_access=public,
+        public_access_cidrs=cidrs,
+        log_types=log_types,
+        addon_versions=versions,
+        system_nodes=system_nodes,
+    )
+
+
+def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPoolConfig:
+    if not _POOL_NAME.match(name):
+        _fail(node.key, name, "pool names are 1-12 lowercase letters and digits, starting with a letter")
+    instance_type = node.text("instanceType")
+    if instance_type not in facts.INSTANCE_TYPES:
+        _fail(
+            node._path("instanceType"),
+            instance_type,
+            "is not in the EFA instance-type table (infra/facts.py); supported: "
+            + ", ".join(sorted(facts.INSTANCE_TYPES))
+            + ". Add the type there, with its source, to use it",
+        )
+    instance = facts.INSTANCE_TYPES[instance_type]
+
+    azs = node.texts("availabilityZones", default=network.availability_zones)
+    for az in azs:
+        if az not in network.availability_zones:
+            _fail(
+                node._path("availabilityZones"),
+                az,
+                f"is not one of the network's AZs ({', '.join(network.availability_zones)})",
+            )
+    if len(set(azs)) != len(azs):
+        _fail(node._path("availabilityZones"), list(azs), "lists an AZ twice")
+
+    family = node.text("amiFamily", choices=("al2023", "ubuntu"))
+    ami_id = node.text("amiId", default=None)
+    release = node.text("releaseVersion", default=None)
+    if family == "ubuntu":
+        if ami_id is None:
+            _fail(
+                node._path("amiId"),
+                _MISSING,
+                "is required for the ubuntu AMI family; find one with `aws ssm get-parameters-by-path "
+                "--path /aws/service/canonical/ubuntu/eks/` for your Kubernetes version",
+            )
+        if not _AMI_ID.match(ami_id):
+            _fail(node._path("amiId"), ami_id, "must be an AMI id (ami-0123456789abcdef0)")
+        if release is not None:
+            _fail(node._path("releaseVersion"), release, "applies to al2023 only; the ubuntu family pins amiId")
+    elif ami_id is not None:
+        _fail(node._path("amiId"), ami_id, "applies to ubuntu only; al2023 pools pin releaseVersion")
+
+    mig = node.text("migProfile", default="none")
+    if mig == "none":
+        mig_profile = None
+    elif not instance.mig_profiles:
+        _fail(node._path("migProfile"), mig, f"{instance_type} ({instance.gpu_model}) has no MIG; use none")
+    elif not facts.mig_config_is_valid(mig, instance):
+        _fail(
+            node._path("migProfile"),
+            mig,
+            f"is not a MIG layout of {instance.gpu_model}; use all-<profile> with one of "
+            + ", ".join(instance.mig_profiles),
+        )
+    else:
+        mig_profile = mig
+
+    peak = node.number("expectedPeakNodes", low=0)
+    headroom_text = node._get("headroom", str(facts.HEADROOM))
+    try:
+        headroom = Fraction(str(headroom_text))
+    except (ValueError, ZeroDivisionError):
+        _fail(node._path("headroom"), headroom_text, "must be a number such as 1.3")
+    if headroom < facts.HEADROOM:
+        _fail(
+            node._path("headroom"),
+            headroom_text,
+            f"may raise the headroom, never lower it below {float(facts.HEADROOM)}",
+        )
+    scaling = _parse_scaling(node.child("scalingPerAz"))
+    needed = facts.capacity_with_headroom(peak, headroom)
+    if scaling.max_size * len(azs) < needed:
+        per_az = -(-needed // len(azs))
+        _fail(
+            node._path("scalingPerAz.maxSize"),
+            scaling.max_size,
+            f"gives {scaling.max_size * len(azs)} nodes over {len(azs)} AZs, below the {needed} that an "
+            f"expected peak of {peak} needs with {float(headroom)}x headroom; set maxSize >= {per_az}",
+        )
+
+    max_unavailable = node.number("maxUnavailablePercentage", default=facts.MAX_UNAVAILABLE_PERCENTAGE, low=1, high=100)
+    if max_unavailable > facts.MAX_UNAVAILABLE_PERCENTAGE:
+        _fail(
+            node._path("maxUnavailablePercentage"),
+            max_unavailable,
+            f"must be <= {facts.MAX_UNAVAILABLE_PERCENTAGE}: never take more than a third of a group down at once",
+        )
+
+    gds = node.flag("gds", default=False)
+    if gds and family != "ubuntu":
+        _fail(
+            node._path("gds"),
+            gds,
+            "needs amiFamily: ubuntu. GPUDirect Storage needs the nvidia-fs module from the GPU "
+            "operator's driver container, which the EKS AL2023 NVIDIA AMIs (drivers preinstalled) do not run",
+        )
+
+    reservations: dict[str, CapacityReservation] = {}
+    for az, entry in node.items("capacityReservations", default=None):
+        if az not in azs:
+            _fail(entry.key, az, f"is not one of this pool's AZs ({', '.join(azs)}); a reservation is per AZ")
+        reservation_id = entry.text("id")
+        if not _RESERVATION_ID.match(reservation_id):
+            _fail(entry._path("id"), reservation_id, "must be a capacity reservation id (cr-...)")
+        reservations[az] = CapacityReservation(
+            reservation_id=reservation_id,
+            type=entry.text("type", default="odcr", choices=("odcr", "capacity-block")),
+            placement_group=entry.text("placementGroup", default=None),
+        )
+        entry.done()
+
+    pool = GpuPoolConfig(
+        name=name,
+        instance_type=instance_type,
+        availability_zones=azs,
+        ami_family=family,
+        ami_id=ami_id,
+        release_version=release,
+        mig_profile=mig_profile,
+        expected_peak_nodes=peak,
+        headroom=headroom,
+        scaling_per_az=scaling,
+        max_unavailable_percentage=max_unavailable,
+        root_volume_gib=node.number("rootVolumeGiB", default=200, low=50, high=_MAX_GPU_VOLUME_GIB),
+        pods_need_instance_metadata=node.flag("podsNeedInstanceMetadata", default=False),
+        gds=gds,
+        capacity_reservations=reservations,
+    )
+    node.done()
+    return pool
+
+
+def _parse_storage(node: _Obj | None, *, pools: Sequence[GpuPoolConfig]) -> StorageConfig:
+    if node is None:
+        return StorageConfig(fsx=None)
+    fsx_node = node.child("fsx", default=None)
+    fsx = None
+    if fsx_node is not None and fsx_node.flag("enabled", default=True):
+        gpu_azs = sorted({az for pool in pools for az in pool.availability_zones})
+        az = fsx_node.text("availabilityZone")
+        if az not in gpu_azs:
+            _fail(
+                fsx_node._path("availabilityZone"),
+                az,
+                f"must be an AZ with GPU nodes ({', '.join(gpu_azs)}): Lustre is single-AZ and EFA does not cross AZs",
+            )
+        capacity = fsx_node.number("storageCapacityGiB", low=1200)
+        if capacity != 1200 and capacity % 2400:
+            _fail(fsx_node._path("storageCapacityGiB"), capacity, "must be 1200 or a multiple of 2400 (PERSISTENT_2)")
+        throughput = fsx_node.number("throughputPerTiB", default=250)
+        if throughput not in _FSX_THROUGHPUT_PER_TIB:
+            _fail(
+                fsx_node._path("throughputPerTiB"),
+                throughput,
+                f"must be one of {', '.join(map(str, _FSX_THROUGHPUT_PER_TIB))} (MB/s per TiB, PERSISTENT_2)",
+            )
+        fsx = FsxConfig(availability_zone=az, storage_capacity_gib=capacity, throughput_per_tib=throughput)
+    if fsx_node is not None:
+        fsx_node.done()
+    node.done()
+    return StorageConfig(fsx=fsx)

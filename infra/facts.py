@@ -1,0 +1,290 @@
+"""Facts that more than one package relies on, defined once and free of Pulumi.
+
+The Pulumi program sizes and lays out node groups with them, the policy pack checks the same
+numbers, and the runbooks batch node work by them. Nothing here talks to a cloud.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+
+__all__ = [
+    "HEADROOM",
+    "INSTANCE_TYPES",
+    "MAX_UNAVAILABLE_FRACTION",
+    "MAX_UNAVAILABLE_PERCENTAGE",
+    "MIG_PROFILES",
+    "VPC_CNI_MIN_EFA_ONLY",
+    "EfaInterface",
+    "InstanceType",
+    "capacity_with_headroom",
+    "efa_interfaces",
+    "max_batch",
+    "mig_config_is_valid",
+    "parse_addon_version",
+]
+
+# --- Shared numbers (shared/DESIGN.md, "Shared numbers") -------------------------------------
+
+HEADROOM = Fraction(13, 10)
+"""Provision 30% above an expected peak. A Fraction, because ceil(1.3 * 10) is 14 in floats."""
+
+MAX_UNAVAILABLE_FRACTION = Fraction(1, 3)
+"""Never more than a third of a group's nodes down at once (the seed's rolling-upgrade rule)."""
+
+MAX_UNAVAILABLE_PERCENTAGE = math.floor(MAX_UNAVAILABLE_FRACTION * 100)
+"""The same rule as EKS's `updateConfig.maxUnavailablePercentage` takes it: 33."""
+
+
+def capacity_with_headroom(peak: int, factor: Fraction = HEADROOM) -> int:
+    """Capacity to provision for an expected peak of `peak` (nodes or replicas): ceil(1.3 x P).
+
+    `factor` may raise the headroom, never lower it below 1.3.
+    """
+    if peak < 0:
+        raise ValueError(f"expected peak must be >= 0, got {peak}")
+    if factor < HEADROOM:
+        raise ValueError(f"headroom factor {float(factor)} is below the floor of {float(HEADROOM)}")
+    return math.ceil(factor * peak)
+
+
+def max_batch(group_size: int) -> int:
+    """Nodes of a group of `group_size` that may be unavailable at once: floor(N/3).
+
+    Nodes that are not Ready or are cordoned by anyone count against it. A result of 0 (groups
+    under 3 nodes) means the group may only be changed by surging.
+    """
+    if group_size < 0:
+        raise ValueError(f"group size must be >= 0, got {group_size}")
+    return math.floor(group_size * MAX_UNAVAILABLE_FRACTION)
+
+
+# --- GPU instance types with EFA -------------------------------------------------------------
+
+_ADDON_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-eksbuild\.(\d+)$")
+
+VPC_CNI_MIN_EFA_ONLY = (1, 19, 0)
+"""Oldest Amazon VPC CNI that leaves `efa-only` interfaces alone instead of trying to manage them."""
+
+
+def parse_addon_version(text: str) -> tuple[int, int, int] | None:
+    """`v1.19.2-eksbuild.1` -> (1, 19, 2); None if it is not an EKS add-on version."""
+    match = _ADDON_VERSION.match(text)
+    return (int(match[1]), int(match[2]), int(match[3])) if match else None
+
+
+MIG_PROFILES: dict[str, tuple[str, ...]] = {
+    # NVIDIA MIG user guide, "Supported MIG profiles".
+    "A100-SXM4-40GB": ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
+    "A100-SXM4-80GB": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    "H100-SXM5-80GB": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
+    "H200-SXM5-141GB": ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+}
+"""MIG instance profiles per GPU. GPUs not listed (A10G, L40S) have no MIG."""
+
+
+@dataclass(frozen=True)
+class EfaInterface:
+    network_card_index: int
+    device_index: int
+    interface_type: str
+    """`efa` (EFA with ENA: IP traffic too) or `efa-only` (RDMA only, takes no IP address)."""
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    name: str
+    network_cards: int
+    """Network cards of the instance; EFA bandwidth is reached with one EFA per card."""
+    max_efa_interfaces: int
+    gpus: int
+    gpu_model: str
+    nvme_volumes: int
+    """Instance-store NVMe devices, striped into one RAID0 array at boot."""
+    nvme_volume_gb: int
+
+    @property
+    def mig_profiles(self) -> tuple[str, ...]:
+        return MIG_PROFILES.get(self.gpu_model, ())
+
+    @property
+    def efa_interface_count(self) -> int:
+        return min(self.network_cards, self.max_efa_interfaces)
+
+
+def _types(*rows: InstanceType) -> dict[str, InstanceType]:
+    return {row.name: row for row in rows}
+
+
+INSTANCE_TYPES: dict[str, InstanceType] = _types(
+    # Sources: Amazon EC2 User Guide, "Network cards" (network cards and max EFA per type),
+    # "Supported instance types" for EFA, and the Accelerated Computing instance specifications
+    # (GPUs, instance store). https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html
+    InstanceType(
+        "p4d.24xlarge",
+        network_cards=4,
+        max_efa_interfaces=4,
+        gpus=8,
+        gpu_model="A100-SXM4-40GB",
+        nvme_volumes=8,
+        nvme_volume_gb=1000,
+    ),
+    InstanceType(
+        "p4de.24xlarge",
+        network_cards=4,
+        max_efa_interfaces=4,
+        gpus=8,
+        gpu_model="A100-SXM4-80GB",
+        nvme_volumes=8,
+        nvme_volume_gb=1000,
+    ),
+    InstanceType(
+        "p5.48xlarge",
+        network_cards=32,
+        max_efa_interfaces=32,
+        gpus=8,
+        gpu_model="H100-SXM5-80GB",
+        nvme_volumes=8,
+        nvme_volume_gb=3840,
+    ),
+    InstanceType(
+        "p5e.48xlarge",
+        network_cards=32,
+        max_efa_interfaces=32,
+        gpus=8,
+        gpu_model="H200-SXM5-141GB",
+        nvme_volumes=8,
+        nvme_volume_gb=3840,
+    ),
+    InstanceType(
+        "p5en.48xlarge",
+        network_cards=16,
+        max_efa_interfaces=16,
+        gpus=8,
+        gpu_model="H200-SXM5-141GB",
+        nvme_volumes=8,
+        nvme_volume_gb=3840,
+    ),
+    InstanceType(
+        "g6e.8xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=1,
+        gpu_model="L40S-48GB",
+        nvme_volumes=1,
+        nvme_volume_gb=900,
+    ),
+    InstanceType(
+        "g6e.12xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=4,
+        gpu_model="L40S-48GB",
+        nvme_volumes=2,
+        nvme_volume_gb=1900,
+    ),
+    InstanceType(
+        "g6e.16xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=1,
+        gpu_model="L40S-48GB",
+        nvme_volumes=1,
+        nvme_volume_gb=1900,
+    ),
+    InstanceType(
+        "g6e.24xlarge",
+        network_cards=2,
+        max_efa_interfaces=2,
+        gpus=4,
+        gpu_model="L40S-48GB",
+        nvme_volumes=2,
+        nvme_volume_gb=1900,
+    ),
+    InstanceType(
+        "g6e.48xlarge",
+        network_cards=4,
+        max_efa_interfaces=4,
+        gpus=8,
+        gpu_model="L40S-48GB",
+        nvme_volumes=4,
+        nvme_volume_gb=1900,
+    ),
+    InstanceType(
+        "g5.8xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=1,
+        gpu_model="A10G-24GB",
+        nvme_volumes=1,
+        nvme_volume_gb=900,
+    ),
+    InstanceType(
+        "g5.12xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=4,
+        gpu_model="A10G-24GB",
+        nvme_volumes=1,
+        nvme_volume_gb=3800,
+    ),
+    InstanceType(
+        "g5.16xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=1,
+        gpu_model="A10G-24GB",
+        nvme_volumes=1,
+        nvme_volume_gb=1900,
+    ),
+    InstanceType(
+        "g5.24xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=4,
+        gpu_model="A10G-24GB",
+        nvme_volumes=1,
+        nvme_volume_gb=3800,
+    ),
+    InstanceType(
+        "g5.48xlarge",
+        network_cards=1,
+        max_efa_interfaces=1,
+        gpus=8,
+        gpu_model="A10G-24GB",
+        nvme_volumes=2,
+        nvme_volume_gb=3800,
+    ),
+)
+"""EFA-capable GPU instance types we can lay out. A type not here is a config error, never a guess."""
+
+
+def efa_interfaces(instance: InstanceType) -> tuple[EfaInterface, ...]:
+    """The network interfaces of a GPU node: one EFA per network card.
+
+    Card 0, device 0 is the primary interface, an `efa` interface that also carries the node's IP
+    traffic. Every other card gets an `efa-only` interface at device index 1 (device index 0 is
+    only for the primary interface), so no (card, device) pair repeats and no extra IPs are used.
+    """
+    slots = [EfaInterface(network_card_index=0, device_index=0, interface_type="efa")]
+    slots += [
+        EfaInterface(network_card_index=card, device_index=1, interface_type="efa-only")
+        for card in range(1, instance.efa_interface_count)
+    ]
+    return tuple(slots)
+
+
+def mig_config_is_valid(label: str, instance: InstanceType) -> bool:
+    """Whether `label` (the `nvidia.com/mig.config` value) is a layout this GPU supports.
+
+    Accepts `all-disabled`, `all-balanced` and `all-<profile>` as in the GPU operator's default
+    mig-parted configuration.
+    """
+    if not instance.mig_profiles:
+        return False
+    if label in ("all-disabled", "all-balanced"):
+        return True
+    return label.startswith("all-") and label[len("all-") :] in instance.mig_profiles

@@ -1,0 +1,269 @@
+"""GPU pools: one EKS managed node group per pool and AZ, each in its own placement group, with EFA."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+from infra.config import GpuPoolConfig
+from infra.launch_templates import efa_network_interfaces, encrypted_root_volume, instance_metadata_options
+from infra.node_bootstrap import NodeJoin, Taint, al2023_user_data, encode, ubuntu_user_data
+
+__all__ = ["GPU_TAINT", "GpuNodeGroup", "GpuNodeGroups", "GpuNodeGroupsArgs", "node_group_name"]
+
+GPU_TAINT = Taint(key="nvidia.com/gpu", value="true", effect="NoSchedule")
+"""Only pods that tolerate it (and ask for GPUs) land on GPU nodes."""
+
+_EKS_TAINT_EFFECT = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}
+_ROOT_DEVICE = {"al2023": "/dev/xvda", "ubuntu": "/dev/sda1"}
+_AMI_TYPE = {"al2023": "AL2023_x86_64_NVIDIA", "ubuntu": "CUSTOM"}
+
+
+def node_group_name(pool: str, availability_zone: str) -> str:
+    """Stable, readable names: runbooks and operators find `gpu-full-us-west-2a` at a glance."""
+    return f"gpu-{pool}-{availability_zone}"
+
+
+def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
+    """Labels every node of the pool carries (the EFA device plugin and MIG manager select on them)."""
+    labels = {"peakguard.io/pool": pool.name, "vpc.amazonaws.com/efa.present": "true"}
+    if pool.instance.mig_profiles:
+        # The GPU operator's MIG manager applies whatever this label names; say "off" explicitly.
+        labels["nvidia.com/mig.config"] = pool.mig_profile or "all-disabled"
+    return labels
+
+
+@dataclass(frozen=True)
+class GpuNodeGroupsArgs:
+    env: str
+    pools: Sequence[GpuPoolConfig]
+    cluster_name: pulumi.Input[str]
+    cluster_endpoint: pulumi.Input[str]
+    cluster_certificate_authority: pulumi.Input[str]
+    cluster_security_group_id: pulumi.Input[str]
+    """EKS's cluster security group: node <-> control plane traffic."""
+    node_role_arn: pulumi.Input[str]
+    vpc_id: pulumi.Input[str]
+    private_subnet_ids: Mapping[str, pulumi.Input[str]]
+    """Private subnet per AZ."""
+    depends_on: Sequence[pulumi.Resource] = ()
+    """Resources nodes must not join before (the VPC CNI add-on)."""
+    tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GpuNodeGroup:
+    """What the program publishes about one per-AZ group."""
+
+    pool: str
+    availability_zone: str
+    instance_type: str
+    name: pulumi.Output[str]
+    autoscaling_group: pulumi.Output[str]
+    node_group: aws.eks.NodeGroup
+    launch_template: aws.ec2.LaunchTemplate
+
+
+class GpuNodeGroups(pulumi.ComponentResource):
+    """All GPU pools of an environment and the EFA security group their interfaces share."""
+
+    efa_security_group_id: pulumi.Output[str]
+    groups: list[GpuNodeGroup]
+
+    def __init__(self, name: str, args: GpuNodeGroupsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("peakguard:infra:GpuNodeGroups", name, None, opts)
+        tags = dict(args.tags)
+        # EFA's OS-bypass traffic is dropped unless the group allows all protocols to itself in
+        # BOTH directions; the cluster security group on the same interfaces covers the rest.
+        self_rule = {
+            "protocol": "-1",
+            "from_port": 0,
+            "to_port": 0,
+            "self": True,
+            "description": "EFA: all traffic between members of this group",
+        }
+        efa_sg = aws.ec2.SecurityGroup(
+            f"{name}-efa",
+            vpc_id=args.vpc_id,
+            description="EFA: all protocols between GPU nodes, both directions",
+            ingress=[aws.ec2.SecurityGroupIngressArgs(**self_rule)],
+            egress=[aws.ec2.SecurityGroupEgressArgs(**self_rule)],
+            tags={**tags, "Name": f"{name}-efa"},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
+        self.efa_security_group_id = efa_sg.id
+        self.groups = []
+        for pool in args.pools:
+            component = _GpuPool(
+                f"{name}-{pool.name}",
+                pool=pool,
+                args=args,
+                efa_security_group_id=efa_sg.id,
+                opts=pulumi.ResourceOptions(parent=self),
+            )
+            self.groups.extend(component.groups)
+        self.register_outputs(
+            {"efaSecurityGroupId": self.efa_security_group_id, "nodeGroups": [g.name for g in self.groups]}
+        )
+
+
+class _GpuPool(pulumi.ComponentResource):
+    """One pool: per AZ a placement group (or the reservation's), a launch template, a node group."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        pool: GpuPoolConfig,
+        args: GpuNodeGroupsArgs,
+        efa_security_group_id: pulumi.Output[str],
+        opts: pulumi.ResourceOptions,
+    ) -> None:
+        super().__init__("peakguard:infra:GpuPool", name, None, opts)
+        self.groups: list[GpuNodeGroup] = []
+        for az in pool.availability_zones:
+            self.groups.append(self._group(name, pool, az, args, efa_security_group_id))
+        self.register_outputs({"nodeGroups": [g.name for g in self.groups]})
+
+    def _group(
+        self,
+        name: str,
+        pool: GpuPoolConfig,
+        az: str,
+        args: GpuNodeGroupsArgs,
+        efa_security_group_id: pulumi.Output[str],
+    ) -> GpuNodeGroup:
+        child = pulumi.ResourceOptions(parent=self)
+        group_name = node_group_name(pool.name, az)
+        tags = {**args.tags, "peakguard:env": args.env, "peakguard:pool": pool.name, "peakguard:az": az}
+        reservation = pool.capacity_reservations.get(az)
+
+        # EFA needs the group's instances close together: a cluster placement group, one per AZ
+        # because a placement group cannot span AZs. A capacity reservation already fixes where
+        # instances go; adding a placement group of ours makes launches fail with
+        # InsufficientInstanceCapacity, so there we use the reservation's own group, if it has one.
+        if reservation is None:
+            placement_group = aws.ec2.PlacementGroup(f"{name}-{az}", strategy="cluster", tags=tags, opts=child)
+            placement = aws.ec2.LaunchTemplatePlacementArgs(group_name=placement_group.name)
+        else:
+            pulumi.log.info(
+                f"{group_name}: launches into capacity reservation {reservation.reservation_id} "
+                f"({reservation.type}); "
+                + (
+                    f"using its placement group {reservation.placement_group}"
+                    if reservation.placement_group
+                    else "no placement group is created beside a reservation"
+                ),
+                resource=self,
+            )
+            placement = (
+                aws.ec2.LaunchTemplatePlacementArgs(group_name=reservation.placement_group)
+                if reservation.placement_group
+                else None
+            )
+
+        labels = node_labels(pool)
+        if pool.ami_family == "al2023":
+            user_data: pulumi.Input[str] = encode(al2023_user_data())
+        else:
+            join_labels = {
+                **labels,
+                "eks.amazonaws.com/nodegroup": group_name,
+                "eks.amazonaws.com/nodegroup-image": pool.ami_id or "",
+            }
+            user_data = pulumi.Output.all(
+                args.cluster_name, args.cluster_endpoint, args.cluster_certificate_authority
+            ).apply(
+                lambda values: encode(
+                    ubuntu_user_data(
+                        NodeJoin(
+                            cluster_name=values[0],
+                            endpoint=values[1],
+                            certificate_authority=values[2],
+                            labels=join_labels,
+                            taints=[GPU_TAINT],
+                        )
+                    )
+                )
+            )
+
+        template = aws.ec2.LaunchTemplate(
+            f"{name}-{az}",
+            description=f"{group_name}: {pool.instance_type}, EFA on every network card",
+            instance_type=pool.instance_type,
+            image_id=pool.ami_id,
+            network_interfaces=efa_network_interfaces(
+                pool.instance, [args.cluster_security_group_id, efa_security_group_id]
+            ),
+            metadata_options=instance_metadata_options(hop_limit=2 if pool.pods_need_instance_metadata else 1),
+            block_device_mappings=[encrypted_root_volume(_ROOT_DEVICE[pool.ami_family], size_gib=pool.root_volume_gib)],
+            placement=placement,
+            capacity_reservation_specification=(
+                aws.ec2.LaunchTemplateCapacityReservationSpecificationArgs(
+                    capacity_reservation_target=aws.ec2.LaunchTemplateCapacityReservationSpecificationCapacityReservationTargetArgs(
+                        capacity_reservation_id=reservation.reservation_id
+                    )
+                )
+                if reservation
+                else None
+            ),
+            instance_market_options=(
+                aws.ec2.LaunchTemplateInstanceMarketOptionsArgs(market_type="capacity-block")
+                if reservation and reservation.type == "capacity-block"
+                else None
+            ),
+            user_data=user_data,
+            update_default_version=True,
+            tag_specifications=[
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags={**tags, "Name": group_name}),
+                aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=tags),
+            ],
+            tags=tags,
+            opts=child,
+        )
+
+        scaling = pool.scaling_per_az
+        node_group = aws.eks.NodeGroup(
+            f"{name}-{az}",
+            cluster_name=args.cluster_name,
+            node_group_name=group_name,
+            node_role_arn=args.node_role_arn,
+            subnet_ids=[args.private_subnet_ids[az]],
+            ami_type=_AMI_TYPE[pool.ami_family],
+            release_version=pool.release_version,
+            capacity_type="CAPACITY_BLOCK" if reservation and reservation.type == "capacity-block" else "ON_DEMAND",
+            launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
+                id=template.id, version=template.latest_version.apply(str)
+            ),
+            scaling_config=aws.eks.NodeGroupScalingConfigArgs(
+                min_size=scaling.min_size, desired_size=scaling.desired_size, max_size=scaling.max_size
+            ),
+            update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable_percentage=pool.max_unavailable_percentage),
+            # EKS replaces nodes whose GPUs or kubelet go unhealthy, instead of leaving them in rotation.
+            node_repair_config=aws.eks.NodeGroupNodeRepairConfigArgs(enabled=True),
+            labels=labels,
+            taints=[
+                aws.eks.NodeGroupTaintArgs(
+                    key=GPU_TAINT.key, value=GPU_TAINT.value, effect=_EKS_TAINT_EFFECT[GPU_TAINT.effect]
+                )
+            ],
+            tags=tags,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=list(args.depends_on),
+                # The cluster autoscaler and the runbooks own the live size (DESIGN: who owns which field).
+                ignore_changes=["scalingConfig.desiredSize"],
+            ),
+        )
+        return GpuNodeGroup(
+            pool=pool.name,
+            availability_zone=az,
+            instance_type=pool.instance_type,
+            name=node_group.node_group_name,
+            autoscaling_group=node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name),
+            node_group=node_group,
+            launch_template=template,
+        )

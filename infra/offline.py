@@ -1,0 +1,335 @@
+"""Run the Pulumi program with no CLI and no cloud, and record what it would create.
+
+The program runs under Pulumi's own mock engine (`pulumi.runtime.set_mocks`) with a stack's real
+`Pulumi.<env>.yaml`. `_AwsAnswers` plays the AWS provider: it returns what AWS computes on create
+(ids, ARNs, an EKS endpoint, an Auto Scaling group name), deterministically, so the program's
+outputs and the targets document can be checked. `_RecordingMonitor` keeps each registration's
+inputs as the engine saw them (wire format: camelCase keys) with its options. The offline preview,
+the tests and the offline policy check all read an `OfflineRun`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import rpc
+
+from infra.config import PROJECT, ConfigError, StackConfig
+
+__all__ = ["OfflineRun", "Registration", "find_project_dir", "load_stack_file", "run_offline"]
+
+_ACCOUNT = "123456789012"
+# Shaped like the base64 PEM EKS returns; no key material.
+_FAKE_CA = base64.b64encode(
+    b"-----BEGIN CERTIFICATE-----\nMIIC/jCCAeagAwIBAgIBADAN\n-----END CERTIFICATE-----\n"
+).decode()
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One resource the program registered, as the engine (and a policy pack) would see it."""
+
+    urn: str
+    id: str
+    """The id the (mocked) provider assigned; what other resources' inputs refer to."""
+    type: str
+    """Pulumi type token, e.g. `aws:eks/nodeGroup:NodeGroup`."""
+    name: str
+    parent: str
+    """URN of the parent component (empty for top-level resources)."""
+    custom: bool
+    """False for component resources."""
+    inputs: Mapping[str, Any]
+    """What the program passed, in wire format (camelCase keys, numbers as floats)."""
+    outputs: Mapping[str, Any]
+    """Inputs plus what the mocked provider computed."""
+    ignore_changes: tuple[str, ...]
+    protect: bool
+    dependencies: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class OfflineRun:
+    config: StackConfig
+    resources: tuple[Registration, ...]
+    outputs: Mapping[str, Any]
+    """Stack outputs, resolved."""
+    messages: tuple[str, ...] = field(default_factory=tuple)
+    """What the program logged (pulumi.log): decisions worth showing a reviewer."""
+
+    def of_type(self, type_token: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == type_token]
+
+    def children_of(self, parent_urn: str) -> list[Registration]:
+        return [r for r in self.resources if r.parent == parent_urn]
+
+    def named(self, type_token: str, name: str) -> Registration:
+        for resource in self.resources:
+            if resource.type == type_token and resource.name == name:
+                return resource
+        raise KeyError(f"no {type_token} named {name!r}")
+
+    def by_urn(self, urn: str) -> Registration:
+        for resource in self.resources:
+            if resource.urn == urn:
+                return resource
+        raise KeyError(urn)
+
+
+# --- Stack files --------------------------------------------------------------------------
+
+
+def find_project_dir(start: Path | None = None) -> Path:
+    """The directory holding Pulumi.yaml: `start` or its nearest parent that has one."""
+    here = (start or Path.cwd()).resolve()
+    for candidate in (here, *here.parents):
+        if (candidate / "Pulumi.yaml").is_file():
+            return candidate
+    raise ConfigError(f"no Pulumi.yaml in {here} or its parents; run from the peakguard checkout or pass --project-dir")
+
+
+def load_stack_file(project_dir: Path, env: str) -> dict[str, Any]:
+    """The `config:` map of `Pulumi.<env>.yaml`, decoded."""
+    path = project_dir / f"Pulumi.{env}.yaml"
+    if not path.is_file():
+        available = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
+        raise ConfigError(f"{path}: no such stack file; stacks here: {', '.join(available) or 'none'}")
+    try:
+        document = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    config = document.get("config", {}) if isinstance(document, dict) else None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: 'config' must be a mapping of keys to values")
+    for key, value in config.items():
+        if isinstance(value, dict) and set(value) == {"secure"}:
+            raise ConfigError(f"{path}: {key} is a secret; secrets cannot be decrypted offline")
+    return config
+
+
+def _engine_form(value: Any) -> str:
+    """What the engine hands a program: scalars as text, structured values as JSON text."""
+    if isinstance(value, (dict, list)):
+        return json.dumps(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+# --- The mock provider --------------------------------------------------------------------
+
+
+def _hex(*parts: str, length: int = 17) -> str:
+    return hashlib.sha256("/".join(parts).encode()).hexdigest()[:length]
+
+
+# Types whose physical name the provider generates from the logical one when the program
+# gives none (Pulumi's autonaming: name plus a random suffix).
+_AUTONAMED = {
+    "aws:iam/role:Role": "name",
+    "aws:ec2/placementGroup:PlacementGroup": "name",
+    "aws:ec2/securityGroup:SecurityGroup": "name",
+    "aws:ec2/launchTemplate:LaunchTemplate": "name",
+}
+
+_ID_PREFIX = {
+    "aws:ec2/vpc:Vpc": "vpc-",
+    "aws:ec2/subnet:Subnet": "subnet-",
+    "aws:ec2/securityGroup:SecurityGroup": "sg-",
+    "aws:ec2/internetGateway:InternetGateway": "igw-",
+    "aws:ec2/natGateway:NatGateway": "nat-",
+    "aws:ec2/eip:Eip": "eipalloc-",
+    "aws:ec2/routeTable:RouteTable": "rtb-",
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": "rtbassoc-",
+    "aws:ec2/vpcEndpoint:VpcEndpoint": "vpce-",
+    "aws:ec2/launchTemplate:LaunchTemplate": "lt-",
+    "aws:fsx/lustreFileSystem:LustreFileSystem": "fs-",
+}
+
+
+class _AwsAnswers(pulumi_mocks.Mocks):
+    """Plays the AWS provider: inputs back, plus realistic computed outputs."""
+
+    def __init__(self, region: str) -> None:
+        self.region = region
+
+    def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        kind, name = args.typ, args.name
+        state = dict(args.inputs)
+        autoname = _AUTONAMED.get(kind)
+        if autoname and not state.get(autoname) and not state.get(f"{autoname}Prefix"):
+            state[autoname] = f"{name}-{_hex(kind, name, length=7)}"
+        resource_id = _ID_PREFIX.get(kind, "") + _hex(kind, name)
+        region, account = self.region, _ACCOUNT
+
+        if kind == "aws:eks/cluster:Cluster":
+            cluster = state["name"]
+            oidc_id = _hex("oidc", cluster, length=32).upper()
+            resource_id = cluster
+            state.update(
+                arn=f"arn:aws:eks:{region}:{account}:cluster/{cluster}",
+                endpoint=f"https://{oidc_id}.gr7.{region}.eks.amazonaws.com",
+                certificateAuthority={"data": _FAKE_CA},
+                identities=[{"oidcs": [{"issuer": f"https://oidc.eks.{region}.amazonaws.com/id/{oidc_id}"}]}],
+                vpcConfig={
+                    **state.get("vpcConfig", {}),
+                    "clusterSecurityGroupId": "sg-" + _hex("eks-cluster-sg", cluster),
+                },
+                status="ACTIVE",
+                platformVersion="eks.1",
+            )
+        elif kind == "aws:eks/nodeGroup:NodeGroup":
+            group = state.get("nodeGroupName") or f"{name}-{_hex(kind, name, length=7)}"
+            resource_id = f"{state['clusterName']}:{group}"
+            state.update(
+                nodeGroupName=group,
+                arn=f"arn:aws:eks:{region}:{account}:nodegroup/{state['clusterName']}/{group}/{_hex(group, length=8)}",
+                # EKS names the Auto Scaling group it creates eks-<group>-<uuid>.
+                resources=[
+                    {
+                        "autoscalingGroups": [{"name": f"eks-{group}-{_hex('asg', group, length=8)}"}],
+                        "remoteAccessSecurityGroupId": "",
+                    }
+                ],
+                status="ACTIVE",
+            )
+        elif kind == "aws:ec2/launchTemplate:LaunchTemplate":
+            state.update(
+                latestVersion=1.0,
+                defaultVersion=1.0,
+                arn=f"arn:aws:ec2:{region}:{account}:launch-template/{resource_id}",
+            )
+        elif kind == "aws:s3/bucket:Bucket":
+            bucket = state.get("bucket") or f"{state.get('bucketPrefix', name)}{_hex(kind, name, length=10)}"
+            resource_id = bucket
+            state.update(
+                bucket=bucket,
+                arn=f"arn:aws:s3:::{bucket}",
+                bucketRegionalDomainName=f"{bucket}.s3.{region}.amazonaws.com",
+            )
+        elif kind == "aws:kms/key:Key":
+            key_id = "-".join(
+                _hex("kms", name, length=32)[i:j] for i, j in ((0, 8), (8, 12), (12, 16), (16, 20), (20, 32))
+            )
+            resource_id = key_id
+            state.update(keyId=key_id, arn=f"arn:aws:kms:{region}:{account}:key/{key_id}")
+        elif kind == "aws:iam/role:Role":
+            state.update(
+                arn=f"arn:aws:iam::{account}:role/{state['name']}", uniqueId="AROA" + _hex(name, length=16).upper()
+            )
+            resource_id = state["name"]
+        elif kind == "aws:iam/openIdConnectProvider:OpenIdConnectProvider":
+            issuer = str(state.get("url", "")).removeprefix("https://")
+            state.update(arn=f"arn:aws:iam::{account}:oidc-provider/{issuer}")
+            resource_id = state["arn"]
+        elif kind == "aws:fsx/lustreFileSystem:LustreFileSystem":
+            state.update(
+                dnsName=f"{resource_id}.fsx.{region}.amazonaws.com",
+                mountName=_hex("mount", name, length=8),
+                arn=f"arn:aws:fsx:{region}:{account}:file-system/{resource_id}",
+            )
+        elif kind == "aws:ssm/parameter:Parameter":
+            resource_id = state["name"]
+            state.update(arn=f"arn:aws:ssm:{region}:{account}:parameter{state['name']}", version=1.0)
+        elif kind == "aws:ec2/placementGroup:PlacementGroup":
+            resource_id = state["name"]
+            state.update(
+                placementGroupId="pg-" + _hex(kind, name),
+                arn=f"arn:aws:ec2:{region}:{account}:placement-group/{state['name']}",
+            )
+        else:
+            state.setdefault("arn", f"arn:aws:{kind.split(':')[1].split('/')[0]}:{region}:{account}:{name}")
+        return resource_id, state
+
+    def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        raise NotImplementedError(
+            f"the offline engine does not answer the invoke {args.token}; teach infra/offline.py "
+            "a realistic answer for it"
+        )
+
+
+class _RecordingMonitor(pulumi_mocks.MockMonitor):
+    """Pulumi's mock monitor, also keeping each registration's inputs and options."""
+
+    def __init__(self, mocks: pulumi_mocks.Mocks) -> None:
+        super().__init__(mocks)
+        self.requests: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
+        if request.type != "pulumi:pulumi:Stack":
+            self.requests[response.urn] = (request, rpc.deserialize_properties(request.object))
+        return response
+
+
+class _Messages(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def run_offline(env: str, *, project_dir: Path | None = None, overrides: Mapping[str, Any] | None = None) -> OfflineRun:
+    """Run the program for `env` under mocks, from `Pulumi.<env>.yaml` in `project_dir`.
+
+    `overrides` replaces whole top-level config keys (e.g. `{"peakguard:storage": {...}}`), the
+    way a changed stack file would. Raises `ConfigError` before anything runs if the config is
+    invalid, exactly as `pulumi up` would refuse it.
+    """
+    from infra import program
+
+    values = load_stack_file(project_dir or find_project_dir(), env)
+    values.update(overrides or {})
+    config = StackConfig.from_mapping(values, stack=env)
+
+    answers = _AwsAnswers(config.region)
+    monitor = _RecordingMonitor(answers)
+    logger = logging.getLogger(f"peakguard.offline.{env}")
+    logger.propagate = False
+    messages = _Messages()
+    logger.addHandler(messages)
+    pulumi.runtime.set_mocks(answers, project=PROJECT, stack=env, preview=False, monitor=monitor, logger=logger)
+    pulumi.runtime.set_all_config({key: _engine_form(value) for key, value in values.items()})
+
+    resolved: dict[str, Any] = {}
+
+    def _program() -> pulumi.Output[Any]:
+        outputs = program.declare(program.stack_config())
+        return pulumi.Output.from_input(outputs).apply(resolved.update)
+
+    try:
+        pulumi.runtime.test(_program)()  # type: ignore[no-untyped-call]
+    finally:
+        logger.removeHandler(messages)
+
+    resources = []
+    for urn, (request, inputs) in monitor.requests.items():
+        registered = monitor.resources.get(urn)
+        resources.append(
+            Registration(
+                urn=urn,
+                id=registered.id if registered else "",
+                type=request.type,
+                name=request.name,
+                parent=request.parent if "::pulumi:pulumi:Stack::" not in request.parent else "",
+                custom=bool(request.custom),
+                inputs=inputs,
+                outputs=dict(registered.state) if registered else dict(inputs),
+                ignore_changes=tuple(request.ignoreChanges),
+                protect=bool(request.protect),
+                dependencies=tuple(request.dependencies),
+            )
+        )
+    return OfflineRun(config=config, resources=tuple(resources), outputs=resolved, messages=tuple(messages.lines))

@@ -1,0 +1,171 @@
+"""The Pulumi program: wires the components for one environment and publishes the targets.
+
+`infra/__main__.py` calls `run()` under the Pulumi engine; the offline preview and the tests call
+`stack_config()` and `declare()` under Pulumi's mocks, so both paths run the same code.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pulumi_aws as aws
+from pulumi.runtime import config as runtime_config
+
+from infra.cluster import Cluster, ClusterArgs
+from infra.config import StackConfig
+from infra.gpu_node_groups import GpuNodeGroups, GpuNodeGroupsArgs
+from infra.network import Network, NetworkArgs
+from infra.storage import Storage, StorageArgs
+from infra.targets import SYSTEM_POOL, ClusterTarget, NodeGroupTarget, TargetsDocument, parameter_name
+
+__all__ = ["declare", "run", "stack_config"]
+
+
+def stack_config() -> StackConfig:
+    """Read and validate the whole stack config the engine handed this program."""
+    # The SDK has no public "all config" call; these are where the engine puts it (the config
+    # map and the PULUMI_CONFIG environment variable). Reading them whole lets us reject
+    # misspelled keys instead of silently using defaults.
+    raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    return StackConfig.from_mapping({key: _decode(value) for key, value in raw.items()}, stack=pulumi.get_stack())
+
+
+def _decode(value: Any) -> Any:
+    # Structured config values reach the program as JSON text.
+    if isinstance(value, str) and value[:1] in ("{", "["):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
+    """Declare every resource of the environment; returns the stack outputs."""
+    env = config.env
+    tags = {"peakguard:env": env, "peakguard:managed-by": "pulumi", **config.tags}
+
+    network = Network(
+        env,
+        NetworkArgs(
+            cidr=config.network.vpc_cidr,
+            availability_zones=config.network.availability_zones,
+            nat_gateways=config.network.nat_gateways,
+            region=config.region,
+            cluster_name=config.cluster.name,
+            tags=tags,
+        ),
+    )
+    private_subnets = [network.private_subnet_ids[az] for az in config.network.availability_zones]
+    cluster = Cluster(
+        env,
+        ClusterArgs(
+            config=config.cluster,
+            vpc_id=network.vpc_id,
+            private_subnet_ids=private_subnets,
+            partition=config.partition,
+            tags=tags,
+        ),
+    )
+    gpu = GpuNodeGroups(
+        f"{env}-gpu",
+        GpuNodeGroupsArgs(
+            env=env,
+            pools=config.gpu_pools,
+            cluster_name=cluster.name,
+            cluster_endpoint=cluster.endpoint,
+            cluster_certificate_authority=cluster.certificate_authority,
+            cluster_security_group_id=cluster.security_group_id,
+            node_role_arn=cluster.node_role_arn,
+            vpc_id=network.vpc_id,
+            private_subnet_ids=network.private_subnet_ids,
+            depends_on=[cluster.vpc_cni],
+            tags=tags,
+        ),
+    )
+    fsx = config.storage.fsx
+    storage = Storage(
+        f"{env}-storage",
+        StorageArgs(
+            env=env,
+            vpc_id=network.vpc_id,
+            fsx=fsx,
+            fsx_subnet_id=network.private_subnet_ids[fsx.availability_zone] if fsx else None,
+            efa_security_group_id=gpu.efa_security_group_id,
+            node_security_group_id=cluster.security_group_id,
+            tags=tags,
+        ),
+    )
+
+    targets = pulumi.Output.all(
+        cluster.name,
+        cluster.endpoint,
+        cluster.system_node_group.node_group_name,
+        cluster.system_node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name),
+        *[group.name for group in gpu.groups],
+        *[group.autoscaling_group for group in gpu.groups],
+    ).apply(
+        lambda values: TargetsDocument(
+            env=env,
+            cluster=ClusterTarget(name=values[0], endpoint=values[1], region=config.region),
+            node_groups=(
+                NodeGroupTarget(
+                    pool=SYSTEM_POOL,
+                    availability_zone=None,
+                    name=values[2],
+                    autoscaling_group=values[3],
+                    instance_type=config.cluster.system_nodes.instance_type,
+                ),
+                *(
+                    NodeGroupTarget(
+                        pool=group.pool,
+                        availability_zone=group.availability_zone,
+                        name=name,
+                        autoscaling_group=asg,
+                        instance_type=group.instance_type,
+                    )
+                    for group, name, asg in zip(
+                        gpu.groups, values[4 : 4 + len(gpu.groups)], values[4 + len(gpu.groups) :], strict=True
+                    )
+                ),
+            ),
+        )
+    )
+    aws.ssm.Parameter(
+        f"{env}-targets",
+        name=parameter_name(env),
+        type="String",
+        # Above 4 KB a Standard parameter is refused; Intelligent-Tiering moves to Advanced only then.
+        tier="Intelligent-Tiering",
+        description="peakguard targets document: what the runbooks act on (schema in infra/targets.py)",
+        value=targets.apply(lambda document: document.to_json()),
+        tags=tags,
+    )
+
+    return {
+        "env": pulumi.Output.from_input(env),
+        "region": pulumi.Output.from_input(config.region),
+        "clusterName": cluster.name,
+        "clusterEndpoint": cluster.endpoint,
+        "oidcProviderArn": cluster.oidc_provider_arn,
+        "vpcId": network.vpc_id,
+        "modelBucket": storage.bucket_name,
+        "fsxDnsName": storage.fsx_dns_name if storage.fsx_dns_name is not None else pulumi.Output.from_input(None),
+        "targetsParameter": pulumi.Output.from_input(parameter_name(env)),
+        "targets": targets.apply(lambda document: document.to_dict()),
+    }
+
+
+def run() -> None:
+    """Entry point under the Pulumi engine (`pulumi up -s <env>`)."""
+    from infra.config import ConfigError
+
+    try:
+        config = stack_config()
+    except ConfigError as exc:
+        # RunError prints the message alone: the user needs the key and the fix, not a traceback.
+        raise pulumi.RunError(f"invalid stack config for {pulumi.get_stack()}: {exc}") from None
+    for name, value in declare(config).items():
+        pulumi.export(name, value)

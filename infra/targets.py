@@ -1,0 +1,150 @@
+"""The targets document: what the runbooks act on, as published by the Pulumi program.
+
+`infra` writes it to SSM Parameter Store at `/peakguard/<env>/targets` (and as a stack output);
+`runbooks` read it with boto3 at incident time, so an incident never waits on the Pulumi
+backend. The schema lives here once, versioned, with no Pulumi import.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "ClusterTarget",
+    "NodeGroupTarget",
+    "TargetsDocument",
+    "TargetsDocumentError",
+    "parameter_name",
+]
+
+SCHEMA_VERSION = 1
+"""Bump on any change a reader of the previous version would misread."""
+
+SYSTEM_POOL = "system"
+"""Pool name of the CPU node group that runs the cluster add-ons."""
+
+
+def parameter_name(env: str) -> str:
+    """SSM parameter that holds an environment's targets document."""
+    return f"/peakguard/{env}/targets"
+
+
+class TargetsDocumentError(ValueError):
+    """The targets document is missing a field, has a wrong type or an unknown schema version."""
+
+
+@dataclass(frozen=True)
+class ClusterTarget:
+    name: str
+    """EKS cluster name."""
+    endpoint: str
+    """Kubernetes API server URL."""
+    region: str
+    """AWS region of the cluster."""
+
+
+@dataclass(frozen=True)
+class NodeGroupTarget:
+    pool: str
+    """GPU pool name (e.g. full, mig), or `system` for the CPU add-on group."""
+    availability_zone: str | None
+    """The group's single AZ; None for the system group, which spans all AZs."""
+    name: str
+    """EKS managed node group name."""
+    autoscaling_group: str
+    """The Auto Scaling group EKS created under it (read-only to us: EKS owns it)."""
+    instance_type: str
+    """EC2 instance type of the group's nodes."""
+
+
+@dataclass(frozen=True)
+class TargetsDocument:
+    env: str
+    cluster: ClusterTarget
+    node_groups: tuple[NodeGroupTarget, ...]
+    model_service: Mapping[str, Any] | None = None
+    """Added by the Kubernetes side (namespace, Deployments, HPAs, ConfigMap, Service URL)."""
+    schema_version: int = field(default=SCHEMA_VERSION)
+
+    def node_groups_of(self, pool: str) -> tuple[NodeGroupTarget, ...]:
+        return tuple(group for group in self.node_groups if group.pool == pool)
+
+    def to_dict(self) -> dict[str, Any]:
+        raw = asdict(self)
+        return {
+            "schemaVersion": raw["schema_version"],
+            "env": raw["env"],
+            "cluster": raw["cluster"],
+            "nodeGroups": [
+                {
+                    "pool": group["pool"],
+                    "availabilityZone": group["availability_zone"],
+                    "name": group["name"],
+                    "autoscalingGroup": group["autoscaling_group"],
+                    "instanceType": group["instance_type"],
+                }
+                for group in raw["node_groups"]
+            ],
+            "modelService": raw["model_service"],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=None, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "targets document") -> TargetsDocument:
+        """Parse and check a document; errors name `source` (e.g. the SSM parameter)."""
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise TargetsDocumentError(f"{source}: not JSON ({exc})") from None
+        return cls.from_dict(raw, source=source)
+
+    @classmethod
+    def from_dict(cls, raw: Any, *, source: str = "targets document") -> TargetsDocument:
+        def need(obj: Any, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+            if not isinstance(obj, dict) or key not in obj:
+                raise TargetsDocumentError(f"{source}: {where}{key} is missing")
+            if not isinstance(obj[key], kind):
+                raise TargetsDocumentError(
+                    f"{source}: {where}{key} must be {getattr(kind, '__name__', kind)}, got {obj[key]!r}"
+                )
+            return obj[key]
+
+        version = need(raw, "schemaVersion", int, "")
+        if version != SCHEMA_VERSION:
+            raise TargetsDocumentError(
+                f"{source}: schemaVersion {version} is not the {SCHEMA_VERSION} this peakguard reads; "
+                "upgrade peakguard or re-run `pulumi up` with this version"
+            )
+        cluster = need(raw, "cluster", dict, "")
+        groups = []
+        for index, group in enumerate(need(raw, "nodeGroups", list, "")):
+            where = f"nodeGroups[{index}]."
+            groups.append(
+                NodeGroupTarget(
+                    pool=need(group, "pool", str, where),
+                    availability_zone=need(group, "availabilityZone", (str, type(None)), where),
+                    name=need(group, "name", str, where),
+                    autoscaling_group=need(group, "autoscalingGroup", str, where),
+                    instance_type=need(group, "instanceType", str, where),
+                )
+            )
+        model_service = raw.get("modelService")
+        if model_service is not None and not isinstance(model_service, dict):
+            raise TargetsDocumentError(f"{source}: modelService must be an object or null")
+        return cls(
+            env=need(raw, "env", str, ""),
+            cluster=ClusterTarget(
+                name=need(cluster, "name", str, "cluster."),
+                endpoint=need(cluster, "endpoint", str, "cluster."),
+                region=need(cluster, "region", str, "cluster."),
+            ),
+            node_groups=tuple(groups),
+            model_service=model_service,
+            schema_version=version,
+        )

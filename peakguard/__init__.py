@@ -1,0 +1,1 @@
+"""The `peakguard` command. Each package adds its own subcommands; see `peakguard.cli`."""

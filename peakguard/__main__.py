@@ -1,0 +1,5 @@
+import sys
+
+from peakguard.cli import main
+
+sys.exit(main())
