@@ -220,7 +220,10 @@ _MISSING: Any = object()
 
 
 def _describe(value: Any) -> str:
-    return "nothing" if value is _MISSING else repr(value)
+    if value is _MISSING:
+        return "nothing"
+    text = repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 class _Obj:
@@ -239,6 +242,9 @@ class _Obj:
         value = self._value.get(name, _MISSING)
         if value is _MISSING or value is None:
             if default is _MISSING:
+                # A misspelling of this key is the likelier mistake than leaving it out: say so.
+                for typo in difflib.get_close_matches(name, [k for k in self._value if k != name], n=1):
+                    _fail(self._path(typo), self._value[typo], f"is not a known key; did you mean '{name}'?")
                 _fail(self._path(name), _MISSING, "is required")
             return default
         return value

@@ -268,8 +268,19 @@ class _RecordingMonitor(pulumi_mocks.MockMonitor):
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
         response = super().RegisterResource(request)  # type: ignore[no-untyped-call]
         if request.type != "pulumi:pulumi:Stack":
-            self.requests[response.urn] = (request, rpc.deserialize_properties(request.object))
+            self.requests[response.urn] = (request, _reveal(rpc.deserialize_properties(request.object)))
         return response
+
+
+def _reveal(value: Any) -> Any:
+    """Secrets in their plain form: offline there is nothing to protect and checks need the value."""
+    if rpc.is_rpc_secret(value):
+        return _reveal(rpc.unwrap_rpc_secret(value))
+    if isinstance(value, dict):
+        return {key: _reveal(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_reveal(item) for item in value]
+    return value
 
 
 class _Messages(logging.Handler):
@@ -298,6 +309,7 @@ def run_offline(env: str, *, project_dir: Path | None = None, overrides: Mapping
     monitor = _RecordingMonitor(answers)
     logger = logging.getLogger(f"peakguard.offline.{env}")
     logger.propagate = False
+    logger.setLevel(logging.INFO)
     messages = _Messages()
     logger.addHandler(messages)
     pulumi.runtime.set_mocks(answers, project=PROJECT, stack=env, preview=False, monitor=monitor, logger=logger)
@@ -326,7 +338,7 @@ def run_offline(env: str, *, project_dir: Path | None = None, overrides: Mapping
                 parent=request.parent if "::pulumi:pulumi:Stack::" not in request.parent else "",
                 custom=bool(request.custom),
                 inputs=inputs,
-                outputs=dict(registered.state) if registered else dict(inputs),
+                outputs=_reveal(dict(registered.state)) if registered else dict(inputs),
                 ignore_changes=tuple(request.ignoreChanges),
                 protect=bool(request.protect),
                 dependencies=tuple(request.dependencies),

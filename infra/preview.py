@@ -150,7 +150,7 @@ def _lustre(r: Registration, idx: _Index) -> str:
 
 
 def _parameter(r: Registration, idx: _Index) -> str:
-    value = str(r.inputs.get("value", ""))
+    value = str(r.inputs.get("insecureValue", r.inputs.get("value", "")))
     return f"{r.inputs.get('name')} ({r.inputs.get('tier')}, {len(value.encode())} bytes)"
 
 

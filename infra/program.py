@@ -140,7 +140,8 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         # Above 4 KB a Standard parameter is refused; Intelligent-Tiering moves to Advanced only then.
         tier="Intelligent-Tiering",
         description="peakguard targets document: what the runbooks act on (schema in infra/targets.py)",
-        value=targets.apply(lambda document: document.to_json()),
+        # Not a secret: `insecure_value` keeps it readable in previews and diffs.
+        insecure_value=targets.apply(lambda document: document.to_json()),
         tags=tags,
     )
 

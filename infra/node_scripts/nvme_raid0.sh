@@ -9,7 +9,8 @@ set -euo pipefail
 MOUNT_POINT="${PEAKGUARD_RAID_MOUNT:-/mnt/k8s-disks/0}"
 ARRAY="${PEAKGUARD_RAID_DEVICE:-/dev/md/kubernetes}"
 DEVICE_GLOB="${PEAKGUARD_NVME_GLOB:-/dev/disk/by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_*}"
-BIND_DIRS=(/var/lib/kubelet /var/lib/containerd /var/log/pods)
+FSTAB="${PEAKGUARD_FSTAB:-/etc/fstab}"
+read -r -a BIND_DIRS <<< "${PEAKGUARD_BIND_DIRS:-/var/lib/kubelet /var/lib/containerd /var/log/pods}"
 
 log() { echo "nvme-raid0: $*" >&2; }
 
@@ -45,7 +46,7 @@ if ! blkid "$target" >/dev/null 2>&1; then
 fi
 mkdir -p "$MOUNT_POINT"
 mount -o defaults,noatime "$target" "$MOUNT_POINT"
-grep -q " $MOUNT_POINT " /etc/fstab || echo "$target $MOUNT_POINT xfs defaults,noatime,nofail 0 2" >> /etc/fstab
+grep -q " $MOUNT_POINT " "$FSTAB" || echo "$target $MOUNT_POINT xfs defaults,noatime,nofail 0 2" >> "$FSTAB"
 
 # containerd must not hold its old directory open while it moves onto the array.
 systemctl stop containerd 2>/dev/null || true
@@ -53,6 +54,6 @@ for dir in "${BIND_DIRS[@]}"; do
   name="$(basename "$dir")"
   mkdir -p "$MOUNT_POINT/$name" "$dir"
   mount --bind "$MOUNT_POINT/$name" "$dir"
-  grep -q " $dir none bind" /etc/fstab || echo "$MOUNT_POINT/$name $dir none bind,nofail 0 0" >> /etc/fstab
+  grep -q " $dir none bind" "$FSTAB" || echo "$MOUNT_POINT/$name $dir none bind,nofail 0 0" >> "$FSTAB"
 done
 log "mounted $target at $MOUNT_POINT (${#devices[@]} device(s)); bound ${BIND_DIRS[*]}"

@@ -1,0 +1,106 @@
+"""The targets document: what the runbooks read from SSM, and its schema."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from infra.offline import OfflineRun
+from infra.targets import (
+    SCHEMA_VERSION,
+    ClusterTarget,
+    NodeGroupTarget,
+    TargetsDocument,
+    TargetsDocumentError,
+    parameter_name,
+)
+
+
+def _parameter(run: OfflineRun) -> dict:
+    (parameter,) = run.of_type("aws:ssm/parameter:Parameter")
+    return dict(parameter.inputs)
+
+
+def test_published_at_the_env_parameter_and_as_a_stack_output(run: OfflineRun) -> None:
+    parameter = _parameter(run)
+    document = TargetsDocument.from_json(parameter["insecureValue"], source=parameter["name"])
+
+    assert parameter["name"] == parameter_name(run.config.env) == f"/peakguard/{run.config.env}/targets"
+    assert parameter["type"] == "String"
+    assert document.to_dict() == run.outputs["targets"]
+    assert run.outputs["targetsParameter"] == parameter["name"]
+
+
+def test_names_the_cluster_and_every_node_group_with_its_auto_scaling_group(run: OfflineRun) -> None:
+    document = TargetsDocument.from_json(_parameter(run)["insecureValue"])
+    (cluster,) = run.of_type("aws:eks/cluster:Cluster")
+    groups = {g.outputs["nodeGroupName"]: g for g in run.of_type("aws:eks/nodeGroup:NodeGroup")}
+
+    assert document.schema_version == SCHEMA_VERSION
+    assert document.env == run.config.env
+    assert document.cluster == ClusterTarget(
+        name=cluster.outputs["name"], endpoint=cluster.outputs["endpoint"], region=run.config.region
+    )
+    assert {g.name for g in document.node_groups} == set(groups)
+    for target in document.node_groups:
+        group = groups[target.name]
+        assert target.autoscaling_group == group.outputs["resources"][0]["autoscalingGroups"][0]["name"]
+    for pool in run.config.gpu_pools:
+        targets = document.node_groups_of(pool.name)
+        assert sorted(t.availability_zone or "" for t in targets) == sorted(pool.availability_zones)
+        assert {t.instance_type for t in targets} == {pool.instance_type}
+    (system,) = document.node_groups_of("system")
+    assert system.availability_zone is None
+
+
+def test_fits_a_standard_parameter_with_room_to_grow(runs: dict[str, OfflineRun]) -> None:
+    # Standard parameters hold 4 KB; the Kubernetes side adds model-service entries later.
+    assert len(_parameter(runs["prod"])["insecureValue"].encode()) < 3000
+    assert _parameter(runs["prod"])["tier"] == "Intelligent-Tiering"
+
+
+def _document() -> TargetsDocument:
+    return TargetsDocument(
+        env="prod",
+        cluster=ClusterTarget(name="peakguard-prod", endpoint="https://example", region="us-west-2"),
+        node_groups=(
+            NodeGroupTarget(
+                pool="full",
+                availability_zone="us-west-2a",
+                name="gpu-full-us-west-2a",
+                autoscaling_group="eks-gpu-full-us-west-2a-1",
+                instance_type="p5.48xlarge",
+            ),
+        ),
+    )
+
+
+def test_round_trips() -> None:
+    assert TargetsDocument.from_json(_document().to_json()) == _document()
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d.update(schemaVersion=99), "schemaVersion 99 is not the 1"),
+        (lambda d: d.pop("cluster"), "cluster is missing"),
+        (lambda d: d["cluster"].pop("endpoint"), "cluster.endpoint is missing"),
+        (lambda d: d["nodeGroups"][0].update(autoscalingGroup=7), "nodeGroups[0].autoscalingGroup must be str"),
+        (lambda d: d.update(modelService=[1]), "modelService must be an object"),
+    ],
+    ids=["future-version", "no-cluster", "no-endpoint", "wrong-type", "model-service-not-object"],
+)
+def test_a_malformed_document_is_refused_naming_the_field_and_the_source(mutate, message: str) -> None:
+    raw = _document().to_dict()
+    mutate(raw)
+
+    with pytest.raises(TargetsDocumentError) as error:
+        TargetsDocument.from_json(json.dumps(raw), source="/peakguard/prod/targets")
+    assert message in str(error.value)
+    assert str(error.value).startswith("/peakguard/prod/targets: ")
+
+
+def test_not_json_is_refused() -> None:
+    with pytest.raises(TargetsDocumentError, match="not JSON"):
+        TargetsDocument.from_json("{", source="p")
