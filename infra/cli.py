@@ -60,5 +60,6 @@ def _preview(args: argparse.Namespace) -> int:
     if args.format == "json":
         sys.stdout.write(to_json(run) + "\n")
     else:
-        render(run, Console(width=max(Console().width, 160)))
+        # Wide enough for the GPU table; a pipe or CI log gets the same layout as a terminal.
+        render(run, Console(width=max(Console().width, 180)))
     return 0

@@ -192,8 +192,76 @@ def _short_type(token: str) -> str:
     return f"{module}:{rest.rsplit(':', 1)[-1]}" if package == "aws" else token
 
 
+def _resource_table(title: str, resources: list[Registration], index: _Index) -> Table:
+    counts = Counter(_short_type(r.type) for r in resources)
+    table = Table(
+        title=f"{title}: {len(resources)} resources",
+        caption=", ".join(f"{n} {kind}" for kind, n in counts.most_common()),
+        title_justify="left",
+        caption_justify="left",
+    )
+    table.add_column("type", no_wrap=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("key properties", overflow="fold")
+    for resource in sorted(resources, key=lambda r: (_short_type(r.type), r.name)):
+        describe = _DESCRIBE.get(resource.type)
+        table.add_row(_short_type(resource.type), resource.name, describe(resource, index) if describe else "")
+    return table
+
+
+def _gpu_table(run: OfflineRun, index: _Index) -> Table:
+    """One row per GPU node group: what an SRE checks first."""
+    table = Table(title="GPU node groups (one per pool and AZ)", title_justify="left")
+    for column in (
+        "pool",
+        "AZ",
+        "node group",
+        "instance",
+        "GPUs",
+        "EFA: efa+efa-only",
+        "min/des/max",
+        "max unavail",
+        "placement",
+        "AMI",
+        "MIG",
+        "IMDS hop",
+    ):
+        table.add_column(column, no_wrap=True)
+    groups = sorted(run.of_type("aws:eks/nodeGroup:NodeGroup"), key=lambda g: str(g.inputs.get("nodeGroupName")))
+    for group in groups:
+        labels = group.inputs.get("labels", {})
+        template = index.find(group.inputs.get("launchTemplate", {}).get("id"))
+        if "peakguard.io/pool" not in labels or labels["peakguard.io/pool"] == "system" or template is None:
+            continue
+        pool = run.config.pool(labels["peakguard.io/pool"])
+        interfaces = template.inputs.get("networkInterfaces", [])
+        efa_only = sum(1 for i in interfaces if i.get("interfaceType") == "efa-only")
+        scaling = group.inputs.get("scalingConfig", {})
+        reservation = (
+            template.inputs.get("capacityReservationSpecification", {})
+            .get("capacityReservationTarget", {})
+            .get("capacityReservationId")
+        )
+        placement = template.inputs.get("placement", {}).get("groupName")
+        table.add_row(
+            pool.name,
+            index.az_of_subnets(group.inputs.get("subnetIds", [])),
+            str(group.inputs.get("nodeGroupName")),
+            pool.instance_type,
+            f"{pool.instance.gpus}x {pool.instance.gpu_model.split('-')[0]}",
+            f"{len(interfaces) - efa_only}+{efa_only}",
+            "/".join(_int(scaling.get(k)) for k in ("minSize", "desiredSize", "maxSize")),
+            f"{_int(group.inputs.get('updateConfig', {}).get('maxUnavailablePercentage'))}%",
+            reservation or ("cluster" if placement else "none"),
+            pool.ami_family + (" + GDS" if pool.gds else ""),
+            labels.get("nvidia.com/mig.config", "-"),
+            _int(template.inputs.get("metadataOptions", {}).get("httpPutResponseHopLimit")),
+        )
+    return table
+
+
 def render(run: OfflineRun, console: Console) -> None:
-    """Print the plan: a summary, then each component's resources with their key properties."""
+    """Print the plan: a summary, the GPU node groups, then each component's resources."""
     index = _Index(run)
     config = run.config
     custom = [r for r in run.resources if r.custom]
@@ -202,36 +270,14 @@ def render(run: OfflineRun, console: Console) -> None:
         f"cluster {config.cluster.name}: {len(custom)} resources would be created "
         "(offline, under Pulumi's mocks: nothing was created)"
     )
-    components = [r for r in run.resources if not r.custom]
-    for component in components:
+    console.print(_gpu_table(run, index))
+    for component in (r for r in run.resources if not r.custom):
         children = [r for r in run.children_of(component.urn) if r.custom]
-        if not children:
-            continue
-        counts = Counter(_short_type(r.type) for r in children)
-        table = Table(
-            title=f"{component.type.rsplit(':', 1)[-1]} {component.name}: {len(children)} resources",
-            caption=", ".join(f"{n} {kind}" for kind, n in counts.most_common()),
-            title_justify="left",
-            caption_justify="left",
-            expand=False,
-        )
-        table.add_column("type", no_wrap=True)
-        table.add_column("name", no_wrap=True)
-        table.add_column("key properties", overflow="fold")
-        for resource in children:
-            describe = _DESCRIBE.get(resource.type)
-            table.add_row(_short_type(resource.type), resource.name, describe(resource, index) if describe else "")
-        console.print(table)
+        if children:
+            console.print(_resource_table(f"{component.type.rsplit(':', 1)[-1]} {component.name}", children, index))
     top = [r for r in custom if not r.parent]
     if top:
-        table = Table(title=f"Stack-level: {len(top)} resources", title_justify="left")
-        table.add_column("type", no_wrap=True)
-        table.add_column("name", no_wrap=True)
-        table.add_column("key properties", overflow="fold")
-        for resource in top:
-            describe = _DESCRIBE.get(resource.type)
-            table.add_row(_short_type(resource.type), resource.name, describe(resource, index) if describe else "")
-        console.print(table)
+        console.print(_resource_table("Stack-level", top, index))
     for message in run.messages:
         console.print(f"[yellow]note:[/yellow] {message}")
     totals = Counter(_short_type(r.type) for r in custom)

@@ -41,6 +41,9 @@ def test_prod_preview_prints_tables_per_component_in_under_30_seconds() -> None:
     ):
         assert title in out, title
     assert "p5.48xlarge, EFA 1 efa + 31 efa-only, IMDSv2 hop 1" in out
+    gpu_rows = [line for line in out.splitlines() if "gpu-full-us-west-2" in line and "8x H100" in line]
+    assert len(gpu_rows) == 3
+    assert all("1+31" in row and "1/1/5" in row and "33%" in row for row in gpu_rows)
     assert "us-west-2a" in out and "us-west-2b" in out and "us-west-2c" in out
     assert "min/desired/max 1/1/5 (desired ignored), max unavailable 33%" in out
     assert "PERSISTENT_2 4800 GiB, 1000 MB/s/TiB, EFA on, in us-west-2a" in out
