@@ -66,8 +66,10 @@ def max_batch(group_size: int) -> int:
 
 _ADDON_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-eksbuild\.(\d+)$")
 
-VPC_CNI_MIN_EFA_ONLY = (1, 19, 0)
-"""Oldest Amazon VPC CNI that leaves `efa-only` interfaces alone instead of trying to manage them."""
+VPC_CNI_MIN_EFA_ONLY = (1, 18, 5)
+"""Oldest Amazon VPC CNI that supports nodes with `efa-only` interfaces (EKS User Guide, "Run
+machine learning training on Amazon EKS with Elastic Fabric Adapter", section "EFA and EFA-only
+interfaces": "You must have VPC CNI version 1.18.5 or later for EFA-only interfaces")."""
 
 
 def parse_addon_version(text: str) -> tuple[int, int, int] | None:
@@ -265,9 +267,16 @@ INSTANCE_TYPES: dict[str, InstanceType] = _types(
 def efa_interfaces(instance: InstanceType) -> tuple[EfaInterface, ...]:
     """The network interfaces of a GPU node: one EFA per network card.
 
-    Card 0, device 0 is the primary interface, an `efa` interface that also carries the node's IP
-    traffic. Every other card gets an `efa-only` interface at device index 1 (device index 0 is
-    only for the primary interface), so no (card, device) pair repeats and no extra IPs are used.
+    Card 0, device 0 is the primary interface, an `efa` (EFA with ENA) interface that also carries
+    the node's IP traffic and pods' addresses. Every other card gets an `efa-only` interface at
+    device index 1, so no (card, device) pair repeats and no extra IP addresses are taken.
+
+    Sources: EC2 User Guide, "Maximize network bandwidth on Amazon EC2 instances with multiple
+    network cards" (primary: card 0, device 0, EFA with ENA, never EFA-only; each additional
+    interface: next unused card, device index 1, EFA or EFA-only) and EKS User Guide, "EFA and
+    EFA-only interfaces" ("you can't set the network card 0 to an EFA-only interface"). A newer
+    revision of the EC2 guide also allows an ENA primary plus an EFA-only at card 0, device 1 and
+    EFA-only at device 0 elsewhere; we keep the layout both guides accept on EKS.
     """
     slots = [EfaInterface(network_card_index=0, device_index=0, interface_type="efa")]
     slots += [
