@@ -150,27 +150,21 @@ class Cluster(pulumi.ComponentResource):
         ]
         self.node_role_arn = node_role.arn
 
-        versions = config.addon_versions
-        self.vpc_cni = aws.eks.Addon(
-            f"{name}-vpc-cni",
-            cluster_name=cluster.name,
-            addon_name="vpc-cni",
-            addon_version=versions["vpc-cni"],
-            resolve_conflicts_on_create="OVERWRITE",
-            resolve_conflicts_on_update="PRESERVE",
-            tags=tags,
-            opts=child,
-        )
-        kube_proxy = aws.eks.Addon(
-            f"{name}-kube-proxy",
-            cluster_name=cluster.name,
-            addon_name="kube-proxy",
-            addon_version=versions["kube-proxy"],
-            resolve_conflicts_on_create="OVERWRITE",
-            resolve_conflicts_on_update="PRESERVE",
-            tags=tags,
-            opts=child,
-        )
+        def addon(addon_name: str, depends_on: list[pulumi.Resource] | None = None) -> aws.eks.Addon:
+            return aws.eks.Addon(
+                f"{name}-{addon_name}",
+                cluster_name=cluster.name,
+                addon_name=addon_name,
+                addon_version=config.addon_versions[addon_name],
+                resolve_conflicts_on_create="OVERWRITE",
+                # An operator's hotfix to an add-on's settings survives the next `pulumi up`.
+                resolve_conflicts_on_update="PRESERVE",
+                tags=tags,
+                opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on or []),
+            )
+
+        self.vpc_cni = addon("vpc-cni")
+        kube_proxy = addon("kube-proxy")
 
         system = config.system_nodes
         system_template = aws.ec2.LaunchTemplate(
@@ -218,16 +212,7 @@ class Cluster(pulumi.ComponentResource):
             ),
         )
         # CoreDNS needs nodes to schedule on; created before them it reports DEGRADED and fails.
-        aws.eks.Addon(
-            f"{name}-coredns",
-            cluster_name=cluster.name,
-            addon_name="coredns",
-            addon_version=versions["coredns"],
-            resolve_conflicts_on_create="OVERWRITE",
-            resolve_conflicts_on_update="PRESERVE",
-            tags=tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[self.system_node_group]),
-        )
+        addon("coredns", depends_on=[self.system_node_group])
 
         self.register_outputs(
             {

@@ -117,150 +117,48 @@ class InstanceType:
         return min(self.network_cards, self.max_efa_interfaces)
 
 
-def _types(*rows: InstanceType) -> dict[str, InstanceType]:
-    return {row.name: row for row in rows}
+# Sources: Amazon EC2 User Guide, "Network cards" (network cards, maximum EFA interfaces per
+# type) and "Supported instance types" for EFA; the Accelerated Computing instance specifications
+# (GPUs, instance store): https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html
+_TABLE = """
+name            network_cards  max_efa  gpus  gpu_model          nvme_volumes  nvme_volume_gb
+p4d.24xlarge    4              4        8     A100-SXM4-40GB     8             1000
+p4de.24xlarge   4              4        8     A100-SXM4-80GB     8             1000
+p5.48xlarge     32             32       8     H100-SXM5-80GB     8             3840
+p5e.48xlarge    32             32       8     H200-SXM5-141GB    8             3840
+p5en.48xlarge   16             16       8     H200-SXM5-141GB    8             3840
+g6e.8xlarge     1              1        1     L40S-48GB          1             900
+g6e.12xlarge    1              1        4     L40S-48GB          2             1900
+g6e.16xlarge    1              1        1     L40S-48GB          1             1900
+g6e.24xlarge    2              2        4     L40S-48GB          2             1900
+g6e.48xlarge    4              4        8     L40S-48GB          4             1900
+g5.8xlarge      1              1        1     A10G-24GB          1             900
+g5.12xlarge     1              1        4     A10G-24GB          1             3800
+g5.16xlarge     1              1        1     A10G-24GB          1             1900
+g5.24xlarge     1              1        4     A10G-24GB          1             3800
+g5.48xlarge     1              1        8     A10G-24GB          2             3800
+"""
 
 
-INSTANCE_TYPES: dict[str, InstanceType] = _types(
-    # Sources: Amazon EC2 User Guide, "Network cards" (network cards and max EFA per type),
-    # "Supported instance types" for EFA, and the Accelerated Computing instance specifications
-    # (GPUs, instance store). https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html
-    InstanceType(
-        "p4d.24xlarge",
-        network_cards=4,
-        max_efa_interfaces=4,
-        gpus=8,
-        gpu_model="A100-SXM4-40GB",
-        nvme_volumes=8,
-        nvme_volume_gb=1000,
-    ),
-    InstanceType(
-        "p4de.24xlarge",
-        network_cards=4,
-        max_efa_interfaces=4,
-        gpus=8,
-        gpu_model="A100-SXM4-80GB",
-        nvme_volumes=8,
-        nvme_volume_gb=1000,
-    ),
-    InstanceType(
-        "p5.48xlarge",
-        network_cards=32,
-        max_efa_interfaces=32,
-        gpus=8,
-        gpu_model="H100-SXM5-80GB",
-        nvme_volumes=8,
-        nvme_volume_gb=3840,
-    ),
-    InstanceType(
-        "p5e.48xlarge",
-        network_cards=32,
-        max_efa_interfaces=32,
-        gpus=8,
-        gpu_model="H200-SXM5-141GB",
-        nvme_volumes=8,
-        nvme_volume_gb=3840,
-    ),
-    InstanceType(
-        "p5en.48xlarge",
-        network_cards=16,
-        max_efa_interfaces=16,
-        gpus=8,
-        gpu_model="H200-SXM5-141GB",
-        nvme_volumes=8,
-        nvme_volume_gb=3840,
-    ),
-    InstanceType(
-        "g6e.8xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=1,
-        gpu_model="L40S-48GB",
-        nvme_volumes=1,
-        nvme_volume_gb=900,
-    ),
-    InstanceType(
-        "g6e.12xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=4,
-        gpu_model="L40S-48GB",
-        nvme_volumes=2,
-        nvme_volume_gb=1900,
-    ),
-    InstanceType(
-        "g6e.16xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=1,
-        gpu_model="L40S-48GB",
-        nvme_volumes=1,
-        nvme_volume_gb=1900,
-    ),
-    InstanceType(
-        "g6e.24xlarge",
-        network_cards=2,
-        max_efa_interfaces=2,
-        gpus=4,
-        gpu_model="L40S-48GB",
-        nvme_volumes=2,
-        nvme_volume_gb=1900,
-    ),
-    InstanceType(
-        "g6e.48xlarge",
-        network_cards=4,
-        max_efa_interfaces=4,
-        gpus=8,
-        gpu_model="L40S-48GB",
-        nvme_volumes=4,
-        nvme_volume_gb=1900,
-    ),
-    InstanceType(
-        "g5.8xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=1,
-        gpu_model="A10G-24GB",
-        nvme_volumes=1,
-        nvme_volume_gb=900,
-    ),
-    InstanceType(
-        "g5.12xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=4,
-        gpu_model="A10G-24GB",
-        nvme_volumes=1,
-        nvme_volume_gb=3800,
-    ),
-    InstanceType(
-        "g5.16xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=1,
-        gpu_model="A10G-24GB",
-        nvme_volumes=1,
-        nvme_volume_gb=1900,
-    ),
-    InstanceType(
-        "g5.24xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=4,
-        gpu_model="A10G-24GB",
-        nvme_volumes=1,
-        nvme_volume_gb=3800,
-    ),
-    InstanceType(
-        "g5.48xlarge",
-        network_cards=1,
-        max_efa_interfaces=1,
-        gpus=8,
-        gpu_model="A10G-24GB",
-        nvme_volumes=2,
-        nvme_volume_gb=3800,
-    ),
-)
+def _parse_table(table: str) -> dict[str, InstanceType]:
+    header, *rows = (line.split() for line in table.strip().splitlines())
+    if header != ["name", "network_cards", "max_efa", "gpus", "gpu_model", "nvme_volumes", "nvme_volume_gb"]:
+        raise ValueError(f"instance table header changed: {header}")
+    types = {}
+    for name, cards, max_efa, gpus, gpu_model, nvme_volumes, nvme_volume_gb in rows:
+        types[name] = InstanceType(
+            name,
+            network_cards=int(cards),
+            max_efa_interfaces=int(max_efa),
+            gpus=int(gpus),
+            gpu_model=gpu_model,
+            nvme_volumes=int(nvme_volumes),
+            nvme_volume_gb=int(nvme_volume_gb),
+        )
+    return types
+
+
+INSTANCE_TYPES: dict[str, InstanceType] = _parse_table(_TABLE)
 """EFA-capable GPU instance types we can lay out. A type not here is a config error, never a guess."""
 
 
