@@ -107,6 +107,10 @@ class Cluster(pulumi.ComponentResource):
                 endpoint_public_access=config.endpoint_public_access,
                 public_access_cidrs=list(config.public_access_cidrs) if config.endpoint_public_access else None,
             ),
+            # Pinned rather than left to EKS, so self-bootstrapping nodes can be told CoreDNS's address.
+            kubernetes_network_config=aws.eks.ClusterKubernetesNetworkConfigArgs(
+                service_ipv4_cidr=str(config.service_cidr)
+            ),
             encryption_config=aws.eks.ClusterEncryptionConfigArgs(
                 resources=["secrets"],
                 provider=aws.eks.ClusterEncryptionConfigProviderArgs(key_arn=secrets_key.arn),

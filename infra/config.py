@@ -102,11 +102,18 @@ class ClusterConfig:
     """Whether the API endpoint is reachable from outside the VPC (private access is always on)."""
     public_access_cidrs: tuple[str, ...]
     """Who may reach the public endpoint; prod refuses 0.0.0.0/0."""
+    service_cidr: ipaddress.IPv4Network
+    """Kubernetes Service addresses; must not overlap the VPC. Default 172.20.0.0/16."""
     log_types: tuple[str, ...]
     """Control-plane log streams sent to CloudWatch; default all five."""
     addon_versions: Mapping[str, str]
     """Pinned EKS add-on versions by add-on name (vpc-cni, coredns, kube-proxy)."""
     system_nodes: SystemNodesConfig
+
+    @property
+    def dns_cluster_ip(self) -> str:
+        """CoreDNS's Service address: the tenth of the Service range, as EKS assigns it."""
+        return str(self.service_cidr.network_address + 10)
 
 
 @dataclass(frozen=True)
@@ -446,6 +453,18 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
         )
     endpoint.done()
 
+    service_text = node.text("serviceIpv4Cidr", default="172.20.0.0/16")
+    try:
+        service_cidr = ipaddress.IPv4Network(service_text)
+    except ValueError as exc:
+        _fail(node._path("serviceIpv4Cidr"), service_text, f"is not an IPv4 network ({exc})")
+    if not 12 <= service_cidr.prefixlen <= 24 or service_cidr.overlaps(network.vpc_cidr):
+        _fail(
+            node._path("serviceIpv4Cidr"),
+            service_text,
+            f"must be a /12 to /24 that does not overlap the VPC ({network.vpc_cidr})",
+        )
+
     log_types = node.texts("logTypes", default=_LOG_TYPES)
     for log_type in log_types:
         if log_type not in _LOG_TYPES:
@@ -493,6 +512,7 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
         kubernetes_version=version,
         endpoint_public_access=public,
         public_access_cidrs=cidrs,
+        service_cidr=service_cidr,
         log_types=log_types,
         addon_versions=versions,
         system_nodes=system_nodes,

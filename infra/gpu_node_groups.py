@@ -45,6 +45,8 @@ class GpuNodeGroupsArgs:
     cluster_certificate_authority: pulumi.Input[str]
     cluster_security_group_id: pulumi.Input[str]
     """EKS's cluster security group: node <-> control plane traffic."""
+    dns_cluster_ip: str
+    """CoreDNS's Service address, for nodes that bootstrap themselves (custom AMIs)."""
     node_role_arn: pulumi.Input[str]
     vpc_id: pulumi.Input[str]
     private_subnet_ids: Mapping[str, pulumi.Input[str]]
@@ -166,13 +168,16 @@ class _GpuPool(pulumi.ComponentResource):
             )
 
         labels = node_labels(pool)
+        capacity_type = "CAPACITY_BLOCK" if reservation and reservation.type == "capacity-block" else "ON_DEMAND"
         if pool.ami_family == "al2023":
             user_data: pulumi.Input[str] = encode(al2023_user_data())
         else:
+            # A custom AMI gets no bootstrap from EKS: the node must carry the labels EKS would set.
             join_labels = {
                 **labels,
                 "eks.amazonaws.com/nodegroup": group_name,
                 "eks.amazonaws.com/nodegroup-image": pool.ami_id or "",
+                "eks.amazonaws.com/capacityType": capacity_type,
             }
             user_data = pulumi.Output.all(
                 args.cluster_name, args.cluster_endpoint, args.cluster_certificate_authority
@@ -183,6 +188,7 @@ class _GpuPool(pulumi.ComponentResource):
                             cluster_name=values[0],
                             endpoint=values[1],
                             certificate_authority=values[2],
+                            dns_cluster_ip=args.dns_cluster_ip,
                             labels=join_labels,
                             taints=[GPU_TAINT],
                         )
@@ -234,7 +240,7 @@ class _GpuPool(pulumi.ComponentResource):
             subnet_ids=[args.private_subnet_ids[az]],
             ami_type=_AMI_TYPE[pool.ami_family],
             release_version=pool.release_version,
-            capacity_type="CAPACITY_BLOCK" if reservation and reservation.type == "capacity-block" else "ON_DEMAND",
+            capacity_type=capacity_type,
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),

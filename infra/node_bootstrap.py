@@ -35,6 +35,8 @@ class NodeJoin:
     endpoint: str
     certificate_authority: str
     """Base64 PEM, as EKS returns it."""
+    dns_cluster_ip: str
+    """CoreDNS's Service address (the cluster's Service range + 10)."""
     labels: Mapping[str, str]
     taints: Sequence[Taint]
 
@@ -96,6 +98,8 @@ def ubuntu_user_data(join: NodeJoin) -> str:
             shlex.quote(join.certificate_authority),
             "--apiserver-endpoint",
             shlex.quote(join.endpoint),
+            "--dns-cluster-ip",
+            shlex.quote(join.dns_cluster_ip),
             "--kubelet-extra-args",
             shlex.quote(kubelet_args),
         ]

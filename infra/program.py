@@ -78,6 +78,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             cluster_endpoint=cluster.endpoint,
             cluster_certificate_authority=cluster.certificate_authority,
             cluster_security_group_id=cluster.security_group_id,
+            dns_cluster_ip=config.cluster.dns_cluster_ip,
             node_role_arn=cluster.node_role_arn,
             vpc_id=network.vpc_id,
             private_subnet_ids=network.private_subnet_ids,

@@ -129,3 +129,13 @@ def test_roles_trust_only_their_service(run: OfflineRun) -> None:
     env = run.config.env
 
     assert principals == {f"{env}-cluster": "eks.amazonaws.com", f"{env}-node": "ec2.amazonaws.com"}
+
+
+def test_service_range_is_pinned_outside_the_vpc(run: OfflineRun) -> None:
+    import ipaddress
+
+    service = _cluster(run)["kubernetesNetworkConfig"]["serviceIpv4Cidr"]
+
+    assert service == "172.20.0.0/16"
+    assert not ipaddress.IPv4Network(service).overlaps(run.config.network.vpc_cidr)
+    assert run.config.cluster.dns_cluster_ip == "172.20.0.10"

@@ -215,6 +215,9 @@ def test_ubuntu_pool_bootstraps_itself_and_builds_the_same_raid0(run_changed) ->
     assert cluster.outputs["certificateAuthority"]["data"] in bootstrap
     assert "--register-with-taints=nvidia.com/gpu=true:NoSchedule" in bootstrap
     assert "eks.amazonaws.com/nodegroup=gpu-full-us-west-2b" in bootstrap
+    assert f"eks.amazonaws.com/nodegroup-image={UBUNTU_AMI}" in bootstrap
+    assert "eks.amazonaws.com/capacityType=ON_DEMAND" in bootstrap
+    assert "--dns-cluster-ip 172.20.0.10" in bootstrap
     assert "vpc.amazonaws.com/efa.present=true" in bootstrap
     # The RAID0 array is built before the kubelet starts.
     assert script.index("peakguard-nvme-raid0\n") < script.index("/etc/eks/bootstrap.sh")
