@@ -53,6 +53,7 @@ _RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8,17}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
 _MAX_GPU_VOLUME_GIB = 16384
+_MAX_HEADROOM = 10
 
 
 class ConfigError(ValueError):
@@ -234,29 +235,30 @@ def _describe(value: Any) -> str:
 
 
 class _Obj:
-    """A config object being read; remembers which keys were used to reject unknown ones."""
+    """A config object being read. Its schema's keys are declared up front, so a misspelt key is
+    reported as such (with a suggestion) before anything it would have set is missed."""
 
-    def __init__(self, key: str, value: Any, *, separator: str = ".") -> None:
+    def __init__(self, key: str, value: Any, *, known: Sequence[str], separator: str = ".") -> None:
         if not isinstance(value, Mapping):
             _fail(key, value, "must be an object (a YAML mapping)")
         self.key = key
         self._separator = separator
-        self._value: Mapping[str, Any] = value
-        self._used: set[str] = set()
+        self._value: Mapping[Any, Any] = value
+        for name in sorted(value, key=str):
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
+                _fail(self._path(name), value[name], f"is not a known key; {hint}")
 
     def _get(self, name: str, default: Any) -> Any:
-        self._used.add(name)
         value = self._value.get(name, _MISSING)
         if value is _MISSING or value is None:
             if default is _MISSING:
-                # A misspelling of this key is the likelier mistake than leaving it out: say so.
-                for typo in difflib.get_close_matches(name, [k for k in self._value if k != name], n=1):
-                    _fail(self._path(typo), self._value[typo], f"is not a known key; did you mean '{name}'?")
                 _fail(self._path(name), _MISSING, "is required")
             return default
         return value
 
-    def _path(self, name: str) -> str:
+    def _path(self, name: Any) -> str:
         return f"{self.key}{self._separator}{name}"
 
     def text(self, name: str, *, default: Any = _MISSING, choices: Sequence[str] = ()) -> Any:
@@ -273,8 +275,8 @@ class _Obj:
         value = self._get(name, default)
         if value is default:
             return value
-        # `pulumi config set --path` stores numbers as strings; accept those too.
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        # `pulumi config set --path` stores numbers as strings; accept plain ASCII digits too.
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             _fail(self._path(name), value, "must be a whole number")
@@ -303,30 +305,21 @@ class _Obj:
             _fail(self._path(name), value, "must be a list of strings")
         return tuple(value)
 
-    def child(self, name: str, *, default: Any = _MISSING) -> Any:
+    def child(self, name: str, *, known: Sequence[str], default: Any = _MISSING) -> Any:
         value = self._get(name, default)
         if value is default:
             return value
-        return _Obj(self._path(name), value)
+        return _Obj(self._path(name), value, known=known)
 
-    def items(self, name: str, *, default: Any = _MISSING) -> list[tuple[str, _Obj]]:
-        """The entries of a map-of-objects key, each read as an object."""
-        container = self.child(name, default=default)
-        if container is default:
+    def items(self, name: str, *, known: Sequence[str], default: Any = _MISSING) -> list[tuple[Any, _Obj]]:
+        """The entries of a map-of-objects key (pools by name, reservations by AZ), each an object."""
+        value = self._get(name, default)
+        if value is default:
             return []
-        container._used.update(container._value)
-        return [(k, _Obj(container._path(k), v)) for k, v in container._value.items()]
-
-    def done(self) -> None:
-        unknown = sorted(set(self._value) - self._used)
-        if unknown:
-            name = unknown[0]
-            _fail(self._path(name), self._value[name], "is not a known key" + _did_you_mean(name, sorted(self._used)))
-
-
-def _did_you_mean(name: str, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, known, n=1)
-    return f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(known)}"
+        if not isinstance(value, Mapping):
+            _fail(self._path(name), value, "must be an object (a YAML mapping)")
+        container = self._path(name)
+        return [(k, _Obj(f"{container}.{k}", v, known=known)) for k, v in value.items()]
 
 
 def _fail(key: str, value: Any, problem: str) -> NoReturn:
@@ -336,34 +329,48 @@ def _fail(key: str, value: Any, problem: str) -> NoReturn:
 # --- The schema ----------------------------------------------------------------------------
 
 
+_SCALING_KEYS = ("minSize", "desiredSize", "maxSize")
+_CLUSTER_KEYS = ("name", "kubernetesVersion", "endpoint", "serviceIpv4Cidr", "logTypes", "addons", "systemNodes")
+_POOL_KEYS = (
+    "instanceType", "availabilityZones", "amiFamily", "amiId", "releaseVersion", "migProfile",
+    "expectedPeakNodes", "headroom", "scalingPerAz", "maxUnavailablePercentage", "rootVolumeGiB",
+    "podsNeedInstanceMetadata", "gds", "capacityReservations",
+)  # fmt: skip
+
+
 def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     if stack not in ENVIRONMENTS:
         _fail("stack", stack, f"must be one of {', '.join(ENVIRONMENTS)} (the stack name is the environment)")
     env = stack
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{PROJECT}:")}
-    root = _Obj(PROJECT, ours, separator=":")
+    root = _Obj(PROJECT, ours, known=("network", "cluster", "gpuPools", "storage", "tags"), separator=":")
 
     region = values.get("aws:region")
-    if not isinstance(region, str) or not _REGION.match(region):
+    if not isinstance(region, str) or not _REGION.fullmatch(region):
         _fail(
             "aws:region",
             region if region is not None else _MISSING,
             "must name an AWS region, e.g. us-west-2 (`pulumi config set aws:region ...`)",
         )
 
-    network = _parse_network(root.child("network"), env=env, region=region)
-    cluster = _parse_cluster(root.child("cluster"), env=env, network=network)
-    pools = tuple(_parse_gpu_pool(name, node, network=network) for name, node in root.items("gpuPools"))
+    network = _parse_network(
+        root.child("network", known=("vpcCidr", "availabilityZones", "natGateways")), env=env, region=region
+    )
+    cluster = _parse_cluster(root.child("cluster", known=_CLUSTER_KEYS), env=env, network=network)
+    pools = tuple(
+        _parse_gpu_pool(name, node, network=network) for name, node in root.items("gpuPools", known=_POOL_KEYS)
+    )
     if not pools:
         _fail(f"{PROJECT}:gpuPools", {}, "must define at least one GPU pool")
-    storage = _parse_storage(root.child("storage", default=None), pools=pools)
-    tags_node = root.child("tags", default=None)
+    storage = _parse_storage(root.child("storage", known=("fsx",), default=None), pools=pools)
+    raw_tags = ours.get("tags") or {}
+    if not isinstance(raw_tags, Mapping):
+        _fail(f"{PROJECT}:tags", raw_tags, "must map tag names to values")
     tags: dict[str, str] = {}
-    if tags_node is not None:
-        for key in list(tags_node._value):
-            tags[key] = tags_node.text(key)
-        tags_node.done()
-    root.done()
+    for name, value in raw_tags.items():
+        if not isinstance(value, str) or not value:
+            _fail(f"{PROJECT}:tags.{name}", value, "must be a non-empty string")
+        tags[str(name)] = value
     return StackConfig(
         env=env,
         region=region,
@@ -403,7 +410,6 @@ def _parse_network(node: _Obj, *, env: str, region: str) -> NetworkConfig:
     nat = node.text("natGateways", default="perAz" if env == "prod" else "single", choices=("perAz", "single"))
     if env == "prod" and nat != "perAz":
         _fail(node._path("natGateways"), nat, "must be perAz in prod, so an AZ outage leaves the others egress")
-    node.done()
     return NetworkConfig(vpc_cidr=cidr, availability_zones=azs, nat_gateways=nat)
 
 
@@ -417,19 +423,18 @@ def _parse_scaling(node: _Obj) -> Scaling:
             {"minSize": low, "desiredSize": desired, "maxSize": high},
             "must satisfy minSize <= desiredSize <= maxSize",
         )
-    node.done()
     return Scaling(min_size=low, desired_size=desired, max_size=high)
 
 
 def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterConfig:
     name = node.text("name", default=f"{PROJECT}-{env}")
-    if not _CLUSTER_NAME.match(name):
+    if not _CLUSTER_NAME.fullmatch(name):
         _fail(node._path("name"), name, "must start with a letter and hold only letters, digits and '-' (max 63)")
     version = node.text("kubernetesVersion")
-    if not _K8S_VERSION.match(version):
+    if not _K8S_VERSION.fullmatch(version):
         _fail(node._path("kubernetesVersion"), version, 'must be an EKS version such as "1.33" (quote it in YAML)')
 
-    endpoint = node.child("endpoint")
+    endpoint = node.child("endpoint", known=("publicAccess", "publicAccessCidrs"))
     public = endpoint.flag("publicAccess")
     cidrs = endpoint.texts("publicAccessCidrs", default=())
     for cidr in cidrs:
@@ -451,7 +456,6 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
             list(cidrs),
             "must not include 0.0.0.0/0 in prod; list your VPN/bastion ranges",
         )
-    endpoint.done()
 
     service_text = node.text("serviceIpv4Cidr", default="172.20.0.0/16")
     try:
@@ -470,7 +474,7 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
         if log_type not in _LOG_TYPES:
             _fail(node._path("logTypes"), log_type, f"must be among {', '.join(_LOG_TYPES)}")
 
-    addons = node.child("addons")
+    addons = node.child("addons", known=("vpcCni", "coredns", "kubeProxy"))
     versions = {
         "vpc-cni": addons.text("vpcCni"),
         "coredns": addons.text("coredns"),
@@ -492,12 +496,11 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
             versions["vpc-cni"],
             f"must be v{minimum} or newer: older VPC CNIs do not support the efa-only interfaces of the GPU nodes",
         )
-    addons.done()
 
-    system = node.child("systemNodes")
+    system = node.child("systemNodes", known=("instanceType", "scaling"))
     system_nodes = SystemNodesConfig(
         instance_type=system.text("instanceType"),
-        scaling=_parse_scaling(system.child("scaling")),
+        scaling=_parse_scaling(system.child("scaling", known=_SCALING_KEYS)),
     )
     if system_nodes.scaling.min_size < len(network.availability_zones):
         _fail(
@@ -505,8 +508,6 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
             system_nodes.scaling.min_size,
             f"must be >= the number of AZs ({len(network.availability_zones)}) so add-ons run in every AZ",
         )
-    system.done()
-    node.done()
     return ClusterConfig(
         name=name,
         kubernetes_version=version,
@@ -520,7 +521,7 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
 
 
 def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPoolConfig:
-    if not _POOL_NAME.match(name):
+    if not isinstance(name, str) or not _POOL_NAME.fullmatch(name):
         _fail(node.key, name, "pool names are 1-12 lowercase letters and digits, starting with a letter")
     instance_type = node.text("instanceType")
     if instance_type not in facts.INSTANCE_TYPES:
@@ -534,6 +535,8 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
     instance = facts.INSTANCE_TYPES[instance_type]
 
     azs = node.texts("availabilityZones", default=network.availability_zones)
+    if not azs:
+        _fail(node._path("availabilityZones"), [], "must list at least one AZ (leave it out for all of the network's)")
     for az in azs:
         if az not in network.availability_zones:
             _fail(
@@ -555,7 +558,7 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
                 "is required for the ubuntu AMI family; find one with `aws ssm get-parameters-by-path "
                 "--path /aws/service/canonical/ubuntu/eks/` for your Kubernetes version",
             )
-        if not _AMI_ID.match(ami_id):
+        if not _AMI_ID.fullmatch(ami_id):
             _fail(node._path("amiId"), ami_id, "must be an AMI id (ami-0123456789abcdef0)")
         if release is not None:
             _fail(node._path("releaseVersion"), release, "applies to al2023 only; the ubuntu family pins amiId")
@@ -583,13 +586,13 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         headroom = Fraction(str(headroom_text))
     except (ValueError, ZeroDivisionError):
         _fail(node._path("headroom"), headroom_text, "must be a number such as 1.3")
-    if headroom < facts.HEADROOM:
+    if not facts.HEADROOM <= headroom <= _MAX_HEADROOM:
         _fail(
             node._path("headroom"),
             headroom_text,
-            f"may raise the headroom, never lower it below {float(facts.HEADROOM)}",
+            f"may raise the headroom, never lower it below {float(facts.HEADROOM)} (and at most {_MAX_HEADROOM})",
         )
-    scaling = _parse_scaling(node.child("scalingPerAz"))
+    scaling = _parse_scaling(node.child("scalingPerAz", known=_SCALING_KEYS))
     needed = facts.capacity_with_headroom(peak, headroom)
     if scaling.max_size * len(azs) < needed:
         per_az = -(-needed // len(azs))
@@ -618,18 +621,17 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         )
 
     reservations: dict[str, CapacityReservation] = {}
-    for az, entry in node.items("capacityReservations", default=None):
+    for az, entry in node.items("capacityReservations", known=("id", "type", "placementGroup"), default=None):
         if az not in azs:
             _fail(entry.key, az, f"is not one of this pool's AZs ({', '.join(azs)}); a reservation is per AZ")
         reservation_id = entry.text("id")
-        if not _RESERVATION_ID.match(reservation_id):
+        if not _RESERVATION_ID.fullmatch(reservation_id):
             _fail(entry._path("id"), reservation_id, "must be a capacity reservation id (cr-...)")
         reservations[az] = CapacityReservation(
             reservation_id=reservation_id,
             type=entry.text("type", default="odcr", choices=("odcr", "capacity-block")),
             placement_group=entry.text("placementGroup", default=None),
         )
-        entry.done()
 
     pool = GpuPoolConfig(
         name=name,
@@ -648,14 +650,15 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         gds=gds,
         capacity_reservations=reservations,
     )
-    node.done()
     return pool
 
 
 def _parse_storage(node: _Obj | None, *, pools: Sequence[GpuPoolConfig]) -> StorageConfig:
     if node is None:
         return StorageConfig(fsx=None)
-    fsx_node = node.child("fsx", default=None)
+    fsx_node = node.child(
+        "fsx", known=("enabled", "availabilityZone", "storageCapacityGiB", "throughputPerTiB"), default=None
+    )
     fsx = None
     if fsx_node is not None and fsx_node.flag("enabled", default=True):
         gpu_azs = sorted({az for pool in pools for az in pool.availability_zones})
@@ -677,7 +680,4 @@ def _parse_storage(node: _Obj | None, *, pools: Sequence[GpuPoolConfig]) -> Stor
                 f"must be one of {', '.join(map(str, _FSX_THROUGHPUT_PER_TIB))} (MB/s per TiB, PERSISTENT_2)",
             )
         fsx = FsxConfig(availability_zone=az, storage_capacity_gib=capacity, throughput_per_tib=throughput)
-    if fsx_node is not None:
-        fsx_node.done()
-    node.done()
     return StorageConfig(fsx=fsx)

@@ -64,7 +64,7 @@ def max_batch(group_size: int) -> int:
 
 # --- GPU instance types with EFA -------------------------------------------------------------
 
-_ADDON_VERSION = re.compile(r"^v(\d+)\.(\d+)\.(\d+)-eksbuild\.(\d+)$")
+_ADDON_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)-eksbuild\.(\d+)")
 
 VPC_CNI_MIN_EFA_ONLY = (1, 18, 5)
 """Oldest Amazon VPC CNI that supports nodes with `efa-only` interfaces (EKS User Guide, "Run
@@ -74,7 +74,7 @@ interfaces": "You must have VPC CNI version 1.18.5 or later for EFA-only interfa
 
 def parse_addon_version(text: str) -> tuple[int, int, int] | None:
     """`v1.19.2-eksbuild.1` -> (1, 19, 2); None if it is not an EKS add-on version."""
-    match = _ADDON_VERSION.match(text)
+    match = _ADDON_VERSION.fullmatch(text)
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
