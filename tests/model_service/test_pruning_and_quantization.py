@@ -1,0 +1,102 @@
+"""Structured pruning and INT8: both make a really smaller model that still answers the same."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from model_service.classifier import IntentClassifier
+from model_service.pruning import feature_scores, prune_features
+from model_service.quantization import QuantizationUnavailableError, quantize_int8
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.tensor([[5, 6, 7, 8, 0], [9, 10, 11, 12, 13]])
+    return ids, (ids != 0).long()
+
+
+def test_pruning_removes_the_lowest_weight_dimensions(tiny_model: IntentClassifier) -> None:
+    with torch.no_grad():
+        for name, parameter in tiny_model.named_parameters():
+            if parameter.dim() == 2 and parameter.shape[-1] == 24 and "head" not in name:
+                parameter[:, [3, 17]] *= 0.01  # embeddings and the layers that read the stream
+    scores = feature_scores(tiny_model)
+
+    pruned, removed = prune_features(tiny_model, 2)
+
+    assert removed == [3, 17]
+    assert set(scores.argsort()[:2].tolist()) == {3, 17}
+    assert pruned.config.hidden == 22
+    assert pruned.parameter_count() < tiny_model.parameter_count()
+    assert tiny_model.config.hidden == 24, "the original must be left alone"
+
+
+def test_pruned_model_runs_and_stays_close_when_the_removed_dimensions_were_near_silent(
+    tiny_model: IntentClassifier,
+) -> None:
+    ids, mask = _inputs()
+    with torch.no_grad():
+        for module in tiny_model.modules():
+            if isinstance(module, nn.Linear) and module.in_features == 24:
+                module.weight[:, 5] = 0.0
+            if isinstance(module, nn.Linear) and module.out_features == 24:
+                module.weight[5] = 0.0
+                module.bias[5] = 0.0
+        tiny_model.word_embeddings.weight[:, 5] = 0.0
+        tiny_model.position_embeddings.weight[:, 5] = 0.0
+        tiny_model.type_embedding[5] = 0.0
+        for module in tiny_model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.weight[5] = 0.0
+                module.bias[5] = 0.0
+
+    pruned, removed = prune_features(tiny_model, 1)
+
+    assert removed == [5]
+    with torch.no_grad():
+        before, after = tiny_model(ids, mask), pruned(ids, mask)
+    assert after.shape == before.shape
+    # LayerNorm now averages over 23 dimensions instead of 24: close, not identical.
+    assert torch.allclose(before.softmax(-1), after.softmax(-1), atol=0.05)
+
+
+@pytest.mark.parametrize("count", [0, 24])
+def test_pruning_everything_or_nothing_is_refused(tiny_model: IntentClassifier, count: int) -> None:
+    with pytest.raises(ValueError, match="can prune 1 to 23 of 24"):
+        prune_features(tiny_model, count)
+
+
+def test_int8_copy_quantizes_every_linear_and_agrees_with_fp32(tiny_model: IntentClassifier) -> None:
+    ids, mask = _inputs()
+
+    quantized = quantize_int8(tiny_model)
+
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    fp32_linears = sum(type(m) is nn.Linear for m in tiny_model.modules())
+    assert not any(type(m) is nn.Linear for m in quantized.modules())
+    assert sum(isinstance(m, DynamicInt8Linear) for m in quantized.modules()) == fp32_linears
+    with torch.no_grad():
+        assert (quantized(ids, mask).argmax(-1) == tiny_model(ids, mask).argmax(-1)).all()
+    assert any(isinstance(m, nn.Linear) for m in tiny_model.modules()), "the original must stay FP32"
+    assert torch.backends.quantized.engine in ("x86", "fbgemm")
+
+
+def test_int8_of_a_trained_moe_model_can_be_taken_after_training_steps(tiny_model: IntentClassifier) -> None:
+    ids, mask = _inputs()
+    tiny_model.train()
+    (tiny_model(ids, mask).sum() + tiny_model.aux_loss()).backward()
+    tiny_model.eval()
+
+    quantize_int8(tiny_model)  # a model that trained must still deep-copy
+
+
+def test_unknown_device_is_refused_by_name(tiny_model: IntentClassifier) -> None:
+    with pytest.raises(QuantizationUnavailableError, match="no INT8 path for device 'mps'"):
+        quantize_int8(tiny_model, device="mps")
+
+
+def test_cuda_without_torchao_names_what_is_missing(tiny_model: IntentClassifier) -> None:
+    with pytest.raises(QuantizationUnavailableError, match="needs torchao"):
+        quantize_int8(tiny_model, device="cuda")
