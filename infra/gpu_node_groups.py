@@ -145,8 +145,10 @@ class _GpuPool(pulumi.ComponentResource):
 
         # EFA needs the group's instances close together: a cluster placement group, one per AZ
         # because a placement group cannot span AZs. A capacity reservation already fixes where
-        # instances go; adding a placement group of ours makes launches fail with
-        # InsufficientInstanceCapacity, so there we use the reservation's own group, if it has one.
+        # instances go, and a placement group of ours beside it causes InsufficientInstanceCapacity
+        # even while the reservation has room (eksctl issue #7949: 11 of 16 reserved nodes launched,
+        # fixed by not creating one; AWS ParallelCluster's PlacementGroupCapacityTypeValidator warns
+        # the same). So there we use the reservation's own placement group, if it was created in one.
         if reservation is None:
             placement_group = aws.ec2.PlacementGroup(f"{name}-{az}", strategy="cluster", tags=tags, opts=child)
             placement = aws.ec2.LaunchTemplatePlacementArgs(group_name=placement_group.name)
