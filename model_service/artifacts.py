@@ -1,0 +1,130 @@
+"""Trained models on disk: weights in safetensors, and a JSON model card beside them.
+
+A training run writes one versioned folder, `<out>/<version>/`, holding `<name>.safetensors` and
+`<name>.json` per model and a `manifest.json`. The folder is built under a temporary name and
+renamed into place only when complete, so a crash never leaves a half-written version that a
+server could load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from model_service.classifier import ClassifierConfig, IntentClassifier
+
+__all__ = ["ArtifactError", "ModelCard", "load_model", "read_manifest", "write_version"]
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(ValueError):
+    """A model folder or file is missing or inconsistent; the message names it."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    name: str
+    """full, light, pruned, ..."""
+    version: str
+    created: str
+    """UTC ISO-8601 time of the training run."""
+    config: ClassifierConfig
+    intents: tuple[str, ...]
+    """Label names by index."""
+    handover_threshold: float
+    """Below this confidence the service hands the query to a human (out of scope)."""
+    parameters: int
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    """Accuracy on each split, out-of-scope recall, timings: what the run measured."""
+    dataset: Mapping[str, Any] = field(default_factory=dict)
+    """Which data, which split, which seed."""
+    training: Mapping[str, Any] = field(default_factory=dict)
+    """How it was trained (epochs, learning rate, teacher for distillation)."""
+    weights_sha256: str = ""
+
+    def to_json(self) -> str:
+        raw = dataclasses.asdict(self)
+        raw["intents"] = list(self.intents)
+        return json.dumps(raw, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str) -> ModelCard:
+        try:
+            raw = json.loads(text)
+            raw["config"] = ClassifierConfig(**raw["config"])
+            raw["intents"] = tuple(raw["intents"])
+            card = cls(**raw)
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ArtifactError(f"{source}: not a peakguard model card ({exc})") from None
+        if len(card.intents) != card.config.num_labels:
+            raise ArtifactError(f"{source}: {len(card.intents)} intents but the model has {card.config.num_labels}")
+        return card
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_version(out: Path, version: str, models: Sequence[tuple[IntentClassifier, ModelCard]]) -> Path:
+    """Write every model and its card into `<out>/<version>/` atomically; returns that folder."""
+    target = out / version
+    if target.exists():
+        raise ArtifactError(f"{target}: version already exists; artifacts are immutable, pick a new version")
+    out.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=out))
+    try:
+        entries = []
+        for model, card in models:
+            weights = staging / f"{card.name}.safetensors"
+            state = {key: value.contiguous() for key, value in model.state_dict().items()}
+            save_file(state, str(weights), metadata={"name": card.name, "version": version})
+            card = dataclasses.replace(card, weights_sha256=_sha256(weights), parameters=model.parameter_count())
+            (staging / f"{card.name}.json").write_text(card.to_json())
+            entries.append({"name": card.name, "weights": weights.name, "sha256": card.weights_sha256})
+        (staging / MANIFEST).write_text(json.dumps({"version": version, "models": entries}, indent=2) + "\n")
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ArtifactError(f"{path}: missing; {folder} is not a model version folder (peakguard train writes them)")
+    manifest: dict[str, Any] = json.loads(path.read_text())
+    return manifest
+
+
+def load_model(folder: Path, name: str) -> tuple[IntentClassifier, ModelCard]:
+    """Load model `name` from a version folder, checking its weights against the card's hash."""
+    card_path, weights_path = folder / f"{name}.json", folder / f"{name}.safetensors"
+    for path in (card_path, weights_path):
+        if not path.is_file():
+            available = sorted(p.stem for p in folder.glob("*.safetensors"))
+            raise ArtifactError(f"{path}: missing; models in {folder}: {', '.join(available) or 'none'}")
+    card = ModelCard.from_json(card_path.read_text(), source=str(card_path))
+    if card.weights_sha256 and _sha256(weights_path) != card.weights_sha256:
+        raise ArtifactError(f"{weights_path}: sha256 differs from its model card; the file is corrupt or replaced")
+    model = IntentClassifier(card.config)
+    try:
+        model.load_state_dict(load_file(str(weights_path)))
+    except RuntimeError as exc:
+        raise ArtifactError(f"{weights_path}: weights do not fit the card's config ({exc})") from None
+    return model.eval(), card

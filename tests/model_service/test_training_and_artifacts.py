@@ -1,0 +1,102 @@
+"""Training end to end on a sample, the hand-over threshold, and artifacts on disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_service.artifacts import ArtifactError, ModelCard, load_model, read_manifest, write_version
+from model_service.classifier import IntentClassifier
+from model_service.training import TrainingSettings, choose_handover_threshold, run
+from tests.model_service.conftest import tiny_config
+
+
+def test_threshold_is_the_highest_that_costs_at_most_the_budget() -> None:
+    confidence = torch.tensor([0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1])
+    correct = torch.tensor([True, True, True, True, True, True, True, True, False, True])
+
+    # 9 of 10 correct. At 0.3 the 0.2 answer (wrong anyway) and the 0.1 one (a 10-point loss) go
+    # to a human; at 0.4 the 0.3 answer goes too, 20 points.
+    assert choose_handover_threshold(confidence, correct, 0.10) == pytest.approx(0.3)
+    assert choose_handover_threshold(confidence, correct, 0.0) == pytest.approx(0.1)
+    assert choose_handover_threshold(confidence, correct, 0.25) == pytest.approx(0.4)
+
+
+def test_threshold_needs_examples() -> None:
+    with pytest.raises(ValueError, match="no in-scope validation examples"):
+        choose_handover_threshold(torch.tensor([]), torch.tensor([], dtype=torch.bool), 0.01)
+
+
+def _card(model: IntentClassifier, name: str = "full") -> ModelCard:
+    return ModelCard(
+        name=name, version="v1", created="2026-11-25T00:00:00+00:00", config=model.config,
+        intents=tuple(f"intent{i}" for i in range(model.config.num_labels)), handover_threshold=0.3,
+        parameters=0, metrics={"test_accuracy": 0.5},
+    )  # fmt: skip
+
+
+def test_version_round_trips_weights_and_card(tmp_path: Path, tiny_model: IntentClassifier) -> None:
+    folder = write_version(tmp_path, "v1", [(tiny_model, _card(tiny_model))])
+
+    model, card = load_model(folder, "full")
+
+    assert read_manifest(folder)["models"][0]["name"] == "full"
+    assert card.parameters == tiny_model.parameter_count()
+    assert card.handover_threshold == 0.3
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        assert torch.equal(model(ids, torch.ones_like(ids)), tiny_model(ids, torch.ones_like(ids)))
+
+
+def test_versions_are_immutable_and_failed_writes_leave_nothing(tmp_path: Path, tiny_model: IntentClassifier) -> None:
+    write_version(tmp_path, "v1", [(tiny_model, _card(tiny_model))])
+    with pytest.raises(ArtifactError, match="version already exists"):
+        write_version(tmp_path, "v1", [(tiny_model, _card(tiny_model))])
+
+    broken = _card(tiny_model)
+    object.__setattr__(broken, "metrics", {"not": object()})  # not JSON: the write fails midway
+    with pytest.raises(TypeError):
+        write_version(tmp_path, "v2", [(tiny_model, broken)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
+
+
+def test_a_tampered_weights_file_is_refused(tmp_path: Path, tiny_model: IntentClassifier) -> None:
+    folder = write_version(tmp_path, "v1", [(tiny_model, _card(tiny_model))])
+    IntentClassifier(tiny_config())  # a different random model
+    other = write_version(tmp_path, "v2", [(IntentClassifier(tiny_config()), _card(tiny_model))])
+    (folder / "full.safetensors").write_bytes((other / "full.safetensors").read_bytes())
+
+    with pytest.raises(ArtifactError, match="sha256 differs from its model card"):
+        load_model(folder, "full")
+
+
+def test_a_missing_model_names_those_present(tmp_path: Path, tiny_model: IntentClassifier) -> None:
+    folder = write_version(tmp_path, "v1", [(tiny_model, _card(tiny_model))])
+
+    with pytest.raises(ArtifactError, match=r"models in .*: full"):
+        load_model(folder, "light")
+
+
+def test_training_writes_full_light_and_pruned_with_cards(tmp_path: Path, data_dir: Path) -> None:
+    folder = run(
+        data_dir, tmp_path, TrainingSettings(sample_limit=48, epochs_full=0.7, epochs_light=0.7), log=lambda _: None
+    )
+
+    manifest = read_manifest(folder)
+    assert [m["name"] for m in manifest["models"]] == ["full", "light", "pruned"]
+    cards = {m["name"]: json.loads((folder / f"{m['name']}.json").read_text()) for m in manifest["models"]}
+    full, light, pruned = cards["full"], cards["light"], cards["pruned"]
+    assert full["config"]["num_experts"] == 8 and light["config"]["num_experts"] == 0
+    assert 1 - light["parameters"] / full["parameters"] >= 0.76
+    assert pruned["config"]["hidden"] == full["config"]["hidden"] - 12
+    assert len(pruned["training"]["removed_feature_dimensions"]) == 12
+    for card in cards.values():
+        assert set(card["metrics"]) >= {"validation_accuracy", "test_accuracy", "test_accuracy_int8", "oos_test_recall"}
+        assert 0.0 <= card["handover_threshold"] <= 1.0
+        assert card["dataset"]["name"] == "banking77"
+        assert len(card["intents"]) == 77
+        model, _ = load_model(folder, card["name"])
+        assert model.config.hidden == card["config"]["hidden"]
