@@ -1,0 +1,95 @@
+"""Circuit breaker: sustained slow answers switch the service to the light model, with hysteresis.
+
+It watches the p99 of request latency over a sliding window. When p99 stays above `trip_above`
+for `trip_after` seconds the breaker opens (the light model answers); it closes again only after
+p99 has stayed below the lower `recover_below` for the longer `recover_after`, so it does not
+flap. Every switch is logged and counted by the caller's callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["BreakerSettings", "CircuitBreaker"]
+
+log = logging.getLogger("peakguard.breaker")
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    trip_above: float = 0.5
+    """p99 seconds that, sustained, opens the breaker."""
+    trip_after: float = 5.0
+    """Seconds p99 must stay above `trip_above`."""
+    recover_below: float = 0.25
+    """p99 seconds under which the breaker may close (below trip_above: hysteresis)."""
+    recover_after: float = 30.0
+    """Seconds p99 must stay below `recover_below` before going back to the full model."""
+    window: float = 10.0
+    """Seconds of latencies the p99 is taken over."""
+    min_samples: int = 20
+    """Fewer latencies than this in the window decide nothing."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.recover_below < self.trip_above:
+            raise ValueError(
+                f"recover_below ({self.recover_below}) must be > 0 and below trip_above ({self.trip_above})"
+            )
+
+
+class CircuitBreaker:
+    def __init__(self, settings: BreakerSettings, *, on_switch: Callable[[bool, float], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+        """`on_switch(open, p99)` is called on every change of state."""
+        self.settings = settings
+        self._on_switch = on_switch
+        self._clock = clock
+        self._samples: deque[tuple[float, float]] = deque()
+        self._lock = threading.Lock()
+        self.open = False
+        self._condition_since: float | None = None
+        """When the condition that would switch state began to hold."""
+
+    def p99(self) -> float | None:
+        with self._lock:
+            return self._p99_locked(self._clock())
+
+    def _p99_locked(self, now: float) -> float | None:
+        while self._samples and self._samples[0][0] < now - self.settings.window:
+            self._samples.popleft()
+        if len(self._samples) < self.settings.min_samples:
+            return None
+        ordered = sorted(latency for _, latency in self._samples)
+        return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+    def record(self, latency: float) -> None:
+        """Add one request's latency and re-evaluate."""
+        switched: tuple[bool, float] | None = None
+        with self._lock:
+            now = self._clock()
+            self._samples.append((now, latency))
+            p99 = self._p99_locked(now)
+            if p99 is None:
+                return
+            s = self.settings
+            crossing = p99 < s.recover_below if self.open else p99 > s.trip_above
+            if not crossing:
+                self._condition_since = None
+                return
+            if self._condition_since is None:
+                self._condition_since = now
+            if now - self._condition_since >= (s.recover_after if self.open else s.trip_after):
+                self.open = not self.open
+                self._condition_since = None
+                switched = (self.open, p99)
+        if switched is not None:
+            state, p99 = switched
+            log.warning(
+                "circuit breaker %s: p99 %.3f s", "opened (light model)" if state else "closed (full model)", p99
+            )
+            self._on_switch(state, p99)
