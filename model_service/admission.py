@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 __all__ = ["AdmissionController", "Decision"]
@@ -29,10 +30,11 @@ class Decision:
 
 class AdmissionController:
     def __init__(self, *, latency_budget: float = 0.5, max_queue: int = 2048, enabled: bool = True,
-                 smoothing: float = 0.2) -> None:  # fmt: skip
+                 window: int = 64, min_batches: int = 8) -> None:  # fmt: skip
         """`latency_budget`: seconds a request may spend queued plus in its batch. `max_queue`:
-        the hard bound on waiting requests, whatever the estimate. `smoothing`: weight of the newest
-        batch in the throughput estimate."""
+        the hard bound on waiting requests, whatever the estimate. `window`: recent batches the
+        cost model is fitted on; until `min_batches` have run (a cold start) only the hard bound
+        applies, so one slow first batch does not shed a burst."""
         if latency_budget <= 0:
             raise ValueError(f"latency_budget must be > 0 seconds, got {latency_budget}")
         if max_queue < 1:
@@ -40,42 +42,45 @@ class AdmissionController:
         self.latency_budget = latency_budget
         self.max_queue = max_queue
         self.enabled = enabled
-        self._smoothing = smoothing
         self._lock = threading.Lock()
-        self._throughput: float | None = None
-        """Requests per second the model sustains, from recent batches."""
-        self._batch_seconds: float | None = None
+        self._batches: deque[tuple[int, float]] = deque(maxlen=window)
+        self._min_batches = min_batches
+        self._cost: tuple[float, float] | None = None
+        """(seconds per batch, seconds per request): a batch of n takes about a + b * n."""
 
     def observe(self, batch_size: int, seconds: float) -> None:
-        """Feed one finished batch (size and handler time) into the estimates."""
+        """Feed one finished batch (size and handler time) into the cost model."""
         if batch_size <= 0 or seconds <= 0:
             return
-        rate = batch_size / seconds
         with self._lock:
-            if self._throughput is None or self._batch_seconds is None:
-                self._throughput, self._batch_seconds = rate, seconds
-            else:
-                a = self._smoothing
-                self._throughput = (1 - a) * self._throughput + a * rate
-                self._batch_seconds = (1 - a) * self._batch_seconds + a * seconds
+            self._batches.append((batch_size, seconds))
+            if len(self._batches) >= min(self._min_batches, self._batches.maxlen or 1):
+                self._cost = _fit(self._batches)
 
     @property
     def throughput(self) -> float | None:
+        """Requests per second at the largest batches seen (None until a batch has run)."""
         with self._lock:
-            return self._throughput
+            if self._cost is None:
+                return None
+            size = max(n for n, _ in self._batches)
+            a, b = self._cost
+            return size / (a + b * size)
 
-    def estimated_wait(self, ahead: int) -> float:
-        """Seconds until a request with `ahead` requests before it is answered (0 if unknown)."""
+    def estimated_wait(self, ahead: int, batch_max: int) -> float:
+        """Seconds until a request with `ahead` requests before it is answered (0 if unknown):
+        the queue drains in batches of up to `batch_max`, each costing a + b * size."""
         with self._lock:
-            if self._throughput is None or self._batch_seconds is None:
+            if self._cost is None:
                 return 0.0
-            return ahead / self._throughput + self._batch_seconds
+            a, b = self._cost
+        total = ahead + 1
+        return math.ceil(total / max(1, batch_max)) * a + b * total
 
-    def decide(self, *, queued: int, in_flight: int) -> Decision:
+    def decide(self, *, queued: int, in_flight: int, batch_max: int = 128) -> Decision:
         if not self.enabled:
             return Decision(admit=True)
-        ahead = queued + in_flight
-        wait = self.estimated_wait(ahead)
+        wait = self.estimated_wait(queued + in_flight, batch_max)
         if queued >= self.max_queue:
             return Decision(False, 503, self._retry_after(wait), f"queue full ({queued} waiting)", wait)
         if wait > self.latency_budget:
@@ -87,3 +92,20 @@ class AdmissionController:
 
     def _retry_after(self, wait: float) -> int:
         return max(1, math.ceil(wait - self.latency_budget)) if wait > 0 else 1
+
+
+def _fit(batches: deque[tuple[int, float]]) -> tuple[float, float]:
+    """Least-squares a + b * size over recent batches, both kept >= 0. With one batch size only,
+    all the time is charged per request (the pessimistic reading)."""
+    sizes = [n for n, _ in batches]
+    times = [t for _, t in batches]
+    mean_n, mean_t = sum(sizes) / len(sizes), sum(times) / len(times)
+    spread = sum((n - mean_n) ** 2 for n in sizes)
+    if spread == 0:
+        return 0.0, mean_t / mean_n
+    b = sum((n - mean_n) * (t - mean_t) for n, t in batches) / spread
+    b = max(b, 0.0)
+    a = max(mean_t - b * mean_n, 0.0)
+    if a == 0.0 and b == 0.0:
+        return 0.0, mean_t / mean_n
+    return a, b

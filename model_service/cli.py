@@ -52,3 +52,42 @@ def _train(args: argparse.Namespace) -> int:
         print(f"peakguard train: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def register_serve(commands: Any) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the model service (HTTP) on trained artifacts",
+        description=(
+            "Serve POST /v1/intent, /healthz, /readyz, /metrics and the /admin API. Settings come from "
+            "--config (JSON or YAML with the fields of model_service.server.ServiceSettings; durations in "
+            "seconds), overridden by the flags. The admin token is read from $PEAKGUARD_ADMIN_TOKEN or the "
+            "file named by $PEAKGUARD_ADMIN_TOKEN_FILE; without one the admin API is disabled. Tracing is "
+            "exported over OTLP when $OTEL_EXPORTER_OTLP_ENDPOINT is set."
+        ),
+    )
+    parser.add_argument("--config", type=Path, help="settings file (JSON or YAML)")
+    parser.add_argument("--artifacts", type=Path, help="artifact root written by peakguard train")
+    parser.add_argument("--version", help="model version folder to serve (default: the newest)")
+    parser.add_argument(
+        "--mode-file", type=Path, help="mounted mode ConfigMap: a directory holding mode.json, or the file"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a pod)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from model_service.settings import SettingsError, load_settings
+
+    try:
+        settings = load_settings(args.config, artifacts=args.artifacts, version=args.version, mode_file=args.mode_file)
+    except SettingsError as exc:
+        print(f"peakguard serve: {exc}", file=sys.stderr)
+        return 2
+    from model_service.server import create_app
+
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0

@@ -55,15 +55,20 @@ class TextEncoder:
         self.max_tokens = max_tokens
 
     def __call__(self, texts: Sequence[str]) -> Batch:
-        encodings = self._tokenizer.encode_batch(list(texts))
-        lengths = tuple(len(e.ids) for e in encodings)
+        return self.pad([encoding.ids for encoding in self._tokenizer.encode_batch(list(texts))])
+
+    def ids(self, text: str) -> list[int]:
+        """One text's token ids (truncated to `max_tokens`), for batching later."""
+        return list(self._tokenizer.encode(text).ids)
+
+    @staticmethod
+    def pad(sequences: Sequence[Sequence[int]]) -> Batch:
+        """Token-id lists to a batch padded to the longest of them."""
+        lengths = tuple(len(sequence) for sequence in sequences)
         width = max(lengths, default=1)
-        ids = torch.zeros((len(encodings), width), dtype=torch.long)
-        mask = torch.zeros((len(encodings), width), dtype=torch.long)
-        for row, encoding in enumerate(encodings):
-            ids[row, : lengths[row]] = torch.tensor(encoding.ids, dtype=torch.long)
+        ids = torch.zeros((len(sequences), width), dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, sequence in enumerate(sequences):
+            ids[row, : lengths[row]] = torch.tensor(sequence, dtype=torch.long)
             mask[row, : lengths[row]] = 1
         return Batch(input_ids=ids, attention_mask=mask, lengths=lengths)
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.encode(text).ids)

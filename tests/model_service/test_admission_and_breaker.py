@@ -8,26 +8,40 @@ from model_service.admission import AdmissionController
 from model_service.breaker import BreakerSettings, CircuitBreaker
 
 
-def test_admits_everything_until_throughput_is_known() -> None:
-    controller = AdmissionController(latency_budget=0.5, max_queue=100)
+def test_admits_up_to_the_queue_bound_until_enough_batches_have_run() -> None:
+    controller = AdmissionController(latency_budget=0.5, max_queue=100, min_batches=3)
+    controller.observe(1, 5.0)
+    controller.observe(1, 5.0)  # two slow cold batches decide nothing yet
 
     assert controller.decide(queued=99, in_flight=64).admit
+    controller.observe(1, 5.0)
+    assert not controller.decide(queued=99, in_flight=64).admit
 
 
 def test_refuses_with_429_and_retry_after_when_the_budget_would_be_missed() -> None:
-    controller = AdmissionController(latency_budget=0.5, max_queue=10_000)
-    controller.observe(batch_size=100, seconds=0.5)  # 200 requests per second
+    controller = AdmissionController(latency_budget=0.5, max_queue=10_000, min_batches=2)
+    controller.observe(batch_size=1, seconds=0.02)
+    controller.observe(batch_size=100, seconds=0.218)  # fits 0.018 s per batch + 0.002 s per request
 
-    over = controller.decide(queued=40, in_flight=0)  # 40 / 200 = 0.2 s queued + a 0.5 s batch
-    assert not over.admit
+    ok = controller.decide(queued=0, in_flight=0, batch_max=100)
+    over = controller.decide(queued=300, in_flight=0, batch_max=100)  # 4 batches: 4 x 0.018 + 301 x 0.002
+    far = controller.decide(queued=3000, in_flight=0, batch_max=100)
+
+    assert ok.admit
+    assert ok.estimated_wait == pytest.approx(0.02)
+    assert over.admit is False
     assert over.status == 429
-    ok = controller.decide(queued=0, in_flight=0)
-    assert ok.admit and ok.estimated_wait == pytest.approx(0.5)
+    assert over.estimated_wait == pytest.approx(0.674)
+    assert "over the 0.50 s budget" in over.reason
+    assert far.retry_after == 7  # ceil(6.56 s estimated - 0.5 s budget)
 
-    far = controller.decide(queued=1000, in_flight=0)  # 5.5 s
-    assert far.status == 429
-    assert far.retry_after == 5
-    assert "over the 0.50 s budget" in far.reason
+
+def test_bigger_batches_drain_a_queue_sooner() -> None:
+    controller = AdmissionController(min_batches=2)
+    controller.observe(1, 0.02)
+    controller.observe(100, 0.218)
+
+    assert controller.estimated_wait(300, batch_max=128) < controller.estimated_wait(300, batch_max=16)
 
 
 def test_the_hard_queue_bound_answers_503() -> None:
@@ -39,12 +53,13 @@ def test_the_hard_queue_bound_answers_503() -> None:
     assert decision.retry_after >= 1
 
 
-def test_throughput_estimate_follows_recent_batches() -> None:
-    controller = AdmissionController(smoothing=0.5)
+def test_one_batch_size_charges_all_time_per_request() -> None:
+    controller = AdmissionController(min_batches=2)
     controller.observe(10, 1.0)
-    controller.observe(30, 1.0)
+    controller.observe(10, 1.0)
 
-    assert controller.throughput == pytest.approx(20.0)
+    assert controller.throughput == pytest.approx(10.0)
+    assert controller.estimated_wait(9, batch_max=10) == pytest.approx(1.0)
 
 
 def test_disabled_controller_admits_everything() -> None:

@@ -1,0 +1,400 @@
+"""The HTTP service: FastAPI on uvicorn.
+
+FastAPI + uvicorn: the mainstream asyncio stack, with the event loop free for admission decisions
+while the models run on their own threads. Endpoints:
+
+- `POST /v1/intent` `{"text": ...}` -> intent, confidence, hand-over flag, which model answered;
+- `GET /healthz` (the process lives), `GET /readyz` (weights loaded and warm-up done);
+- `GET /metrics` (Prometheus);
+- `GET /admin/status`, `PUT /admin/mode` (bearer token; runbooks push modes here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from model_service.admission import AdmissionController
+from model_service.answer_cache import AnswerCache, CachedAnswer
+from model_service.batcher import BatchStats, DynamicBatcher
+from model_service.breaker import BreakerSettings, CircuitBreaker
+from model_service.metrics import ServiceMetrics
+from model_service.modes import MODE_FILE, ModeError, ModeStore, OperatingMode, Override
+from model_service.runtime import BatchTimings, ModelRuntime, Prediction
+from model_service.tracing import Tracing
+
+__all__ = ["Service", "ServiceSettings", "create_app"]
+
+log = logging.getLogger("peakguard.server")
+
+
+@dataclass(frozen=True)
+class ServiceSettings:
+    artifacts: Path
+    """Artifact root (what `peakguard train --out` wrote); holds one folder per version."""
+    version: str = ""
+    """Version folder to serve; empty means the newest."""
+    mode_file: Path | None = None
+    """The mounted mode ConfigMap: a directory (holding mode.json) or the file itself."""
+    admin_token: str = field(default="", repr=False)
+    """Bearer token for /admin; empty disables the admin API. Never logged."""
+    initial_mode: OperatingMode = field(default_factory=OperatingMode)
+    max_chars: int = 2000
+    """Longest accepted query in characters; longer is 413."""
+    latency_budget: float = 0.5
+    """Seconds a request may wait for and spend in its batch before admission refuses it."""
+    max_queue: int = 2048
+    admission: bool = True
+    """Admission control on (the default) or off (only to show, in benchmarks, what it prevents)."""
+    max_wait: float = 0.005
+    """Longest a request waits for batch-mates when the queue is short, in seconds."""
+    token_budget: int = 4096
+    """Most tokens (summed over requests) in one batch."""
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    layer_sample_every: int = 20
+    mode_poll_interval: float = 1.0
+    """Seconds between reads of the mode file."""
+
+
+class BadRequestError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _parse(body: bytes, max_chars: int) -> str:
+    """The query text of a request body, or a 4xx naming what is wrong."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequestError(400, f"body is not UTF-8 (byte {exc.start})") from None
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BadRequestError(400, f"body is not JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(document, dict) or "text" not in document:
+        raise BadRequestError(422, 'body must be a JSON object with a "text" field: {"text": "..."}')
+    query = document["text"]
+    if not isinstance(query, str):
+        raise BadRequestError(422, f'"text" must be a string, got {type(query).__name__}')
+    if not query.strip():
+        raise BadRequestError(422, '"text" is empty')
+    if len(query) > max_chars:
+        raise BadRequestError(413, f'"text" has {len(query)} characters; the limit is {max_chars}')
+    return query
+
+
+@dataclass
+class _Job:
+    ids: list[int]
+    mode: OperatingMode
+
+
+@dataclass
+class _Answer:
+    prediction: Prediction
+    timings: BatchTimings
+
+
+class Service:
+    """Everything one model-service process holds, wired together."""
+
+    def __init__(self, settings: ServiceSettings, *, tracing: Tracing | None = None) -> None:
+        self.settings = settings
+        self.metrics = ServiceMetrics()
+        self.tracing = tracing or Tracing()
+        self.modes = ModeStore(settings.initial_mode)
+        self.admission = AdmissionController(
+            latency_budget=settings.latency_budget, max_queue=settings.max_queue, enabled=settings.admission
+        )
+        self.cache = AnswerCache()
+        self.breaker = CircuitBreaker(settings.breaker, on_switch=self._on_breaker)
+        self.runtime: ModelRuntime | None = None
+        self.load_error: str | None = None
+        self.batchers: dict[str, DynamicBatcher[_Job, _Answer]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self.modes.subscribe(self._on_mode)
+        self._on_mode(self.modes.mode)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def version_to_serve(self) -> str:
+        if self.settings.version:
+            return self.settings.version
+        versions = sorted(manifest.parent.name for manifest in self.settings.artifacts.glob("*/manifest.json"))
+        if not versions:
+            raise FileNotFoundError(f"no model versions under {self.settings.artifacts}; run peakguard train first")
+        return versions[-1]
+
+    def load(self) -> None:
+        """Load weights and warm up (blocking; run off the event loop)."""
+        try:
+            runtime = ModelRuntime(
+                self.settings.artifacts,
+                self.version_to_serve(),
+                layer_sample_every=self.settings.layer_sample_every,
+                on_layer_time=lambda model, layer, s: self.metrics.layer_seconds.labels(model, layer).observe(s),
+            )
+            runtime.warm_up()
+        except Exception as exc:  # noqa: BLE001 (reported on /readyz and in the log, never a crash loop)
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("model load failed: %s", self.load_error)
+            return
+        self.runtime = runtime
+        self.metrics.ready.set(1)
+        log.info("ready: serving model version %s", runtime.version)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        for name in ("full", "light"):
+            batcher: DynamicBatcher[_Job, _Answer] = DynamicBatcher(
+                self._handle_batch,
+                bounds=lambda: (self.modes.mode.batch_min, self.modes.mode.batch_max),
+                max_wait=self.settings.max_wait,
+                token_budget=self.settings.token_budget,
+                name=name,
+                on_batch=self._on_batch,
+            )
+            batcher.start()
+            self.batchers[name] = batcher
+        self._tasks.append(loop.create_task(self._load_in_background()))
+        if self.settings.mode_file is not None:
+            self._tasks.append(loop.create_task(self._watch_mode_file()))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for batcher in self.batchers.values():
+            await batcher.stop()
+        self.tracing.shutdown()
+
+    async def _load_in_background(self) -> None:
+        await asyncio.to_thread(self.load)
+
+    async def _watch_mode_file(self) -> None:
+        assert self.settings.mode_file is not None
+        path = self.settings.mode_file
+        path = path / MODE_FILE if path.is_dir() or path.suffix != ".json" else path
+        while True:
+            await asyncio.to_thread(self.modes.reload_file, path)
+            await asyncio.sleep(self.settings.mode_poll_interval)
+
+    # --- what modes, batches and the breaker change -----------------------------------------
+
+    def _on_mode(self, mode: OperatingMode) -> None:
+        self.metrics.set_mode(mode.model, mode.precision, mode.shedding)
+        if self.runtime is not None and mode.model_version and mode.model_version != self.runtime.version:
+            threading.Thread(target=self.runtime.switch_version, args=(mode.model_version,), daemon=True).start()
+
+    def _on_breaker(self, opened: bool, p99: float) -> None:
+        self.metrics.breaker_open.set(1 if opened else 0)
+        self.metrics.breaker_switches.labels(to="light" if opened else "full").inc()
+        self.modes.set_override(
+            Override("light", f"p99 {p99:.3f} s over {self.settings.breaker.trip_above} s") if opened else None
+        )
+
+    def _on_batch(self, stats: BatchStats) -> None:
+        self.admission.observe(stats.size, stats.seconds)
+        self.metrics.batch_size.observe(stats.size)
+        for wait in stats.queue_waits:
+            self.metrics.stage_seconds.labels("queue").observe(wait)
+
+    def _handle_batch(self, jobs: Sequence[_Job]) -> list[_Answer]:
+        assert self.runtime is not None
+        # One batch, one mode: the newest mode of the batch's requests.
+        predictions, timings = self.runtime.infer([job.ids for job in jobs], jobs[-1].mode)
+        for stage, seconds in (("batch", timings.batch), ("model", timings.model), ("post", timings.post)):
+            self.metrics.stage_seconds.labels(stage).observe(seconds)
+        return [_Answer(p, timings) for p in predictions]
+
+    # --- one request ------------------------------------------------------------------------
+
+    async def answer(self, request: Request) -> Response:
+        started = time.time()
+        trace = self.tracing.start(request.headers, started)
+        self.metrics.in_flight.inc()
+        try:
+            return await self._answer(request, started, trace)
+        finally:
+            self.metrics.in_flight.dec()
+
+    async def _answer(self, request: Request, started: float, trace: Any) -> Response:
+        try:
+            text = _parse(await request.body(), self.settings.max_chars)
+        except BadRequestError as exc:
+            self.metrics.errors.labels(kind=f"http_{exc.status}").inc()
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        runtime = self.runtime
+        if runtime is None:
+            reason = self.load_error or "warming up"
+            return JSONResponse({"error": f"not ready: {reason}"}, status_code=503, headers={"Retry-After": "5"})
+
+        mode = self.modes.mode
+        if mode.shedding and (cached := self.cache.lookup(text)) is not None:
+            self.metrics.cache_answers.inc()
+            return self._reply(started, trace, "cache", cached.intent, cached.confidence, False, mode, runtime.version)
+
+        batcher = self.batchers[mode.model]
+        self.metrics.queue_depth.set(sum(b.depth for b in self.batchers.values()))
+        decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
+        if not decision.admit:
+            self.metrics.shed.labels(status=str(decision.status)).inc()
+            self._finish(trace, started, "shed")
+            return JSONResponse(
+                {"error": f"overloaded: {decision.reason}; retry after {decision.retry_after} s"},
+                status_code=decision.status,
+                headers={"Retry-After": str(decision.retry_after)},
+            )
+
+        ids = runtime.encoder.ids(text)
+        queued = time.time()
+        try:
+            answer = await batcher.submit(_Job(ids, mode), cost=len(ids))
+        except Exception as exc:
+            self.metrics.errors.labels(kind="inference").inc()
+            log.exception("inference failed")
+            self._finish(trace, started, "error")
+            return JSONResponse({"error": f"inference failed: {type(exc).__name__}"}, status_code=500)
+
+        prediction, timings = answer.prediction, answer.timings
+        if trace is not None:
+            trace.stage("queue", queued, timings.started)
+            trace.stage("batch", timings.started, timings.started + timings.batch)
+            trace.stage("model", timings.started + timings.batch, timings.started + timings.batch + timings.model)
+            post = timings.started + timings.batch + timings.model
+            trace.stage("post", post, post + timings.post)
+        if not prediction.handover:
+            self.cache.remember(text, CachedAnswer(prediction.intent, prediction.confidence))
+        latency = time.time() - started
+        self.breaker.record(latency)
+        return self._reply(
+            started, trace, "model", prediction.intent, prediction.confidence, prediction.handover,
+            mode, prediction.version, model=prediction.model, precision=prediction.precision,
+        )  # fmt: skip
+
+    def _reply(self, started: float, trace: Any, served_by: str, intent: str, confidence: float, handover: bool,
+               mode: OperatingMode, version: str, *, model: str | None = None,
+               precision: str | None = None) -> Response:  # fmt: skip
+        body = {
+            "intent": intent,
+            "confidence": confidence,
+            "handover": handover,
+            "served_by": served_by,
+            "model": model or mode.model,
+            "precision": precision or mode.precision,
+            "version": version,
+        }
+        self._finish(trace, started, served_by)
+        return JSONResponse(body)
+
+    def _finish(self, trace: Any, started: float, outcome: str) -> None:
+        end = time.time()
+        self.metrics.request_seconds.labels(outcome=outcome).observe(end - started)
+        if trace is not None:
+            trace.finish(end, outcome=outcome)
+
+    # --- admin --------------------------------------------------------------------------------
+
+    def authorised(self, request: Request) -> Response | None:
+        """None if the bearer token matches; else the 401/403 to send. Constant-time compare."""
+        if not self.settings.admin_token:
+            return JSONResponse({"error": "the admin API is disabled: no admin token configured"}, status_code=403)
+        header = request.headers.get("authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), self.settings.admin_token.encode()):
+            return JSONResponse(
+                {"error": "missing or wrong bearer token"}, status_code=401, headers={"WWW-Authenticate": "Bearer"}
+            )
+        return None
+
+    def status(self) -> dict[str, Any]:
+        runtime = self.runtime
+        return {
+            "ready": runtime is not None and runtime.ready,
+            "load_error": self.load_error,
+            "version": runtime.version if runtime else None,
+            "version_error": runtime.last_error if runtime else None,
+            "mode": self.modes.mode.to_dict(),
+            "modes": self.modes.status(),
+            "breaker": {"open": self.breaker.open, "p99": self.breaker.p99()},
+            "admission": {
+                "enabled": self.admission.enabled,
+                "throughput_rps": self.admission.throughput,
+                "latency_budget": self.admission.latency_budget,
+            },
+            "queue": {name: {"depth": b.depth, "in_flight": b.in_flight} for name, b in self.batchers.items()},
+            "cache_entries": len(self.cache),
+            "handover_threshold": {m: runtime.card(m).handover_threshold for m in ("full", "light")}
+            if runtime
+            else None,
+        }
+
+
+def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> FastAPI:
+    service = Service(settings, tracing=tracing)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="peakguard model service", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.service = service
+
+    @app.post("/v1/intent")
+    async def intent(request: Request) -> Response:
+        return await service.answer(request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = service.runtime is not None and service.runtime.ready
+        body = {"ready": ready, "version": service.runtime.version if service.runtime else None}
+        if service.load_error:
+            body["error"] = service.load_error
+        return JSONResponse(body, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/admin/status")
+    async def admin_status(request: Request) -> Response:
+        if (refusal := service.authorised(request)) is not None:
+            return refusal
+        return JSONResponse(service.status())
+
+    @app.put("/admin/mode")
+    async def admin_mode(request: Request) -> Response:
+        if (refusal := service.authorised(request)) is not None:
+            return refusal
+        try:
+            raw = json.loads(await request.body())
+            service.modes.apply(raw, source="admin API")
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return JSONResponse({"error": f"body is not JSON ({exc})"}, status_code=400)
+        except ModeError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse({"mode": service.modes.mode.to_dict(), "revision": service.modes.status()["revision"]})
+
+    return app

@@ -1,0 +1,282 @@
+"""The model service over real HTTP: a uvicorn server on 127.0.0.1 and a real client."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from model_service.artifacts import ModelCard, write_version
+from model_service.classifier import IntentClassifier
+from model_service.modes import OperatingMode
+from model_service.server import Service, ServiceSettings, create_app
+from model_service.tracing import Tracing
+from tests.model_service.conftest import tiny_config
+
+TOKEN = "s3cret-admin-token"
+INTENTS = ("card_arrival", "top_up", "exchange_rate", "lost_card", "refund")
+
+
+def _artifacts(root: Path, version: str = "v1") -> Path:
+    torch.manual_seed(11)
+    models = []
+    for name, experts in (("full", 8), ("light", 0)):
+        model = IntentClassifier(tiny_config(vocab_size=30522, num_experts=experts, layers=2)).eval()
+        card = ModelCard(
+            name=name, version=version, created="2026-11-25T00:00:00+00:00", config=model.config,
+            intents=INTENTS, handover_threshold=0.0, parameters=0,
+        )  # fmt: skip
+        models.append((model, card))
+    return write_version(root, version, models)
+
+
+@dataclass
+class Running:
+    url: str
+    service: Service
+    spans: InMemorySpanExporter
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    _artifacts(tmp_path / "models")
+    spans = InMemorySpanExporter()
+    settings = ServiceSettings(
+        artifacts=tmp_path / "models", mode_file=tmp_path / "mode", admin_token=TOKEN, max_chars=200,
+        layer_sample_every=1, mode_poll_interval=0.05, initial_mode=OperatingMode(batch_min=1),
+    )  # fmt: skip
+    (tmp_path / "mode").mkdir()
+    app = create_app(settings, tracing=Tracing(exporter=spans))
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=url) as client:
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.05)
+    yield Running(url, app.state.service, spans)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _ask(client: httpx.Client, text: str = "my card has not arrived", **headers: str) -> httpx.Response:
+    return client.post("/v1/intent", json={"text": text}, headers=headers)
+
+
+def test_round_trip_answers_with_intent_confidence_and_model(running: Running) -> None:
+    with running.client() as client:
+        reply = _ask(client)
+
+    assert reply.status_code == 200
+    body = reply.json()
+    assert body["intent"] in INTENTS
+    assert 0.0 < body["confidence"] <= 1.0
+    assert (body["model"], body["precision"], body["version"], body["served_by"]) == ("full", "fp32", "v1", "model")
+    assert body["handover"] is False
+
+
+def test_health_and_readiness(running: Running) -> None:
+    with running.client() as client:
+        assert client.get("/healthz").json() == {"status": "alive"}
+        ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["version"] == "v1"
+
+
+def test_concurrent_requests_are_batched_and_all_answered(running: Running) -> None:
+    texts = [f"question number {i} about my card" for i in range(40)]
+    results: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def ask(text: str) -> None:
+        with running.client() as client:
+            reply = _ask(client, text)
+        with lock:
+            results.append(reply)
+
+    threads = [threading.Thread(target=ask, args=(t,)) for t in texts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert [r.status_code for r in results] == [200] * 40
+    with running.client() as client:
+        metrics = client.get("/metrics").text
+    count_line = next(line for line in metrics.splitlines() if line.startswith("peakguard_batch_size_count"))
+    assert float(count_line.split()[-1]) < 41, "at least some requests shared a batch"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        (b"\xff\xfe{}", 400, "body is not UTF-8"),
+        (b"{text: hi}", 400, "body is not JSON"),
+        (b'["hi"]', 422, 'a "text" field'),
+        (b'{"query": "hi"}', 422, 'a "text" field'),
+        (b'{"text": 42}', 422, '"text" must be a string, got int'),
+        (b'{"text": "   "}', 422, '"text" is empty'),
+        (json.dumps({"text": "x" * 201}).encode(), 413, "201 characters; the limit is 200"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx_and_harms_nobody(running: Running, body: bytes, status: int, message: str) -> None:
+    with running.client() as client:
+        reply = client.post("/v1/intent", content=body, headers={"content-type": "application/json"})
+        after = _ask(client)
+
+    assert reply.status_code == status
+    assert message in reply.json()["error"]
+    assert after.status_code == 200
+
+
+def test_admin_api_needs_the_bearer_token(running: Running) -> None:
+    with running.client() as client:
+        assert client.get("/admin/status").status_code == 401
+        assert client.get("/admin/status", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/admin/status", headers={"authorization": TOKEN}).status_code == 401
+        status = client.get("/admin/status", headers={"authorization": f"Bearer {TOKEN}"})
+    assert status.status_code == 200
+    assert status.json()["ready"] is True
+    assert TOKEN not in status.text
+
+
+def test_mode_switch_through_the_admin_api_applies_to_the_next_request(running: Running) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running.client() as client:
+        switched = client.put("/admin/mode", json={"model": "light", "precision": "int8"}, headers=auth)
+        reply = _ask(client)
+        refused = client.put("/admin/mode", json={"precision": "fp8"}, headers=auth)
+        still = _ask(client)
+
+    assert switched.status_code == 200
+    assert (reply.json()["model"], reply.json()["precision"]) == ("light", "int8")
+    assert refused.status_code == 422
+    assert "precision='fp8'" in refused.json()["error"]
+    assert (still.json()["model"], still.json()["precision"]) == ("light", "int8")
+
+
+def test_mode_switch_through_the_watched_file(running: Running, tmp_path: Path) -> None:
+    (tmp_path / "mode" / "mode.json").write_text(json.dumps({"model": "light"}))
+    deadline = time.monotonic() + 5
+    with running.client() as client:
+        while _ask(client).json()["model"] != "light":
+            assert time.monotonic() < deadline, "the mode file was not applied"
+            time.sleep(0.05)
+        status = client.get("/admin/status", headers={"authorization": f"Bearer {TOKEN}"}).json()
+    assert status["modes"]["source"].startswith("file ")
+
+
+def test_a_disabled_admin_api_says_why(tmp_path: Path) -> None:
+    _artifacts(tmp_path / "models")
+    service = Service(ServiceSettings(artifacts=tmp_path / "models"))
+
+    request = SimpleNamespace(headers={"authorization": "Bearer anything"})
+
+    refusal = service.authorised(request)  # type: ignore[arg-type]
+    assert refusal is not None and refusal.status_code == 403
+    assert b"no admin token configured" in refusal.body
+
+
+def test_overload_is_refused_at_once_with_retry_after(running: Running) -> None:
+    admission = running.service.admission
+    admission.latency_budget = 0.001
+    for _ in range(8):
+        admission.observe(batch_size=1, seconds=1.0)  # one request per second
+
+    with running.client() as client:
+        started = time.monotonic()
+        reply = _ask(client)
+        elapsed = time.monotonic() - started
+        metrics = client.get("/metrics").text
+
+    assert reply.status_code == 429
+    assert int(reply.headers["retry-after"]) >= 1
+    assert "over the 0.00 s budget" in reply.json()["error"]
+    assert elapsed < 0.5
+    assert 'peakguard_shed_total{status="429"} 1.0' in metrics
+
+
+def test_shedding_answers_repeat_simple_queries_from_the_answer_table(running: Running) -> None:
+    running.service.cache.min_confidence = 0.0
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running.client() as client:
+        first = _ask(client, "Where is my card?")
+        client.put("/admin/mode", json={"shedding": True}, headers=auth)
+        repeat = _ask(client, "where is my CARD")
+        other = _ask(client, "a different question entirely")
+
+    assert first.json()["served_by"] == "model"
+    assert repeat.json()["served_by"] == "cache"
+    assert repeat.json()["intent"] == first.json()["intent"]
+    assert other.json()["served_by"] == "model"
+
+
+def test_the_breaker_switches_to_light_and_back(running: Running) -> None:
+    with running.client() as client:
+        running.service._on_breaker(True, 2.0)
+        degraded = _ask(client)
+        running.service._on_breaker(False, 0.1)
+        recovered = _ask(client)
+        metrics = client.get("/metrics").text
+
+    assert degraded.json()["model"] == "light"
+    assert recovered.json()["model"] == "full"
+    assert 'peakguard_breaker_switches_total{to="light"} 1.0' in metrics
+
+
+def test_metrics_expose_stages_layers_and_mode(running: Running) -> None:
+    with running.client() as client:
+        for _ in range(3):
+            _ask(client)
+        metrics = client.get("/metrics").text
+
+    for stage in ("queue", "batch", "model", "post"):
+        assert f'peakguard_stage_seconds_count{{stage="{stage}"}}' in metrics
+    assert 'peakguard_layer_seconds_count{layer="block0",model="full"}' in metrics
+    assert 'peakguard_layer_seconds_count{layer="head",model="full"}' in metrics
+    assert 'peakguard_mode{model="full",precision="fp32",shedding="false"} 1.0' in metrics
+    assert "peakguard_ready 1.0" in metrics
+
+
+def test_spans_join_the_callers_trace_stage_by_stage(running: Running) -> None:
+    trace_id = "4bf92f3577b34da6a3ce929d0e0e4736"
+    with running.client() as client:
+        _ask(client, traceparent=f"00-{trace_id}-00f067aa0ba902b7-01")
+    running.service.tracing.flush()
+
+    spans = running.spans.get_finished_spans()
+    names = {span.name for span in spans}
+    assert {"POST /v1/intent", "queue", "batch", "model", "post"} <= names
+    request = next(s for s in spans if s.name == "POST /v1/intent")
+    assert format(request.context.trace_id, "032x") == trace_id
+    for span in spans:
+        if span.name in ("queue", "batch", "model", "post"):
+            assert span.parent is not None and span.parent.span_id == request.context.span_id
