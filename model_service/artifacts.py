@@ -43,7 +43,7 @@ class ModelCard:
     intents: tuple[str, ...]
     """Label names by index."""
     handover_threshold: float
-    """Below this confidence the service hands the query to a human (out of scope)."""
+    """Below this in-scope score (`model_service.handover.score` of the logits) a human takes the query."""
     parameters: int
     metrics: Mapping[str, Any] = field(default_factory=dict)
     """Accuracy on each split, out-of-scope recall, timings: what the run measured."""

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model_service import handover
 from model_service.artifacts import ArtifactError, ModelCard, load_model
 from model_service.classifier import IntentClassifier
 from model_service.modes import ModelName, OperatingMode, Precision
@@ -29,7 +30,7 @@ __all__ = ["BatchTimings", "ModelRuntime", "Prediction", "StageTimer", "postproc
 log = logging.getLogger("peakguard.runtime")
 
 HANDOVER_INTENT = "handover_to_human"
-"""What an out-of-scope (low-confidence) query is answered with."""
+"""What an out-of-scope query is answered with."""
 
 _WARM_UP_TEXTS = ("I am still waiting on my card?", "How do I top up my account with a bank transfer today?")
 
@@ -39,7 +40,7 @@ class Prediction:
     intent: str
     confidence: float
     handover: bool
-    """True when confidence is under the model's hand-over threshold: a human takes it."""
+    """True when the query looks out of scope (model_service.handover): a human takes it."""
     model: str
     precision: str
     version: str
@@ -174,16 +175,17 @@ class ModelRuntime:
 def postprocess(
     logits: torch.Tensor, card: ModelCard, *, model: str, precision: Precision | str, version: str
 ) -> list[Prediction]:
-    """Logits to answers: the top intent, or a hand-over when confidence is under the card's threshold."""
+    """Logits to answers: the top intent, or a hand-over when the in-scope score is under the card's threshold."""
     confidence, index = logits.softmax(dim=-1).max(dim=-1)
+    in_scope = handover.score(logits)
     answers = []
-    for score, label in zip(confidence.tolist(), index.tolist(), strict=True):
-        handover = score < card.handover_threshold
+    for score, label, fits in zip(confidence.tolist(), index.tolist(), in_scope.tolist(), strict=True):
+        hand_over = fits < card.handover_threshold
         answers.append(
             Prediction(
-                intent=HANDOVER_INTENT if handover else card.intents[label],
+                intent=HANDOVER_INTENT if hand_over else card.intents[label],
                 confidence=round(score, 4),
-                handover=handover,
+                handover=hand_over,
                 model=model,
                 precision=str(precision),
                 version=version,

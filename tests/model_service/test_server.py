@@ -35,7 +35,7 @@ def _artifacts(root: Path, version: str = "v1") -> Path:
         model = IntentClassifier(tiny_config(vocab_size=30522, num_experts=experts, layers=2)).eval()
         card = ModelCard(
             name=name, version=version, created="2026-11-25T00:00:00+00:00", config=model.config,
-            intents=INTENTS, handover_threshold=0.0, parameters=0,
+            intents=INTENTS, handover_threshold=-1e9, parameters=0,
         )  # fmt: skip
         models.append((model, card))
     return write_version(root, version, models)
