@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register_train"]
+__all__ = ["register_bench", "register_load", "register_serve", "register_train"]
 
 
 def register_train(commands: Any) -> None:
@@ -90,4 +91,118 @@ def _serve(args: argparse.Namespace) -> int:
     from model_service.server import create_app
 
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    return 0
+
+
+def register_bench(commands: Any) -> None:
+    parser = commands.add_parser(
+        "bench",
+        help="benchmarks: `peakguard bench model`",
+        description="Benchmarks that measure, print their figures and write JSON.",
+    )
+    kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
+    model = kinds.add_parser(
+        "model",
+        help="the model and the service: INT8, distillation, pruning, batching, overload with and without admission",
+        description=(
+            "Measure, side by side in one run: latency at batch 32 of the full, light and pruned models in "
+            "FP32 and INT8 (interleaved, medians); test accuracy from the model cards beside a TF-IDF baseline; "
+            "then the real service (`peakguard serve`, pinned to one core, the load generator on another): "
+            "unloaded p99, the highest rate it sustains with p99 within 3x of that, and 8x that rate with "
+            "admission control on, with batches of one, and with admission control off. Prints the seed's "
+            "optimisation matrix beside ours and writes everything as JSON. About 5 minutes on 2 cores."
+        ),
+    )
+    model.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
+    model.add_argument("--version", default="", help="version folder to measure (default: the newest)")
+    model.add_argument(
+        "--data", type=Path, help="data folder with banking77/: the TF-IDF baseline and real query texts for the load"
+    )
+    model.add_argument("--json", type=Path, help="write the full report here (atomically)")
+    model.add_argument("--repeats", type=int, default=20, help="timed repetitions per model variant")
+    model.add_argument("--no-service", action="store_true", help="models only: skip the HTTP service under load")
+    model.add_argument("--overload-seconds", type=float, default=20.0, help="length of each overload run")
+    model.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
+    model.set_defaults(handler=_bench_model)
+
+
+def _bench_model(args: argparse.Namespace) -> int:
+    from model_service.artifacts import ArtifactError
+    from model_service.benchmark import BenchSettings, render, run
+    from model_service.reports import write_json
+    from model_service.service_process import ServiceStartError
+
+    settings = BenchSettings(
+        artifacts=args.artifacts, version=args.version, data=args.data, repeats=args.repeats,
+        service=not args.no_service, overload_seconds=args.overload_seconds, step_seconds=args.step_seconds,
+    )  # fmt: skip
+    try:
+        report = run(settings, log=lambda line: print(line, flush=True))
+    except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError) as exc:
+        print(f"peakguard bench model: {exc}", file=sys.stderr)
+        return 2
+    print(render(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def register_load(commands: Any) -> None:
+    parser = commands.add_parser(
+        "load",
+        help="drive open-loop (Poisson) load at a URL for a bounded time and report latency and sheds",
+        description=(
+            'Send POST {"text": ...} requests to URL at a Poisson rate of RPS for DURATION seconds, whatever '
+            "the server does (open loop), then report throughput, p50/p95/p99 latency measured from each "
+            "request's scheduled send time (no coordinated omission), how late the generator sent, and "
+            "status, shed (429/503 with Retry-After), 5xx and transport-error counts. Stops by itself after "
+            "DURATION + TIMEOUT seconds."
+        ),
+    )
+    parser.add_argument("--url", required=True, help="endpoint, e.g. http://127.0.0.1:8080/v1/intent")
+    parser.add_argument("--rps", type=float, required=True, help="mean arrival rate, requests per second")
+    parser.add_argument("--duration", type=float, required=True, help="seconds of arrivals")
+    parser.add_argument("--json", type=Path, help="also write the report here (atomically)")
+    texts = parser.add_mutually_exclusive_group()
+    texts.add_argument("--texts", type=Path, help="file with one query per line")
+    texts.add_argument("--data", type=Path, help="data folder: use banking77's test queries")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per request before it counts as failed")
+    parser.add_argument("--warmup", type=float, default=0.0, help="seconds at the start sent but not reported")
+    parser.add_argument("--max-in-flight", type=int, default=4096, help="open requests at most (bounds memory)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the arrival schedule and the text choice")
+    parser.set_defaults(handler=_load)
+
+
+def _load(args: argparse.Namespace) -> int:
+    import json
+
+    from model_service.datasets import DatasetError, load_banking77
+    from model_service.load_generator import SAMPLE_QUERIES, LoadSpec, run_load_sync
+    from model_service.reports import write_json
+
+    try:
+        if args.texts:
+            texts: Sequence[str] = [line for line in args.texts.read_text().splitlines() if line.strip()]
+        elif args.data:
+            texts = load_banking77(args.data / "banking77").test.texts
+        else:
+            texts = SAMPLE_QUERIES
+        spec = LoadSpec(url=args.url, rps=args.rps, duration=args.duration, texts=texts, timeout=args.timeout,
+                        seed=args.seed, max_in_flight=args.max_in_flight, warmup=args.warmup)  # fmt: skip
+    except (OSError, DatasetError, ValueError) as exc:
+        print(f"peakguard load: {exc}", file=sys.stderr)
+        return 2
+    report = run_load_sync(spec).to_dict()
+    latency, lag = report["latency_ms"], report["send_lag_ms"]
+    print(
+        f"sent {report['sent']} ({report['sent_rps']:.1f}/s), answered {report['completed_ok']} "
+        f"({report['throughput_rps']:.1f}/s); latency ms p50 {latency['p50']} p95 {latency['p95']} "
+        f"p99 {latency['p99']}; shed {report['shed']}, 5xx {report['errors_5xx']}, "
+        f"transport errors {report['transport_errors']}; send lag p99 {lag['p99']} ms"
+    )
+    if args.json:
+        write_json(report, args.json)
+    else:
+        print(json.dumps(report, indent=2))
     return 0

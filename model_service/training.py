@@ -142,14 +142,22 @@ def fit(
 
 
 def predict(model: torch.nn.Module, texts: Sequence[str], encoder: TextEncoder, *, batch: int = 128) -> torch.Tensor:
-    """(len(texts), labels) logits, in eval mode, no gradients."""
+    """(len(texts), labels) logits in the order of `texts`, in eval mode, no gradients.
+
+    Texts run in batches of similar length (then put back in order): far less padding to compute.
+    """
     model.eval()
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     outputs = []
     with torch.inference_mode():
-        for start in range(0, len(texts), batch):
-            encoded = encoder(texts[start : start + batch])
+        for start in range(0, len(order), batch):
+            encoded = encoder([texts[i] for i in order[start : start + batch]])
             outputs.append(model(encoded.input_ids, encoded.attention_mask))
-    return torch.cat(outputs) if outputs else torch.zeros((0, 0))
+    if not outputs:
+        return torch.zeros((0, 0))
+    logits = torch.empty_like(torch.cat(outputs))
+    logits[torch.tensor(order)] = torch.cat(outputs)
+    return logits
 
 
 def accuracy(logits: torch.Tensor, labels: Sequence[int]) -> float:

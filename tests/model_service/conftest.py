@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from model_service.artifacts import ModelCard, write_version
 from model_service.classifier import ClassifierConfig, IntentClassifier
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
@@ -34,3 +35,22 @@ def tiny_config(**changes: object) -> ClassifierConfig:
 def tiny_model() -> IntentClassifier:
     torch.manual_seed(3)
     return IntentClassifier(tiny_config()).eval()
+
+
+TINY_INTENTS = ("card_arrival", "top_up", "exchange_rate", "lost_card", "refund")
+
+
+def write_tiny_artifacts(root: Path, version: str = "v1", names: tuple[str, ...] = ("full", "light")) -> Path:
+    """A version folder of tiny untrained models over the real MiniLM vocabulary, as `peakguard
+    train` lays it out (full has experts, the others are dense), that never hand over."""
+    torch.manual_seed(11)
+    models = []
+    for name in names:
+        model = IntentClassifier(tiny_config(vocab_size=30522, num_experts=8 if name == "full" else 0)).eval()
+        card = ModelCard(
+            name=name, version=version, created="2026-11-25T00:00:00+00:00", config=model.config,
+            intents=TINY_INTENTS, handover_threshold=-1e9, parameters=model.parameter_count(),
+            metrics={"test_accuracy": 0.9, "test_accuracy_int8": 0.89, "oos_test_recall": 0.9},
+        )  # fmt: skip
+        models.append((model, card))
+    return write_version(root, version, models)

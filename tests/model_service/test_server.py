@@ -13,32 +13,16 @@ from types import SimpleNamespace
 
 import httpx
 import pytest
-import torch
 import uvicorn
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from model_service.artifacts import ModelCard, write_version
-from model_service.classifier import IntentClassifier
 from model_service.modes import OperatingMode
 from model_service.server import Service, ServiceSettings, create_app
 from model_service.tracing import Tracing
-from tests.model_service.conftest import tiny_config
+from tests.model_service.conftest import TINY_INTENTS, write_tiny_artifacts
 
 TOKEN = "s3cret-admin-token"
-INTENTS = ("card_arrival", "top_up", "exchange_rate", "lost_card", "refund")
-
-
-def _artifacts(root: Path, version: str = "v1") -> Path:
-    torch.manual_seed(11)
-    models = []
-    for name, experts in (("full", 8), ("light", 0)):
-        model = IntentClassifier(tiny_config(vocab_size=30522, num_experts=experts, layers=2)).eval()
-        card = ModelCard(
-            name=name, version=version, created="2026-11-25T00:00:00+00:00", config=model.config,
-            intents=INTENTS, handover_threshold=-1e9, parameters=0,
-        )  # fmt: skip
-        models.append((model, card))
-    return write_version(root, version, models)
+INTENTS = TINY_INTENTS
 
 
 @dataclass
@@ -59,7 +43,7 @@ def _free_port() -> int:
 
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
-    _artifacts(tmp_path / "models")
+    write_tiny_artifacts(tmp_path / "models")
     spans = InMemorySpanExporter()
     settings = ServiceSettings(
         artifacts=tmp_path / "models", mode_file=tmp_path / "mode", admin_token=TOKEN, max_chars=200,
@@ -195,7 +179,7 @@ def test_mode_switch_through_the_watched_file(running: Running, tmp_path: Path) 
 
 
 def test_a_disabled_admin_api_says_why(tmp_path: Path) -> None:
-    _artifacts(tmp_path / "models")
+    write_tiny_artifacts(tmp_path / "models")
     service = Service(ServiceSettings(artifacts=tmp_path / "models"))
 
     request = SimpleNamespace(headers={"authorization": "Bearer anything"})

@@ -1,0 +1,386 @@
+"""`peakguard bench model`: the seed's optimisations measured side by side on this machine.
+
+Everything is measured in one run, interleaved where it can be, because these machines are noisy
+and only ratios taken together mean anything:
+
+- model latency at batch 32 for full/light/pruned in FP32 and INT8 (interleaved repetitions,
+  medians), parameter counts, and test accuracy from each model card (banking77 test split,
+  measured by `peakguard train`; never tuned on), beside a TF-IDF + logistic-regression baseline;
+- the real service (`peakguard serve` in a child process, pinned to core 0, the load generator on
+  core 1): unloaded p99, the highest rate it sustains with p99 under its SLO, then 8x that rate
+  with admission control on, with batches of one, and with admission control off.
+
+The SLO is `slo_factor` x the unloaded p99 and the admission budget `budget_factor` x it, so the
+run adapts to whatever machine it is on; both factors are printed with the results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from model_service.artifacts import ModelCard, load_model, read_manifest
+from model_service.datasets import load_banking77
+from model_service.load_generator import SAMPLE_QUERIES, LoadSpec, run_load_sync
+from model_service.pretrained import TextEncoder
+from model_service.quantization import quantize_int8
+from model_service.service_process import ServiceProcess
+
+__all__ = ["SEED_MATRIX", "BenchSettings", "render", "run"]
+
+Log = Callable[[str], None]
+
+SEED_MATRIX = {
+    # optimisation: (latency change %, accuracy change in points), as the incident report gives them.
+    "quantization": (-45.0, -1.2),
+    "distillation": (-38.0, -0.8),
+    "structured pruning": (-32.0, -0.5),
+    "dynamic batching": (-28.0, 0.0),
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    artifacts: Path
+    """Artifact root written by `peakguard train`."""
+    version: str = ""
+    """Version folder to measure; empty means the newest."""
+    data: Path | None = None
+    """Data folder (banking77/): the TF-IDF baseline and realistic request texts. Optional."""
+    batch: int = 32
+    repeats: int = 20
+    """Timed repetitions per model variant (interleaved)."""
+    service: bool = True
+    """Also measure the HTTP service under load (a few minutes)."""
+    overload_factor: float = 8.0
+    slo_factor: float = 3.0
+    """The service's SLO: p99 within this multiple of its unloaded p99."""
+    budget_factor: float = 2.0
+    """Admission latency budget as a multiple of the unloaded p99 (under the SLO, leaving room for HTTP)."""
+    unloaded_seconds: float = 10.0
+    """Length of the unloaded run (10 requests/s) that sets the p99 baseline."""
+    step_seconds: float = 8.0
+    """Length of each step of the sustainable-rate search."""
+    overload_seconds: float = 20.0
+    start_rps: float = 10.0
+    seed: int = 0
+
+
+def _newest_version(root: Path) -> str:
+    versions = sorted(manifest.parent.name for manifest in root.glob("*/manifest.json"))
+    if not versions:
+        raise FileNotFoundError(f"no model versions under {root}; run peakguard train --out {root} first")
+    return versions[-1]
+
+
+def _median_latencies(
+    variants: dict[str, nn.Module], batch: tuple[torch.Tensor, torch.Tensor], repeats: int
+) -> dict[str, float]:
+    """Seconds per forward pass of each variant on the same batch; repetitions interleaved so
+    machine noise hits every variant alike."""
+    ids, mask = batch
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for module in variants.values():  # warm-up: first calls allocate and pick kernels
+            module(ids, mask)
+        for _ in range(repeats):
+            for name, module in variants.items():
+                started = time.perf_counter()
+                module(ids, mask)
+                samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def _per_query_latency(module: nn.Module, encoder: TextEncoder, texts: Sequence[str], batch: int) -> float:
+    """Model seconds per query when `texts` run in batches of `batch`."""
+    with torch.inference_mode():
+        encoded = encoder(list(texts[:batch]))
+        module(encoded.input_ids, encoded.attention_mask)
+        started = time.perf_counter()
+        for start in range(0, len(texts), batch):
+            encoded = encoder(list(texts[start : start + batch]))
+            module(encoded.input_ids, encoded.attention_mask)
+        return (time.perf_counter() - started) / len(texts)
+
+
+def _agreement(module: nn.Module, encoder: TextEncoder, texts: Sequence[str], batch: int) -> float:
+    """Share of texts whose answer is the same alone as inside a padded batch (batching must not
+    change answers: the MoE never drops tokens at inference)."""
+
+    def answers(chunk: Sequence[str]) -> list[int]:
+        encoded = encoder(list(chunk))
+        result: list[int] = module(encoded.input_ids, encoded.attention_mask).argmax(-1).tolist()
+        return result
+
+    with torch.inference_mode():
+        alone = [answers([text])[0] for text in texts]
+        together = [label for start in range(0, len(texts), batch) for label in answers(texts[start : start + batch])]
+    return sum(a == b for a, b in zip(alone, together, strict=True)) / len(texts)
+
+
+def tfidf_baseline(data: Path, seed: int) -> dict[str, float]:
+    """TF-IDF (word 1-2 grams) + logistic regression on the same train/test split: the floor any
+    transformer on a GPU must beat."""
+    try:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.linear_model import LogisticRegression
+    except ImportError as exc:
+        raise RuntimeError(f"the TF-IDF baseline needs scikit-learn: pip install 'peakguard[bench]' ({exc})") from None
+    intents = load_banking77(data / "banking77", seed=seed)
+    started = time.perf_counter()
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1)
+    features = vectorizer.fit_transform(intents.train.texts + intents.validation.texts)
+    classifier = LogisticRegression(C=20.0, max_iter=2000)
+    classifier.fit(features, list(intents.train.labels) + list(intents.validation.labels))
+    predicted = classifier.predict(vectorizer.transform(intents.test.texts))
+    accuracy = float(sum(int(p == y) for p, y in zip(predicted, intents.test.labels, strict=True)) / len(predicted))
+    return {"test_accuracy": accuracy, "seconds": time.perf_counter() - started}
+
+
+def _models(folder: Path, settings: BenchSettings, texts: Sequence[str], log: Log) -> dict[str, Any]:
+    encoder = TextEncoder()
+    cards: dict[str, ModelCard] = {}
+    variants: dict[str, nn.Module] = {}
+    names = [entry["name"] for entry in read_manifest(folder)["models"]]
+    for name in ("full", "light", "pruned"):
+        if name not in names:
+            continue
+        model, card = load_model(folder, name)
+        cards[name] = card
+        variants[name] = model
+        variants[f"{name}_int8"] = quantize_int8(model)
+    if "full" not in cards or "light" not in cards:
+        raise FileNotFoundError(f"{folder}: needs both full and light models (found: {', '.join(names)})")
+    batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
+    encoded = encoder(batch_texts)
+    log(f"timing {len(variants)} variants at batch {settings.batch}, {settings.repeats} interleaved repetitions")
+    latency = _median_latencies(variants, (encoded.input_ids, encoded.attention_mask), settings.repeats)
+
+    full, light = cards["full"], cards["light"]
+    accuracy = {name: float(card.metrics["test_accuracy"]) for name, card in cards.items()}
+    accuracy |= {f"{name}_int8": float(card.metrics["test_accuracy_int8"]) for name, card in cards.items()}
+    sample = [texts[i % len(texts)] for i in range(4 * settings.batch)]
+    log(f"batch of one vs batch of {settings.batch}: {len(sample)} queries through the full model")
+    one = _per_query_latency(variants["full"], encoder, sample, 1)
+    batched = _per_query_latency(variants["full"], encoder, sample, settings.batch)
+    agreement = _agreement(variants["full"], encoder, sample[: 2 * settings.batch], settings.batch)
+
+    report: dict[str, Any] = {
+        "latency_ms_batch": {name: round(seconds * 1000, 2) for name, seconds in latency.items()},
+        "parameters": {name: card.parameters for name, card in cards.items()},
+        "accuracy": accuracy,
+        "oos_test_recall": {name: card.metrics.get("oos_test_recall") for name, card in cards.items()},
+        "int8_speedup": latency["full"] / latency["full_int8"],
+        "int8_speedup_light": latency["light"] / latency["light_int8"],
+        "int8_accuracy_loss_pts": 100 * (accuracy["full"] - accuracy["full_int8"]),
+        "int8_accuracy_loss_pts_light": 100 * (accuracy["light"] - accuracy["light_int8"]),
+        "light_param_reduction": 1 - light.parameters / full.parameters,
+        "light_speedup": latency["full"] / latency["light"],
+        "light_accuracy_loss_pts": 100 * (accuracy["full"] - accuracy["light"]),
+        "batching_model_ratio": one / batched,
+        "batch_of_one_agreement": agreement,
+    }
+    matrix = [
+        ("quantization", latency["full_int8"], accuracy["full_int8"]),
+        ("distillation", latency["light"], accuracy["light"]),
+    ]
+    if "pruned" in cards:
+        matrix.append(("structured pruning", latency["pruned"], accuracy["pruned"]))
+        report["pruned_speedup"] = latency["full"] / latency["pruned"]
+    report["seed_matrix"] = [
+        {
+            "optimisation": name,
+            "latency_change_pct": 100 * (seconds / latency["full"] - 1),
+            "accuracy_change_pts": 100 * (acc - accuracy["full"]),
+            "seed_latency_change_pct": SEED_MATRIX[name][0],
+            "seed_accuracy_change_pts": SEED_MATRIX[name][1],
+            "measured_as": f"full model FP32 vs this, median forward at batch {settings.batch}",
+        }
+        for name, seconds, acc in matrix
+    ]
+    report["seed_matrix"].append(
+        {
+            "optimisation": "dynamic batching",
+            "latency_change_pct": 100 * (batched / one - 1),
+            "accuracy_change_pts": 100 * (agreement - 1),
+            "seed_latency_change_pct": SEED_MATRIX["dynamic batching"][0],
+            "seed_accuracy_change_pts": SEED_MATRIX["dynamic batching"][1],
+            "measured_as": f"model time per query, batches of one vs of {settings.batch}; accuracy change is "
+            "the share of answers that differ",
+        }
+    )
+    return report
+
+
+def _load(url: str, rps: float, seconds: float, texts: Sequence[str], seed: int, *, timeout: float) -> dict[str, Any]:
+    spec = LoadSpec(url=f"{url}/v1/intent", rps=rps, duration=seconds, texts=texts, timeout=timeout, seed=seed,
+                    warmup=min(1.0, seconds / 4))  # fmt: skip
+    return run_load_sync(spec).to_dict()
+
+
+def _p99(report: dict[str, Any]) -> float:
+    value = report["latency_ms"]["p99"]
+    return float("inf") if value is None else float(value) / 1000
+
+
+def _sustains(report: dict[str, Any], rps: float, slo: float) -> bool:
+    """p99 within the SLO, under 1% refused or failed, and (nearly) everything answered."""
+    refused = report["shed"] + report["errors_5xx"] + report["transport_errors"] + report["dropped_by_generator"]
+    return _p99(report) <= slo and refused <= 0.01 * max(1, report["sent"]) and report["throughput_rps"] >= 0.9 * rps
+
+
+def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: Log) -> dict[str, Any]:
+    cpus = sorted(os.sched_getaffinity(0))
+    pinned = len(cpus) >= 2
+    server_cpus, generator_cpus = ({cpus[0]}, set(cpus[1:])) if pinned else (None, None)
+    base = {"artifacts": str(folder.parent), "version": folder.name}
+    own_affinity = set(cpus)
+    report: dict[str, Any] = {"pinned": pinned, "server_cpus": sorted(server_cpus or []),
+                              "generator_cpus": sorted(generator_cpus or [])}  # fmt: skip
+    if generator_cpus:
+        os.sched_setaffinity(0, generator_cpus)
+    try:
+        with ServiceProcess(base | {"admission": False}, cpus=server_cpus) as unprotected:
+            log(f"unloaded: 10 requests/s for {settings.unloaded_seconds:.0f} s")
+            unloaded = _load(unprotected.url, 10, settings.unloaded_seconds, texts, settings.seed, timeout=10)
+            unloaded_p99 = _p99(unloaded)
+            slo = settings.slo_factor * unloaded_p99
+            budget = settings.budget_factor * unloaded_p99
+            report |= {"unloaded": unloaded, "unloaded_p99_ms": unloaded_p99 * 1000, "slo_p99_ms": slo * 1000,
+                       "latency_budget_ms": budget * 1000}  # fmt: skip
+            log(f"  p99 {unloaded_p99 * 1000:.1f} ms; SLO p99 {slo * 1000:.1f} ms; budget {budget * 1000:.1f} ms")
+
+            with ServiceProcess(base | {"admission": True, "latency_budget": budget}, cpus=server_cpus) as protected:
+                sustainable, steps, rps = 0.0, [], settings.start_rps
+                for _ in range(12):
+                    step = _load(protected.url, rps, settings.step_seconds, texts, settings.seed, timeout=10)
+                    ok = _sustains(step, rps, slo)
+                    steps.append({"rps": rps, "sustained": ok, "p99_ms": step["latency_ms"]["p99"],
+                                  "throughput_rps": step["throughput_rps"], "shed": step["shed"]})  # fmt: skip
+                    log(f"  {rps:7.1f} rps: p99 {step['latency_ms']['p99']} ms, {step['throughput_rps']:.1f} "
+                        f"answered/s, {step['shed']} shed -> {'sustained' if ok else 'over'}")  # fmt: skip
+                    if not ok:
+                        break
+                    sustainable, rps = rps, rps * 1.5
+                if sustainable == 0:
+                    raise RuntimeError(f"the service did not sustain even {settings.start_rps} rps; see {steps}")
+                overload_rps = settings.overload_factor * sustainable
+                report |= {"ramp": steps, "sustainable_rps": sustainable, "overload_rps": overload_rps}
+
+                log(f"overload, admission on: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
+                with protected.peak_rss() as memory:
+                    on = _load(protected.url, overload_rps, settings.overload_seconds, texts, settings.seed, timeout=10)
+                on["memory"] = memory
+                log("overload, admission on, batches of one")
+                protected.set_mode(batch_min=1, batch_max=1)
+                one = _load(protected.url, overload_rps, settings.overload_seconds, texts, settings.seed, timeout=10)
+
+            log(f"overload, admission off: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
+            with unprotected.peak_rss() as memory:
+                off = _load(unprotected.url, overload_rps, settings.overload_seconds, texts, settings.seed, timeout=15)
+            off["memory"] = memory
+    finally:
+        os.sched_setaffinity(0, own_affinity)
+
+    report |= {"overload_protected": on, "overload_batch_of_one": one, "overload_unprotected": off}
+    report["overload_p99_ratio_protected"] = _p99(on) / unloaded_p99
+    report["overload_p99_ratio_unprotected"] = _p99(off) / unloaded_p99
+    report["overload_admitted_share_of_sustainable"] = on["throughput_rps"] / sustainable
+    report["overload_5xx"] = on["errors_5xx"]
+    report["overload_5xx_unprotected"] = off["errors_5xx"]
+    report["batching_throughput_ratio"] = on["throughput_rps"] / max(one["throughput_rps"], 1e-9)
+    return report
+
+
+def _goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    goals: dict[str, tuple[str, Callable[[float], bool]]] = {
+        "batching_throughput_ratio": (">= 3", lambda v: v >= 3),
+        "int8_speedup": (">= 2", lambda v: v >= 2),
+        "int8_accuracy_loss_pts": ("<= 1.0", lambda v: v <= 1.0),
+        "light_param_reduction": (">= 0.76", lambda v: v >= 0.76),
+        "light_speedup": (">= 3", lambda v: v >= 3),
+        "light_accuracy_loss_pts": ("<= 2.0", lambda v: v <= 2.0),
+        "overload_p99_ratio_protected": ("<= 3", lambda v: v <= 3),
+        "overload_admitted_share_of_sustainable": (">= 0.9", lambda v: v >= 0.9),
+        "overload_5xx": ("== 0", lambda v: v == 0),
+    }
+    return {
+        key: {"value": report[key], "goal": goal, "met": bool(check(report[key]))}
+        for key, (goal, check) in goals.items()
+        if key in report
+    }
+
+
+def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
+    folder = settings.artifacts / (settings.version or _newest_version(settings.artifacts))
+    torch.manual_seed(settings.seed)
+    texts: Sequence[str] = SAMPLE_QUERIES
+    report: dict[str, Any] = {
+        "version": folder.name,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
+        "machine": {
+            "cpus": len(os.sched_getaffinity(0)),
+            "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(),
+            "processor": platform.machine(),
+        },
+    }
+    if settings.data is not None:
+        texts = load_banking77(settings.data / "banking77", seed=settings.seed).test.texts
+        log("TF-IDF + logistic regression baseline")
+        report["tfidf_baseline"] = tfidf_baseline(settings.data, seed=13)
+    report |= _models(folder, settings, texts, log)
+    if "tfidf_baseline" in report:
+        report["accuracy"]["tfidf_baseline"] = report["tfidf_baseline"]["test_accuracy"]
+    if settings.service:
+        report |= _service(folder, settings, texts, log)
+    report["goals"] = _goals(report)
+    return report
+
+
+def render(report: dict[str, Any]) -> str:
+    """The figures a person reads: accuracy, latency, the seed's matrix beside ours, the goals."""
+    lines = [
+        f"model version {report['version']}  ({report['machine']['cpus']} CPUs, torch {report['machine']['torch']})"
+    ]
+    lines.append("accuracy (banking77 test):")
+    for name, value in report["accuracy"].items():
+        lines.append(f"  {name:<16} {100 * value:6.2f}%")
+    lines.append("latency at batch (median ms):")
+    for name, value in report["latency_ms_batch"].items():
+        lines.append(f"  {name:<16} {value:8.2f}")
+    lines.append("the seed's optimisation matrix, ours beside it:")
+    lines.append(f"  {'optimisation':<20} {'latency':>9} {'(seed)':>8} {'accuracy':>10} {'(seed)':>8}")
+    for row in report["seed_matrix"]:
+        lines.append(
+            f"  {row['optimisation']:<20} {row['latency_change_pct']:+8.1f}% {row['seed_latency_change_pct']:+7.0f}% "
+            f"{row['accuracy_change_pts']:+8.2f}pt {row['seed_accuracy_change_pts']:+7.1f}pt"
+        )
+    if "sustainable_rps" in report:
+        on, off = report["overload_protected"], report["overload_unprotected"]
+        lines.append(
+            f"service: unloaded p99 {report['unloaded_p99_ms']:.1f} ms, sustains {report['sustainable_rps']:.0f} rps "
+            f"(p99 <= {report['slo_p99_ms']:.1f} ms); overload at {report['overload_rps']:.0f} rps:"
+        )
+        for label, run_ in (("admission on", on), ("batches of one", report["overload_batch_of_one"]),
+                            ("admission off", off)):  # fmt: skip
+            lines.append(
+                f"  {label:<15} p99 {run_['latency_ms']['p99']} ms, {run_['throughput_rps']:.1f} answered/s, "
+                f"shed {run_['shed']}, 5xx {run_['errors_5xx']}, timeouts/transport {run_['transport_errors']}, "
+                f"send lag p99 {run_['send_lag_ms']['p99']} ms"
+            )
+    lines.append("goals:")
+    for key, goal in report["goals"].items():
+        lines.append(f"  {key:<40} {goal['value']:10.3f}  goal {goal['goal']:<7} {'met' if goal['met'] else 'MISSED'}")
+    return "\n".join(lines)

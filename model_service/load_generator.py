@@ -1,0 +1,226 @@
+"""Open-loop load: Poisson arrivals at a fixed rate for a bounded time, whatever the server does.
+
+A closed-loop tool (N clients, each waiting for its answer) slows down when the server does and so
+hides exactly the queueing that turned 200 ms into 12 s. Here the arrival schedule is drawn up
+front (exponential gaps, seeded) and every arrival is its own task. Latency is measured from the
+*scheduled* send time, which charges the server for the wait a late send would otherwise hide
+(coordinated omission); how late the generator itself sent is reported as `send_lag_ms`, because
+on a 2-core box it competes with the server for CPU.
+
+aiohttp, not httpx, for the client: on this 2-core machine it sent several times more requests per
+second from one core, and the generator must outrun the service it overloads.
+
+The run stops by itself: no arrival after `duration`, nothing awaited after `duration + timeout`;
+at most `max_in_flight` requests are open at once (arrivals beyond that are counted as
+`dropped_by_generator`, never silently lost), so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import aiohttp
+
+__all__ = ["SAMPLE_QUERIES", "LoadReport", "LoadSpec", "percentile", "poisson_schedule", "run_load", "run_load_sync"]
+
+SHED_STATUSES = (429, 503)
+
+SAMPLE_QUERIES = (  # what a load run sends when given no texts
+    "I am still waiting on my card?",
+    "How do I top up my account with a bank transfer?",
+    "Why was I charged a fee for my card payment?",
+    "My card has been swallowed by the ATM, what should I do?",
+    "What exchange rate do you use for foreign currency payments?",
+    "Can I cancel a transfer I made by mistake this morning?",
+    "I think someone has used my card without permission",
+    "How long does it take for my refund to show up?",
+)
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    url: str
+    """Full URL of the endpoint, e.g. http://127.0.0.1:8080/v1/intent."""
+    rps: float
+    """Mean arrival rate (Poisson)."""
+    duration: float
+    """Seconds of arrivals."""
+    texts: Sequence[str]
+    """Query texts; each request picks one at random (seeded)."""
+    timeout: float = 30.0
+    """Seconds a request may take; a timeout counts as a transport error."""
+    seed: int = 0
+    max_in_flight: int = 4096
+    warmup: float = 0.0
+    """Seconds at the start whose requests are sent but not reported."""
+
+    def __post_init__(self) -> None:
+        scheme = urlparse(self.url).scheme
+        if scheme not in ("http", "https") or not urlparse(self.url).netloc:
+            raise ValueError(f"url {self.url!r} must be an http(s) URL, e.g. http://127.0.0.1:8080/v1/intent")
+        for name in ("rps", "duration", "timeout"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a positive number, got {value!r}")
+        if not 0 <= self.warmup < self.duration:
+            raise ValueError(f"warmup must be >= 0 and shorter than duration ({self.duration} s), got {self.warmup}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if not self.texts or not all(isinstance(text, str) and text.strip() for text in self.texts):
+            raise ValueError("texts must be a non-empty list of non-empty query strings")
+
+
+def poisson_schedule(rps: float, duration: float, seed: int) -> list[float]:
+    """Arrival offsets in seconds from the start: exponential gaps with mean 1/rps, within `duration`."""
+    rng = random.Random(seed)  # noqa: S311 (a reproducible schedule, not a secret)
+    offsets, now = [], rng.expovariate(rps)
+    while now < duration:
+        offsets.append(now)
+        now += rng.expovariate(rps)
+    return offsets
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks; None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def _summary_ms(seconds: Sequence[float], keys: Sequence[str] = ("p50", "p95", "p99", "max", "mean")) -> dict[str, Any]:
+    def ms(value: float | None) -> float | None:
+        return None if value is None else round(value * 1000, 2)
+
+    table = {
+        "p50": percentile(seconds, 50),
+        "p95": percentile(seconds, 95),
+        "p99": percentile(seconds, 99),
+        "max": max(seconds, default=None),
+        "mean": sum(seconds) / len(seconds) if seconds else None,
+    }
+    return {key: ms(table[key]) for key in keys}
+
+
+@dataclass
+class LoadReport:
+    spec: LoadSpec
+    measured_seconds: float
+    """Length of the reported window (duration minus warm-up)."""
+    sent: int = 0
+    latencies: list[float] = field(default_factory=list)
+    """Seconds from scheduled send to answer, 200s only."""
+    latencies_from_send: list[float] = field(default_factory=list)
+    send_lags: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    shed: int = 0
+    errors_5xx: int = 0
+    transport_errors: int = 0
+    dropped_by_generator: int = 0
+
+    @property
+    def completed_ok(self) -> int:
+        return len(self.latencies)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "url": self.spec.url,
+            "target_rps": self.spec.rps,
+            "duration_s": self.spec.duration,
+            "warmup_s": self.spec.warmup,
+            "sent": self.sent,
+            "sent_rps": self.sent / self.measured_seconds,
+            "completed_ok": self.completed_ok,
+            "throughput_rps": self.completed_ok / self.measured_seconds,
+            "latency_ms": _summary_ms(self.latencies),
+            "latency_ms_from_send": _summary_ms(self.latencies_from_send),
+            "send_lag_ms": _summary_ms(self.send_lags, ("p50", "p99", "max")),
+            "status_counts": dict(sorted(self.statuses.items())),
+            "shed": self.shed,
+            "errors_5xx": self.errors_5xx,
+            "transport_errors": self.transport_errors,
+            "dropped_by_generator": self.dropped_by_generator,
+        }
+
+
+async def run_load(spec: LoadSpec) -> LoadReport:
+    schedule = poisson_schedule(spec.rps, spec.duration, spec.seed)
+    rng = random.Random(spec.seed + 1)  # noqa: S311
+    bodies = [json.dumps({"text": rng.choice(list(spec.texts))}).encode() for _ in schedule]
+    report = LoadReport(spec, measured_seconds=spec.duration - spec.warmup)
+    in_flight = 0
+    connector = aiohttp.TCPConnector(limit=spec.max_in_flight, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=spec.timeout)
+    headers = {"Content-Type": "application/json"}
+
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(scheduled: float, body: bytes, counted: bool) -> None:
+            nonlocal in_flight
+            sent = time.perf_counter()
+            try:
+                async with session.post(spec.url, data=body, headers=headers) as response:
+                    await response.read()
+                    status, retry_after = response.status, "Retry-After" in response.headers
+            except (TimeoutError, aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
+                if counted:
+                    report.transport_errors += 1
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                return
+            finally:
+                in_flight -= 1
+            done = time.perf_counter()
+            if not counted:
+                return
+            report.statuses[str(status)] += 1
+            if status == 200:
+                report.latencies.append(done - scheduled)
+                report.latencies_from_send.append(done - sent)
+            elif status in SHED_STATUSES and retry_after:
+                report.shed += 1
+            elif status >= 500:
+                report.errors_5xx += 1
+
+        tasks: set[asyncio.Task[None]] = set()
+        start = time.perf_counter()
+        for offset, body in zip(schedule, bodies, strict=True):
+            delay = start + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            counted = offset >= spec.warmup
+            if in_flight >= spec.max_in_flight:
+                report.dropped_by_generator += counted
+                continue
+            scheduled = start + offset
+            if counted:
+                report.sent += 1
+                report.send_lags.append(max(0.0, time.perf_counter() - scheduled))
+            in_flight += 1
+            task = asyncio.create_task(one(scheduled, body, counted))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        # Stragglers get until duration + timeout; the session's own timeout normally ends them first.
+        remaining = start + spec.duration + spec.timeout - time.perf_counter()
+        if tasks:
+            _, pending = await asyncio.wait(set(tasks), timeout=max(0.0, remaining))
+            for task in pending:
+                task.cancel()  # counted as transport errors by the task itself
+            await asyncio.gather(*pending, return_exceptions=True)
+    return report
+
+
+def run_load_sync(spec: LoadSpec) -> LoadReport:
+    return asyncio.run(run_load(spec))

@@ -1,0 +1,172 @@
+"""A model service in a child process: started on chosen CPU cores, ready-checked, measured, stopped.
+
+The benchmark and the local drill run the real `peakguard serve` this way, so what they measure is
+the HTTP service a pod runs, not a function call. On a 2-core box the service gets core 0 and the
+load generator core 1 (`os.sched_setaffinity`), so the two do not take turns on one core unseen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+__all__ = ["ServiceProcess", "ServiceStartError", "free_port"]
+
+
+class ServiceStartError(RuntimeError):
+    """The service exited or never became ready; the message holds the tail of its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServiceProcess:
+    """`with ServiceProcess(settings, cpus={0}) as service:` ... `service.url`."""
+
+    def __init__(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        cpus: set[int] | None = None,
+        ready_timeout: float = 300.0,
+        log_dir: Path | None = None,
+    ) -> None:
+        """`settings`: the serve settings file's fields (model_service.server.ServiceSettings).
+        `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free."""
+        self.settings = dict(settings)
+        self.cpus = cpus
+        self.ready_timeout = ready_timeout
+        self.admin_token = secrets.token_urlsafe(24)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._folder = Path(tempfile.mkdtemp(prefix="peakguard-serve-", dir=log_dir))
+        self.log_path = self._folder / "serve.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._peak_rss = 0
+        self._sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        config = self._folder / "serve.json"
+        config.write_text(json.dumps(self.settings, default=str))
+        env = dict(os.environ, PEAKGUARD_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
+        if self.cpus:
+            threads = str(len(self.cpus))
+            env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--port", str(self.port)]
+        with self.log_path.open("wb") as log:
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+        if self.cpus:
+            os.sched_setaffinity(self._process.pid, self.cpus)
+        self._sampling.set()
+        self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
+        self._sampler.start()
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + self.ready_timeout
+        with httpx.Client(base_url=self.url, timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                assert self._process is not None
+                if (code := self._process.poll()) is not None:
+                    raise ServiceStartError(f"peakguard serve exited with code {code}:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.TransportError):
+                    if client.get("/readyz").status_code == 200:
+                        return
+                time.sleep(0.2)
+        self.stop()
+        raise ServiceStartError(f"peakguard serve not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
+
+    @property
+    def pid(self) -> int | None:
+        """The service's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def _sample_rss(self) -> None:
+        while self._sampling.is_set():
+            self._peak_rss = max(self._peak_rss, self.rss_bytes())
+            time.sleep(0.2)
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the service now (0 once it has exited)."""
+        if self._process is None:
+            return 0
+        try:
+            status = Path(f"/proc/{self._process.pid}/status").read_text()
+        except OSError:
+            return 0
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    @contextlib.contextmanager
+    def peak_rss(self) -> Iterator[dict[str, int]]:
+        """Peak resident memory while the block runs: `with service.peak_rss() as memory: ...`."""
+        memory = {"start_bytes": self.rss_bytes(), "peak_bytes": 0}
+        self._peak_rss = memory["start_bytes"]
+        try:
+            yield memory
+        finally:
+            memory["peak_bytes"] = max(self._peak_rss, self.rss_bytes())
+
+    def set_mode(self, **fields: Any) -> dict[str, Any]:
+        """PUT /admin/mode (fields of model_service.modes.OperatingMode); returns the new mode."""
+        response = httpx.put(
+            f"{self.url}/admin/mode", json=fields, headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10
+        )
+        if response.status_code != 200:
+            raise RuntimeError(f"PUT /admin/mode {fields} -> {response.status_code}: {response.text}")
+        mode: dict[str, Any] = response.json()["mode"]
+        return mode
+
+    def status(self) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.url}/admin/status", headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10
+        )
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+    def stop(self) -> None:
+        self._sampling.clear()
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,196 @@
+"""The open-loop load generator against real HTTP servers on 127.0.0.1 that answer as programmed."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from model_service.load_generator import LoadSpec, percentile, poisson_schedule, run_load_sync
+from peakguard.cli import main
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _programmed_app(behaviour: dict[str, Any]) -> FastAPI:
+    """Answers by the text sent: "ok", "shed" (429 + Retry-After), "full" (503 + Retry-After),
+    "boom" (500), "slow" (200 after behaviour["delay"] s), "hang" (never within the test)."""
+    app = FastAPI()
+
+    @app.post("/v1/intent")
+    async def intent(request: Request) -> JSONResponse:
+        text = json.loads(await request.body())["text"]
+        behaviour["seen"] = behaviour.get("seen", 0) + 1
+        if text == "shed":
+            return JSONResponse({"error": "overloaded"}, status_code=429, headers={"Retry-After": "1"})
+        if text == "full":
+            return JSONResponse({"error": "queue full"}, status_code=503, headers={"Retry-After": "1"})
+        if text == "boom":
+            return JSONResponse({"error": "bug"}, status_code=500)
+        if text == "slow":
+            await asyncio.sleep(behaviour["delay"])
+        if text == "hang":
+            await asyncio.sleep(3600)
+        return JSONResponse({"intent": "card_arrival"})
+
+    return app
+
+
+@pytest.fixture
+def server() -> Iterator[tuple[str, dict[str, Any]]]:
+    behaviour: dict[str, Any] = {"delay": 0.0}
+    port = _free_port()
+    instance = uvicorn.Server(uvicorn.Config(_programmed_app(behaviour), host="127.0.0.1", port=port,
+                                             log_level="error", timeout_graceful_shutdown=1))  # fmt: skip
+    thread = threading.Thread(target=instance.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not instance.started:
+        assert time.monotonic() < deadline, "test server did not start"
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{port}/v1/intent", behaviour
+    instance.should_exit = True
+    thread.join(timeout=5)
+
+
+def test_the_schedule_is_poisson_at_the_rate_and_seeded() -> None:
+    schedule = poisson_schedule(200, 30, seed=4)
+    gaps = [b - a for a, b in itertools.pairwise(schedule)]
+
+    assert len(schedule) == pytest.approx(6000, rel=0.05)
+    assert statistics.mean(gaps) == pytest.approx(1 / 200, rel=0.05)
+    assert statistics.stdev(gaps) == pytest.approx(1 / 200, rel=0.1)  # exponential: stdev = mean
+    assert schedule == poisson_schedule(200, 30, seed=4)
+    assert schedule != poisson_schedule(200, 30, seed=5)
+    assert all(0 <= t < 30 for t in schedule) and schedule == sorted(schedule)
+
+
+def test_percentiles_interpolate_between_ranks() -> None:
+    assert percentile([], 99) is None
+    assert percentile([5.0], 99) == 5.0
+    assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
+    assert percentile(list(map(float, range(1, 101))), 99) == pytest.approx(99.01)
+    assert percentile([3.0, 1.0, 2.0], 100) == 3.0
+
+
+def test_statuses_are_told_apart(server: tuple[str, dict[str, Any]]) -> None:
+    url, _ = server
+    texts = ["ok", "shed", "full", "boom"]
+
+    report = run_load_sync(LoadSpec(url=url, rps=200, duration=2, texts=texts, seed=1)).to_dict()
+
+    counts = report["status_counts"]
+    assert report["sent"] == sum(counts.values()) > 300
+    assert report["shed"] == counts["429"] + counts["503"]
+    assert report["errors_5xx"] == counts["500"]
+    assert report["completed_ok"] == counts["200"]
+    assert all(counts[code] > 50 for code in ("200", "429", "503", "500"))
+    assert report["transport_errors"] == report["dropped_by_generator"] == 0
+    assert report["throughput_rps"] == pytest.approx(counts["200"] / 2)
+
+
+def test_the_loop_stays_open_when_the_server_slows(server: tuple[str, dict[str, Any]]) -> None:
+    url, behaviour = server
+    behaviour["delay"] = 0.5
+    spec = LoadSpec(url=url, rps=100, duration=2, texts=["slow"], timeout=5, seed=2)
+
+    report = run_load_sync(spec).to_dict()
+
+    # A closed loop of one client would send about 4 requests in 2 s; the open loop keeps the schedule.
+    assert report["sent"] == len(poisson_schedule(100, 2, seed=2))
+    assert report["completed_ok"] == report["sent"]
+    assert report["latency_ms"]["p50"] >= 500
+    assert report["send_lag_ms"]["p99"] < 200
+
+
+def test_latency_from_the_schedule_is_never_less_than_from_the_send(server: tuple[str, dict[str, Any]]) -> None:
+    url, _ = server
+    report = run_load_sync(LoadSpec(url=url, rps=300, duration=1.5, texts=["ok"], seed=3)).to_dict()
+    for key in ("p50", "p95", "p99", "max", "mean"):
+        assert report["latency_ms"][key] >= report["latency_ms_from_send"][key]
+
+
+def test_a_hanging_server_cannot_hold_the_run(server: tuple[str, dict[str, Any]]) -> None:
+    url, _ = server
+    started = time.monotonic()
+
+    report = run_load_sync(LoadSpec(url=url, rps=50, duration=1, texts=["hang"], timeout=1.5)).to_dict()
+
+    assert time.monotonic() - started < 1 + 1.5 + 2
+    assert report["sent"] > 20
+    assert report["transport_errors"] == report["sent"]
+    assert report["completed_ok"] == 0 and report["latency_ms"]["p99"] is None
+
+
+def test_arrivals_over_the_in_flight_bound_are_counted_not_lost(server: tuple[str, dict[str, Any]]) -> None:
+    url, behaviour = server
+    behaviour["delay"] = 1.0
+    report = run_load_sync(
+        LoadSpec(url=url, rps=200, duration=1, texts=["slow"], timeout=5, max_in_flight=10)
+    ).to_dict()
+
+    assert report["sent"] == 10
+    assert report["dropped_by_generator"] == len(poisson_schedule(200, 1, seed=0)) - 10
+
+
+def test_warm_up_requests_are_sent_but_not_reported(server: tuple[str, dict[str, Any]]) -> None:
+    url, behaviour = server
+    report = run_load_sync(LoadSpec(url=url, rps=200, duration=2, texts=["ok"], warmup=1)).to_dict()
+    schedule = poisson_schedule(200, 2, seed=0)
+    assert report["sent"] == sum(1 for t in schedule if t >= 1)
+    assert behaviour["seen"] == len(schedule)
+    assert report["throughput_rps"] == pytest.approx(report["completed_ok"] / 1)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"url": "127.0.0.1:8080/v1/intent"}, "must be an http"),
+        ({"rps": 0}, "rps must be a positive number"),
+        ({"duration": -1}, "duration must be a positive number"),
+        ({"texts": []}, "texts must be a non-empty list"),
+        ({"texts": ["  "]}, "texts must be a non-empty list"),
+        ({"warmup": 5}, "warmup must be"),
+        ({"max_in_flight": 0}, "max_in_flight must be"),
+    ],
+)
+def test_a_bad_spec_is_named(changes: dict[str, Any], message: str) -> None:
+    spec: dict[str, Any] = {"url": "http://127.0.0.1:1/v1/intent", "rps": 1, "duration": 1, "texts": ["x"]}
+    with pytest.raises(ValueError, match=message):
+        LoadSpec(**(spec | changes))
+
+
+def test_the_command_writes_the_report(server: tuple[str, dict[str, Any]], tmp_path: Path, capsys: Any) -> None:
+    url, _ = server
+    texts = tmp_path / "queries.txt"
+    texts.write_text("ok\n\nshed\n")
+    out = tmp_path / "load.json"
+
+    code = main(["load", "--url", url, "--rps", "100", "--duration", "1", "--texts", str(texts), "--json", str(out)])
+
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert {"throughput_rps", "latency_ms", "send_lag_ms", "shed", "errors_5xx", "status_counts"} <= set(report)
+    assert report["shed"] > 0 and report["completed_ok"] > 0
+    assert "send lag p99" in capsys.readouterr().out
+
+
+def test_the_command_refuses_a_bad_rate(capsys: Any) -> None:
+    assert main(["load", "--url", "http://127.0.0.1:1/", "--rps", "-3", "--duration", "1"]) == 2
+    assert "rps must be a positive number" in capsys.readouterr().err

@@ -1,0 +1,47 @@
+"""`peakguard serve` as a child process: ready, pinned, steered through its admin API, stopped."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_service.service_process import ServiceProcess, ServiceStartError
+from tests.model_service.conftest import write_tiny_artifacts
+
+
+def test_the_service_starts_ready_pinned_and_steerable(tmp_path: Path) -> None:
+    folder = write_tiny_artifacts(tmp_path / "models")
+    cpus = {min(os.sched_getaffinity(0))}
+
+    with ServiceProcess({"artifacts": str(folder.parent)}, cpus=cpus, log_dir=tmp_path) as service:
+        answer = httpx.post(f"{service.url}/v1/intent", json={"text": "where is my new card"}, timeout=10)
+        assert answer.status_code == 200 and answer.json()["model"] == "full"
+        assert service.pid is not None and os.sched_getaffinity(service.pid) == cpus
+        assert service.rss_bytes() > 50 * 2**20  # torch and two models are resident
+
+        assert service.set_mode(model="light")["model"] == "light"
+        assert httpx.post(f"{service.url}/v1/intent", json={"text": "top up"}, timeout=10).json()["model"] == "light"
+        assert service.status()["mode"]["model"] == "light"
+        with service.peak_rss() as memory:
+            httpx.get(f"{service.url}/healthz", timeout=10)
+        assert memory["peak_bytes"] >= memory["start_bytes"] > 0
+        pid = service.pid
+
+    assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_service_that_cannot_start_says_why(tmp_path: Path) -> None:
+    with pytest.raises(ServiceStartError, match="exited with code 2") as error:
+        ServiceProcess({"artifacts": str(tmp_path), "no_such_setting": 1}, log_dir=tmp_path).start()
+    assert "unknown setting 'no_such_setting'" in str(error.value)
+
+
+def test_a_service_whose_models_are_missing_is_never_ready(tmp_path: Path) -> None:
+    # The process lives (it reports the load error on /readyz) but must not be taken as ready.
+    service = ServiceProcess({"artifacts": str(tmp_path / "empty")}, ready_timeout=8, log_dir=tmp_path)
+    with pytest.raises(ServiceStartError, match="not ready after 8 s"):
+        service.start()
+    assert service.rss_bytes() == 0  # stopped, nothing left running
