@@ -86,3 +86,26 @@ def test_write_json_replaces_atomically(tmp_path: Path) -> None:
     write_json({"a": 1}, path)
     write_json({"a": 2}, path)
     assert json.loads(path.read_text()) == {"a": 2}
+
+
+def test_the_service_part_runs_the_real_server_through_ramp_and_overloads(tmp_path: Path) -> None:
+    write_tiny_artifacts(tmp_path / "models")
+    settings = BenchSettings(
+        artifacts=tmp_path / "models", repeats=1, unloaded_seconds=2, step_seconds=1.5, overload_seconds=2,
+        start_rps=100, overload_factor=3,
+    )  # fmt: skip
+
+    report = run(settings, log=lambda _: None)
+
+    assert report["sustainable_rps"] >= 100
+    assert report["overload_rps"] == 3 * report["sustainable_rps"]
+    assert report["ramp"][-1]["sustained"] is False or len(report["ramp"]) == 12
+    for run_ in ("overload_protected", "overload_batch_of_one", "overload_unprotected"):
+        assert report[run_]["sent"] > 0
+    assert report["overload_protected"]["memory"]["peak_bytes"] > 0
+    assert report["overload_5xx"] == 0  # sheds are 429/503 with Retry-After, never a failure
+    assert report["goals"]["overload_5xx"]["met"] is True
+    assert {"overload_p99_ratio_protected", "overload_p99_ratio_unprotected", "batching_throughput_ratio"} <= set(
+        report
+    )
+    assert "overload at" in render(report)
