@@ -74,9 +74,12 @@ class ModelRuntime:
         encoder: TextEncoder | None = None,
         layer_sample_every: int = 20,
         on_layer_time: Callable[[str, str, float], None] | None = None,
+        device: str = "auto",
     ) -> None:
         """Load `root/version`. `layer_sample_every`: time each layer on one batch in this many
-        (forward hooks cost a little, so not on every batch); `on_layer_time(model, layer, s)`."""
+        (forward hooks cost a little, so not on every batch); `on_layer_time(model, layer, s)`.
+        `device`: cpu, cuda[:n], or auto (cuda when torch sees a GPU)."""
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.root = root
         self.encoder = encoder or TextEncoder()
         self._layer_sample_every = max(1, layer_sample_every)
@@ -93,9 +96,12 @@ class ModelRuntime:
         variants: dict[tuple[str, str], _Variant] = {}
         for name in ("full", "light"):
             model, card = load_model(folder, name)
+            # INT8 from the CPU copy: dynamic quantization on CPU, torchao weight-only on CUDA.
+            int8 = quantize_int8(model, device=self.device)
+            model = model.to(self.device)
             self._hook_layers(name, model)
             variants[(name, "fp32")] = _Variant(model, card)
-            variants[(name, "int8")] = _Variant(quantize_int8(model), card)
+            variants[(name, "int8")] = _Variant(int8, card)
         return variants
 
     def _hook_layers(self, name: str, model: IntentClassifier) -> None:
@@ -106,16 +112,23 @@ class ModelRuntime:
 
             def before(_module: nn.Module, _inputs: object, label: str = label) -> None:
                 if self._sampling:
+                    self._synchronize()
                     starts[label] = time.perf_counter()
 
             def after(_module: nn.Module, _inputs: object, _output: object, label: str = label) -> None:
                 if self._sampling and label in starts and self._on_layer_time is not None:
+                    self._synchronize()
                     self._on_layer_time(name, label, time.perf_counter() - starts.pop(label))
 
             module.register_forward_pre_hook(before)
             module.register_forward_hook(after)
 
     _sampling = False
+
+    def _synchronize(self) -> None:
+        # CUDA kernels run asynchronously: without a sync a layer's time would be its launch time.
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize(self.device)
 
     def card(self, model: ModelName) -> ModelCard:
         return self._variants[(model, "fp32")].card
@@ -146,10 +159,10 @@ class ModelRuntime:
             self.last_error = None
         log.warning("now serving model version %s", version)
 
-    @staticmethod
-    def _forward(module: nn.Module, batch: Batch) -> torch.Tensor:
+    def _forward(self, module: nn.Module, batch: Batch) -> torch.Tensor:
         with torch.inference_mode():
-            return module(batch.input_ids, batch.attention_mask)
+            logits = module(batch.input_ids.to(self.device), batch.attention_mask.to(self.device))
+            return logits.float().cpu()
 
     def infer(self, sequences: Sequence[Sequence[int]], mode: OperatingMode) -> tuple[list[Prediction], BatchTimings]:
         """preprocess (pad) -> infer -> postprocess for one batch of token-id lists."""

@@ -16,6 +16,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -66,6 +67,12 @@ class ServiceSettings:
     layer_sample_every: int = 20
     mode_poll_interval: float = 1.0
     """Seconds between reads of the mode file."""
+    device: str = "auto"
+    """Where the models run: cpu, cuda, cuda:N, or auto (cuda when torch sees a GPU)."""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
+            raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
 class BadRequestError(Exception):
@@ -145,6 +152,7 @@ class Service:
                 self.settings.artifacts,
                 self.version_to_serve(),
                 layer_sample_every=self.settings.layer_sample_every,
+                device=self.settings.device,
                 on_layer_time=lambda model, layer, s: self.metrics.layer_seconds.labels(model, layer).observe(s),
             )
             runtime.warm_up()

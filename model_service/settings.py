@@ -25,14 +25,11 @@ def _read(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SettingsError(f"{path}: cannot read ({exc.strerror})") from None
-    try:
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+    import yaml
 
-            raw = yaml.safe_load(text)
-        else:
-            raw = json.loads(text)
-    except (json.JSONDecodeError, ValueError) as exc:
+    try:
+        raw = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
         raise SettingsError(f"{path}: not valid {path.suffix.lstrip('.') or 'JSON'} ({exc})") from None
     if not isinstance(raw, dict):
         raise SettingsError(f"{path}: must hold a mapping of setting names to values")
