@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import socket
 import statistics
 import threading
 import time
@@ -19,13 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from model_service.load_generator import LoadSpec, percentile, poisson_schedule, run_load_sync
+from model_service.service_process import free_port
 from peakguard.cli import main
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _programmed_app(behaviour: dict[str, Any]) -> FastAPI:
@@ -55,7 +49,7 @@ def _programmed_app(behaviour: dict[str, Any]) -> FastAPI:
 @pytest.fixture
 def server() -> Iterator[tuple[str, dict[str, Any]]]:
     behaviour: dict[str, Any] = {"delay": 0.0}
-    port = _free_port()
+    port = free_port()
     instance = uvicorn.Server(uvicorn.Config(_programmed_app(behaviour), host="127.0.0.1", port=port,
                                              log_level="error", timeout_graceful_shutdown=1))  # fmt: skip
     thread = threading.Thread(target=instance.run, daemon=True)

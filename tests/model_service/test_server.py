@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from model_service.modes import OperatingMode
 from model_service.server import Service, ServiceSettings, create_app
+from model_service.service_process import free_port
 from model_service.tracing import Tracing
 from tests.model_service.conftest import TINY_INTENTS, write_tiny_artifacts
 
@@ -35,12 +35,6 @@ class Running:
         return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def running(tmp_path: Path) -> Iterator[Running]:
     write_tiny_artifacts(tmp_path / "models")
@@ -51,7 +45,7 @@ def running(tmp_path: Path) -> Iterator[Running]:
     )  # fmt: skip
     (tmp_path / "mode").mkdir()
     app = create_app(settings, tracing=Tracing(exporter=spans))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
