@@ -234,9 +234,13 @@ def _p99(report: dict[str, Any]) -> float:
 
 
 def _sustains(report: dict[str, Any], rps: float, slo: float) -> bool:
-    """p99 within the SLO, under 1% refused or failed, and (nearly) everything answered."""
+    """p99 within the SLO, under 1% refused or failed, and (nearly) everything sent answered.
+
+    Answers are compared with what was sent, not with `rps`: one seeded Poisson draw over a few
+    seconds can fall 10-20% short of its mean, which says nothing about the server."""
     refused = report["shed"] + report["errors_5xx"] + report["transport_errors"] + report["dropped_by_generator"]
-    return _p99(report) <= slo and refused <= 0.01 * max(1, report["sent"]) and report["throughput_rps"] >= 0.9 * rps
+    sent = max(1, report["sent"])
+    return _p99(report) <= slo and refused <= 0.01 * sent and report["completed_ok"] >= 0.98 * sent
 
 
 def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: Log) -> dict[str, Any]:

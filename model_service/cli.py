@@ -184,6 +184,8 @@ def _load(args: argparse.Namespace) -> int:
     try:
         if args.texts:
             texts: Sequence[str] = [line for line in args.texts.read_text().splitlines() if line.strip()]
+            if not texts:
+                raise ValueError(f"{args.texts} holds no queries: write one per line, or leave out --texts")
         elif args.data:
             texts = load_banking77(args.data / "banking77").test.texts
         else:
@@ -199,10 +201,12 @@ def _load(args: argparse.Namespace) -> int:
         f"sent {report['sent']} ({report['sent_rps']:.1f}/s), answered {report['completed_ok']} "
         f"({report['throughput_rps']:.1f}/s); latency ms p50 {latency['p50']} p95 {latency['p95']} "
         f"p99 {latency['p99']}; shed {report['shed']}, 5xx {report['errors_5xx']}, "
-        f"transport errors {report['transport_errors']}; send lag p99 {lag['p99']} ms"
+        f"transport errors {report['transport_errors']}, dropped by the generator "
+        f"{report['dropped_by_generator']}; send lag p99 {lag['p99']} ms"
     )
     if args.json:
         write_json(report, args.json)
+        print(f"wrote {args.json}")
     else:
         print(json.dumps(report, indent=2))
     return 0

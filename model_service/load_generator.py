@@ -7,8 +7,21 @@ front (exponential gaps, seeded) and every arrival is its own task. Latency is m
 (coordinated omission); how late the generator itself sent is reported as `send_lag_ms`, because
 on a 2-core box it competes with the server for CPU.
 
-aiohttp, not httpx, for the client: on this 2-core machine it sent several times more requests per
-second from one core, and the generator must outrun the service it overloads.
+aiohttp, not httpx, for the client: the generator must outrun the service it overloads, and from
+one core httpx's AsyncClient (same loop, max_connections 4096) already fell behind at 500 req/s
+(send lag p99 117 ms, p50 latency 5 s from a server idling on the other core) and collapsed at
+1000, where aiohttp's send lag p99 was 1.3 ms.
+
+The generator's own ceiling on this 2-core machine is about 2500 req/s from one core. Measured
+against a raw asyncio server that answers every POST with a fixed 200, pinned to the other core
+(where it stayed about a quarter busy), in 4 s runs with 1 s of warm-up:
+
+    taskset -c 0 peakguard load --url http://127.0.0.1:18081/v1/intent --rps R --duration 4 --warmup 1
+
+R = 1000, 2000, 2500: send lag p99 1.3-2.4 ms, latency p99 2.5-6.4 ms, in every run. R = 2750 and
+3000: sometimes fine, more often behind (send lag p99 0.1-0.5 s). R = 3500: behind for good (send
+lag p99 0.9 s, the in-flight bound reached, a third of the arrivals dropped). A report whose
+`send_lag_ms` p99 exceeds a few milliseconds measured the generator as much as the server.
 
 The run stops by itself: no arrival after `duration`, nothing awaited after `duration + timeout`;
 at most `max_in_flight` requests are open at once (arrivals beyond that are counted as
@@ -33,8 +46,9 @@ import aiohttp
 __all__ = ["SAMPLE_QUERIES", "LoadReport", "LoadSpec", "percentile", "poisson_schedule", "run_load", "run_load_sync"]
 
 SHED_STATUSES = (429, 503)
+_UNITS = {"rps": "requests per second", "duration": "seconds", "timeout": "seconds"}
 
-SAMPLE_QUERIES = (  # what a load run sends when given no texts
+SAMPLE_QUERIES = (  # what a load run sends when given no texts: banking customer-service questions
     "I am still waiting on my card?",
     "How do I top up my account with a bank transfer?",
     "Why was I charged a fee for my card payment?",
@@ -43,6 +57,18 @@ SAMPLE_QUERIES = (  # what a load run sends when given no texts
     "Can I cancel a transfer I made by mistake this morning?",
     "I think someone has used my card without permission",
     "How long does it take for my refund to show up?",
+    "I forgot my PIN, how can I reset it?",
+    "Why is my transfer still pending after two days?",
+    "The ATM gave me less cash than I asked for",
+    "How do I freeze my card? I can't find it anywhere",
+    "Can I get a virtual card for online shopping?",
+    "My contactless payments stopped working",
+    "Which currencies can I hold in my account?",
+    "Why did my top-up by card fail?",
+    "How do I verify my identity to unlock my account?",
+    "I was charged twice for the same purchase",
+    "Where can I find my account's IBAN?",
+    "I want to close my account, how do I do that?",
 )
 
 
@@ -59,7 +85,9 @@ class LoadSpec:
     timeout: float = 30.0
     """Seconds a request may take; a timeout counts as a transport error."""
     seed: int = 0
+    """Seeds the arrival schedule and the text each request carries: equal seeds, equal runs."""
     max_in_flight: int = 4096
+    """Open requests at most, so memory stays bounded; arrivals beyond it count as dropped_by_generator."""
     warmup: float = 0.0
     """Seconds at the start whose requests are sent but not reported."""
 
@@ -70,13 +98,19 @@ class LoadSpec:
         for name in ("rps", "duration", "timeout"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a positive number, got {value!r}")
+                raise ValueError(f"{name} must be a positive number of {_UNITS[name]}, got {value!r}")
         if not 0 <= self.warmup < self.duration:
-            raise ValueError(f"warmup must be >= 0 and shorter than duration ({self.duration} s), got {self.warmup}")
+            raise ValueError(
+                f"warmup must be >= 0 and shorter than duration ({self.duration} s), got {self.warmup}: "
+                "lengthen the run or shorten the warm-up"
+            )
         if self.max_in_flight < 1:
-            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight} (default 4096)")
         if not self.texts or not all(isinstance(text, str) and text.strip() for text in self.texts):
-            raise ValueError("texts must be a non-empty list of non-empty query strings")
+            raise ValueError(
+                f"texts must be a non-empty list of non-empty query strings, got {len(self.texts)} texts; "
+                "pass at least one query (SAMPLE_QUERIES holds built-in ones)"
+            )
 
 
 def poisson_schedule(rps: float, duration: float, seed: int) -> list[float]:
@@ -114,21 +148,28 @@ def _summary_ms(seconds: Sequence[float], keys: Sequence[str] = ("p50", "p95", "
     return {key: ms(table[key]) for key in keys}
 
 
-@dataclass
+@dataclass(frozen=True)
 class LoadReport:
     spec: LoadSpec
     measured_seconds: float
     """Length of the reported window (duration minus warm-up)."""
-    sent: int = 0
-    latencies: list[float] = field(default_factory=list)
+    sent: int
+    """Requests sent whose scheduled time fell after the warm-up."""
+    latencies: tuple[float, ...]
     """Seconds from scheduled send to answer, 200s only."""
-    latencies_from_send: list[float] = field(default_factory=list)
-    send_lags: list[float] = field(default_factory=list)
-    statuses: Counter[str] = field(default_factory=Counter)
-    shed: int = 0
-    errors_5xx: int = 0
-    transport_errors: int = 0
-    dropped_by_generator: int = 0
+    latencies_from_send: tuple[float, ...]
+    """Seconds from the actual send to answer, 200s only."""
+    send_lags: tuple[float, ...]
+    """Seconds each request started after its scheduled time."""
+    statuses: dict[str, int]
+    shed: int
+    """429 or 503 answers with Retry-After: the server shedding on purpose."""
+    errors_5xx: int
+    """5xx answers that are not sheds."""
+    transport_errors: int
+    """Connection errors, timeouts, and requests still open at duration + timeout."""
+    dropped_by_generator: int
+    """Arrivals not sent because max_in_flight requests were already open."""
 
     @property
     def completed_ok(self) -> int:
@@ -155,11 +196,35 @@ class LoadReport:
         }
 
 
+@dataclass
+class _Tally:
+    """What a run counts as it goes; frozen into a LoadReport at the end."""
+
+    sent: int = 0
+    latencies: list[float] = field(default_factory=list)
+    latencies_from_send: list[float] = field(default_factory=list)
+    send_lags: list[float] = field(default_factory=list)
+    statuses: Counter[str] = field(default_factory=Counter)
+    shed: int = 0
+    errors_5xx: int = 0
+    transport_errors: int = 0
+    dropped_by_generator: int = 0
+
+    def freeze(self, spec: LoadSpec) -> LoadReport:
+        return LoadReport(
+            spec=spec, measured_seconds=spec.duration - spec.warmup, sent=self.sent,
+            latencies=tuple(self.latencies), latencies_from_send=tuple(self.latencies_from_send),
+            send_lags=tuple(self.send_lags), statuses=dict(self.statuses), shed=self.shed,
+            errors_5xx=self.errors_5xx, transport_errors=self.transport_errors,
+            dropped_by_generator=self.dropped_by_generator,
+        )  # fmt: skip
+
+
 async def run_load(spec: LoadSpec) -> LoadReport:
     schedule = poisson_schedule(spec.rps, spec.duration, spec.seed)
     rng = random.Random(spec.seed + 1)  # noqa: S311
     bodies = [json.dumps({"text": rng.choice(list(spec.texts))}).encode() for _ in schedule]
-    report = LoadReport(spec, measured_seconds=spec.duration - spec.warmup)
+    report = _Tally()
     in_flight = 0
     connector = aiohttp.TCPConnector(limit=spec.max_in_flight, force_close=False)
     timeout = aiohttp.ClientTimeout(total=spec.timeout)
@@ -170,6 +235,8 @@ async def run_load(spec: LoadSpec) -> LoadReport:
         async def one(scheduled: float, body: bytes, counted: bool) -> None:
             nonlocal in_flight
             sent = time.perf_counter()
+            if counted:  # the lag is taken here, when the request starts, not when its task was made
+                report.send_lags.append(max(0.0, sent - scheduled))
             try:
                 async with session.post(spec.url, data=body, headers=headers) as response:
                     await response.read()
@@ -205,21 +272,22 @@ async def run_load(spec: LoadSpec) -> LoadReport:
                 report.dropped_by_generator += counted
                 continue
             scheduled = start + offset
-            if counted:
-                report.sent += 1
-                report.send_lags.append(max(0.0, time.perf_counter() - scheduled))
+            report.sent += counted
             in_flight += 1
             task = asyncio.create_task(one(scheduled, body, counted))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
         # Stragglers get until duration + timeout; the session's own timeout normally ends them first.
+        # One yield first, so that every task has started and will count its own outcome if cancelled
+        # (a task cancelled before its first step never runs, and its request would go uncounted).
+        await asyncio.sleep(0)
         remaining = start + spec.duration + spec.timeout - time.perf_counter()
         if tasks:
             _, pending = await asyncio.wait(set(tasks), timeout=max(0.0, remaining))
             for task in pending:
                 task.cancel()  # counted as transport errors by the task itself
             await asyncio.gather(*pending, return_exceptions=True)
-    return report
+    return report.freeze(spec)
 
 
 def run_load_sync(spec: LoadSpec) -> LoadReport:

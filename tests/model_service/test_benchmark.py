@@ -20,7 +20,7 @@ REQUIRED = {
 
 def _load_report(**changes: Any) -> dict[str, Any]:
     report = {
-        "sent": 1000, "throughput_rps": 99.0, "shed": 0, "errors_5xx": 0, "transport_errors": 0,
+        "sent": 1000, "completed_ok": 1000, "throughput_rps": 99.0, "shed": 0, "errors_5xx": 0, "transport_errors": 0,
         "dropped_by_generator": 0, "latency_ms": {"p99": 80.0},
     }  # fmt: skip
     return report | changes
@@ -33,7 +33,8 @@ def test_a_rate_is_sustained_only_with_p99_in_slo_little_refused_and_everything_
     assert not _sustains(_load_report(shed=11), 100, slo=0.1)
     assert not _sustains(_load_report(transport_errors=11), 100, slo=0.1)
     assert _sustains(_load_report(shed=10), 100, slo=0.1)  # 1% is tolerated
-    assert not _sustains(_load_report(throughput_rps=80.0), 100, slo=0.1)
+    assert not _sustains(_load_report(completed_ok=970), 100, slo=0.1)  # answers went missing
+    assert _sustains(_load_report(sent=800, completed_ok=800, throughput_rps=80.0), 100, slo=0.1)  # a short draw
 
 
 def test_goals_say_met_or_missed() -> None:

@@ -97,6 +97,7 @@ def test_statuses_are_told_apart(server: tuple[str, dict[str, Any]]) -> None:
     assert all(counts[code] > 50 for code in ("200", "429", "503", "500"))
     assert report["transport_errors"] == report["dropped_by_generator"] == 0
     assert report["throughput_rps"] == pytest.approx(counts["200"] / 2)
+    assert report["sent_rps"] == pytest.approx(report["sent"] / 2)
 
 
 def test_the_loop_stays_open_when_the_server_slows(server: tuple[str, dict[str, Any]]) -> None:
@@ -183,6 +184,28 @@ def test_the_command_writes_the_report(server: tuple[str, dict[str, Any]], tmp_p
     assert {"throughput_rps", "latency_ms", "send_lag_ms", "shed", "errors_5xx", "status_counts"} <= set(report)
     assert report["shed"] > 0 and report["completed_ok"] > 0
     assert "send lag p99" in capsys.readouterr().out
+
+
+def test_the_command_sends_banking77_queries_or_its_own(
+    server: tuple[str, dict[str, Any]], data_dir: Path, tmp_path: Path, capsys: Any
+) -> None:
+    url, behaviour = server
+    for source in (["--data", str(data_dir)], []):
+        out = tmp_path / f"load{len(source)}.json"
+        code = main(["load", "--url", url, "--rps", "100", "--duration", "0.5", "--json", str(out), *source])
+
+        assert code == 0
+        report = json.loads(out.read_text())
+        assert report["completed_ok"] == report["sent"] > 20, source
+    assert behaviour["seen"] > 40
+    assert f"wrote {out}" in capsys.readouterr().out
+
+
+def test_the_command_refuses_an_empty_texts_file(tmp_path: Path, capsys: Any) -> None:
+    empty = tmp_path / "queries.txt"
+    empty.write_text("\n  \n")
+    assert main(["load", "--url", "http://127.0.0.1:1/", "--rps", "1", "--duration", "1", "--texts", str(empty)]) == 2
+    assert f"{empty} holds no queries" in capsys.readouterr().err
 
 
 def test_the_command_refuses_a_bad_rate(capsys: Any) -> None:
