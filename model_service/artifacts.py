@@ -104,6 +104,14 @@ def write_version(out: Path, version: str, models: Sequence[tuple[IntentClassifi
     return target
 
 
+def newest_version(root: Path) -> str:
+    """The newest version folder under an artifact root (names are UTC timestamps, so they sort)."""
+    versions = sorted(manifest.parent.name for manifest in root.glob(f"*/{MANIFEST}"))
+    if not versions:
+        raise ArtifactError(f"no model versions under {root}; run peakguard train --out {root} first")
+    return versions[-1]
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST
     if not path.is_file():

@@ -15,6 +15,8 @@ in-scope budget is measured on a thousand.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = ["choose_threshold", "score"]
@@ -56,7 +58,8 @@ def choose_threshold(
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
     budget = _budget_threshold(in_scope_scores, in_scope_correct, max_accuracy_loss)
     ranked = torch.sort(out_of_scope_scores.float()).values
-    # The smallest threshold with at least target_recall of the scores strictly below it.
-    needed = min(len(ranked) - 1, max(0, int(torch.ceil(torch.tensor(target_recall * len(ranked))).item()) - 1))
-    reaching = float(torch.nextafter(ranked[needed], torch.tensor(float("inf"))))
+    # The smallest threshold with at least target_recall of the scores strictly below it: just
+    # above the ceil(target_recall * n)-th lowest score.
+    needed = ranked[math.ceil(target_recall * len(ranked)) - 1]
+    reaching = float(torch.nextafter(needed, torch.tensor(float("inf"))))
     return min(budget, reaching)

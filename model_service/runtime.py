@@ -85,6 +85,10 @@ class ModelRuntime:
         self._layer_sample_every = max(1, layer_sample_every)
         self._on_layer_time = on_layer_time
         self._batches = 0
+        # Whether this thread's current batch is timed layer by layer: full and light run on
+        # threads of their own, and one's sampled batch must not time the other's layers.
+        self._local = threading.local()
+        self._switching_to: str | None = None
         self._lock = threading.Lock()
         self.version = version
         self._variants = self._load(version)
@@ -123,7 +127,9 @@ class ModelRuntime:
             module.register_forward_pre_hook(before)
             module.register_forward_hook(after)
 
-    _sampling = False
+    @property
+    def _sampling(self) -> bool:
+        return bool(getattr(self._local, "sampling", False))
 
     def _synchronize(self) -> None:
         # CUDA kernels run asynchronously: without a sync a layer's time would be its launch time.
@@ -143,19 +149,25 @@ class ModelRuntime:
 
     def switch_version(self, version: str) -> None:
         """Load and warm `version`, then swap it in; on failure keep serving the current one."""
-        if version in ("", self.version):
-            return
+        with self._lock:
+            # A mode re-applied while its version is still loading must not load it a second time.
+            if version in ("", self.version, self._switching_to):
+                return
+            self._switching_to = version
         try:
             variants = self._load(version)
             batch = self.encoder(list(_WARM_UP_TEXTS))
             for variant in variants.values():
                 self._forward(variant.module, batch)
         except (ArtifactError, OSError, RuntimeError) as exc:
-            self.last_error = f"cannot switch to model version {version!r}: {exc}"
+            with self._lock:
+                self._switching_to = None
+                self.last_error = f"cannot switch to model version {version!r}: {exc}"
             log.error("%s", self.last_error)
             return
         with self._lock:
             self._variants, self.version = variants, version
+            self._switching_to = None
             self.last_error = None
         log.warning("now serving model version %s", version)
 
@@ -174,11 +186,11 @@ class ModelRuntime:
         batch = self.encoder.pad(sequences)
         t1 = time.perf_counter()
         self._batches += 1
-        self._sampling = self._batches % self._layer_sample_every == 0 and mode.precision == "fp32"
+        self._local.sampling = self._batches % self._layer_sample_every == 0 and mode.precision == "fp32"
         try:
             logits = self._forward(variant.module, batch)
         finally:
-            self._sampling = False
+            self._local.sampling = False
         t2 = time.perf_counter()
         predictions = postprocess(logits, variant.card, model=mode.model, precision=mode.precision, version=version)
         t3 = time.perf_counter()

@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response
 
 from model_service.admission import AdmissionController
 from model_service.answer_cache import AnswerCache, CachedAnswer
+from model_service.artifacts import newest_version
 from model_service.batcher import BatchStats, DynamicBatcher
 from model_service.breaker import BreakerSettings, CircuitBreaker
 from model_service.metrics import ServiceMetrics
@@ -138,12 +139,7 @@ class Service:
     # --- lifecycle ---------------------------------------------------------------------------
 
     def version_to_serve(self) -> str:
-        if self.settings.version:
-            return self.settings.version
-        versions = sorted(manifest.parent.name for manifest in self.settings.artifacts.glob("*/manifest.json"))
-        if not versions:
-            raise FileNotFoundError(f"no model versions under {self.settings.artifacts}; run peakguard train first")
-        return versions[-1]
+        return self.settings.version or newest_version(self.settings.artifacts)
 
     def load(self) -> None:
         """Load weights and warm up (blocking; run off the event loop)."""
