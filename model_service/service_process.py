@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -86,7 +87,11 @@ class ServiceProcess:
         self._sampling.set()
         self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
         self._sampler.start()
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # the error carries the log's tail; nothing is left running or on disk
+            raise
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
@@ -99,7 +104,6 @@ class ServiceProcess:
                     if client.get("/readyz").status_code == 200:
                         return
                 time.sleep(0.2)
-        self.stop()
         raise ServiceStartError(f"peakguard serve not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
 
     @property
@@ -160,13 +164,14 @@ class ServiceProcess:
         return body
 
     def stop(self) -> None:
+        """Stop the service (SIGTERM, then SIGKILL after 15 s) and remove its config and log."""
         self._sampling.clear()
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        shutil.rmtree(self._folder, ignore_errors=True)

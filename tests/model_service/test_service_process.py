@@ -29,14 +29,18 @@ def test_the_service_starts_ready_pinned_and_steerable(tmp_path: Path) -> None:
             httpx.get(f"{service.url}/healthz", timeout=10)
         assert memory["peak_bytes"] >= memory["start_bytes"] > 0
         pid = service.pid
+        assert service.log_path.is_file()
 
+    assert not service.log_path.parent.exists()  # config and log go with the process
     assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
 
 
 def test_a_service_that_cannot_start_says_why(tmp_path: Path) -> None:
+    service = ServiceProcess({"artifacts": str(tmp_path), "no_such_setting": 1}, log_dir=tmp_path)
     with pytest.raises(ServiceStartError, match="exited with code 2") as error:
-        ServiceProcess({"artifacts": str(tmp_path), "no_such_setting": 1}, log_dir=tmp_path).start()
+        service.start()
     assert "unknown setting 'no_such_setting'" in str(error.value)
+    assert not service.log_path.parent.exists()
 
 
 def test_a_service_whose_models_are_missing_is_never_ready(tmp_path: Path) -> None:
@@ -45,3 +49,4 @@ def test_a_service_whose_models_are_missing_is_never_ready(tmp_path: Path) -> No
     with pytest.raises(ServiceStartError, match="not ready after 8 s"):
         service.start()
     assert service.rss_bytes() == 0  # stopped, nothing left running
+    assert not service.log_path.parent.exists()
