@@ -111,7 +111,10 @@ def test_the_loop_stays_open_when_the_server_slows(server: tuple[str, dict[str, 
     assert report["sent"] == len(poisson_schedule(100, 2, seed=2))
     assert report["completed_ok"] == report["sent"]
     assert report["latency_ms"]["p50"] >= 500
-    assert report["send_lag_ms"]["p99"] < 200
+    # Sends keep to the schedule rather than waiting on answers: a closed loop's lag would grow by
+    # the 500 ms delay per request. The bound leaves room for a busy CI box (the test server shares
+    # this process's GIL); 225 ms was seen there.
+    assert report["send_lag_ms"]["p99"] < 500
 
 
 def test_latency_from_the_schedule_is_never_less_than_from_the_send(server: tuple[str, dict[str, Any]]) -> None:
