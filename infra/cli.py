@@ -12,6 +12,7 @@ from infra.config import ENVIRONMENTS
 __all__ = ["register"]
 
 EXIT_CONFIG_ERROR = 2
+EXIT_WRITE_ERROR = 3
 
 
 def register(commands: Any) -> None:
@@ -24,7 +25,8 @@ def register(commands: Any) -> None:
             "real Pulumi.<env>.yaml, and print the resources it would create: a table per component "
             "with key properties (AZs, instance types, EFA interfaces, scaling, encryption). "
             "Needs no Pulumi CLI, cloud account or network; creates nothing. "
-            "Exit status: 0 plan printed, 2 invalid stack config (the message names the key and the fix)."
+            "Exit status: 0 plan printed, 2 invalid stack config (the message names the key and the fix), "
+            "3 the --k8s-yaml folder cannot be written."
         ),
         epilog="For the real plan against AWS: pulumi preview -s <env> (see README).",
     )
@@ -40,6 +42,14 @@ def register(commands: Any) -> None:
         choices=("table", "json"),
         default="table",
         help="table for people (default), json for scripts: every resource's inputs",
+    )
+    parser.add_argument(
+        "--k8s-yaml",
+        type=Path,
+        metavar="DIR",
+        default=None,
+        help="also write the Kubernetes objects as YAML, one file per object, and each Helm release's "
+        "values under DIR/helm/ (for review, kubeconform/kubernetes-validate, or helm template)",
     )
     parser.set_defaults(handler=_preview)
 
@@ -57,6 +67,15 @@ def _preview(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         errors.print(f"[red]peakguard preview: invalid config for {args.env}:[/red] {exc}", highlight=False)
         return EXIT_CONFIG_ERROR
+    if args.k8s_yaml is not None:
+        from infra.manifests import write_yaml
+
+        try:
+            written = write_yaml(run, args.k8s_yaml)
+        except OSError as exc:
+            errors.print(f"[red]peakguard preview: cannot write to {args.k8s_yaml}:[/red] {exc}", highlight=False)
+            return EXIT_WRITE_ERROR
+        errors.print(f"wrote {len(written)} files under {args.k8s_yaml}", highlight=False)
     if args.format == "json":
         sys.stdout.write(to_json(run) + "\n")
     else:

@@ -20,6 +20,7 @@ from typing import Any, Literal, NoReturn
 from infra import facts
 
 __all__ = [
+    "CHARTS",
     "ENVIRONMENTS",
     "PROJECT",
     "CapacityReservation",
@@ -27,8 +28,12 @@ __all__ = [
     "ConfigError",
     "FsxConfig",
     "GpuPoolConfig",
+    "IngressConfig",
+    "KubernetesConfig",
+    "ModelServiceConfig",
     "NetworkConfig",
     "Scaling",
+    "ServiceMode",
     "StackConfig",
     "StorageConfig",
     "SystemNodesConfig",
@@ -54,6 +59,26 @@ _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
 _FSX_THROUGHPUT_PER_TIB = (125, 250, 500, 1000)
 _MAX_GPU_VOLUME_GIB = 16384
 _MAX_HEADROOM = 10
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+# An image reference pinned by digest, or by a tag that is not a moving one.
+_IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
+_IMAGE_BY_TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*:([A-Za-z0-9_][A-Za-z0-9._-]{0,127})$")
+_MOVING_TAGS = ("latest", "main", "master", "stable", "dev", "edge", "nightly")
+_CHART_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+_ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$")
+
+CHARTS = (
+    "gpuOperator",
+    "efaDevicePlugin",
+    "metricsServer",
+    "clusterAutoscaler",
+    "awsLoadBalancerController",
+    "kubePrometheusStack",
+    "prometheusAdapter",
+    "keda",
+    "openTelemetryCollector",
+)
+"""The Helm releases of the Kubernetes side, by their `peakguard:kubernetes.charts` key."""
 
 
 class ConfigError(ValueError):
@@ -189,6 +214,96 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class ServiceMode:
+    """The operating mode the mode ConfigMap starts with (the model service's `mode.json`)."""
+
+    model: Literal["full", "light"] = "full"
+    precision: Literal["fp32", "int8"] = "fp32"
+    shedding: bool = False
+    batch_min: int = 16
+    batch_max: int = 128
+    model_version: str = ""
+    """Artifact version folder under `models/` in the bucket; empty means the newest there."""
+
+    def to_document(self) -> dict[str, Any]:
+        """`mode.json` as the model service reads it (its field names)."""
+        return {
+            "model": self.model,
+            "precision": self.precision,
+            "shedding": self.shedding,
+            "batch_min": self.batch_min,
+            "batch_max": self.batch_max,
+            "model_version": self.model_version,
+        }
+
+
+@dataclass(frozen=True)
+class IngressConfig:
+    scheme: Literal["internet-facing", "internal"]
+    """The ALB's scheme; `internal` keeps it inside the VPC."""
+    host: str | None
+    """Host name the Ingress rule matches; None matches any."""
+    certificate_arn: str | None
+    """ACM certificate for HTTPS on 443; without one the ALB listens on HTTP 80 only."""
+
+
+@dataclass(frozen=True)
+class ModelServiceConfig:
+    namespace: str
+    """Namespace of the workload; `peakguard` by default."""
+    image: str
+    """The service image, by digest (`...@sha256:...`) or a pinned tag; never a moving tag."""
+    weights_image: str
+    """Image of the init container that copies the weights from S3 (the AWS CLI)."""
+    pool: str
+    """GPU pool the full model runs on."""
+    light_pool: str | None
+    """MIG pool for the light-model variant; None when the env has no MIG pool (no light variant)."""
+    gpus_per_replica: int
+    expected_peak_replicas: int
+    """Replicas of the full model at the expected peak (the seed's peak: 85)."""
+    min_replicas: int
+    max_replicas: int
+    """HPA maximum: at least ceil(1.3 x expected peak), at most what the pool's GPUs hold."""
+    in_flight_per_replica: int
+    """The HPA's target for average in-flight requests per pod: the load-leading metric."""
+    light_max_replicas: int
+    canary_max_replicas: int
+    max_request_seconds: int
+    """The longest a request may take; graceful shutdown and deregistration are sized from it."""
+    startup_seconds: int
+    """Longest model load plus warm-up before the startup probe gives up on a pod."""
+    slo_p99_milliseconds: int
+    """The latency SLO: p99 above it for minutes is an incident (the seed's normal was 200 ms)."""
+    cpu: str
+    memory: str
+    mode: ServiceMode
+    ingress: IngressConfig
+
+    @property
+    def pre_stop_seconds(self) -> int:
+        """How long a terminating pod keeps serving while the ALB and kube-proxy stop sending to it."""
+        return 15
+
+    @property
+    def deregistration_delay_seconds(self) -> int:
+        """The ALB drains a target this long: in-flight requests finish, then the target goes."""
+        return self.pre_stop_seconds + self.max_request_seconds
+
+    @property
+    def termination_grace_seconds(self) -> int:
+        """Longer than preStop plus the longest request, and than the ALB's deregistration delay."""
+        return self.deregistration_delay_seconds + 15
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    chart_versions: Mapping[str, str]
+    """Pinned Helm chart version per add-on (keys: `CHARTS`)."""
+    model_service: ModelServiceConfig
+
+
+@dataclass(frozen=True)
 class StackConfig:
     env: str
     """dev, staging or prod (the stack name)."""
@@ -198,6 +313,7 @@ class StackConfig:
     cluster: ClusterConfig
     gpu_pools: tuple[GpuPoolConfig, ...]
     storage: StorageConfig
+    kubernetes: KubernetesConfig
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags on taggable resources and on GPU instances."""
 
@@ -343,7 +459,7 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
         _fail("stack", stack, f"must be one of {', '.join(ENVIRONMENTS)} (the stack name is the environment)")
     env = stack
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{PROJECT}:")}
-    root = _Obj(PROJECT, ours, known=("network", "cluster", "gpuPools", "storage", "tags"), separator=":")
+    root = _Obj(PROJECT, ours, known=("network", "cluster", "gpuPools", "storage", "kubernetes", "tags"), separator=":")
 
     region = values.get("aws:region")
     if not isinstance(region, str) or not _REGION.fullmatch(region):
@@ -363,6 +479,7 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     if not pools:
         _fail(f"{PROJECT}:gpuPools", {}, "must define at least one GPU pool")
     storage = _parse_storage(root.child("storage", known=("fsx",), default=None), pools=pools)
+    kubernetes = _parse_kubernetes(root.child("kubernetes", known=("charts", "modelService")), pools=pools)
     raw_tags = ours.get("tags") or {}
     if not isinstance(raw_tags, Mapping):
         _fail(f"{PROJECT}:tags", raw_tags, "must map tag names to values")
@@ -378,6 +495,7 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
         cluster=cluster,
         gpu_pools=pools,
         storage=storage,
+        kubernetes=kubernetes,
         tags=tags,
     )
 
@@ -681,3 +799,138 @@ def _parse_storage(node: _Obj | None, *, pools: Sequence[GpuPoolConfig]) -> Stor
             )
         fsx = FsxConfig(availability_zone=az, storage_capacity_gib=capacity, throughput_per_tib=throughput)
     return StorageConfig(fsx=fsx)
+
+
+_MODEL_SERVICE_KEYS = (
+    "namespace", "image", "weightsImage", "pool", "lightPool", "gpusPerReplica", "expectedPeakReplicas",
+    "minReplicas", "maxReplicas", "inFlightPerReplica", "lightMaxReplicas", "canaryMaxReplicas",
+    "maxRequestSeconds", "startupSeconds", "sloP99Milliseconds", "cpu", "memory", "mode", "ingress",
+)  # fmt: skip
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
+
+
+def _parse_kubernetes(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> KubernetesConfig:
+    charts = node.child("charts", known=CHARTS)
+    versions = {}
+    for chart in CHARTS:
+        version = charts.text(chart)
+        if not _CHART_VERSION.fullmatch(version):
+            _fail(charts._path(chart), version, "must be an exact chart version such as 1.2.3 (ranges are not pinned)")
+        versions[chart] = version
+    return KubernetesConfig(
+        chart_versions=versions,
+        model_service=_parse_model_service(node.child("modelService", known=_MODEL_SERVICE_KEYS), pools=pools),
+    )
+
+
+def _image(node: _Obj, key: str, default: Any = _MISSING) -> str:
+    image = node.text(key, default=default)
+    tag = image.rsplit(":", 1)[-1] if "@" not in image else ""
+    if _IMAGE_BY_DIGEST.fullmatch(image):
+        return str(image)
+    if not _IMAGE_BY_TAG.fullmatch(image) or tag in _MOVING_TAGS:
+        _fail(
+            node._path(key),
+            image,
+            "must pin the image by digest (repo@sha256:<64 hex>) or by a fixed tag (repo:1.2.3); "
+            f"moving tags ({', '.join(_MOVING_TAGS)}) and untagged images are refused",
+        )
+    return str(image)
+
+
+def _parse_model_service(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> ModelServiceConfig:
+    namespace = node.text("namespace", default=PROJECT)
+    if not _NAMESPACE.fullmatch(namespace):
+        _fail(node._path("namespace"), namespace, "must be a DNS label: lowercase letters, digits and '-'")
+    by_name = {pool.name: pool for pool in pools}
+    pool_name = node.text("pool", default=pools[0].name, choices=tuple(by_name))
+    pool = by_name[pool_name]
+    if pool.mig_profile is not None:
+        _fail(node._path("pool"), pool_name, "runs the full model on whole GPUs; pick a pool without migProfile")
+    mig_pools = [p.name for p in pools if p.mig_profile is not None]
+    light_pool = node.text("lightPool", default=mig_pools[0] if mig_pools else None)
+    if light_pool is not None and light_pool not in mig_pools:
+        _fail(
+            node._path("lightPool"),
+            light_pool,
+            f"must be a pool with a migProfile ({', '.join(mig_pools) or 'this env has none'}): "
+            "the light variant runs on MIG slices",
+        )
+
+    gpus = node.number("gpusPerReplica", default=1, low=1, high=pool.instance.gpus)
+    peak = node.number("expectedPeakReplicas", low=1)
+    needed = facts.capacity_with_headroom(peak)
+    low = node.number("minReplicas", low=1)
+    high = node.number("maxReplicas", low=1)
+    if high < needed:
+        _fail(
+            node._path("maxReplicas"),
+            high,
+            f"must be >= {needed}: an expected peak of {peak} replicas needs {float(facts.HEADROOM)}x headroom",
+        )
+    if low > high:
+        _fail(node._path("minReplicas"), low, f"exceeds maxReplicas ({high})")
+    fits = pool.max_capacity * (pool.instance.gpus // gpus)
+    if high > fits:
+        _fail(
+            node._path("maxReplicas"),
+            high,
+            f"is more than pool {pool_name} can hold: {pool.max_capacity} nodes x {pool.instance.gpus // gpus} "
+            f"replicas of {gpus} GPU(s) = {fits}; raise the pool's scalingPerAz.maxSize or lower maxReplicas",
+        )
+
+    max_request = node.number("maxRequestSeconds", default=30, low=1, high=600)
+    cpu = node.text("cpu", default="4")
+    memory = node.text("memory", default="16Gi")
+    for key, quantity in (("cpu", cpu), ("memory", memory)):
+        if not _QUANTITY.fullmatch(quantity):
+            _fail(node._path(key), quantity, "must be a Kubernetes quantity such as 4, 500m or 16Gi")
+
+    mode_node = node.child("mode", known=("model", "precision", "shedding", "batchMin", "batchMax", "modelVersion"),
+                           default=None)  # fmt: skip
+    mode = ServiceMode()
+    if mode_node is not None:
+        mode = ServiceMode(
+            model=mode_node.text("model", default="full", choices=("full", "light")),
+            precision=mode_node.text("precision", default="fp32", choices=("fp32", "int8")),
+            shedding=mode_node.flag("shedding", default=False),
+            batch_min=mode_node.number("batchMin", default=16, low=1, high=256),
+            batch_max=mode_node.number("batchMax", default=128, low=1, high=256),
+            model_version=mode_node.text("modelVersion", default=""),
+        )
+        if mode.batch_min > mode.batch_max:
+            _fail(mode_node._path("batchMin"), mode.batch_min, f"exceeds batchMax ({mode.batch_max})")
+
+    ingress_node = node.child("ingress", known=("scheme", "host", "certificateArn"), default=None)
+    ingress = IngressConfig(scheme="internal", host=None, certificate_arn=None)
+    if ingress_node is not None:
+        certificate = ingress_node.text("certificateArn", default=None)
+        if certificate is not None and not _ARN.fullmatch(certificate):
+            _fail(ingress_node._path("certificateArn"), certificate, "must be an ACM certificate ARN")
+        ingress = IngressConfig(
+            scheme=ingress_node.text("scheme", default="internal", choices=("internet-facing", "internal")),
+            host=ingress_node.text("host", default=None),
+            certificate_arn=certificate,
+        )
+
+    return ModelServiceConfig(
+        namespace=namespace,
+        image=_image(node, "image"),
+        weights_image=_image(node, "weightsImage", default="public.ecr.aws/aws-cli/aws-cli:2.27.50"),
+        pool=pool_name,
+        light_pool=light_pool,
+        gpus_per_replica=gpus,
+        expected_peak_replicas=peak,
+        min_replicas=low,
+        max_replicas=high,
+        in_flight_per_replica=node.number("inFlightPerReplica", default=8, low=1, high=1024),
+        light_max_replicas=node.number("lightMaxReplicas", default=0 if light_pool is None else 8, low=0),
+        canary_max_replicas=node.number("canaryMaxReplicas", default=2, low=1),
+        max_request_seconds=max_request,
+        startup_seconds=node.number("startupSeconds", default=600, low=30, high=3600),
+        slo_p99_milliseconds=node.number("sloP99Milliseconds", default=1000, low=10, high=60_000),
+        cpu=cpu,
+        memory=memory,
+        mode=mode,
+        ingress=ingress,
+    )

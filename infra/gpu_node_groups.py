@@ -33,6 +33,11 @@ def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
     if pool.instance.mig_profiles:
         # The GPU operator's MIG manager applies whatever this label names; say "off" explicitly.
         labels["nvidia.com/mig.config"] = pool.mig_profile or "all-disabled"
+    if pool.ami_family == "al2023":
+        # The EKS NVIDIA AMI ships driver and container toolkit: the GPU operator, which installs
+        # its own on the Ubuntu (GDS) pools, must leave these nodes' alone.
+        labels["nvidia.com/gpu.deploy.driver"] = "pre-installed"
+        labels["nvidia.com/gpu.deploy.container-toolkit"] = "false"
     return labels
 
 

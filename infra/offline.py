@@ -247,6 +247,9 @@ class _AwsAnswers(pulumi_mocks.Mocks):
                 placementGroupId="pg-" + _hex(kind, name),
                 arn=f"arn:aws:ec2:{region}:{account}:placement-group/{state['name']}",
             )
+        elif kind == "random:index/randomPassword:RandomPassword":
+            # What the random provider computes on create: a password of the asked length.
+            state.update(result=_hex("password", name, length=64)[: int(state.get("length", 32))])
         else:
             state.setdefault("arn", f"arn:aws:{kind.split(':')[1].split('/')[0]}:{region}:{account}:{name}")
         return resource_id, state

@@ -154,7 +154,65 @@ def _parameter(r: Registration, idx: _Index) -> str:
     return f"{r.inputs.get('name')} ({r.inputs.get('tier')}, {len(value.encode())} bytes)"
 
 
+def _helm_release(r: Registration, idx: _Index) -> str:
+    return (
+        f"{r.inputs.get('chart')} {r.inputs.get('version')} in {r.inputs.get('namespace')} "
+        f"({r.inputs.get('repositoryOpts', {}).get('repo')})"
+    )
+
+
+def _deployment(r: Registration, idx: _Index) -> str:
+    pod = r.inputs.get("spec", {}).get("template", {}).get("spec", {})
+    container = (pod.get("containers") or [{}])[0]
+    requests = container.get("resources", {}).get("requests", {})
+    accelerators = ", ".join(f"{k} {v}" for k, v in requests.items() if k.startswith("nvidia.com/"))
+    readiness = container.get("readinessProbe", {}).get("httpGet", {}).get("path", "-")
+    spread = ",".join(c.get("topologyKey", "").rsplit("/", 1)[-1] for c in pod.get("topologySpreadConstraints", []))
+    return (
+        f"pool {pod.get('nodeSelector', {}).get('peakguard.io/pool')}, {accelerators}, ready {readiness}, "
+        f"spread {spread}, grace {_int(pod.get('terminationGracePeriodSeconds'))} s, {container.get('image')}"
+    )
+
+
+def _hpa(r: Registration, idx: _Index) -> str:
+    spec = r.inputs.get("spec", {})
+    pods = [m.get("pods", {}) for m in spec.get("metrics", []) if m.get("type") == "Pods"]
+    metrics = ", ".join(
+        f"{p.get('metric', {}).get('name')} avg {p.get('target', {}).get('averageValue')}" for p in pods
+    )
+    window = spec.get("behavior", {}).get("scaleUp", {}).get("stabilizationWindowSeconds")
+    bounds = f"{_int(spec.get('minReplicas'))}/{_int(spec.get('maxReplicas'))}"
+    return f"min/max {bounds}, {metrics}, scale-up window {_int(window)} s"
+
+
+def _scaled_object(r: Registration, idx: _Index) -> str:
+    spec = r.inputs.get("spec", {})
+    bounds = f"{_int(spec.get('minReplicaCount'))}/{_int(spec.get('maxReplicaCount'))}"
+    return f"{spec.get('scaleTargetRef', {}).get('name')}: min/max {bounds}"
+
+
+def _ingress(r: Registration, idx: _Index) -> str:
+    annotations = r.inputs.get("metadata", {}).get("annotations", {})
+    attributes = annotations.get("alb.ingress.kubernetes.io/target-group-attributes", "")
+    return (
+        f"{annotations.get('alb.ingress.kubernetes.io/scheme')} ALB, {attributes.replace(',', ', ')}, "
+        f"health {annotations.get('alb.ingress.kubernetes.io/healthcheck-path')}"
+    )
+
+
 _DESCRIBE: dict[str, _Describe] = {
+    "kubernetes:helm.sh/v3:Release": _helm_release,
+    "kubernetes:apps/v1:Deployment": _deployment,
+    "kubernetes:autoscaling/v2:HorizontalPodAutoscaler": _hpa,
+    "kubernetes:networking.k8s.io/v1:Ingress": _ingress,
+    "kubernetes:policy/v1:PodDisruptionBudget": lambda r, _: (
+        f"maxUnavailable {r.inputs.get('spec', {}).get('maxUnavailable')}"
+    ),
+    "kubernetes:keda.sh/v1alpha1:ScaledObject": _scaled_object,
+    "kubernetes:core/v1:ConfigMap": lambda r, _: ", ".join(r.inputs.get("data", {})),
+    "kubernetes:monitoring.coreos.com/v1:PrometheusRule": lambda r, _: (
+        f"{sum(len(g.get('rules', [])) for g in r.inputs.get('spec', {}).get('groups', []))} alerts"
+    ),
     "aws:ec2/vpc:Vpc": lambda r, _: f"{r.inputs.get('cidrBlock')}",
     "aws:ec2/subnet:Subnet": _subnet,
     "aws:ec2/natGateway:NatGateway": lambda r, idx: f"in {idx.az_of_subnets(r.inputs.get('subnetId'))}",
@@ -186,10 +244,14 @@ _DESCRIBE: dict[str, _Describe] = {
 
 
 def _short_type(token: str) -> str:
-    # aws:eks/nodeGroup:NodeGroup -> eks:NodeGroup
+    # aws:eks/nodeGroup:NodeGroup -> eks:NodeGroup; kubernetes:apps/v1:Deployment -> k8s:Deployment
     package, _, rest = token.partition(":")
     module = rest.split("/", 1)[0]
-    return f"{module}:{rest.rsplit(':', 1)[-1]}" if package == "aws" else token
+    if package == "aws":
+        return f"{module}:{rest.rsplit(':', 1)[-1]}"
+    if package == "kubernetes":
+        return f"k8s:{rest.rsplit(':', 1)[-1]}"
+    return token
 
 
 def _resource_table(title: str, resources: list[Registration], index: _Index) -> Table:

@@ -14,11 +14,22 @@ import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
 from infra.cluster import Cluster, ClusterArgs
+from infra.cluster_addons import ClusterAddons, ClusterAddonsArgs
 from infra.config import StackConfig
 from infra.gpu_node_groups import GpuNodeGroups, GpuNodeGroupsArgs
+from infra.kubernetes_provider import kubernetes_provider
+from infra.model_workload import IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
 from infra.network import Network, NetworkArgs
+from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
-from infra.targets import SYSTEM_POOL, ClusterTarget, NodeGroupTarget, TargetsDocument, parameter_name
+from infra.targets import (
+    SYSTEM_POOL,
+    ClusterTarget,
+    ModelServiceTarget,
+    NodeGroupTarget,
+    TargetsDocument,
+    parameter_name,
+)
 
 __all__ = ["declare", "run", "stack_config"]
 
@@ -100,6 +111,72 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         ),
     )
 
+    service = config.kubernetes.model_service
+    provider = kubernetes_provider(
+        f"{env}-kubernetes",
+        cluster_name=cluster.name,
+        endpoint=cluster.endpoint,
+        certificate_authority=cluster.certificate_authority,
+        region=config.region,
+        depends_on=[cluster.system_node_group],
+    )
+    addons = ClusterAddons(
+        f"{env}-addons",
+        ClusterAddonsArgs(
+            env=env,
+            chart_versions=config.kubernetes.chart_versions,
+            pools=config.gpu_pools,
+            provider=provider,
+            cluster_name=cluster.name,
+            region=config.region,
+            vpc_id=network.vpc_id,
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            partition=config.partition,
+            in_flight_metric=IN_FLIGHT_METRIC,
+            depends_on=[cluster.system_node_group],
+            tags=tags,
+        ),
+    )
+    workload = ModelWorkload(
+        f"{env}-model-service",
+        ModelWorkloadArgs(
+            env=env,
+            config=service,
+            full_pool=config.pool(service.pool),
+            light_pool=config.pool(service.light_pool) if service.light_pool else None,
+            provider=provider,
+            bucket_name=storage.bucket_name,
+            data_key_arn=storage.data_key_arn,
+            oidc_provider_arn=cluster.oidc_provider_arn,
+            oidc_issuer=cluster.oidc_issuer,
+            partition=config.partition,
+            otlp_endpoint=addons.otlp_endpoint,
+            prometheus_url=addons.prometheus_url,
+            depends_on=[addons.releases["keda"], addons.releases["awsLoadBalancerController"]],
+            tags=tags,
+        ),
+    )
+    Observability(
+        f"{env}-observability",
+        ObservabilityArgs(
+            env=env,
+            config=service,
+            provider=provider,
+            depends_on=[addons.releases["kubePrometheusStack"], workload],
+        ),
+    )
+    model_service_target = ModelServiceTarget(
+        namespace=workload.namespace,
+        deployments=dict(workload.deployments),
+        hpa=workload.hpa_name,
+        scaled_objects=dict(workload.scaled_objects),
+        mode_config_maps=dict(workload.mode_config_maps),
+        admin_token_secret=workload.admin_token_secret,
+        service=workload.service_name,
+        url=workload.service_url,
+    )
+
     targets = pulumi.Output.all(
         cluster.name,
         cluster.endpoint,
@@ -132,6 +209,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
                     )
                 ),
             ),
+            model_service=model_service_target,
         )
     )
     aws.ssm.Parameter(

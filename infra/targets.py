@@ -15,6 +15,7 @@ from typing import Any
 __all__ = [
     "SCHEMA_VERSION",
     "ClusterTarget",
+    "ModelServiceTarget",
     "NodeGroupTarget",
     "TargetsDocument",
     "TargetsDocumentError",
@@ -62,12 +63,44 @@ class NodeGroupTarget:
 
 
 @dataclass(frozen=True)
+class ModelServiceTarget:
+    """The model service's Kubernetes objects, as the runbooks address them."""
+
+    namespace: str
+    deployments: Mapping[str, str]
+    """Deployment name by variant: full, canary, and light where the env has a MIG pool."""
+    hpa: str
+    """HorizontalPodAutoscaler of the full Deployment (runbooks move its bounds)."""
+    scaled_objects: Mapping[str, str]
+    """KEDA ScaledObject by variant (light, canary), idling at zero; runbooks raise their minimum."""
+    mode_config_maps: Mapping[str, str]
+    """Mode ConfigMap by variant (key `mode.json`); light shares full's."""
+    admin_token_secret: str
+    """Secret (key `token`) with the bearer token of the pods' admin API."""
+    service: str
+    url: str
+    """In-cluster URL of the Service (all variants)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "deployments": dict(self.deployments),
+            "hpa": self.hpa,
+            "scaledObjects": dict(self.scaled_objects),
+            "modeConfigMaps": dict(self.mode_config_maps),
+            "adminTokenSecret": self.admin_token_secret,
+            "service": self.service,
+            "url": self.url,
+        }
+
+
+@dataclass(frozen=True)
 class TargetsDocument:
     env: str
     cluster: ClusterTarget
     node_groups: tuple[NodeGroupTarget, ...]
-    model_service: Mapping[str, Any] | None = None
-    """Added by the Kubernetes side (namespace, Deployments, HPAs, ConfigMap, Service URL)."""
+    model_service: ModelServiceTarget | None = None
+    """The Kubernetes side: namespace, Deployments, HPA, ScaledObjects, ConfigMaps, Service URL."""
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def node_groups_of(self, pool: str) -> tuple[NodeGroupTarget, ...]:
@@ -75,6 +108,7 @@ class TargetsDocument:
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
+        raw["model_service"] = self.model_service.to_dict() if self.model_service else None
         return {
             "schemaVersion": raw["schema_version"],
             "env": raw["env"],
@@ -134,9 +168,29 @@ class TargetsDocument:
                     instance_type=need(group, "instanceType", str, where),
                 )
             )
-        model_service = raw.get("modelService")
-        if model_service is not None and not isinstance(model_service, dict):
-            raise TargetsDocumentError(f"{source}: modelService must be an object or null")
+        model_service = None
+        service = raw.get("modelService")
+        if service is not None:
+            if not isinstance(service, dict):
+                raise TargetsDocumentError(f"{source}: modelService must be an object or null")
+            names = "modelService."
+
+            def names_map(key: str) -> dict[str, str]:
+                value = need(service, key, dict, names)
+                if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                    raise TargetsDocumentError(f"{source}: {names}{key} must map names to strings")
+                return dict(value)
+
+            model_service = ModelServiceTarget(
+                namespace=need(service, "namespace", str, names),
+                deployments=names_map("deployments"),
+                hpa=need(service, "hpa", str, names),
+                scaled_objects=names_map("scaledObjects"),
+                mode_config_maps=names_map("modeConfigMaps"),
+                admin_token_secret=need(service, "adminTokenSecret", str, names),
+                service=need(service, "service", str, names),
+                url=need(service, "url", str, names),
+            )
         return cls(
             env=need(raw, "env", str, ""),
             cluster=ClusterTarget(

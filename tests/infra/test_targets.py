@@ -80,6 +80,29 @@ def test_round_trips() -> None:
     assert TargetsDocument.from_json(_document().to_json()) == _document()
 
 
+def test_names_the_model_service_objects_the_runbooks_act_on(run: OfflineRun) -> None:
+    document = TargetsDocument.from_json(_parameter(run)["insecureValue"])
+    service = document.model_service
+    assert service is not None
+    in_namespace = {
+        (r.inputs["kind"], r.inputs["metadata"]["name"])
+        for r in run.resources
+        if r.type.startswith("kubernetes:") and r.inputs.get("metadata", {}).get("namespace") == service.namespace
+    }
+
+    assert service.namespace == run.config.kubernetes.model_service.namespace
+    assert {("Deployment", name) for name in service.deployments.values()} <= in_namespace
+    assert ("HorizontalPodAutoscaler", service.hpa) in in_namespace
+    assert {("ScaledObject", name) for name in service.scaled_objects.values()} <= in_namespace
+    assert {("ConfigMap", name) for name in service.mode_config_maps.values()} <= in_namespace
+    assert ("Secret", service.admin_token_secret) in in_namespace
+    assert ("Service", service.service) in in_namespace
+    assert service.url == f"http://{service.service}.{service.namespace}.svc.cluster.local"
+    # The light variant exists exactly where the env has a MIG pool.
+    assert ("light" in service.deployments) == any(p.mig_profile for p in run.config.gpu_pools)
+    assert TargetsDocument.from_json(document.to_json()) == document
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
@@ -88,8 +111,16 @@ def test_round_trips() -> None:
         (lambda d: d["cluster"].pop("endpoint"), "cluster.endpoint is missing"),
         (lambda d: d["nodeGroups"][0].update(autoscalingGroup=7), "nodeGroups[0].autoscalingGroup must be str"),
         (lambda d: d.update(modelService=[1]), "modelService must be an object"),
+        (lambda d: d.update(modelService={"namespace": "peakguard"}), "modelService.deployments is missing"),
     ],
-    ids=["future-version", "no-cluster", "no-endpoint", "wrong-type", "model-service-not-object"],
+    ids=[
+        "future-version",
+        "no-cluster",
+        "no-endpoint",
+        "wrong-type",
+        "model-service-not-object",
+        "model-service-partial",
+    ],
 )
 def test_a_malformed_document_is_refused_naming_the_field_and_the_source(mutate, message: str) -> None:
     raw = _document().to_dict()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Init container of the model service: copy one model version from the artifact bucket into the
+# pod's /models volume before the service starts. The version is the mode ConfigMap's
+# `model_version`, or, when that is empty, the newest version folder in the bucket (version names
+# are UTC timestamps, so they sort). A copy that fails midway leaves no half folder behind.
+#
+# Environment: MODEL_BUCKET (bucket name), MODE_FILE (the mounted mode.json), MODELS_DIR (the
+# volume the service reads). Credentials come from IRSA, like any AWS CLI call in a pod.
+set -euo pipefail
+
+: "${MODEL_BUCKET:?MODEL_BUCKET must name the artifact bucket}"
+: "${MODE_FILE:?MODE_FILE must point at the mounted mode.json}"
+: "${MODELS_DIR:?MODELS_DIR must name the models volume}"
+
+fail() {
+  echo "fetch-weights: $*" >&2
+  exit 1
+}
+
+version=""
+if [[ -f "$MODE_FILE" ]]; then
+  # mode.json is one JSON object written by the Pulumi program or a runbook.
+  version=$(sed -n 's/.*"model_version"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p' "$MODE_FILE" | head -n 1)
+fi
+if [[ -z "$version" ]]; then
+  version=$(aws s3api list-objects-v2 --bucket "$MODEL_BUCKET" --prefix models/ --delimiter / \
+    --query 'CommonPrefixes[].Prefix' --output text |
+    tr '\t' '\n' | sed -n 's#^models/\([^/]*\)/$#\1#p' | sort | tail -n 1)
+fi
+[[ -n "$version" ]] || fail "no model versions under s3://$MODEL_BUCKET/models/; upload one: aws s3 sync <peakguard train --out>/<version> s3://$MODEL_BUCKET/models/<version>"
+[[ "$version" =~ ^[A-Za-z0-9._-]+$ ]] || fail "model_version '$version' in $MODE_FILE is not a version folder name"
+
+target="$MODELS_DIR/$version"
+if [[ -f "$target/manifest.json" ]]; then
+  echo "fetch-weights: $version already in $MODELS_DIR"
+  exit 0
+fi
+partial="$MODELS_DIR/.$version.partial"
+rm -rf "$partial"
+aws s3 sync --only-show-errors "s3://$MODEL_BUCKET/models/$version/" "$partial/" ||
+  fail "copying s3://$MODEL_BUCKET/models/$version/ failed (see above); the pod retries"
+[[ -f "$partial/manifest.json" ]] || fail "s3://$MODEL_BUCKET/models/$version/ has no manifest.json: not a model version"
+mv "$partial" "$target"
+echo "fetch-weights: $version copied to $MODELS_DIR"
