@@ -14,6 +14,7 @@ move them during incidents.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -100,7 +101,7 @@ class ModelWorkload(pulumi.ComponentResource):
     deployments: dict[str, str]
     """Deployment name by variant (full, light, canary)."""
     mode_config_maps: dict[str, str]
-    """Mode ConfigMap name by variant; light shares full's."""
+    """Mode ConfigMap name by variant: each variant's pods read their own."""
     hpa_name: str
     scaled_objects: dict[str, str]
     admin_token_secret: str
@@ -166,11 +167,13 @@ class ModelWorkload(pulumi.ComponentResource):
         )
         self._priority_class = f"{config.namespace}-model-service"
 
-        self.mode_config_maps = {
-            "full": self._mode_config_map(name, f"{APP_LABEL}-mode", config.mode),
-            "canary": self._mode_config_map(name, f"{APP_LABEL}-canary-mode", config.mode),
-        }
-        self.mode_config_maps["light"] = self.mode_config_maps["full"]
+        # One per variant: the light variant answers with the light model whatever the full
+        # fleet runs, and the canary's model version moves alone until it is promoted.
+        self.mode_config_maps = {"full": self._mode_config_map(name, "full", config.mode)}
+        if args.light_pool is not None:
+            light_mode = dataclasses.replace(config.mode, model="light")
+            self.mode_config_maps["light"] = self._mode_config_map(name, "light", light_mode)
+        self.mode_config_maps["canary"] = self._mode_config_map(name, "canary", config.mode)
 
         self.service_name = APP_LABEL
         service = k8s.core.v1.Service(
@@ -242,9 +245,10 @@ class ModelWorkload(pulumi.ComponentResource):
             ],
         }
 
-    def _mode_config_map(self, name: str, config_map: str, mode: ServiceMode) -> str:
+    def _mode_config_map(self, name: str, variant: Variant, mode: ServiceMode) -> str:
+        config_map = f"{APP_LABEL}-{variant}-mode"
         k8s.core.v1.ConfigMap(
-            f"{name}-{config_map.removeprefix(APP_LABEL + '-')}",
+            f"{name}-{variant}-mode",
             metadata=self._metadata(config_map),
             data={MODE_KEY: json.dumps(mode.to_document(), sort_keys=True)},
             # The durable switch runbooks flip: created here, then theirs.
@@ -258,7 +262,7 @@ class ModelWorkload(pulumi.ComponentResource):
         args, config = self._args, self._args.config
         deployment_name = f"{APP_LABEL}-{variant}"
         selector = {"app.kubernetes.io/name": APP_LABEL, "peakguard.io/variant": variant}
-        mode_config_map = f"{APP_LABEL}-canary-mode" if variant == "canary" else f"{APP_LABEL}-mode"
+        mode_config_map = self.mode_config_maps[variant]
         resources = k8s.core.v1.ResourceRequirementsArgs(
             requests={"cpu": config.cpu, "memory": config.memory, gpu_resource: str(config.gpus_per_replica)},
             # No CPU limit: throttling a batch mid-forward is latency for a whole batch.
@@ -342,7 +346,8 @@ class ModelWorkload(pulumi.ComponentResource):
                             name="PEAKGUARD_ADMIN_TOKEN_FILE", value=f"{_ADMIN_TOKEN_DIR}/{ADMIN_TOKEN_KEY}"
                         ),
                         k8s.core.v1.EnvVarArgs(name="OTEL_EXPORTER_OTLP_ENDPOINT", value=args.otlp_endpoint),
-                        k8s.core.v1.EnvVarArgs(name="OTEL_SERVICE_NAME", value=APP_LABEL),
+                        # Join the trace the ALB starts (its X-Amzn-Trace-Id header) as well as W3C callers'.
+                        k8s.core.v1.EnvVarArgs(name="OTEL_PROPAGATORS", value="tracecontext,baggage,xray"),
                         k8s.core.v1.EnvVarArgs(
                             name="OTEL_RESOURCE_ATTRIBUTES",
                             value=f"deployment.environment={args.env},peakguard.variant={variant}",

@@ -21,8 +21,8 @@ from infra.config import ModelServiceConfig
 
 __all__ = ["ALERTS", "RUNBOOKS", "Alert", "Observability", "ObservabilityArgs", "alert_rules", "dashboard_json"]
 
-RUNBOOKS = ("emergency-stop", "rebuild", "rolling-upgrade")
-"""The peakguard runbooks an alert may point at (`peakguard runbook list`)."""
+RUNBOOKS = ("emergency-stop", "rebuild", "rolling-upgrade", "predictive-scale", "chaos-drill")
+"""The peakguard runbooks an alert may point at (`peakguard runbook list`; shared/DESIGN.md)."""
 
 Severity = Literal["critical", "warning"]
 

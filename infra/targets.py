@@ -74,7 +74,7 @@ class ModelServiceTarget:
     scaled_objects: Mapping[str, str]
     """KEDA ScaledObject by variant (light, canary), idling at zero; runbooks raise their minimum."""
     mode_config_maps: Mapping[str, str]
-    """Mode ConfigMap by variant (key `mode.json`); light shares full's."""
+    """Mode ConfigMap by variant (key `mode.json`); each variant's pods read their own."""
     admin_token_secret: str
     """Secret (key `token`) with the bearer token of the pods' admin API."""
     service: str

@@ -1,8 +1,9 @@
 """OpenTelemetry spans per request: queue, batch, model and post-processing under one request span.
 
 Off by default. With OTEL_EXPORTER_OTLP_ENDPOINT set (the OpenTelemetry collector), spans are
-exported over OTLP/HTTP and joined to the caller's trace through its `traceparent` header, so one
-slow request can be followed from the load balancer to the model stage by stage. The stages of a
+exported over OTLP/HTTP and joined to the caller's trace through its `traceparent` header (or the
+ALB's `X-Amzn-Trace-Id`, with OTEL_PROPAGATORS=tracecontext,baggage,xray as the pods set it), so
+one slow request can be followed from the load balancer to the model stage by stage. The stages of a
 batch happen on the inference thread for many requests at once; each request's stage spans are
 recorded afterwards with the measured start and end times.
 """
