@@ -28,7 +28,7 @@ if [[ -z "$version" ]]; then
     tr '\t' '\n' | sed -n 's#^models/\([^/]*\)/$#\1#p' | sort | tail -n 1)
 fi
 [[ -n "$version" ]] || fail "no model versions under s3://$MODEL_BUCKET/models/; upload one: aws s3 sync <peakguard train --out>/<version> s3://$MODEL_BUCKET/models/<version>"
-[[ "$version" =~ ^[A-Za-z0-9._-]+$ ]] || fail "model_version '$version' in $MODE_FILE is not a version folder name"
+[[ "$version" =~ ^[A-Za-z0-9][A-Za-z0-9._-]*$ ]] || fail "model_version '$version' in $MODE_FILE is not a version folder name"
 
 target="$MODELS_DIR/$version"
 if [[ -f "$target/manifest.json" ]]; then
@@ -37,8 +37,14 @@ if [[ -f "$target/manifest.json" ]]; then
 fi
 partial="$MODELS_DIR/.$version.partial"
 rm -rf "$partial"
+# Whatever ends the script before the rename (a failed copy, a missing manifest, a signal)
+# takes the half-copied folder with it.
+trap 'rm -rf "$partial"' EXIT
 aws s3 sync --only-show-errors "s3://$MODEL_BUCKET/models/$version/" "$partial/" ||
   fail "copying s3://$MODEL_BUCKET/models/$version/ failed (see above); the pod retries"
 [[ -f "$partial/manifest.json" ]] || fail "s3://$MODEL_BUCKET/models/$version/ has no manifest.json: not a model version"
+# A folder left without a manifest (a copy from an older script, a hand edit) is not a version.
+rm -rf "$target"
 mv "$partial" "$target"
+trap - EXIT
 echo "fetch-weights: $version copied to $MODELS_DIR"
