@@ -359,7 +359,8 @@ class ModelWorkload(pulumi.ComponentResource):
                     readiness_probe=_probe("/readyz", period=5, failures=2),
                     # Alive is separate: a pod that is busy or still warming is not restarted.
                     liveness_probe=_probe("/healthz", period=10, failures=3),
-                    startup_probe=_probe("/healthz", period=5, failures=max(1, config.startup_seconds // 5)),
+                    # Rounded up: the probe must wait at least the configured startup time.
+                    startup_probe=_probe("/healthz", period=5, failures=max(1, -(-config.startup_seconds // 5))),
                     lifecycle=k8s.core.v1.LifecycleArgs(
                         # Keep serving while the ALB and EndpointSlices stop sending to this pod.
                         pre_stop=k8s.core.v1.LifecycleHandlerArgs(
@@ -414,12 +415,15 @@ class ModelWorkload(pulumi.ComponentResource):
         return created
 
     def _pdb(self, name: str, variant: Variant) -> None:
+        # At most a third, for every replica count the autoscaler may set: a percentage would not
+        # do, because the disruption controller rounds it up ("33%" of 4 pods lets 2 go). A third
+        # of the fewest replicas never exceeds a third of more; at least one, or drains block.
+        fewest = self._args.config.min_replicas if variant == "full" else 0
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-{variant}-pdb",
             metadata=self._metadata(f"{APP_LABEL}-{variant}", variant=variant),
             spec=k8s.policy.v1.PodDisruptionBudgetSpecArgs(
-                # Drains and upgrades never take more than a third at once.
-                max_unavailable="33%",
+                max_unavailable=max(1, fewest // 3),
                 selector=k8s.meta.v1.LabelSelectorArgs(
                     match_labels={"app.kubernetes.io/name": APP_LABEL, "peakguard.io/variant": variant}
                 ),
