@@ -187,11 +187,13 @@ class ClusterAddons(pulumi.ComponentResource):
         }
 
     def _efa_device_plugin(self) -> dict[str, Any]:
+        # By the label our GPU node groups carry (infra/gpu_node_groups.py), not by the chart's
+        # default instance-type allowlist, which silently schedules nothing on a type it does not
+        # name. The chart builds its required node affinity from `supportedInstanceLabels`.
+        efa_label = {"vpc.amazonaws.com/efa.present": "true"}
         return {
-            # By the label EKS puts on every node with an EFA interface, not by an instance-type
-            # list, which silently schedules nothing on a type it does not name.
-            "nodeSelector": {"vpc.amazonaws.com/efa.present": "true"},
-            "affinity": {},
+            "supportedInstanceLabels": {"keys": list(efa_label), "values": list(efa_label.values())},
+            "nodeSelector": efa_label,
             "tolerations": [_GPU_TOLERATION],
         }
 

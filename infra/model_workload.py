@@ -535,10 +535,10 @@ class ModelWorkload(pulumi.ComponentResource):
         config = self._args.config
         ingress = config.ingress
         # Least outstanding requests, not round robin: round robin overloaded 23% of nodes while
-        # others idled. AWS does not allow slow start with this algorithm ("You can't enable both
-        # slow start mode and least outstanding requests", Application Load Balancer guide, Target
-        # groups: Routing algorithms), so cold replicas are kept out by readiness after warm-up.
-        # The health check is that readiness endpoint; deregistration finishes inside the grace period.
+        # others idled. AWS: "You cannot enable both least outstanding requests and slow start
+        # mode" (Application Load Balancers guide, target groups, routing algorithms), so cold
+        # replicas are kept out by readiness after warm-up instead, and the health check is that
+        # readiness endpoint. Deregistration finishes inside the pods' grace period.
         attributes = ",".join(
             [
                 "load_balancing.algorithm.type=least_outstanding_requests",
