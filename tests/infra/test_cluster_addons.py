@@ -95,6 +95,8 @@ def test_efa_device_plugin_selects_nodes_by_the_efa_label(run: OfflineRun) -> No
     values = _values(run, "aws-efa-k8s-device-plugin")
 
     assert values["nodeSelector"] == {"vpc.amazonaws.com/efa.present": "true"}
+    # The chart's required node affinity is built from these: the label, not an instance-type list.
+    assert values["supportedInstanceLabels"] == {"keys": ["vpc.amazonaws.com/efa.present"], "values": ["true"]}
     text = json.dumps(values)
     assert "node.kubernetes.io/instance-type" not in text
     assert "beta.kubernetes.io/instance-type" not in text
