@@ -1,0 +1,292 @@
+"""Running a plan: lock, check, act, verify, and on any failure roll back what was done, verified.
+
+The order of a run:
+1. the change freeze (unless overridden with a reason), then the environment's lock, renewed by
+   a heartbeat while the run lives;
+2. the approval must name this plan and be in date; the live state must still be what the plan
+   saw, else the run refuses and asks for a new plan;
+3. each step: re-check the trigger if the step is destructive, apply (retrying transient errors),
+   then poll its gate until it passes or the step's timeout runs out. A gate that cannot read its
+   data is inconclusive, which is not a pass;
+4. on a failed or timed-out verification, an error, Ctrl-C or SIGTERM: roll back every step that
+   began, in reverse, to the state the plan observed, then poll the runbook's health gate; the
+   time from the failure to a passing health gate is journaled and reported.
+
+Every transition is written to the journal before the next begins, so `resume` continues a run
+that was killed at any point without redoing a finished step, and can still roll back.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, Literal
+
+from runbooks.errors import FreezeActiveError, LiveStateChangedError, RunbookError, TransientError
+from runbooks.journal import Journal, new_run_id
+from runbooks.locking import FreezeSource, Heartbeat, Lock
+from runbooks.planning import Approval, Plan, PlannedStep, changed_since
+from runbooks.spec import Context, Gate, Judgement, Runbook, Step
+
+__all__ = ["Engine", "Outcome", "Reporter"]
+
+Status = Literal["succeeded", "rolled-back", "rollback-failed", "stopped"]
+Reporter = Callable[[dict[str, Any]], None]
+"""Told of every journal record as it is written (live progress)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    status: Status
+    journal: Path
+    reason: str
+    """Why it ended the way it did, in one line."""
+    seconds: float
+    rollback_seconds: float | None
+    """From the failure to a passing health gate after rollback; None if nothing was rolled back."""
+
+
+class _StepFailedError(Exception):
+    """A step failed; carries the one-line reason into the rollback."""
+
+
+@dataclass
+class Engine:
+    runbook: Runbook
+    context: Context
+    journal_dir: Path
+    lock: Lock
+    freeze: FreezeSource
+    operator: str
+    report: Reporter = lambda record: None
+    lock_ttl: float = 30.0
+    """Seconds the lock lasts without renewal; the heartbeat renews it every third of that."""
+    rollback_timeout: float = 30.0
+    """Seconds the health gate may take to pass after a rollback (the seed's goal: 30 s)."""
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+
+    # --- Entry points ------------------------------------------------------------------
+
+    def run(
+        self, plan: Plan, approval: Approval, *, override_freeze: str | None = None, break_lock: bool = False
+    ) -> Outcome:
+        """Carry out an approved plan. Raises before acting (freeze, lock, approval, drift)."""
+        approval.check(plan)
+        if plan.runbook != self.runbook.name or plan.env != self.context.env:
+            raise RunbookError(f"plan {plan.digest[:12]} is for {plan.runbook} in {plan.env}, not this run")
+        journal = Journal.create(self.journal_dir, new_run_id(self.context.env, self.runbook.name))
+        started = self.clock()
+        self._write(journal, "run_started", runbook=self.runbook.name, env=self.context.env, operator=self.operator,
+                    plan=plan.to_dict(), approval=approval.to_dict())  # fmt: skip
+        try:
+            with self._guard(journal, override_freeze=override_freeze, break_lock=break_lock) as heartbeat:
+                drift = changed_since(self.runbook, self.context, plan)
+                if drift:
+                    raise LiveStateChangedError(
+                        "live state changed since the plan was made; make a new plan:\n  " + "\n  ".join(drift)
+                    )
+                return self._carry_out(journal, plan, heartbeat, done=set(), started=started)
+        except RunbookError as exc:
+            # Refused before anything changed.
+            self._write(journal, "run_refused", reason=str(exc))
+            raise
+        except Exception as exc:
+            # Live state could not even be read: refuse rather than act blind.
+            self._write(journal, "run_refused", reason=_describe(exc))
+            raise RunbookError(f"cannot read live state before acting: {_describe(exc)}") from exc
+
+    def resume(self, journal: Journal, *, override_freeze: str | None = None, break_lock: bool = False) -> Outcome:
+        """Continue a run that was interrupted: finish its rollback, or its remaining steps."""
+        started_record = journal.last("run_started")
+        if started_record is None:
+            raise RunbookError(f"{journal.path}: no run_started record; not a run journal")
+        finished = journal.last("run_finished")
+        if finished is not None:
+            raise RunbookError(f"run {journal.run_id} already ended: {finished['status']} ({finished['reason']})")
+        if journal.last("run_refused") is not None:
+            raise RunbookError(f"run {journal.run_id} was refused before acting; make a new plan")
+        plan = Plan.from_dict(started_record["plan"])
+        events = list(journal.records())
+        begun = [r["step"] for r in events if r["event"] == "step_started"]
+        done = {r["step"] for r in events if r["event"] == "step_done"}
+        started = self.clock()
+        self._write(journal, "run_resumed", operator=self.operator, done=sorted(done))
+        with self._guard(journal, override_freeze=override_freeze, break_lock=break_lock) as heartbeat:
+            rolling_back = journal.last("rollback_started")
+            if rolling_back is not None:
+                restored = {r["step"] for r in events if r["event"] == "rollback_step_done"}
+                pending = [name for name in reversed(begun) if name not in restored]
+                return self._roll_back(journal, plan, pending, reason=rolling_back["reason"], failed_at=started,
+                                       started=started)  # fmt: skip
+            # Steps not begun must still look as planned; the interrupted one may be half done.
+            untouched = {step.name for step in self.runbook.steps if step.name not in begun}
+            drift = changed_since(self.runbook, self.context, plan, steps=untouched)
+            if drift:
+                reason = "live state changed since the plan was made:\n  " + "\n  ".join(drift)
+                return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=started,
+                                       started=started)  # fmt: skip
+            return self._carry_out(journal, plan, heartbeat, done=done, started=started)
+
+    # --- The run -------------------------------------------------------------------------
+
+    def _carry_out(
+        self, journal: Journal, plan: Plan, heartbeat: Heartbeat, *, done: set[str], started: float
+    ) -> Outcome:
+        begun: list[str] = [name for name in (s.name for s in self.runbook.steps) if name in done]
+        try:
+            for step in self.runbook.steps:
+                if step.name in done:
+                    continue
+                if heartbeat.lost:
+                    raise _StepFailedError(
+                        f"lost the environment's lock ({heartbeat.lost}); stopping before {step.name}"
+                    )
+                planned = plan.step(step.name)
+                if not planned.changes:
+                    self._write(journal, "step_skipped", step=step.name, reason="already as planned")
+                    continue
+                if step.destructive:
+                    assert self.runbook.trigger is not None
+                    trigger = self.runbook.trigger.judge(self.context)
+                    if trigger.verdict != "pass":
+                        reason = f"trigger no longer holds before {step.name}: {trigger.reason}"
+                        self._write(journal, "run_stopped", step=step.name, reason=reason, trigger=trigger.to_dict(),
+                                    completed=begun)  # fmt: skip
+                        return self._finish(journal, "stopped", reason, started, None)
+                begun.append(step.name)
+                self._step(journal, step, planned)
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 (anything after a change is rolled back)
+            failed_at = self.clock()
+            reason = _describe(exc)
+            return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=failed_at,
+                                   started=started)  # fmt: skip
+        if self.runbook.health is not None:
+            final = self.runbook.health.judge(self.context)
+            self._write(journal, "run_verified", gate=final.to_dict())
+        return self._finish(journal, "succeeded", "every step applied and verified", started, None)
+
+    def _step(self, journal: Journal, step: Step, planned: PlannedStep) -> None:
+        deadline = self.clock() + step.timeout
+        self._write(journal, "step_started", step=step.name, summary=step.summary, before=planned.before,
+                    target=planned.after)  # fmt: skip
+        self._with_retries(lambda: step.apply(self.context, planned.after), step=step, deadline=deadline)
+        self._write(journal, "step_applied", step=step.name)
+        if step.verify is not None:
+            verdict = self._poll(step.verify, deadline)
+            self._write(journal, "step_verified", step=step.name, gate=verdict.to_dict())
+            if verdict.verdict != "pass":
+                raise _StepFailedError(
+                    f"{step.name}: verification {verdict.verdict} after {step.timeout:g} s: {verdict.reason} "
+                    f"(query {verdict.reading.query if verdict.reading else '-'}, threshold {step.verify.threshold})"
+                )
+        self._write(journal, "step_done", step=step.name, observed=step.observe(self.context))
+
+    def _roll_back(
+        self, journal: Journal, plan: Plan, names: list[str], *, reason: str, failed_at: float, started: float
+    ) -> Outcome:
+        self._write(journal, "rollback_started", reason=reason, steps=names)
+        by_name = {step.name: step for step in self.runbook.steps}
+        failures = []
+        for name in names:
+            step, before = by_name[name], plan.step(name).before
+            self._write(journal, "rollback_step", step=name, target=before)
+            try:
+                self._with_retries(partial(step.roll_back, self.context, before), step=step,
+                                   deadline=self.clock() + step.timeout)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 (go on restoring the others; report this one)
+                failures.append(f"{name}: {_describe(exc)}")
+                self._write(journal, "rollback_step_failed", step=name, error=_describe(exc),
+                            undo=f"set it back by hand to {before!r}")  # fmt: skip
+                continue
+            self._write(journal, "rollback_step_done", step=name)
+        gate: Judgement | None = None
+        if self.runbook.health is not None:
+            gate = self._poll(self.runbook.health, self.clock() + self.rollback_timeout)
+        seconds = self.clock() - failed_at
+        healthy = gate is None or gate.verdict == "pass"
+        self._write(journal, "rollback_done", seconds=round(seconds, 3), gate=gate.to_dict() if gate else None,
+                    failures=failures)  # fmt: skip
+        if failures or not healthy:
+            why = "; ".join(failures) or (gate.reason if gate else "")
+            return self._finish(journal, "rollback-failed", f"{reason}; rollback incomplete: {why}", started, seconds)
+        return self._finish(journal, "rolled-back", reason, started, seconds)
+
+    # --- Helpers -------------------------------------------------------------------------
+
+    def _guard(self, journal: Journal, *, override_freeze: str | None, break_lock: bool) -> _Guard:
+        return _Guard(self, journal, override_freeze=override_freeze, break_lock=break_lock)
+
+    def _poll(self, gate: Gate, deadline: float) -> Judgement:
+        while True:
+            verdict = gate.judge(self.context)
+            if verdict.verdict == "pass" or self.clock() >= deadline:
+                return verdict
+            self.sleep(min(self.runbook.poll_interval, max(0.0, deadline - self.clock())))
+
+    def _with_retries(self, action: Callable[[], None], *, step: Step, deadline: float) -> None:
+        delay = 0.5
+        for attempt in range(1, step.retries + 1):
+            try:
+                action()
+                return
+            except TransientError:
+                if attempt == step.retries or self.clock() + delay >= deadline:
+                    raise
+                self.sleep(delay)
+                delay *= 2
+
+    def _write(self, journal: Journal, event: str, **fields: Any) -> None:
+        record = journal.write(event, **fields)
+        self.report(record)
+
+    def _finish(self, journal: Journal, status: Status, reason: str, started: float, rollback: float | None) -> Outcome:
+        seconds = self.clock() - started
+        self._write(journal, "run_finished", status=status, reason=reason, seconds=round(seconds, 3),
+                    rollback_seconds=None if rollback is None else round(rollback, 3))  # fmt: skip
+        return Outcome(journal.run_id, status, journal.path, reason, seconds, rollback)
+
+
+class _Guard:
+    """Freeze check, lock and heartbeat around a run."""
+
+    def __init__(self, engine: Engine, journal: Journal, *, override_freeze: str | None, break_lock: bool) -> None:
+        self._engine = engine
+        self._journal = journal
+        self._override = override_freeze
+        self._break = break_lock
+        self._heartbeat: Heartbeat | None = None
+
+    def __enter__(self) -> Heartbeat:
+        engine = self._engine
+        frozen = engine.freeze.freeze_reason()
+        if frozen is not None:
+            if not self._override:
+                raise FreezeActiveError(
+                    f"{engine.context.env} is under a change freeze ({frozen}); runbooks are blocked unless "
+                    "`--override-freeze REASON` is given"
+                )
+            engine._write(self._journal, "freeze_overridden", freeze=frozen, reason=self._override)
+        info = engine.lock.acquire(holder=engine.operator, ttl=engine.lock_ttl, force=self._break)
+        engine._write(self._journal, "lock_acquired", holder=info.holder, since=info.since, expires=info.expires,
+                      broken=self._break)  # fmt: skip
+        self._heartbeat = Heartbeat(engine.lock, interval=engine.lock_ttl / 3).__enter__()
+        return self._heartbeat
+
+    def __exit__(self, *_: object) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.__exit__()
+        self._engine.lock.release()
+        self._engine._write(self._journal, "lock_released")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "cancelled (Ctrl-C or SIGTERM)"
+    if isinstance(exc, (_StepFailedError, RunbookError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"

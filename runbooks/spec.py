@@ -1,0 +1,206 @@
+"""How a runbook is declared: typed parameters, ordered steps, health gates. Data the engine runs.
+
+A runbook is a Python declaration rather than YAML: its steps are small typed functions (observe,
+decide, apply) that mypy checks and tests call directly, and the declaration itself stays data the
+engine can print, plan and hash. Each step says in one line what it changes.
+
+A step is safe to run twice: `apply` sets the state to a target (it never adds to what is there),
+so a resumed run re-applies an interrupted step without doubling it, and rollback is `apply` of
+the state observed when the plan was made.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from runbooks.errors import ParameterError
+
+__all__ = ["REQUIRED", "Context", "Gate", "Judgement", "Param", "Reading", "Runbook", "Step", "Verdict"]
+
+Verdict = Literal["pass", "fail", "inconclusive"]
+State = Any
+"""JSON-able: what a step observed or will set (journaled and hashed into the plan)."""
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Context:
+    """What steps see: the environment, the validated parameters, and the ports to act through."""
+
+    env: str
+    params: Mapping[str, Any]
+    ports: Any
+    """The adapters (cluster, cloud, service); each runbook knows the shape it needs."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    """Command-line name without dashes, e.g. `to` for `--to`."""
+    help: str
+    kind: type = str
+    """int, float or str."""
+    default: Any = REQUIRED
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def parse(self, raw: Any) -> Any:
+        """The value from text (the command line) or a plain value; ParameterError says why not."""
+        flag = f"--{self.name}"
+        if raw is None:
+            if self.default is REQUIRED:
+                raise ParameterError(f"{flag} is required: {self.help}")
+            return self.default
+        try:
+            value = self.kind(raw)
+        except (TypeError, ValueError):
+            raise ParameterError(f"{flag}={raw!r} is not a {self.kind.__name__}: {self.help}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ParameterError(f"{flag}={raw!r} must be a finite number")
+        if self.choices and value not in self.choices:
+            raise ParameterError(f"{flag}={raw!r} must be one of {', '.join(self.choices)}")
+        if self.minimum is not None and value < self.minimum:
+            raise ParameterError(f"{flag}={raw!r} must be >= {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise ParameterError(f"{flag}={raw!r} must be <= {self.maximum:g}")
+        return value
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What a probe saw: the number judged, the raw data behind it and the query that produced it."""
+
+    value: float | None
+    raw: Any = None
+    query: str = ""
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: Verdict
+    reason: str
+    reading: Reading | None
+
+    def to_dict(self) -> dict[str, Any]:
+        reading = self.reading
+        return {
+            "verdict": self.verdict,
+            "reason": self.reason,
+            "value": reading.value if reading else None,
+            "raw": reading.raw if reading else None,
+            "query": reading.query if reading else "",
+        }
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A health check with a tolerance. It fails closed: no data, NaN, an empty result or an
+    error is `inconclusive`, which never counts as a pass."""
+
+    name: str
+    probe: Callable[[Context], Reading]
+    at_most: float | None = None
+    at_least: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.at_most is None and self.at_least is None:
+            raise ValueError(
+                f"gate {self.name!r} needs at_most or at_least: a gate without a threshold passes anything"
+            )
+
+    @property
+    def threshold(self) -> str:
+        parts = []
+        if self.at_least is not None:
+            parts.append(f">= {self.at_least:g}")
+        if self.at_most is not None:
+            parts.append(f"<= {self.at_most:g}")
+        return " and ".join(parts)
+
+    def judge(self, context: Context) -> Judgement:
+        try:
+            reading = self.probe(context)
+        except Exception as exc:  # noqa: BLE001 (a probe that cannot read is inconclusive, never a pass)
+            return Judgement("inconclusive", f"{self.name}: probe failed: {exc}", None)
+        value = reading.value
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return Judgement(
+                "inconclusive", f"{self.name}: no data ({reading.query or 'probe'} returned {value!r})", reading
+            )
+        if not math.isfinite(value):
+            return Judgement("inconclusive", f"{self.name}: {value} is not a measurement", reading)
+        if self.at_most is not None and value > self.at_most:
+            return Judgement("fail", f"{self.name}: {value:g} > {self.at_most:g}", reading)
+        if self.at_least is not None and value < self.at_least:
+            return Judgement("fail", f"{self.name}: {value:g} < {self.at_least:g}", reading)
+        return Judgement("pass", f"{self.name}: {value:g} {self.threshold}", reading)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    summary: str
+    """One line: what the step changes."""
+    observe: Callable[[Context], State]
+    """Read the live state the step would change."""
+    desired: Callable[[Context, State], State]
+    """The target, from the observed state and the parameters; pinned in the plan."""
+    apply: Callable[[Context, State], None]
+    """Set the live state to a target (idempotent)."""
+    verify: Gate | None = None
+    """Polled after `apply` until it passes or `timeout` runs out."""
+    restore: Callable[[Context, State], None] | None = None
+    """Rollback to the observed state; default: `apply` of it."""
+    timeout: float = 60.0
+    """Seconds for `apply` plus verification before the step counts as failed."""
+    retries: int = 3
+    """Attempts at `apply` on a TransientError, with backoff."""
+    destructive: bool = False
+    """Re-check the runbook's trigger before acting: do not act on stale facts."""
+
+    def roll_back(self, context: Context, before: State) -> None:
+        (self.restore or self.apply)(context, before)
+
+
+@dataclass(frozen=True)
+class Runbook:
+    name: str
+    summary: str
+    steps: tuple[Step, ...]
+    params: tuple[Param, ...] = ()
+    health: Gate | None = None
+    """Must pass after a rollback (and is checked at the end of a run)."""
+    trigger: Gate | None = None
+    """The condition that justifies the runbook; must still hold before a destructive step."""
+    prod_needs_approval: bool = True
+    poll_interval: float = 1.0
+    """Seconds between gate readings."""
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [step.name for step in self.steps]
+        if len(set(names)) != len(names):
+            raise ValueError(f"runbook {self.name}: step names must be unique, got {names}")
+        if any(step.destructive for step in self.steps) and self.trigger is None:
+            raise ValueError(f"runbook {self.name}: destructive steps need a trigger to re-check")
+
+    def parse_params(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        known = {param.name for param in self.params}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ParameterError(
+                f"{self.name}: unknown parameter --{unknown[0]}; parameters: "
+                + (", ".join(f"--{name}" for name in sorted(known)) or "none")
+            )
+        return {param.name: param.parse(raw.get(param.name)) for param in self.params}
