@@ -19,6 +19,8 @@ __all__ = [
     "NodeGroupTarget",
     "TargetsDocument",
     "TargetsDocumentError",
+    "freeze_parameter_name",
+    "hold_parameter_name",
     "parameter_name",
 ]
 
@@ -32,6 +34,16 @@ SYSTEM_POOL = "system"
 def parameter_name(env: str) -> str:
     """SSM parameter that holds an environment's targets document."""
     return f"/peakguard/{env}/targets"
+
+
+def freeze_parameter_name(env: str) -> str:
+    """The change freeze a person sets: while present, every runbook refuses (unless overridden)."""
+    return f"/peakguard/{env}/change-freeze"
+
+
+def hold_parameter_name(env: str) -> str:
+    """The incident hold a runbook sets while it holds temporary overrides: `pulumi up` refuses."""
+    return f"/peakguard/{env}/incident-hold"
 
 
 class TargetsDocumentError(ValueError):

@@ -1,0 +1,94 @@
+"""The runbook lock as a Lease, through the real Kubernetes client and the local API."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
+
+from runbooks.errors import LockHeldError, RunbookError
+from runbooks.lease_lock import LEASE_NAME, LeaseLock
+from runbooks.local.kube_api import LocalKubernetes
+
+
+@pytest.fixture(scope="module")
+def coordination() -> Iterator[Any]:
+    with LocalKubernetes() as kubernetes:
+        configuration = client.Configuration()
+        configuration.host = kubernetes.url
+        yield client.CoordinationV1Api(client.ApiClient(configuration))
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"ns-{uuid.uuid4().hex[:8]}"
+
+
+def _lock(api: Any, namespace: str) -> LeaseLock:
+    return LeaseLock(api, env="prod", namespace=namespace)
+
+
+def test_a_second_runner_is_refused_with_who_holds_it_and_since_when(coordination: Any, namespace: str) -> None:
+    first = _lock(coordination, namespace).acquire(holder="alice@host-a", ttl=30)
+
+    with pytest.raises(LockHeldError) as refused:
+        _lock(coordination, namespace).acquire(holder="bob@host-b", ttl=30)
+
+    assert refused.value.holder == "alice@host-a"
+    assert refused.value.since == first.since
+    assert "--break-lock" in str(refused.value)
+    lease = coordination.read_namespaced_lease(LEASE_NAME, namespace)
+    assert lease.spec.holder_identity == "alice@host-a"
+
+
+def test_an_expired_lease_can_be_taken_and_the_old_holder_learns_it_lost(coordination: Any, namespace: str) -> None:
+    alice, bob = _lock(coordination, namespace), _lock(coordination, namespace)
+    alice.acquire(holder="alice", ttl=1)
+    time.sleep(1.2)
+
+    assert bob.acquire(holder="bob", ttl=30).holder == "bob"
+    with pytest.raises(RunbookError, match=r"lock lost.*held by bob"):
+        alice.renew()
+
+
+def test_renewing_keeps_it_past_its_duration(coordination: Any, namespace: str) -> None:
+    alice = _lock(coordination, namespace)
+    alice.acquire(holder="alice", ttl=1)
+    for _ in range(3):
+        time.sleep(0.5)
+        alice.renew()
+
+    with pytest.raises(LockHeldError):
+        _lock(coordination, namespace).acquire(holder="bob", ttl=1)
+
+
+def test_break_lock_takes_a_live_lease(coordination: Any, namespace: str) -> None:
+    _lock(coordination, namespace).acquire(holder="alice", ttl=300)
+    assert _lock(coordination, namespace).acquire(holder="bob", ttl=30, force=True).holder == "bob"
+
+
+def test_release_frees_it_for_the_next_runner_at_once(coordination: Any, namespace: str) -> None:
+    alice = _lock(coordination, namespace)
+    alice.acquire(holder="alice", ttl=300)
+    alice.release()
+
+    assert _lock(coordination, namespace).acquire(holder="bob", ttl=30).holder == "bob"
+    alice.release()  # releasing a lock no longer held changes nothing
+    assert coordination.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity == "bob"
+
+
+def test_of_two_runners_racing_on_the_same_lease_version_one_wins(coordination: Any, namespace: str) -> None:
+    _lock(coordination, namespace).acquire(holder="old", ttl=1)
+    time.sleep(1.2)
+    stale = coordination.read_namespaced_lease(LEASE_NAME, namespace).metadata.resource_version
+    assert _lock(coordination, namespace).acquire(holder="winner", ttl=30).holder == "winner"
+
+    # The loser writes with the version it read before the winner's write: the API refuses it.
+    loser = _lock(coordination, namespace)
+    with pytest.raises(LockHeldError) as refused:
+        loser._replace(stale, {"holderIdentity": "loser", "leaseDurationSeconds": 30}, taking_from="old")
+    assert refused.value.holder == "winner"
