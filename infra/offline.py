@@ -157,11 +157,16 @@ _ID_PREFIX = {
 }
 
 
+_GET_PARAMETERS_BY_PATH = "aws:ssm/getParametersByPath:getParametersByPath"
+
+
 class _AwsAnswers(pulumi_mocks.Mocks):
     """Plays the AWS provider: inputs back, plus realistic computed outputs."""
 
-    def __init__(self, region: str) -> None:
+    def __init__(self, region: str, parameters: Mapping[str, str] | None = None) -> None:
         self.region = region
+        self.parameters = dict(parameters or {})
+        """SSM parameters that exist in the account (name -> value): the incident hold, say."""
 
     def new_resource(self, args: pulumi_mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
         kind, name = args.typ, args.name
@@ -255,6 +260,17 @@ class _AwsAnswers(pulumi_mocks.Mocks):
         return resource_id, state
 
     def call(self, args: pulumi_mocks.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        if args.token == _GET_PARAMETERS_BY_PATH:
+            path = str(args.args.get("path", "/"))
+            names = sorted(name for name in self.parameters if name.startswith(path) and "/" not in name[len(path) :])
+            return {
+                "id": path,
+                "path": path,
+                "names": names,
+                "values": [self.parameters[name] for name in names],
+                "types": ["String"] * len(names),
+                "arns": [f"arn:aws:ssm:{self.region}:{_ACCOUNT}:parameter{name}" for name in names],
+            }, []
         raise NotImplementedError(
             f"the offline engine does not answer the invoke {args.token}; teach infra/offline.py "
             "a realistic answer for it"
@@ -295,12 +311,20 @@ class _Messages(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-def run_offline(env: str, *, project_dir: Path | None = None, overrides: Mapping[str, Any] | None = None) -> OfflineRun:
+def run_offline(
+    env: str,
+    *,
+    project_dir: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    ssm_parameters: Mapping[str, str] | None = None,
+    preview: bool = False,
+) -> OfflineRun:
     """Run the program for `env` under mocks, from `Pulumi.<env>.yaml` in `project_dir`.
 
     `overrides` replaces whole top-level config keys (e.g. `{"peakguard:storage": {...}}`), the
-    way a changed stack file would. Raises `ConfigError` before anything runs if the config is
-    invalid, exactly as `pulumi up` would refuse it.
+    way a changed stack file would. `ssm_parameters` are what the account holds (the incident
+    hold); `preview` runs as `pulumi preview` instead of `pulumi up`. Raises `ConfigError` before
+    anything runs if the config is invalid, exactly as `pulumi up` would refuse it.
     """
     from infra import program
 
@@ -308,14 +332,14 @@ def run_offline(env: str, *, project_dir: Path | None = None, overrides: Mapping
     values.update(overrides or {})
     config = StackConfig.from_mapping(values, stack=env)
 
-    answers = _AwsAnswers(config.region)
+    answers = _AwsAnswers(config.region, ssm_parameters)
     monitor = _RecordingMonitor(answers)
     logger = logging.getLogger(f"peakguard.offline.{env}")
     logger.propagate = False
     logger.setLevel(logging.INFO)
     messages = _Messages()
     logger.addHandler(messages)
-    pulumi.runtime.set_mocks(answers, project=PROJECT, stack=env, preview=False, monitor=monitor, logger=logger)
+    pulumi.runtime.set_mocks(answers, project=PROJECT, stack=env, preview=preview, monitor=monitor, logger=logger)
     pulumi.runtime.set_all_config({key: _engine_form(value) for key, value in values.items()})
 
     resolved: dict[str, Any] = {}

@@ -17,6 +17,7 @@ from infra.cluster import Cluster, ClusterArgs
 from infra.cluster_addons import ClusterAddons, ClusterAddonsArgs
 from infra.config import StackConfig
 from infra.gpu_node_groups import GpuNodeGroups, GpuNodeGroupsArgs
+from infra.incident_hold import check_incident_hold
 from infra.kubernetes_provider import kubernetes_provider
 from infra.model_workload import IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
 from infra.network import Network, NetworkArgs
@@ -56,6 +57,7 @@ def _decode(value: Any) -> Any:
 def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     """Declare every resource of the environment; returns the stack outputs."""
     env = config.env
+    check_incident_hold(env)
     tags = {"peakguard:env": env, "peakguard:managed-by": "pulumi", **config.tags}
 
     network = Network(
