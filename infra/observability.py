@@ -41,7 +41,7 @@ class Alert:
 
 
 _REQUESTS = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}"}}[2m]))'
-_OK_LATENCY = 'sum by (le) (rate(peakguard_request_seconds_bucket{{namespace="{ns}",outcome="ok"}}[2m]))'
+_OK_LATENCY = 'sum by (le) (rate(peakguard_request_seconds_bucket{{namespace="{ns}",outcome!~"shed|error"}}[2m]))'
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "ModelServiceTrafficSurge", "qps",

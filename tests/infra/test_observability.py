@@ -193,3 +193,15 @@ def test_pod_monitor_scrapes_every_variant_on_the_named_port(run: OfflineRun) ->
         assert selector.items() <= template["metadata"]["labels"].items(), deployment.name
         port_names = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
         assert endpoint["port"] in port_names, deployment.name
+
+
+def test_answered_latency_excludes_sheds_and_errors_not_a_label_the_service_never_sets(
+    run: OfflineRun, dashboard: dict[str, Any]
+) -> None:
+    # The service labels answered requests by what answered (model, cache), never "ok".
+    exprs = [rule["expr"] for rule in _rules(run)]
+    exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    latency = [expr for expr in exprs if "peakguard_request_seconds_bucket" in expr]
+    assert latency
+    assert all('outcome!~"shed|error"' in expr for expr in latency)
+    assert not [expr for expr in exprs if 'outcome="ok"' in expr]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 import threading
 import time
@@ -242,6 +244,10 @@ def test_metrics_expose_stages_layers_and_mode(running: Running) -> None:
     assert 'peakguard_layer_seconds_count{layer="head",model="full"}' in metrics
     assert 'peakguard_mode{model="full",precision="fp32",shedding="false"} 1.0' in metrics
     assert "peakguard_ready 1.0" in metrics
+    # Answered requests are labelled by what answered (model, cache); alerts, dashboard and gates select
+    # them as outcome!~"shed|error" (infra/observability.py), so no other outcome may appear.
+    outcomes = set(re.findall(r'peakguard_request_seconds_count\{outcome="([^"]+)"\}', metrics))
+    assert outcomes == {"model"}
 
 
 def test_spans_join_the_callers_trace_stage_by_stage(running: Running) -> None:
