@@ -16,10 +16,13 @@ emulated, each as the Kubernetes API reference describes it:
 - list with label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`) and field selectors
   (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`);
 - Deployments' `scale` subresource returns and takes an `autoscaling/v1` `Scale`;
-- pods' `eviction` subresource honours PodDisruptionBudgets: if evicting would leave fewer
-  healthy pods than a matching budget requires, 429 TooManyRequests with the budget named,
-  else the pod is deleted;
-- `status` subresources replace or patch `.status` only.
+- pods' `eviction` subresource honours PodDisruptionBudgets, counting expected pods from the
+  owning Deployment's replicas: a Ready pod goes only if one fewer still meets the budget; an
+  unready Running pod only if the budget is met now (`unhealthyPodEvictionPolicy`
+  IfHealthyBudget, the default) or always (AlwaysAllow); a Pending pod always. A refusal is 429
+  TooManyRequests naming the budget in `details.causes`;
+- types with a `status` subresource: create starts with an empty status (required fields at 0),
+  writes to the main resource leave `.status` alone, and only `/status` changes it.
 
 Not emulated: watches, admission webhooks, server-side apply, field validation, garbage
 collection by owner references. The controllers that make pods and mark them Ready are played
@@ -76,6 +79,17 @@ RESOURCES: Mapping[str, _Kind] = {
     "scaledobjects": _Kind("keda.sh", "v1alpha1", "ScaledObject"),
 }
 """The resource types served, by plural. Others are 404, as on a cluster without them."""
+
+_WITH_STATUS = frozenset(
+    {"pods", "deployments", "replicasets", "horizontalpodautoscalers", "poddisruptionbudgets", "scaledobjects",
+     "nodes", "namespaces"}
+)  # fmt: skip
+"""Types with a `status` subresource: writes to the main resource leave `.status` alone."""
+
+_INITIAL_STATUS: Mapping[str, Mapping[str, Any]] = {
+    "horizontalpodautoscalers": {"desiredReplicas": 0},
+    "poddisruptionbudgets": {"currentHealthy": 0, "desiredHealthy": 0, "disruptionsAllowed": 0, "expectedPods": 0},
+}
 
 
 class ApiStatus(Exception):  # noqa: N818 (it is the API's Status object, raised)
@@ -136,9 +150,16 @@ class ObjectStore:
             ]  # fmt: skip
         return items
 
-    def create(self, plural: str, namespace: str | None, body: Mapping[str, Any]) -> dict[str, Any]:
+    def create(
+        self, plural: str, namespace: str | None, body: Mapping[str, Any], *, api: bool = False
+    ) -> dict[str, Any]:
+        """`api`: as through the HTTP API, where a type with a status subresource starts with an empty
+        status (controllers calling the store directly may set it)."""
         kind = _kind(plural)
         obj = copy.deepcopy(dict(body))
+        if api and plural in _WITH_STATUS:
+            # Required (non-omitempty) status fields start at zero, as the API serves them.
+            obj["status"] = copy.deepcopy(_INITIAL_STATUS.get(plural, {}))
         metadata = obj.setdefault("metadata", {})
         name = metadata.get("name")
         if not name and metadata.get("generateName"):
@@ -164,7 +185,7 @@ class ObjectStore:
         return result
 
     def replace(self, plural: str, namespace: str | None, name: str, body: Mapping[str, Any], *,
-                only_status: bool = False) -> dict[str, Any]:  # fmt: skip
+                only_status: bool = False, api: bool = False) -> dict[str, Any]:  # fmt: skip
         with self._lock:
             current = self._current(plural, namespace, name)
             wanted = copy.deepcopy(dict(body))
@@ -179,10 +200,12 @@ class ObjectStore:
                     if keep in current["metadata"]:
                         updated["metadata"][keep] = current["metadata"][keep]
                 updated.setdefault("status", current.get("status"))
+                if api and plural in _WITH_STATUS:
+                    updated["status"] = copy.deepcopy(current.get("status"))
             return self._store(plural, current, updated)
 
     def patch(self, plural: str, namespace: str | None, name: str, patch: Any, *, content_type: str,
-              only_status: bool = False) -> dict[str, Any]:  # fmt: skip
+              only_status: bool = False, api: bool = False) -> dict[str, Any]:  # fmt: skip
         with self._lock:
             current = self._current(plural, namespace, name)
             if isinstance(patch, Mapping):
@@ -200,6 +223,8 @@ class ObjectStore:
                 status = updated.get("status")
                 updated = copy.deepcopy(current)
                 updated["status"] = status
+            elif api and plural in _WITH_STATUS:
+                updated["status"] = copy.deepcopy(current.get("status"))
             for keep in ("uid", "creationTimestamp", "namespace", "name", "generation"):
                 if keep in current["metadata"]:
                     updated.setdefault("metadata", {})[keep] = current["metadata"][keep]
@@ -423,7 +448,7 @@ class KubeApi(kmock.KubernetesScaffold):
                 return {"apiVersion": kind.api_version, "kind": f"{kind.kind}List",
                         "metadata": {"resourceVersion": str(store._version)}, "items": items}, 200  # fmt: skip
             if method == "POST":
-                return store.create(plural, namespace, data or {}), 201
+                return store.create(plural, namespace, data or {}, api=True), 201
             raise ApiStatus(405, "MethodNotAllowed", f"{method} is not supported on a {plural} collection")
 
         if sub == "scale" and plural == "deployments":
@@ -436,9 +461,13 @@ class KubeApi(kmock.KubernetesScaffold):
         if method == "GET":
             return store.get(plural, namespace, name), 200
         if method == "PUT":
-            return store.replace(plural, namespace, name, data or {}, only_status=only_status), 200
+            return store.replace(plural, namespace, name, data or {}, only_status=only_status, api=True), 200
         if method == "PATCH":
-            return store.patch(plural, namespace, name, data, content_type=content_type, only_status=only_status), 200
+            return (
+                store.patch(plural, namespace, name, data, content_type=content_type, only_status=only_status,
+                            api=True),
+                200,
+            )  # fmt: skip
         if method == "DELETE":
             deleted = store.delete(plural, namespace, name)
             return {"apiVersion": "v1", "kind": "Status", "status": "Success",
@@ -486,7 +515,17 @@ class KubeApi(kmock.KubernetesScaffold):
                 needed = _count(spec["minAvailable"], expected, round_up=True)
             else:
                 needed = expected - _count(spec.get("maxUnavailable", 0), expected, round_up=True)
-            if _ready(pod) and healthy - 1 < needed:
+            # A Ready pod may go if one fewer still meets the budget. An unready Running pod may go
+            # only if the budget is met now (the default IfHealthyBudget), or always (AlwaysAllow);
+            # a Pending pod always.
+            policy = spec.get("unhealthyPodEvictionPolicy", "IfHealthyBudget")
+            if _ready(pod):
+                refused = healthy - 1 < needed
+            elif (pod.get("status") or {}).get("phase") == "Pending" or policy == "AlwaysAllow":
+                refused = False
+            else:
+                refused = healthy < needed
+            if refused:
                 budget_name = budget["metadata"]["name"]
                 raise ApiStatus(
                     429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.",
