@@ -18,8 +18,12 @@ that was killed at any point without redoing a finished step, and can still roll
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -80,11 +84,13 @@ class Engine:
         if plan.runbook != self.runbook.name or plan.env != self.context.env:
             raise RunbookError(f"plan {plan.digest[:12]} is for {plan.runbook} in {plan.env}, not this run")
         journal = Journal.create(self.journal_dir, new_run_id(self.context.env, self.runbook.name))
+        self.context = dataclasses.replace(self.context, run_id=journal.run_id)
         started = self.clock()
         self._write(journal, "run_started", runbook=self.runbook.name, env=self.context.env, operator=self.operator,
                     plan=plan.to_dict(), approval=approval.to_dict())  # fmt: skip
         try:
-            with self._guard(journal, override_freeze=override_freeze, break_lock=break_lock) as heartbeat:
+            with _sigterm_interrupts(), self._guard(journal, override_freeze=override_freeze,
+                                                    break_lock=break_lock) as heartbeat:  # fmt: skip
                 drift = changed_since(self.runbook, self.context, plan)
                 if drift:
                     raise LiveStateChangedError(
@@ -111,12 +117,14 @@ class Engine:
         if journal.last("run_refused") is not None:
             raise RunbookError(f"run {journal.run_id} was refused before acting; make a new plan")
         plan = Plan.from_dict(started_record["plan"])
+        self.context = dataclasses.replace(self.context, run_id=journal.run_id)
         events = list(journal.records())
         begun = [r["step"] for r in events if r["event"] == "step_started"]
         done = {r["step"] for r in events if r["event"] == "step_done"}
         started = self.clock()
         self._write(journal, "run_resumed", operator=self.operator, done=sorted(done))
-        with self._guard(journal, override_freeze=override_freeze, break_lock=break_lock) as heartbeat:
+        with _sigterm_interrupts(), self._guard(journal, override_freeze=override_freeze,
+                                                break_lock=break_lock) as heartbeat:  # fmt: skip
             rolling_back = journal.last("rollback_started")
             if rolling_back is not None:
                 restored = {r["step"] for r in events if r["event"] == "rollback_step_done"}
@@ -166,8 +174,13 @@ class Engine:
             return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=failed_at,
                                    started=started)  # fmt: skip
         if self.runbook.health is not None:
-            final = self.runbook.health.judge(self.context)
+            final = self._poll(self.runbook.health, self.clock() + self.runbook.recovery_timeout)
             self._write(journal, "run_verified", gate=final.to_dict())
+            if final.verdict != "pass":
+                # Every step did what it said, yet the service did not recover: undo, do not claim success.
+                reason = f"health gate {final.verdict} after {self.runbook.recovery_timeout:g} s: {final.reason}"
+                return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=self.clock(),
+                                       started=started)  # fmt: skip
         return self._finish(journal, "succeeded", "every step applied and verified", started, None)
 
     def _step(self, journal: Journal, step: Step, planned: PlannedStep) -> None:
@@ -282,6 +295,19 @@ class _Guard:
             self._heartbeat.__exit__()
         self._engine.lock.release()
         self._engine._write(self._journal, "lock_released")
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM (a pod or CI stopping the runner) rolls back like Ctrl-C, instead of killing mid-step."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _describe(exc: BaseException) -> str:

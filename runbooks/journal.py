@@ -68,20 +68,33 @@ class Journal:
     def write(self, event: str, **fields: Any) -> dict[str, Any]:
         record = {"at": _now(), "event": event, **fields}
         line = json.dumps(record, sort_keys=True, default=str) + "\n"
+        if self._ends_torn():
+            # A runner killed mid-write left a partial line: end it, so this record stands alone.
+            line = "\n" + line
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())
         return record
 
+    def _ends_torn(self) -> bool:
+        with self.path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            if handle.tell() == 0:
+                return False
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+
     def records(self) -> Iterator[dict[str, Any]]:
         with self.path.open(encoding="utf-8") as handle:
             for line in handle:
+                if not line.strip():
+                    continue
                 try:
                     yield json.loads(line)
                 except json.JSONDecodeError:
-                    # A torn last line from a runner killed mid-write: nothing after it was done.
-                    return
+                    # A line torn by a runner killed mid-write: the write it began did not happen.
+                    continue
 
     def last(self, event: str) -> dict[str, Any] | None:
         found = None

@@ -41,6 +41,8 @@ class Context:
     params: Mapping[str, Any]
     ports: Any
     """The adapters (cluster, cloud, service); each runbook knows the shape it needs."""
+    run_id: str = ""
+    """Set by the engine once the run's journal exists (empty while planning)."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,10 @@ class Param:
             if self.default is REQUIRED:
                 raise ParameterError(f"{flag} is required: {self.help}")
             return self.default
+        if isinstance(raw, bool) and self.kind is not bool:
+            raise ParameterError(f"{flag}={raw!r} is not a {self.kind.__name__}: {self.help}")
+        if self.kind is int and isinstance(raw, float) and not raw.is_integer():
+            raise ParameterError(f"{flag}={raw!r} is not a whole number: {self.help}")
         try:
             value = self.kind(raw)
         except (TypeError, ValueError):
@@ -91,6 +97,7 @@ class Judgement:
     verdict: Verdict
     reason: str
     reading: Reading | None
+    threshold: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         reading = self.reading
@@ -100,6 +107,7 @@ class Judgement:
             "value": reading.value if reading else None,
             "raw": reading.raw if reading else None,
             "query": reading.query if reading else "",
+            "threshold": self.threshold,
         }
 
 
@@ -114,6 +122,9 @@ class Gate:
     at_least: float | None = None
 
     def __post_init__(self) -> None:
+        for bound in (self.at_most, self.at_least):
+            if bound is not None and not math.isfinite(bound):
+                raise ValueError(f"gate {self.name!r}: threshold {bound} is not a number; it would pass anything")
         if self.at_most is None and self.at_least is None:
             raise ValueError(
                 f"gate {self.name!r} needs at_most or at_least: a gate without a threshold passes anything"
@@ -129,6 +140,10 @@ class Gate:
         return " and ".join(parts)
 
     def judge(self, context: Context) -> Judgement:
+        verdict = self._judge(context)
+        return Judgement(verdict.verdict, verdict.reason, verdict.reading, self.threshold)
+
+    def _judge(self, context: Context) -> Judgement:
         try:
             reading = self.probe(context)
         except Exception as exc:  # noqa: BLE001 (a probe that cannot read is inconclusive, never a pass)
@@ -169,6 +184,12 @@ class Step:
     destructive: bool = False
     """Re-check the runbook's trigger before acting: do not act on stale facts."""
 
+    def __post_init__(self) -> None:
+        if self.retries < 1:
+            raise ValueError(f"step {self.name!r}: retries must be >= 1 (the number of attempts, the first included)")
+        if self.timeout <= 0:
+            raise ValueError(f"step {self.name!r}: timeout must be positive")
+
     def roll_back(self, context: Context, before: State) -> None:
         (self.restore or self.apply)(context, before)
 
@@ -180,7 +201,10 @@ class Runbook:
     steps: tuple[Step, ...]
     params: tuple[Param, ...] = ()
     health: Gate | None = None
-    """Must pass after a rollback (and is checked at the end of a run)."""
+    """Must pass at the end of a run (within `recovery_timeout`, else the run rolls back) and after
+    a rollback."""
+    recovery_timeout: float = 60.0
+    """Seconds the health gate may take to pass once every step is done."""
     trigger: Gate | None = None
     """The condition that justifies the runbook; must still hold before a destructive step."""
     prod_needs_approval: bool = True

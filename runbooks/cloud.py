@@ -1,0 +1,88 @@
+"""The cloud port: the targets document, EKS node group sizes, and the SSM switches, through boto3.
+
+boto3 honours AWS_ENDPOINT_URL, so the local drill and the tests point it at moto on 127.0.0.1
+with no code of ours in between.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from infra.targets import TargetsDocument, TargetsDocumentError, parameter_name
+from runbooks.errors import RunbookError, TransientError
+from runbooks.switches import SsmSwitches
+
+__all__ = ["AwsCloud", "NodeGroupSize"]
+
+
+@dataclass(frozen=True)
+class NodeGroupSize:
+    min: int
+    desired: int
+    max: int
+
+    def to_dict(self) -> dict[str, int]:
+        return {"min": self.min, "desired": self.desired, "max": self.max}
+
+
+class AwsCloud:
+    def __init__(self, session: Any, *, env: str) -> None:
+        """`session` is a boto3 Session in the env's account and region."""
+        self._session = session
+        self._env = env
+        self._eks = session.client("eks")
+        self._ssm = session.client("ssm")
+        self.switches = SsmSwitches(self._ssm, env=env)
+
+    def targets(self) -> TargetsDocument:
+        """What the Pulumi program published for this env (no Pulumi backend needed)."""
+        name = parameter_name(self._env)
+        try:
+            value = self._ssm.get_parameter(Name=name)["Parameter"]["Value"]
+        except self._ssm.exceptions.ParameterNotFound:
+            raise RunbookError(
+                f"SSM parameter {name} not found: has `pulumi up -s {self._env}` run in this account and region?"
+            ) from None
+        except Exception as exc:
+            raise _translate(exc, f"read SSM parameter {name}") from exc
+        try:
+            return TargetsDocument.from_json(value, source=name)
+        except TargetsDocumentError as exc:
+            raise RunbookError(str(exc)) from None
+
+    def node_group_size(self, cluster: str, node_group: str) -> NodeGroupSize:
+        try:
+            group = self._eks.describe_nodegroup(clusterName=cluster, nodegroupName=node_group)["nodegroup"]
+        except Exception as exc:
+            raise _translate(exc, f"describe EKS node group {cluster}/{node_group}") from exc
+        scaling = group["scalingConfig"]
+        return NodeGroupSize(min=scaling["minSize"], desired=scaling["desiredSize"], max=scaling["maxSize"])
+
+    def set_node_group_size(self, cluster: str, node_group: str, size: NodeGroupSize) -> None:
+        if not 0 <= size.min <= size.desired <= size.max:
+            raise RunbookError(f"node group {node_group}: {size.to_dict()} needs min <= desired <= max")
+        try:
+            self._eks.update_nodegroup_config(
+                clusterName=cluster,
+                nodegroupName=node_group,
+                scalingConfig={"minSize": size.min, "desiredSize": size.desired, "maxSize": size.max},
+            )
+        except Exception as exc:
+            raise _translate(exc, f"resize EKS node group {cluster}/{node_group} to {size.to_dict()}") from exc
+
+
+def _translate(exc: Exception, doing: str) -> RunbookError:
+    response = getattr(exc, "response", None) or {}
+    code = response.get("Error", {}).get("Code", type(exc).__name__)
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    message = response.get("Error", {}).get("Message", str(exc))
+    if code in ("ThrottlingException", "TooManyRequestsException", "ServerException") or (
+        isinstance(status, int) and status >= 500
+    ):
+        return TransientError(f"{doing}: {code}: {message}")
+    if code in ("AccessDeniedException", "UnauthorizedOperation"):
+        return RunbookError(f"{doing}: {code}; the runner's AWS identity lacks the permission: {message}")
+    if code == "ResourceInUseException":
+        return TransientError(f"{doing}: the node group is being updated ({message}); retrying")
+    return RunbookError(f"{doing}: {code}: {message}")
