@@ -177,6 +177,13 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         admin_token_secret=workload.admin_token_secret,
         service=workload.service_name,
         url=workload.service_url,
+        pools={
+            "full": service.pool,
+            "canary": service.pool,
+            **({"light": service.light_pool} if service.light_pool else {}),
+        },
+        gpus_per_replica=service.gpus_per_replica,
+        slo_p99_ms=service.slo_p99_milliseconds,
     )
 
     targets = pulumi.Output.all(

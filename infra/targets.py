@@ -92,9 +92,17 @@ class ModelServiceTarget:
     service: str
     url: str
     """In-cluster URL of the Service (all variants)."""
+    pools: Mapping[str, str] = field(default_factory=dict)
+    """GPU pool by variant (full, canary, light): whose node groups hold its pods."""
+    gpus_per_replica: int = 1
+    slo_p99_ms: int = 1000
+    """The latency SLO runbooks verify against."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "pools": dict(self.pools),
+            "gpusPerReplica": self.gpus_per_replica,
+            "sloP99Ms": self.slo_p99_ms,
             "namespace": self.namespace,
             "deployments": dict(self.deployments),
             "hpa": self.hpa,
@@ -202,6 +210,9 @@ class TargetsDocument:
                 admin_token_secret=need(service, "adminTokenSecret", str, names),
                 service=need(service, "service", str, names),
                 url=need(service, "url", str, names),
+                pools=names_map("pools"),
+                gpus_per_replica=need(service, "gpusPerReplica", int, names),
+                slo_p99_ms=need(service, "sloP99Ms", int, names),
             )
         return cls(
             env=need(raw, "env", str, ""),

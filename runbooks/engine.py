@@ -8,7 +8,8 @@ The order of a run:
 3. each step: re-check the trigger if the step is destructive, apply (retrying transient errors),
    then poll its gate until it passes or the step's timeout runs out. A gate that cannot read its
    data is inconclusive, which is not a pass;
-4. on a failed or timed-out verification, an error, Ctrl-C or SIGTERM: roll back every step that
+4. on a failed or timed-out verification, an error, Ctrl-C or SIGTERM, or a trigger that no
+   longer holds before a destructive step (status `stopped`): roll back every step that
    began, in reverse, to the state the plan observed, then poll the runbook's health gate; the
    time from the failure to a passing health gate is journaled and reported.
 
@@ -84,7 +85,9 @@ class Engine:
         if plan.runbook != self.runbook.name or plan.env != self.context.env:
             raise RunbookError(f"plan {plan.digest[:12]} is for {plan.runbook} in {plan.env}, not this run")
         journal = Journal.create(self.journal_dir, new_run_id(self.context.env, self.runbook.name))
-        self.context = dataclasses.replace(self.context, run_id=journal.run_id)
+        self.context = dataclasses.replace(
+            self.context, run_id=journal.run_id, planned={step.name: step.after for step in plan.steps}
+        )
         started = self.clock()
         self._write(journal, "run_started", runbook=self.runbook.name, env=self.context.env, operator=self.operator,
                     plan=plan.to_dict(), approval=approval.to_dict())  # fmt: skip
@@ -117,7 +120,9 @@ class Engine:
         if journal.last("run_refused") is not None:
             raise RunbookError(f"run {journal.run_id} was refused before acting; make a new plan")
         plan = Plan.from_dict(started_record["plan"])
-        self.context = dataclasses.replace(self.context, run_id=journal.run_id)
+        self.context = dataclasses.replace(
+            self.context, run_id=journal.run_id, planned={step.name: step.after for step in plan.steps}
+        )
         events = list(journal.records())
         begun = [r["step"] for r in events if r["event"] == "step_started"]
         done = {r["step"] for r in events if r["event"] == "step_done"}
@@ -162,10 +167,13 @@ class Engine:
                     assert self.runbook.trigger is not None
                     trigger = self.runbook.trigger.judge(self.context)
                     if trigger.verdict != "pass":
+                        # The facts that justified the run are gone (load fell, someone already
+                        # acted): do not act on them; put back what this run changed so far.
                         reason = f"trigger no longer holds before {step.name}: {trigger.reason}"
                         self._write(journal, "run_stopped", step=step.name, reason=reason, trigger=trigger.to_dict(),
                                     completed=begun)  # fmt: skip
-                        return self._finish(journal, "stopped", reason, started, None)
+                        return self._roll_back(journal, plan, list(reversed(begun)), reason=reason,
+                                               failed_at=self.clock(), started=started, stopped=True)  # fmt: skip
                 begun.append(step.name)
                 self._step(journal, step, planned)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 (anything after a change is rolled back)
@@ -200,7 +208,15 @@ class Engine:
         self._write(journal, "step_done", step=step.name, observed=step.observe(self.context))
 
     def _roll_back(
-        self, journal: Journal, plan: Plan, names: list[str], *, reason: str, failed_at: float, started: float
+        self,
+        journal: Journal,
+        plan: Plan,
+        names: list[str],
+        *,
+        reason: str,
+        failed_at: float,
+        started: float,
+        stopped: bool = False,
     ) -> Outcome:
         self._write(journal, "rollback_started", reason=reason, steps=names)
         by_name = {step.name: step for step in self.runbook.steps}
@@ -227,7 +243,7 @@ class Engine:
         if failures or not healthy:
             why = "; ".join(failures) or (gate.reason if gate else "")
             return self._finish(journal, "rollback-failed", f"{reason}; rollback incomplete: {why}", started, seconds)
-        return self._finish(journal, "rolled-back", reason, started, seconds)
+        return self._finish(journal, "stopped" if stopped else "rolled-back", reason, started, seconds)
 
     # --- Helpers -------------------------------------------------------------------------
 

@@ -43,6 +43,9 @@ class Context:
     """The adapters (cluster, cloud, service); each runbook knows the shape it needs."""
     run_id: str = ""
     """Set by the engine once the run's journal exists (empty while planning)."""
+    planned: Mapping[str, Any] = field(default_factory=dict)
+    """Each step's pinned target by step name, set by the engine for a run: what verification
+    probes compare the live state against."""
 
 
 @dataclass(frozen=True)

@@ -556,6 +556,9 @@ def test_destructive_step_whose_trigger_no_longer_holds_stops_without_acting(
     assert stopped["trigger"]["verdict"] in {"fail", "inconclusive"}
     assert stopped["completed"] == ["a"]
     assert [r["step"] for r in of_event(outcome.journal, "step_started")] == ["a"]
+    # Stopping puts back what the run changed before it: no half-applied runbook is left behind.
+    assert [r["step"] for r in of_event(outcome.journal, "rollback_step_done")] == ["a"]
+    assert world.values["a"] != 5
 
 
 def test_destructive_step_whose_trigger_still_holds_acts(engine_for: EngineFactory, world: World) -> None:

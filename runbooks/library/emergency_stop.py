@@ -1,0 +1,369 @@
+"""emergency-stop: the seed's phase one (0-30 min), in about a minute, with a rollback.
+
+1. set the incident hold, so `pulumi up` cannot undo what follows;
+2. raise the full model's HPA bounds to what the measured traffic needs: ceil(1.3 x QPS /
+   per-replica throughput), both measured from the pods themselves, capped by what the pool's
+   node groups can hold (not the seed's `min(50, load // 10)` guess);
+3. raise the pool's node groups so those replicas have GPUs;
+4. where the env has a MIG pool: raise the light variant's minimum and the MIG node groups
+   (MIG layouts are set at launch: new nodes come up sliced, nothing is relabelled);
+5. switch the operating mode (light model and/or INT8, shedding of simple queries on): written
+   to the mode ConfigMap, pushed to every ready pod's admin API and confirmed per pod.
+
+Then the service must recover: p99 under the SLO and errors under 1%, or everything rolls back.
+Step 5 degrades answers, so it re-checks first that the incident is still on.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from infra import facts
+from runbooks.cloud import NodeGroupSize
+from runbooks.cluster import Bounds
+from runbooks.errors import RunbookError
+from runbooks.ports import Ports
+from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
+
+__all__ = ["RUNBOOK", "estimate"]
+
+ERROR_BUDGET = 0.01
+"""Share of failed requests the service may have and still count as recovered."""
+SHED_BUDGET = 0.05
+"""Share of requests refused by admission that by itself means capacity is short."""
+LIGHT_SHARE = 0.3
+"""Share of the needed replicas the light variant is asked to carry: the headroom, on MIG slices."""
+MIG_SLICES_PER_GPU = 7
+"""1g slices per A100/H100 GPU (the seed's split)."""
+
+
+def _ports(context: Context) -> Ports:
+    ports = context.ports
+    assert isinstance(ports, Ports)
+    return ports
+
+
+# --- The capacity estimate --------------------------------------------------------------
+
+
+def estimate(context: Context) -> dict[str, Any]:
+    """Replicas the full model needs for the traffic now, and what the pool can hold."""
+    ports = _ports(context)
+    service = ports.model_service
+    traffic = ports.traffic()
+    qps = context.params["qps"] if context.params.get("qps") is not None else traffic.rps
+    per_replica = context.params.get("replica-rps")
+    if per_replica is None:
+        measured = []
+        for endpoint in ports.endpoints("full"):
+            throughput = ports.service.status(endpoint.url).get("admission", {}).get("throughput_rps")
+            if isinstance(throughput, (int, float)) and throughput > 0:
+                measured.append(float(throughput))
+        if not measured:
+            raise RunbookError(
+                "no ready full-model pod reports its throughput yet (admission.throughput_rps in "
+                "/admin/status); pass --replica-rps with the figure `peakguard bench model` measured"
+            )
+        per_replica = sorted(measured)[len(measured) // 2]
+    needed = max(1, facts.capacity_with_headroom(math.ceil(qps / per_replica)))
+    groups = ports.targets.node_groups_of(service.pools["full"])
+    if not groups:
+        raise RunbookError(f"the targets document lists no node groups of pool {service.pools['full']!r}")
+    gpus_per_node = facts.INSTANCE_TYPES[groups[0].instance_type].gpus
+    sizes = {g.name: ports.cloud.node_group_size(ports.targets.cluster.name, g.name) for g in groups}
+    capacity = sum(size.max for size in sizes.values()) * (gpus_per_node // service.gpus_per_replica)
+    return {
+        "qps": round(qps, 2),
+        "replicaRps": round(per_replica, 2),
+        "needed": needed,
+        "capacity": capacity,
+        "replicas": min(needed, capacity),
+        "cappedByNodes": needed > capacity,
+        "gpusPerNode": gpus_per_node,
+    }
+
+
+# --- Steps ------------------------------------------------------------------------------
+
+
+def _observe_hold(context: Context) -> Any:
+    hold = _ports(context).cloud.switches.hold()
+    return None if hold is None else {"runId": hold.get("runId"), "runbook": hold.get("runbook")}
+
+
+def _apply_hold(context: Context, target: Any) -> None:
+    switches = _ports(context).cloud.switches
+    if target is None:
+        switches.clear_hold(run_id=context.run_id)
+    else:
+        reason = f"mode {context.params['model']}/{context.params['precision']}, shedding {context.params['shedding']}"
+        switches.set_hold(run_id=context.run_id, runbook="emergency-stop", reason=reason)
+
+
+def _hold_is_ours(context: Context) -> Reading:
+    hold = _ports(context).cloud.switches.hold()
+    return Reading(1.0 if hold is not None and hold.get("runId") == context.run_id else 0.0, raw=hold,
+                   query="SSM incident-hold runId")  # fmt: skip
+
+
+def _observe_hpa(context: Context) -> Any:
+    ports = _ports(context)
+    return ports.cluster.hpa_bounds(ports.namespace, ports.model_service.hpa).to_dict()
+
+
+def _desired_hpa(context: Context, before: Any) -> Any:
+    replicas = estimate(context)["replicas"]
+    low = max(before["min"], replicas)
+    return {"min": low, "max": max(before["max"], low)}
+
+
+def _apply_hpa(context: Context, target: Any) -> None:
+    ports = _ports(context)
+    ports.cluster.set_hpa_bounds(ports.namespace, ports.model_service.hpa, Bounds(**target))
+
+
+def _hpa_as_planned(context: Context) -> Reading:
+    ports = _ports(context)
+    bounds = ports.cluster.hpa_bounds(ports.namespace, ports.model_service.hpa).to_dict()
+    target = context.planned.get("hpa-bounds")
+    return Reading(1.0 if bounds == target else 0.0, raw={"live": bounds, "planned": target},
+                   query=f"HPA {ports.model_service.hpa} bounds == planned")  # fmt: skip
+
+
+def _node_groups(context: Context, variant: str) -> list[str]:
+    ports = _ports(context)
+    pool = ports.model_service.pools.get(variant)
+    return [] if pool is None else [g.name for g in ports.targets.node_groups_of(pool)]
+
+
+def _observe_groups(variant: str) -> Any:
+    def observe(context: Context) -> Any:
+        ports = _ports(context)
+        cluster = ports.targets.cluster.name
+        return {name: ports.cloud.node_group_size(cluster, name).to_dict() for name in _node_groups(context, variant)}
+
+    return observe
+
+
+def _desired_full_groups(context: Context, before: Any) -> Any:
+    if not before:
+        return before
+    plan = estimate(context)
+    nodes = math.ceil(plan["replicas"] * _ports(context).model_service.gpus_per_replica / plan["gpusPerNode"])
+    return _spread(before, nodes)
+
+
+def _spread(before: dict[str, Any], nodes: int) -> dict[str, Any]:
+    """Raise each group's desired size to its share of `nodes` (never lower it, never past max)."""
+    share = math.ceil(nodes / len(before))
+    return {
+        name: {**size, "desired": min(size["max"], max(size["desired"], share)), "min": size["min"]}
+        for name, size in before.items()
+    }
+
+
+def _apply_groups(context: Context, target: Any) -> None:
+    ports = _ports(context)
+    for name, size in sorted(target.items()):
+        ports.cloud.set_node_group_size(ports.targets.cluster.name, name, NodeGroupSize(**size))
+
+
+def _groups_as_planned(step: str, variant: str) -> Any:
+    def probe(context: Context) -> Reading:
+        ports = _ports(context)
+        live = {n: ports.cloud.node_group_size(ports.targets.cluster.name, n).desired
+                for n in _node_groups(context, variant)}  # fmt: skip
+        planned = {n: size["desired"] for n, size in (context.planned.get(step) or {}).items()}
+        short = [n for n, desired in planned.items() if live.get(n, 0) < desired]
+        return Reading(0.0 if short else 1.0, raw={"live": live, "planned": planned},
+                       query=f"EKS desiredSize >= planned, {variant} pool")  # fmt: skip
+
+    return probe
+
+
+def _observe_light(context: Context) -> Any:
+    ports = _ports(context)
+    name = ports.model_service.scaled_objects.get("light")
+    return None if name is None else ports.cluster.scaled_object_bounds(ports.namespace, name).to_dict()
+
+
+def _desired_light(context: Context, before: Any) -> Any:
+    if before is None:
+        return None
+    wanted = math.ceil(estimate(context)["replicas"] * LIGHT_SHARE)
+    return {"min": min(before["max"], max(before["min"], wanted)), "max": before["max"]}
+
+
+def _apply_light(context: Context, target: Any) -> None:
+    if target is None:
+        return
+    ports = _ports(context)
+    ports.cluster.set_scaled_object_bounds(
+        ports.namespace, ports.model_service.scaled_objects["light"], Bounds(**target)
+    )
+
+
+def _desired_mig_groups(context: Context, before: Any) -> Any:
+    if not before:
+        return before
+    ports = _ports(context)
+    light = _desired_light(context, _observe_light(context))
+    if light is None:
+        return before
+    groups = ports.targets.node_groups_of(ports.model_service.pools["light"])
+    per_node = facts.INSTANCE_TYPES[groups[0].instance_type].gpus * MIG_SLICES_PER_GPU
+    return _spread(before, math.ceil(light["min"] / per_node))
+
+
+_MODE_FIELDS = ("model", "precision", "shedding")
+
+
+def _observe_mode(context: Context) -> Any:
+    ports = _ports(context)
+    document = ports.cluster.mode_document(ports.namespace, ports.model_service.mode_config_maps["full"])
+    return {key: document.get(key) for key in _MODE_FIELDS}
+
+
+def _desired_mode(context: Context, before: Any) -> Any:
+    params = context.params
+    return {"model": params["model"], "precision": params["precision"], "shedding": params["shedding"] == "on"}
+
+
+def _apply_mode(context: Context, target: Any) -> None:
+    ports = _ports(context)
+    name = ports.model_service.mode_config_maps["full"]
+    document = ports.cluster.mode_document(ports.namespace, name)
+    # Durable first (pods started from now on read it), then at once on every ready pod.
+    ports.cluster.set_mode_document(ports.namespace, name, {**document, **target})
+    for endpoint in ports.endpoints("full"):
+        ports.service.push_mode(endpoint.url, target)
+
+
+def _mode_confirmed(context: Context) -> Reading:
+    ports = _ports(context)
+    target = context.planned.get("mode") or _desired_mode(context, None)
+    pods = ports.endpoints("full")
+    confirmed = {}
+    for endpoint in pods:
+        mode = ports.service.status(endpoint.url).get("mode", {})
+        confirmed[endpoint.pod] = all(mode.get(key) == value for key, value in target.items())
+    share = sum(confirmed.values()) / len(confirmed) if confirmed else None
+    return Reading(share, raw=confirmed, query="share of ready full pods whose /admin/status mode is the target")
+
+
+# --- Gates ------------------------------------------------------------------------------
+
+
+def _pressure(context: Context) -> Reading:
+    """How far past its SLO the service is: max of p99/SLO, errors/1%, sheds/5% (1.0 = at the limit)."""
+    ports = _ports(context)
+    window = ports.traffic(fresh=True)
+    slo = ports.model_service.slo_p99_ms / 1000
+    p99 = window.quantile(0.99)
+    error_rate = window.error_rate
+    if p99 is None or error_rate is None:
+        return Reading(None, raw={"requests": window.requests}, query="no requests in the window")
+    shed_rate = window.shed / window.requests
+    value = max(p99 / slo, error_rate / ERROR_BUDGET, shed_rate / SHED_BUDGET)
+    raw = {"p99": round(p99, 4), "sloSeconds": slo, "errorRate": round(error_rate, 5), "shedRate": round(shed_rate, 5),
+           "requests": window.requests, "seconds": round(window.seconds, 2)}  # fmt: skip
+    return Reading(value, raw=raw, query="max(p99/SLO, errors/1%, shed/5%) over the pods' metrics")
+
+
+def _recovered(context: Context) -> Reading:
+    """Served within the SLO: max of p99/SLO and errors/1% (sheds are expected while shedding)."""
+    ports = _ports(context)
+    window = ports.traffic(fresh=True)
+    slo = ports.model_service.slo_p99_ms / 1000
+    p99, error_rate = window.quantile(0.99), window.error_rate
+    if p99 is None or error_rate is None:
+        return Reading(None, raw={"requests": window.requests}, query="no answered requests in the window")
+    raw = {"p99": round(p99, 4), "sloSeconds": slo, "errorRate": round(error_rate, 5), "requests": window.requests}
+    return Reading(max(p99 / slo, error_rate / ERROR_BUDGET), raw=raw, query="max(p99/SLO, errors/1%)")
+
+
+RUNBOOK = Runbook(
+    name="emergency-stop",
+    summary="raise capacity from measured traffic, degrade to a light/INT8 mode with shedding, verify recovery",
+    params=(
+        Param("model", "model the fleet answers with while degraded", default="light", choices=("light", "full")),
+        Param("precision", "precision while degraded", default="int8", choices=("int8", "fp32")),
+        Param("shedding", "answer simple queries from the answer table", default="on", choices=("on", "off")),
+        Param(
+            "qps",
+            "requests/s to plan for (default: measured over the pods' metrics)",
+            kind=float,
+            default=None,
+            minimum=0.0,
+        ),
+        Param(
+            "replica-rps",
+            "requests/s one full-model replica sustains (default: measured by the pods)",
+            kind=float,
+            default=None,
+            minimum=0.001,
+        ),
+    ),
+    steps=(
+        Step(
+            "incident-hold",
+            "set the incident hold so `pulumi up` refuses while this run's changes stand",
+            _observe_hold,
+            lambda context, before: {"runId": "<this run>", "runbook": "emergency-stop"},
+            _apply_hold,
+            verify=Gate("hold is this run's", _hold_is_ours, at_least=1.0),
+            restore=lambda context, before: _apply_hold(context, None),
+            timeout=30,
+        ),
+        Step(
+            "hpa-bounds",
+            "raise the full model's HPA bounds to the measured need, capped by node capacity",
+            _observe_hpa,
+            _desired_hpa,
+            _apply_hpa,
+            verify=Gate("HPA minimum raised", _hpa_as_planned, at_least=1.0),
+            timeout=30,
+        ),
+        Step(
+            "gpu-node-groups",
+            "raise the full pool's node groups' desired size to fit those replicas",
+            _observe_groups("full"),
+            _desired_full_groups,
+            _apply_groups,
+            verify=Gate("full pool sized as planned", _groups_as_planned("gpu-node-groups", "full"), at_least=1.0),
+            timeout=60,
+        ),
+        Step(
+            "light-variant",
+            "raise the light variant's minimum (MIG slices) to carry the headroom",
+            _observe_light,
+            _desired_light,
+            _apply_light,
+            timeout=30,
+        ),
+        Step(
+            "mig-node-groups",
+            "raise the MIG pool's node groups for the light variant",
+            _observe_groups("light"),
+            _desired_mig_groups,
+            _apply_groups,
+            verify=Gate("MIG pool sized as planned", _groups_as_planned("mig-node-groups", "light"), at_least=1.0),
+            timeout=60,
+        ),
+        Step(
+            "mode",
+            "switch the operating mode (model, precision, shedding): ConfigMap, then every ready pod",
+            _observe_mode,
+            _desired_mode,
+            _apply_mode,
+            verify=Gate("pods confirming the mode", _mode_confirmed, at_least=1.0),
+            timeout=60,
+            destructive=True,
+        ),
+    ),
+    health=Gate("service within SLO", _recovered, at_most=1.0),
+    trigger=Gate("incident still on", _pressure, at_least=1.0),
+    recovery_timeout=120.0,
+    poll_interval=2.0,
+)

@@ -1,0 +1,65 @@
+"""What a runbook acts through in one environment: the targets and the three ports.
+
+Built once per command from the environment (AWS credentials and region, a kubeconfig or the
+local drill's API URL); runbook steps receive it as `context.ports`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from infra.targets import ModelServiceTarget, TargetsDocument
+from runbooks.cloud import AwsCloud
+from runbooks.cluster import Endpoint, KubernetesCluster
+from runbooks.errors import RunbookError
+from runbooks.service import ModelServiceClient, Window
+
+__all__ = ["Ports"]
+
+
+@dataclass
+class Ports:
+    targets: TargetsDocument
+    cluster: KubernetesCluster
+    cloud: AwsCloud
+    service: ModelServiceClient
+    window_seconds: float = 10.0
+    """How long a traffic measurement lasts."""
+    sleep: Callable[[float], None] = time.sleep
+    _windows: dict[str, tuple[float, Window]] = field(default_factory=dict)
+
+    @property
+    def namespace(self) -> str:
+        return self.model_service.namespace
+
+    @property
+    def model_service(self) -> ModelServiceTarget:
+        service = self.targets.model_service
+        if service is None:
+            raise RunbookError(
+                f"the targets document of {self.targets.env} has no modelService: run `pulumi up` with the "
+                "Kubernetes side (this peakguard's infra) first"
+            )
+        return service
+
+    def endpoints(self, variant: str | None = None) -> list[Endpoint]:
+        """Ready pods behind the Service; of one variant if given (pods are named after their Deployment)."""
+        found = self.cluster.ready_endpoints(self.namespace, self.model_service.service)
+        if variant is None:
+            return found
+        prefix = self.model_service.deployments[variant] + "-"
+        return [endpoint for endpoint in found if endpoint.pod.startswith(prefix)]
+
+    def traffic(self, *, fresh: bool = False, max_age: float = 30.0) -> Window:
+        """Requests, errors and latency over the last window, summed over every ready pod.
+
+        Planning reads it once for all steps (`fresh=False` reuses a measurement younger than
+        `max_age`); gates always measure anew."""
+        cached = self._windows.get("all")
+        if not fresh and cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        window = self.service.window([e.url for e in self.endpoints()], self.window_seconds, sleep=self.sleep)
+        self._windows["all"] = (time.monotonic(), window)
+        return window
