@@ -34,6 +34,7 @@ from runbooks.errors import FreezeActiveError, LiveStateChangedError, RunbookErr
 from runbooks.journal import Journal, new_run_id
 from runbooks.locking import FreezeSource, Heartbeat, Lock
 from runbooks.planning import Approval, Plan, PlannedStep, changed_since
+from runbooks.planning import canonical as _canonical
 from runbooks.spec import Context, Gate, Judgement, Runbook, Step
 
 __all__ = ["Engine", "Outcome", "Reporter"]
@@ -224,13 +225,17 @@ class Engine:
         for name in names:
             step, before = by_name[name], plan.step(name).before
             self._write(journal, "rollback_step", step=name, target=before)
+            if self._already(step, before):
+                # The step failed before changing anything (or was undone meanwhile): nothing to restore.
+                self._write(journal, "rollback_step_done", step=name, skipped="already as planned")
+                continue
             try:
                 self._with_retries(partial(step.roll_back, self.context, before), step=step,
                                    deadline=self.clock() + step.timeout)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 (go on restoring the others; report this one)
                 failures.append(f"{name}: {_describe(exc)}")
                 self._write(journal, "rollback_step_failed", step=name, error=_describe(exc),
-                            undo=f"set it back by hand to {before!r}")  # fmt: skip
+                            undo=f"set it back by hand to {_canonical(before)}")  # fmt: skip
                 continue
             self._write(journal, "rollback_step_done", step=name)
         gate: Judgement | None = None
@@ -249,6 +254,12 @@ class Engine:
 
     def _guard(self, journal: Journal, *, override_freeze: str | None, break_lock: bool) -> _Guard:
         return _Guard(self, journal, override_freeze=override_freeze, break_lock=break_lock)
+
+    def _already(self, step: Step, before: Any) -> bool:
+        try:
+            return _canonical(step.observe(self.context)) == _canonical(before)
+        except Exception:  # noqa: BLE001 (cannot tell: restore it anyway)
+            return False
 
     def _poll(self, gate: Gate, deadline: float) -> Judgement:
         while True:

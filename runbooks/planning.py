@@ -17,7 +17,7 @@ from typing import Any
 from runbooks.errors import ApprovalError
 from runbooks.spec import Context, Runbook
 
-__all__ = ["APPROVAL_TTL", "Approval", "Plan", "PlannedStep", "changed_since", "make_plan"]
+__all__ = ["APPROVAL_TTL", "Approval", "Plan", "PlannedStep", "canonical", "changed_since", "make_plan"]
 
 APPROVAL_TTL = 15 * 60.0
 """Seconds an approval (and a saved plan) stays good: live state drifts during an incident."""
@@ -142,6 +142,11 @@ class Approval:
     def to_dict(self) -> dict[str, Any]:
         return {"planDigest": self.plan_digest, "approvedBy": self.approved_by, "how": self.how,
                 "expiresAt": self.expires_at}  # fmt: skip
+
+
+def canonical(value: Any) -> str:
+    """One text per JSON value (sorted keys): what plans hash and states are compared by."""
+    return _canonical(value)
 
 
 def _canonical(value: Any) -> str:

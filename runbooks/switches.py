@@ -35,8 +35,10 @@ class SsmSwitches:
         document = self._read(freeze_parameter_name(self._env))
         if document is None:
             return None
-        reason = document.get("reason", "no reason given")
-        return f"{reason} (set by {document.get('by', '?')} at {document.get('since', '?')})"
+        reason = str(document.get("reason", "no reason given"))
+        if "by" not in document:
+            return reason  # set by hand as plain text
+        return f"{reason} (set by {document['by']} at {document.get('since', '?')})"
 
     def set_freeze(self, *, reason: str, by: str) -> None:
         self._write(freeze_parameter_name(self._env), {"reason": reason, "by": by, "since": _now()})

@@ -24,6 +24,9 @@ emulated, each as the Kubernetes API reference describes it:
 - types with a `status` subresource: create starts with an empty status (required fields at 0),
   writes to the main resource leave `.status` alone, and only `/status` changes it.
 
+Played, for tests and drills: `ObjectStore.faults` answers a chosen (method, resource type) with
+a chosen Status (403 Forbidden, 500, 429) to show how runbooks report API errors.
+
 Not emulated: watches, admission webhooks, server-side apply, field validation, garbage
 collection by owner references. The controllers that make pods and mark them Ready are played
 separately (`runbooks/local/controllers.py`), with realistic delays.
@@ -125,6 +128,9 @@ class ObjectStore:
         self._version = 0
         self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
         """Called with (event, plural, object) after every change: ADDED, MODIFIED, DELETED."""
+        self.faults: dict[tuple[str, str], ApiStatus] = {}
+        """Injected failures for tests and drills: (HTTP method, plural) -> the Status to answer
+        with, e.g. ("PATCH", "horizontalpodautoscalers") -> 403 Forbidden. Played, not emulated."""
 
     # --- Plain access (controllers, tests) ------------------------------------------
 
@@ -440,6 +446,9 @@ class KubeApi(kmock.KubernetesScaffold):
         content_type = request.headers.get("Content-Type", "application/json")
         data = request.data if request.data is not None else (json.loads(request.body) if request.body else None)
         kind = _kind(plural)
+        fault = store.faults.get((method, plural))
+        if fault is not None:
+            raise fault
 
         if name is None:
             if method == "GET":

@@ -303,7 +303,7 @@ def test_a_change_freeze_blocks_it_unless_overridden_with_a_reason(world: World)
 
     done = world.runbook("run", *args, "--override-freeze", "Singles' Day surge, approved by the IC")
     assert done.returncode == 0, done.stdout + done.stderr
-    journal = next(world.journal_dir.glob("*.jsonl"))
+    (journal,) = [p for p in world.journal_dir.glob("*.jsonl") if "freeze_overridden" in p.read_text()]
     assert "Singles' Day surge, approved by the IC" in journal.read_text()
 
 
@@ -321,3 +321,86 @@ def test_prod_without_yes_refuses_when_no_one_can_confirm(world: World) -> None:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+
+
+CAPACITY_ONLY = ("--qps", "60", "--replica-rps", "5", "--model", "full", "--precision", "fp32", "--shedding", "off")
+
+
+def _records(world: World) -> list[dict[str, Any]]:
+    journal = next(world.journal_dir.glob("*.jsonl"))
+    return [json.loads(line) for line in journal.read_text().splitlines() if line.strip()]
+
+
+def test_a_forbidden_api_call_is_reported_clearly_and_what_was_done_is_rolled_back(world: World) -> None:
+    from runbooks.local.kube_api import ApiStatus
+
+    world.store.faults[("PATCH", "horizontalpodautoscalers")] = ApiStatus(
+        403, "Forbidden", 'horizontalpodautoscalers.autoscaling "model-service-full" is forbidden: User "runner" '
+        'cannot patch resource "horizontalpodautoscalers"'
+    )  # fmt: skip
+
+    failed = world.runbook("run", *CAPACITY_ONLY)
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "forbidden (403)" in failed.stdout
+    skipped = [r for r in _records(world) if r["event"] == "rollback_step_done" and r.get("skipped")]
+    assert [r["step"] for r in skipped] == ["hpa-bounds"], "the refused patch changed nothing to restore"
+    assert "lacks RBAC" in failed.stdout
+    assert world.hold() is None, "the hold set by the first step was rolled back"
+    assert world.hpa() == {"min": 1, "max": 6}
+
+
+def test_when_rollback_itself_fails_the_journal_says_what_to_undo_by_hand(world: World) -> None:
+    from runbooks.local.kube_api import ApiStatus
+
+    eks = world.eks()
+    doomed = world.targets.node_groups_of("full")[1].name
+
+    # Once the HPA is raised, the API starts refusing HPA patches and a node group disappears: the
+    # next step fails, and so does restoring the HPA.
+    def break_after_hpa(event: str, plural: str, obj: dict[str, Any]) -> None:
+        if plural == "horizontalpodautoscalers" and event == "MODIFIED" and obj["spec"]["minReplicas"] == 16:
+            world.store.faults[("PATCH", "horizontalpodautoscalers")] = ApiStatus(403, "Forbidden", "RBAC changed")
+            eks.delete_nodegroup(clusterName=world.targets.cluster.name, nodegroupName=doomed)
+
+    world.store.listeners.append(break_after_hpa)
+    failed = world.runbook("run", *CAPACITY_ONLY)
+
+    assert failed.returncode == 3, failed.stdout + failed.stderr
+    undo = {r["step"]: r["undo"] for r in _records(world) if r["event"] == "rollback_step_failed"}
+    assert undo["hpa-bounds"] == 'set it back by hand to {"max":6,"min":1}'
+    assert "rollback incomplete" in failed.stdout
+    assert world.hold() is None, "the other steps were still restored"
+    assert world.hpa() == {"min": 16, "max": 16}, "as the journal says: left for a person to undo"
+
+
+def test_a_runner_killed_mid_run_is_resumed_without_redoing_finished_steps(world: World) -> None:
+    env = {**os.environ, **world.aws_env, "PEAKGUARD_JOURNAL_DIR": str(world.journal_dir)}
+    runner = subprocess.Popen(
+        [*PEAKGUARD, "runbook", "run", "emergency-stop", "--env", "dev", "--kube-url", world.kubernetes.url,
+         "--window", "3", *CAPACITY_ONLY],
+        cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    # Kill it (no chance to clean up) once every step is done and it is verifying recovery.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        journals = list(world.journal_dir.glob("*.jsonl"))
+        if journals and any(r["event"] == "step_skipped" and r["step"] == "mode" for r in _records(world)):
+            break
+        time.sleep(0.05)
+    runner.kill()
+    runner.wait(timeout=30)
+    killed = _records(world)
+    assert not [r for r in killed if r["event"] == "run_finished"], "killed before it finished"
+    run_id = next(world.journal_dir.glob("*.jsonl")).stem
+    # Its lease is still there until it expires; the resuming operator takes it over.
+    resumed = world.peakguard("runbook", "resume", run_id, "--env", "dev", "--kube-url", world.kubernetes.url,
+                              "--window", "1", "--break-lock")  # fmt: skip
+
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    records = _records(world)
+    started = [r["step"] for r in records if r["event"] == "step_started"]
+    assert started == ["incident-hold", "hpa-bounds", "gpu-node-groups"], "no finished step was redone"
+    assert records[-2]["event"] == "run_finished"
+    assert records[-2]["status"] == "succeeded"
+    assert world.hpa() == {"min": 16, "max": 16}
