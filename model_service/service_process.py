@@ -49,15 +49,19 @@ class ServiceProcess:
         cpus: set[int] | None = None,
         ready_timeout: float = 300.0,
         log_dir: Path | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
     ) -> None:
         """`settings`: the serve settings file's fields (model_service.server.ServiceSettings).
-        `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free."""
+        `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free.
+        `host`: a loopback address; emulated pods each get their own (127.0.0.2, ...) and share a port."""
         self.settings = dict(settings)
         self.cpus = cpus
         self.ready_timeout = ready_timeout
         self.admin_token = secrets.token_urlsafe(24)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.host = host
+        self.port = port or free_port()
+        self.url = f"http://{host}:{self.port}"
         self._folder = Path(tempfile.mkdtemp(prefix="peakguard-serve-", dir=log_dir))
         self.log_path = self._folder / "serve.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -79,7 +83,8 @@ class ServiceProcess:
         if self.cpus:
             threads = str(len(self.cpus))
             env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
-        command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--port", str(self.port)]
+        command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--host", self.host,
+                   "--port", str(self.port)]  # fmt: skip
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         if self.cpus:
