@@ -51,6 +51,7 @@ class ServiceProcess:
         log_dir: Path | None = None,
         host: str = "127.0.0.1",
         port: int | None = None,
+        admin_token: str | None = None,
     ) -> None:
         """`settings`: the serve settings file's fields (model_service.server.ServiceSettings).
         `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free.
@@ -58,7 +59,7 @@ class ServiceProcess:
         self.settings = dict(settings)
         self.cpus = cpus
         self.ready_timeout = ready_timeout
-        self.admin_token = secrets.token_urlsafe(24)
+        self.admin_token = admin_token or secrets.token_urlsafe(24)
         self.host = host
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"

@@ -42,6 +42,7 @@ class KubernetesCluster:
         """`api_client` is a configured `kubernetes.client.ApiClient`."""
         from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
 
+        self._apps = client.AppsV1Api(api_client)
         self._autoscaling = client.AutoscalingV2Api(api_client)
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
@@ -98,6 +99,12 @@ class KubernetesCluster:
         self._call(f"patch ScaledObject {namespace}/{name} to min {bounds.min} max {bounds.max}",
                    self._custom.patch_namespaced_custom_object, "keda.sh", "v1alpha1", namespace, "scaledobjects",
                    name, {"spec": {"minReplicaCount": bounds.min, "maxReplicaCount": bounds.max}})  # fmt: skip
+
+    def ready_replicas(self, namespace: str, deployment: str) -> int:
+        """Pods of a Deployment that are Ready (its status, as the deployment controller reports it)."""
+        found = self._call(f"read Deployment {namespace}/{deployment}", self._apps.read_namespaced_deployment_status,
+                           deployment, namespace)  # fmt: skip
+        return int((found.status.ready_replicas if found.status else 0) or 0)
 
     # --- The mode ConfigMap -----------------------------------------------------------
 

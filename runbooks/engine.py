@@ -193,7 +193,8 @@ class Engine:
         return self._finish(journal, "succeeded", "every step applied and verified", started, None)
 
     def _step(self, journal: Journal, step: Step, planned: PlannedStep) -> None:
-        deadline = self.clock() + step.timeout
+        timeout = self._timeout(step)
+        deadline = self.clock() + timeout
         self._write(journal, "step_started", step=step.name, summary=step.summary, before=planned.before,
                     target=planned.after)  # fmt: skip
         self._with_retries(lambda: step.apply(self.context, planned.after), step=step, deadline=deadline)
@@ -203,7 +204,7 @@ class Engine:
             self._write(journal, "step_verified", step=step.name, gate=verdict.to_dict())
             if verdict.verdict != "pass":
                 raise _StepFailedError(
-                    f"{step.name}: verification {verdict.verdict} after {step.timeout:g} s: {verdict.reason} "
+                    f"{step.name}: verification {verdict.verdict} after {timeout:g} s: {verdict.reason} "
                     f"(query {verdict.reading.query if verdict.reading else '-'}, threshold {step.verify.threshold})"
                 )
         self._write(journal, "step_done", step=step.name, observed=step.observe(self.context))
@@ -231,7 +232,7 @@ class Engine:
                 continue
             try:
                 self._with_retries(partial(step.roll_back, self.context, before), step=step,
-                                   deadline=self.clock() + step.timeout)  # fmt: skip
+                                   deadline=self.clock() + self._timeout(step))  # fmt: skip
             except Exception as exc:  # noqa: BLE001 (go on restoring the others; report this one)
                 failures.append(f"{name}: {_describe(exc)}")
                 self._write(journal, "rollback_step_failed", step=name, error=_describe(exc),
@@ -254,6 +255,11 @@ class Engine:
 
     def _guard(self, journal: Journal, *, override_freeze: str | None, break_lock: bool) -> _Guard:
         return _Guard(self, journal, override_freeze=override_freeze, break_lock=break_lock)
+
+    def _timeout(self, step: Step) -> float:
+        if isinstance(step.timeout, str):
+            return float(self.context.params[step.timeout])
+        return float(step.timeout)
 
     def _already(self, step: Step, before: Any) -> bool:
         try:

@@ -180,8 +180,9 @@ class Step:
     """Polled after `apply` until it passes or `timeout` runs out."""
     restore: Callable[[Context, State], None] | None = None
     """Rollback to the observed state; default: `apply` of it."""
-    timeout: float = 60.0
-    """Seconds for `apply` plus verification before the step counts as failed."""
+    timeout: float | str = 60.0
+    """Seconds for `apply` plus verification before the step counts as failed; or the name of a
+    parameter that gives them (e.g. how long new capacity may take to arrive)."""
     retries: int = 3
     """Attempts at `apply` on a TransientError, with backoff."""
     destructive: bool = False
@@ -190,7 +191,7 @@ class Step:
     def __post_init__(self) -> None:
         if self.retries < 1:
             raise ValueError(f"step {self.name!r}: retries must be >= 1 (the number of attempts, the first included)")
-        if self.timeout <= 0:
+        if not isinstance(self.timeout, str) and self.timeout <= 0:
             raise ValueError(f"step {self.name!r}: timeout must be positive")
 
     def roll_back(self, context: Context, before: State) -> None:
@@ -219,6 +220,12 @@ class Runbook:
         names = [step.name for step in self.steps]
         if len(set(names)) != len(names):
             raise ValueError(f"runbook {self.name}: step names must be unique, got {names}")
+        params = {param.name for param in self.params}
+        for step in self.steps:
+            if isinstance(step.timeout, str) and step.timeout not in params:
+                raise ValueError(
+                    f"runbook {self.name}: step {step.name} takes its timeout from unknown --{step.timeout}"
+                )
         if any(step.destructive for step in self.steps) and self.trigger is None:
             raise ValueError(f"runbook {self.name}: destructive steps need a trigger to re-check")
 

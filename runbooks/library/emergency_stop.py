@@ -1,10 +1,11 @@
 """emergency-stop: the seed's phase one (0-30 min), in about a minute, with a rollback.
 
 1. set the incident hold, so `pulumi up` cannot undo what follows;
-2. raise the full model's HPA bounds to what the measured traffic needs: ceil(1.3 x QPS /
+2. raise the pool's node groups so the replicas below have GPUs;
+3. raise the full model's HPA bounds to what the measured traffic needs: ceil(1.3 x QPS /
    per-replica throughput), both measured from the pods themselves, capped by what the pool's
-   node groups can hold (not the seed's `min(50, load // 10)` guess);
-3. raise the pool's node groups so those replicas have GPUs;
+   node groups can hold (not the seed's `min(50, load // 10)` guess), and wait until that many
+   replicas are Ready (`--capacity-timeout`): capacity that never arrives is a failure;
 4. where the env has a MIG pool: raise the light variant's minimum and the MIG node groups
    (MIG layouts are set at launch: new nodes come up sliced, nothing is relabelled);
 5. switch the operating mode (light model and/or INT8, shedding of simple queries on): written
@@ -123,12 +124,17 @@ def _apply_hpa(context: Context, target: Any) -> None:
     ports.cluster.set_hpa_bounds(ports.namespace, ports.model_service.hpa, Bounds(**target))
 
 
-def _hpa_as_planned(context: Context) -> Reading:
+def _capacity_arrived(context: Context) -> Reading:
+    """Ready full-model replicas over the planned minimum: the new capacity is really serving."""
     ports = _ports(context)
-    bounds = ports.cluster.hpa_bounds(ports.namespace, ports.model_service.hpa).to_dict()
-    target = context.planned.get("hpa-bounds")
-    return Reading(1.0 if bounds == target else 0.0, raw={"live": bounds, "planned": target},
-                   query=f"HPA {ports.model_service.hpa} bounds == planned")  # fmt: skip
+    service = ports.model_service
+    bounds = ports.cluster.hpa_bounds(ports.namespace, service.hpa).to_dict()
+    target = context.planned.get("hpa-bounds") or bounds
+    if bounds != target:
+        return Reading(0.0, raw={"live": bounds, "planned": target}, query=f"HPA {service.hpa} bounds == planned")
+    ready = ports.cluster.ready_replicas(ports.namespace, service.deployments["full"])
+    return Reading(ready / target["min"], raw={"ready": ready, "planned min": target["min"]},
+                   query=f"Deployment {service.deployments['full']} readyReplicas / planned HPA min")  # fmt: skip
 
 
 def _node_groups(context: Context, variant: str) -> list[str]:
@@ -298,6 +304,13 @@ RUNBOOK = Runbook(
             minimum=0.0,
         ),
         Param(
+            "capacity-timeout",
+            "seconds new replicas may take to be Ready before the run rolls back (GPU nodes take minutes)",
+            kind=float,
+            default=900.0,
+            minimum=1.0,
+        ),
+        Param(
             "replica-rps",
             "requests/s one full-model replica sustains (default: measured by the pods)",
             kind=float,
@@ -317,15 +330,6 @@ RUNBOOK = Runbook(
             timeout=30,
         ),
         Step(
-            "hpa-bounds",
-            "raise the full model's HPA bounds to the measured need, capped by node capacity",
-            _observe_hpa,
-            _desired_hpa,
-            _apply_hpa,
-            verify=Gate("HPA minimum raised", _hpa_as_planned, at_least=1.0),
-            timeout=30,
-        ),
-        Step(
             "gpu-node-groups",
             "raise the full pool's node groups' desired size to fit those replicas",
             _observe_groups("full"),
@@ -333,6 +337,15 @@ RUNBOOK = Runbook(
             _apply_groups,
             verify=Gate("full pool sized as planned", _groups_as_planned("gpu-node-groups", "full"), at_least=1.0),
             timeout=60,
+        ),
+        Step(
+            "hpa-bounds",
+            "raise the full model's HPA bounds to the measured need, capped by node capacity",
+            _observe_hpa,
+            _desired_hpa,
+            _apply_hpa,
+            verify=Gate("new replicas Ready", _capacity_arrived, at_least=1.0),
+            timeout="capacity-timeout",
         ),
         Step(
             "light-variant",

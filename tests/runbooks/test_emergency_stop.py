@@ -1,9 +1,10 @@
-"""emergency-stop end to end: the real `peakguard runbook` command against AWS (moto on 127.0.0.1),
-the local Kubernetes API seeded with the objects the Pulumi program declares for dev, and a real
-model-service process behind the Service's EndpointSlice, with traffic flowing.
+"""emergency-stop end to end: the real `peakguard runbook` command against AWS (moto on 127.0.0.1)
+and the local Kubernetes API seeded with the objects the Pulumi program declares for dev. The
+played controllers (`runbooks/local/controllers.py`) turn the HPA's bounds into pods with
+realistic delays, and each pod is a real model-service process on its own loopback address, so
+capacity really arrives (or really does not), with traffic flowing to the Ready pods.
 
-What is played rather than real is named here: no controller turns the HPA bounds into pods (the
-drill adds that); the EndpointSlice is written by the test; node groups are moto's.
+Played rather than real: the controllers; node groups are moto's and get no instances.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,15 +31,15 @@ from moto.server import ThreadedMotoServer
 from infra.manifests import manifests
 from infra.offline import run_offline
 from infra.targets import TargetsDocument, hold_parameter_name, parameter_name
-from model_service.service_process import ServiceProcess
+from model_service.service_process import ServiceProcess, free_port
 from runbooks.lease_lock import LEASE_NAME
+from runbooks.local.controllers import Controllers, Delays
 from runbooks.local.kube_api import RESOURCES, LocalKubernetes
 from tests.infra.conftest import PROJECT_DIR
 from tests.model_service.conftest import write_tiny_artifacts
 
 PEAKGUARD = [sys.executable, "-m", "peakguard"]
 NAMESPACE = "peakguard"
-POD = "model-service-full-7f9c4-x2k8p"
 _PLURAL = {kind.kind: plural for plural, kind in RESOURCES.items()}
 
 
@@ -47,9 +50,22 @@ class World:
     aws_env: dict[str, str]
     kubernetes: LocalKubernetes
     targets: TargetsDocument
-    service: ServiceProcess
+    controllers: Controllers
+    pods: list[Any]
+    token: str
+    crash: dict[str, bool]
     journal_dir: Path
     initial_sizes: dict[str, dict[str, int]]
+
+    def ready_pods(self) -> list[str]:
+        """Base URLs of the Ready pods, from the EndpointSlice the controllers keep."""
+        found = []
+        for endpoint_slice in self.store.list("endpointslices", NAMESPACE):
+            port = endpoint_slice["ports"][0]["port"]
+            for endpoint in endpoint_slice["endpoints"]:
+                if endpoint["conditions"]["ready"]:
+                    found.append(f"http://{endpoint['addresses'][0]}:{port}")
+        return sorted(found)
 
     @property
     def store(self) -> Any:
@@ -90,11 +106,12 @@ class World:
         document: dict[str, Any] = json.loads(data["mode.json"])
         return document
 
-    def pod_mode(self) -> dict[str, Any]:
-        status = httpx.get(f"{self.service.url}/admin/status",
-                           headers={"Authorization": f"Bearer {self.service.admin_token}"}).json()  # fmt: skip
-        mode: dict[str, Any] = status["mode"]
-        return mode
+    def pod_modes(self) -> list[dict[str, Any]]:
+        modes = []
+        for url in self.ready_pods():
+            status = httpx.get(f"{url}/admin/status", headers={"Authorization": f"Bearer {self.token}"}).json()
+            modes.append(status["mode"])
+        return modes
 
     def hold(self) -> dict[str, Any] | None:
         try:
@@ -136,36 +153,41 @@ def aws() -> Iterator[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    artifacts = tmp_path_factory.mktemp("artifacts")
-    write_tiny_artifacts(artifacts)
-    with ServiceProcess({"artifacts": str(artifacts), "max_wait": 0.002}, ready_timeout=120) as process:
-        yield process
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("artifacts")
+    write_tiny_artifacts(root)
+    return root
 
 
-@pytest.fixture(scope="module")
-def traffic(service: ServiceProcess) -> Iterator[None]:
-    """About 20 requests a second for the whole module: gates fail closed without traffic."""
-    stop = threading.Event()
+class ServePod:
+    """One emulated pod's container: `peakguard serve` on the pod's own loopback address."""
 
-    def send() -> None:
-        with httpx.Client(base_url=service.url, timeout=5) as client:
-            while not stop.is_set():
-                with contextlib.suppress(httpx.HTTPError):
-                    client.post("/v1/intent", json={"text": "I lost my card, please block it"})
-                stop.wait(0.05)
+    def __init__(self, pod: str, address: str, *, port: int, artifacts: Path, token: str, folder: Path) -> None:
+        self.address, self.port, self.pod = address, port, pod
+        self.mode_dir = folder / pod
+        self.mode_dir.mkdir(parents=True)
+        settings = {"artifacts": str(artifacts), "mode_file": str(self.mode_dir), "max_wait": 0.002}
+        self.process = ServiceProcess(settings, host=address, port=port, admin_token=token, ready_timeout=120)
+        self.process.start()
 
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    yield
-    stop.set()
-    thread.join(timeout=10)
+    def ready(self) -> bool:
+        try:
+            return httpx.get(f"http://{self.address}:{self.port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def write_config(self, config_map: str, data: Mapping[str, str]) -> None:
+        for key, text in data.items():
+            partial = self.mode_dir / f".{key}.partial"
+            partial.write_text(text)
+            partial.replace(self.mode_dir / key)
+
+    def stop(self) -> None:
+        self.process.stop()
 
 
 @pytest.fixture
-def world(
-    aws: dict[str, str], dev_program: Any, service: ServiceProcess, traffic: None, tmp_path: Path
-) -> Iterator[World]:
+def world(aws: dict[str, str], dev_program: Any, artifacts: Path, tmp_path: Path) -> Iterator[World]:
     targets = TargetsDocument.from_dict(dev_program.outputs["targets"])
     client_args = _client_args(aws)
     eks, ssm = boto3.client("eks", **client_args), boto3.client("ssm", **client_args)
@@ -189,27 +211,71 @@ def world(
     for name in (hold_parameter_name("dev"), "/peakguard/dev/change-freeze"):
         with contextlib.suppress(ssm.exceptions.ParameterNotFound):
             ssm.delete_parameter(Name=name)
-    # The pod back in the configured mode.
-    httpx.put(f"{service.url}/admin/mode", json={"model": "full", "precision": "fp32", "shedding": False},
-              headers={"Authorization": f"Bearer {service.admin_token}"}).raise_for_status()  # fmt: skip
 
-    with LocalKubernetes() as kubernetes:
+    token = "local-admin-token-" + uuid.uuid4().hex
+    port = free_port()
+    pods: list[ServePod] = []
+    crash: dict[str, bool] = {"new pods": False}
+
+    def start_pod(pod: str, template: Mapping[str, Any], address: str) -> ServePod:
+        started = ServePod(pod, address, port=port, artifacts=artifacts, token=token, folder=tmp_path / "pods")
+        pods.append(started)
+        if crash["new pods"]:
+            # A replica that really breaks: its process dies after starting, before it is Ready.
+            os.kill(started.process.pid or 0, signal.SIGKILL)
+        return started
+
+    with LocalKubernetes() as kubernetes, Controllers(kubernetes.store, backends=start_pod, delays=DELAYS,
+                                                      max_pods=4) as controllers:  # fmt: skip
         store = kubernetes.store
         for manifest in manifests(dev_program):
             plural = _PLURAL.get(manifest.kind)
             if plural is not None:
                 store.create(plural, manifest.namespace, dict(manifest.body))
-        token = {"stringData": None, "data": {"token": _b64(service.admin_token)}}
-        store.patch("secrets", NAMESPACE, "model-service-admin", token, content_type="application/merge-patch+json")
-        # The EndpointSlice the control plane keeps for the Service: one ready pod, really serving.
-        store.create("endpointslices", NAMESPACE, {
-            "metadata": {"name": "model-service-abc12", "labels": {"kubernetes.io/service-name": "model-service"}},
-            "addressType": "IPv4",
-            "ports": [{"name": "http", "port": service.port, "protocol": "TCP"}],
-            "endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": True},
-                           "targetRef": {"kind": "Pod", "name": POD, "namespace": NAMESPACE}}],
-        })  # fmt: skip
-        yield World(aws, kubernetes, targets, service, tmp_path / "journal", initial)
+        secret = {"stringData": None, "data": {"token": _b64(token)}}
+        store.patch("secrets", NAMESPACE, "model-service-admin", secret, content_type="application/merge-patch+json")
+        world = World(aws, kubernetes, targets, controllers, pods, token, crash, tmp_path / "journal", initial)
+        _wait(lambda: len(world.ready_pods()) == 1, timeout=120)
+        with _traffic(world):
+            yield world
+
+
+DELAYS = Delays(pod_start=2.0, readiness=0.5, config_sync=10.0, tick=0.2)
+"""Shorter than a GPU cluster's minutes, long enough that ordering and waiting matter."""
+
+
+@contextlib.contextmanager
+def _traffic(world: World) -> Iterator[None]:
+    """About 20 requests a second to the Ready pods, as the load balancer would spread them."""
+    stop = threading.Event()
+
+    def send() -> None:
+        turn = 0
+        with httpx.Client(timeout=5) as client:
+            while not stop.is_set():
+                ready = world.ready_pods()
+                if ready:
+                    turn += 1
+                    with contextlib.suppress(httpx.HTTPError):
+                        client.post(f"{ready[turn % len(ready)]}/v1/intent", json={"text": "I lost my card, block it"})
+                stop.wait(0.05)
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+
+
+def _wait(condition: Callable[[], bool], *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"not true within {timeout} s")
 
 
 def _b64(text: str) -> str:
@@ -224,12 +290,14 @@ def _b64(text: str) -> str:
 def test_plan_shows_every_change_and_changes_nothing(world: World) -> None:
     hpa, sizes, mode = world.hpa(), world.sizes(), world.mode()
 
-    planned = world.runbook("plan", "--qps", "60", "--replica-rps", "5")
+    planned = world.runbook("plan", "--qps", "10", "--replica-rps", "10")
 
     assert planned.returncode == 0, planned.stderr
-    # 60 qps / 5 per replica = 12, with 30% headroom 16; the pool holds 2 groups x 2 nodes x 4 GPUs = 16.
-    assert '{"max": 6, "min": 1} -> {"max": 16, "min": 16}' in planned.stdout
-    assert '"desired": 2' in planned.stdout
+    # 10 qps / 10 per replica = 1, with 30% headroom 2; one node of 4 GPUs holds them: no new nodes.
+    assert '{"max": 6, "min": 1} -> {"max": 6, "min": 2}' in planned.stdout
+    assert "gpu-node-groups: raise the full pool's node groups' desired size to fit those replicas\n     no change" in (
+        planned.stdout
+    )
     assert "mode" in planned.stdout
     assert "plan " in planned.stdout
     assert (world.hpa(), world.sizes(), world.mode(), world.hold()) == (hpa, sizes, mode, None)
@@ -238,12 +306,12 @@ def test_plan_shows_every_change_and_changes_nothing(world: World) -> None:
 
 def test_run_raises_capacity_and_holds_pulumi_up(world: World) -> None:
     # Capacity only: the mode stays as it is, so nothing is degraded and no trigger re-check is due.
-    done = world.runbook("run", "--qps", "60", "--replica-rps", "5", "--model", "full", "--precision", "fp32",
-                         "--shedding", "off")  # fmt: skip
+    done = world.runbook("run", *CAPACITY_ONLY)
 
     assert done.returncode == 0, done.stdout + done.stderr
-    assert world.hpa() == {"min": 16, "max": 16}
-    assert all(size["desired"] == 2 for size in world.sizes().values())
+    assert world.hpa() == {"min": 2, "max": 6}
+    assert len(world.ready_pods()) == 2, "the run waited until the new replica was Ready"
+    assert "new replicas Ready: 1 >= 1" in done.stdout
     hold = world.hold()
     assert hold is not None
     assert hold["runbook"] == "emergency-stop"
@@ -261,13 +329,17 @@ def test_run_raises_capacity_and_holds_pulumi_up(world: World) -> None:
 
 def test_when_the_incident_is_over_it_stops_before_degrading_and_puts_everything_back(world: World) -> None:
     # The service is healthy (p99 far under its 1 s SLO): switching to the light model is not justified.
-    before = (world.hpa(), world.sizes(), world.mode(), world.pod_mode())
+    before = (world.hpa(), world.sizes(), world.mode())
+    modes_before = {json.dumps(mode, sort_keys=True) for mode in world.pod_modes()}
 
-    stopped = world.runbook("run", "--qps", "60", "--replica-rps", "5")
+    stopped = world.runbook("run", "--qps", "10", "--replica-rps", "10", "--capacity-timeout", "60")
 
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     assert "trigger no longer holds before mode" in stopped.stdout
-    assert (world.hpa(), world.sizes(), world.mode(), world.pod_mode()) == before
+    assert (world.hpa(), world.sizes(), world.mode()) == before
+    # The replica added meanwhile stays until the HPA scales down (its 10-minute window); every
+    # pod still runs the mode from before.
+    assert {json.dumps(mode, sort_keys=True) for mode in world.pod_modes()} == modes_before
     assert world.hold() is None
     journal = next(world.journal_dir.glob("*.jsonl"))
     records = [json.loads(line) for line in journal.read_text().splitlines()]
@@ -275,7 +347,7 @@ def test_when_the_incident_is_over_it_stops_before_degrading_and_puts_everything
     assert finished["status"] == "stopped"
     assert finished["rollback_seconds"] < 30
     restored = [r["step"] for r in records if r["event"] == "rollback_step_done"]
-    assert restored == ["gpu-node-groups", "hpa-bounds", "incident-hold"]
+    assert restored == ["hpa-bounds", "incident-hold"]
     print(f"\nemergency-stop stopped and rolled back in {finished['rollback_seconds']:.2f} s")
 
 
@@ -284,8 +356,7 @@ def test_a_second_runner_is_refused_while_the_lease_is_held(world: World) -> Non
         "holderIdentity": "carol@laptop", "leaseDurationSeconds": 300,
         "acquireTime": _now(), "renewTime": _now()}})  # fmt: skip
 
-    refused = world.runbook("run", "--qps", "60", "--replica-rps", "5", "--model", "full", "--precision", "fp32",
-                            "--shedding", "off")  # fmt: skip
+    refused = world.runbook("run", *CAPACITY_ONLY)
 
     assert refused.returncode == 2
     assert "held by carol@laptop" in refused.stderr
@@ -294,7 +365,7 @@ def test_a_second_runner_is_refused_while_the_lease_is_held(world: World) -> Non
 
 def test_a_change_freeze_blocks_it_unless_overridden_with_a_reason(world: World) -> None:
     world.ssm().put_parameter(Name="/peakguard/dev/change-freeze", Value="release week", Type="String")
-    args = ("--qps", "60", "--replica-rps", "5", "--model", "full", "--precision", "fp32", "--shedding", "off")
+    args = CAPACITY_ONLY
 
     refused = world.runbook("run", *args)
     assert refused.returncode == 2
@@ -311,7 +382,7 @@ def test_prod_without_yes_refuses_when_no_one_can_confirm(world: World) -> None:
     prod = TargetsDocument.from_dict({**world.targets.to_dict(), "env": "prod"})
     world.ssm().put_parameter(Name=parameter_name("prod"), Value=prod.to_json(), Type="String", Overwrite=True)
 
-    refused = world.runbook("run", "--qps", "60", "--replica-rps", "5", env="prod")
+    refused = world.runbook("run", "--qps", "10", "--replica-rps", "10", env="prod")
 
     assert refused.returncode == 2
     assert "prod needs approval" in refused.stderr
@@ -323,7 +394,8 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
 
 
-CAPACITY_ONLY = ("--qps", "60", "--replica-rps", "5", "--model", "full", "--precision", "fp32", "--shedding", "off")
+CAPACITY_ONLY = ("--qps", "10", "--replica-rps", "10", "--model", "full", "--precision", "fp32", "--shedding", "off",
+                 "--capacity-timeout", "60")  # fmt: skip
 
 
 def _records(world: World) -> list[dict[str, Any]]:
@@ -353,25 +425,22 @@ def test_a_forbidden_api_call_is_reported_clearly_and_what_was_done_is_rolled_ba
 def test_when_rollback_itself_fails_the_journal_says_what_to_undo_by_hand(world: World) -> None:
     from runbooks.local.kube_api import ApiStatus
 
-    eks = world.eks()
-    doomed = world.targets.node_groups_of("full")[1].name
-
-    # Once the HPA is raised, the API starts refusing HPA patches and a node group disappears: the
-    # next step fails, and so does restoring the HPA.
+    # Once the HPA is raised, new replicas crash and the API starts refusing HPA patches: the
+    # capacity never arrives, and restoring the HPA fails too.
     def break_after_hpa(event: str, plural: str, obj: dict[str, Any]) -> None:
-        if plural == "horizontalpodautoscalers" and event == "MODIFIED" and obj["spec"]["minReplicas"] == 16:
+        if plural == "horizontalpodautoscalers" and event == "MODIFIED" and obj["spec"]["minReplicas"] == 2:
             world.store.faults[("PATCH", "horizontalpodautoscalers")] = ApiStatus(403, "Forbidden", "RBAC changed")
-            eks.delete_nodegroup(clusterName=world.targets.cluster.name, nodegroupName=doomed)
+            world.crash["new pods"] = True
 
     world.store.listeners.append(break_after_hpa)
-    failed = world.runbook("run", *CAPACITY_ONLY)
+    failed = world.runbook("run", *CAPACITY_ONLY[:-1], "6")
 
     assert failed.returncode == 3, failed.stdout + failed.stderr
     undo = {r["step"]: r["undo"] for r in _records(world) if r["event"] == "rollback_step_failed"}
     assert undo["hpa-bounds"] == 'set it back by hand to {"max":6,"min":1}'
     assert "rollback incomplete" in failed.stdout
     assert world.hold() is None, "the other steps were still restored"
-    assert world.hpa() == {"min": 16, "max": 16}, "as the journal says: left for a person to undo"
+    assert world.hpa() == {"min": 2, "max": 6}, "as the journal says: left for a person to undo"
 
 
 def test_a_runner_killed_mid_run_is_resumed_without_redoing_finished_steps(world: World) -> None:
@@ -400,7 +469,25 @@ def test_a_runner_killed_mid_run_is_resumed_without_redoing_finished_steps(world
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     records = _records(world)
     started = [r["step"] for r in records if r["event"] == "step_started"]
-    assert started == ["incident-hold", "hpa-bounds", "gpu-node-groups"], "no finished step was redone"
+    assert started == ["incident-hold", "hpa-bounds"], "no finished step was redone"
     assert records[-2]["event"] == "run_finished"
     assert records[-2]["status"] == "succeeded"
-    assert world.hpa() == {"min": 16, "max": 16}
+    assert world.hpa() == {"min": 2, "max": 6}
+
+
+def test_new_replicas_that_really_break_fail_verification_and_everything_rolls_back_within_30_s(
+    world: World,
+) -> None:
+    world.crash["new pods"] = True  # each new replica's process is killed before it is Ready
+
+    failed = world.runbook("run", *CAPACITY_ONLY[:-1], "6")
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "hpa-bounds: verification fail after 6 s: new replicas Ready: 0.5 < 1" in failed.stdout
+    records = _records(world)
+    (finished,) = [r for r in records if r["event"] == "run_finished"]
+    assert finished["status"] == "rolled-back"
+    assert finished["rollback_seconds"] < 30
+    assert world.hpa() == {"min": 1, "max": 6}
+    assert world.hold() is None
+    print(f"\nnew replicas crashed; emergency-stop rolled back in {finished['rollback_seconds']:.2f} s")
