@@ -35,6 +35,7 @@ from model_service.service_process import ServiceProcess, free_port
 from runbooks.lease_lock import LEASE_NAME
 from runbooks.local.controllers import Controllers, Delays
 from runbooks.local.kube_api import RESOURCES, LocalKubernetes
+from runbooks.local.lor_proxy import LorProxy
 from tests.infra.conftest import PROJECT_DIR
 from tests.model_service.conftest import write_tiny_artifacts
 
@@ -57,15 +58,18 @@ class World:
     journal_dir: Path
     initial_sizes: dict[str, dict[str, int]]
 
-    def ready_pods(self) -> list[str]:
-        """Base URLs of the Ready pods, from the EndpointSlice the controllers keep."""
+    def ready_backends(self) -> list[tuple[str, str]]:
+        """(pod, base URL) of the Ready pods, from the EndpointSlice the controllers keep."""
         found = []
         for endpoint_slice in self.store.list("endpointslices", NAMESPACE):
             port = endpoint_slice["ports"][0]["port"]
             for endpoint in endpoint_slice["endpoints"]:
                 if endpoint["conditions"]["ready"]:
-                    found.append(f"http://{endpoint['addresses'][0]}:{port}")
+                    found.append((endpoint["targetRef"]["name"], f"http://{endpoint['addresses'][0]}:{port}"))
         return sorted(found)
+
+    def ready_pods(self) -> list[str]:
+        return [url for _, url in self.ready_backends()]
 
     @property
     def store(self) -> Any:
@@ -246,27 +250,26 @@ DELAYS = Delays(pod_start=2.0, readiness=0.5, config_sync=10.0, tick=0.2)
 
 @contextlib.contextmanager
 def _traffic(world: World) -> Iterator[None]:
-    """About 20 requests a second to the Ready pods, as the load balancer would spread them."""
+    """About 20 requests a second through the local load balancer (least outstanding requests,
+    registering the pods the EndpointSlice marks Ready), as the ALB would send them."""
     stop = threading.Event()
 
-    def send() -> None:
-        turn = 0
-        with httpx.Client(timeout=5) as client:
-            while not stop.is_set():
-                ready = world.ready_pods()
-                if ready:
-                    turn += 1
-                    with contextlib.suppress(httpx.HTTPError):
-                        client.post(f"{ready[turn % len(ready)]}/v1/intent", json={"text": "I lost my card, block it"})
-                stop.wait(0.05)
+    with LorProxy(world.ready_backends, refresh_interval=0.2) as proxy:
 
-    thread = threading.Thread(target=send, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
+        def send() -> None:
+            with httpx.Client(base_url=proxy.url, timeout=5) as client:
+                while not stop.is_set():
+                    with contextlib.suppress(httpx.HTTPError):
+                        client.post("/v1/intent", json={"text": "I lost my card, block it"})
+                    stop.wait(0.05)
+
+        thread = threading.Thread(target=send, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=10)
 
 
 def _wait(condition: Callable[[], bool], *, timeout: float) -> None:
