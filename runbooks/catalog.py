@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from runbooks.library import emergency_stop
+from runbooks.library import emergency_stop, rebuild
 from runbooks.spec import Runbook
 
 __all__ = ["RUNBOOKS"]
 
-RUNBOOKS: Mapping[str, Runbook] = {runbook.name: runbook for runbook in (emergency_stop.RUNBOOK,)}
+RUNBOOKS: Mapping[str, Runbook] = {r.name: r for r in (emergency_stop.RUNBOOK, rebuild.RUNBOOK)}

@@ -62,6 +62,14 @@ class SsmSwitches:
         self._write(hold_parameter_name(self._env), {"runId": run_id, "runbook": runbook, "reason": reason,
                                                       "since": _now()})  # fmt: skip
 
+    def lift_hold(self) -> None:
+        """Clear the hold whoever set it: the run that restores normal operation (`rebuild`)."""
+        self._delete(hold_parameter_name(self._env))
+
+    def put_back_hold(self, document: dict[str, Any]) -> None:
+        """Write a hold document back as it was (rolling back a `lift_hold`)."""
+        self._write(hold_parameter_name(self._env), document)
+
     def clear_hold(self, *, run_id: str) -> None:
         """Clear the hold if this run set it; someone else's hold is left alone."""
         current = self.hold()

@@ -24,25 +24,18 @@ from infra import facts
 from runbooks.cloud import NodeGroupSize
 from runbooks.cluster import Bounds
 from runbooks.errors import RunbookError
-from runbooks.ports import Ports
+from runbooks.library.service_gates import ports_of, pressure, recovered
 from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
 
 __all__ = ["RUNBOOK", "estimate"]
 
-ERROR_BUDGET = 0.01
-"""Share of failed requests the service may have and still count as recovered."""
-SHED_BUDGET = 0.05
-"""Share of requests refused by admission that by itself means capacity is short."""
 LIGHT_SHARE = 0.3
 """Share of the needed replicas the light variant is asked to carry: the headroom, on MIG slices."""
 MIG_SLICES_PER_GPU = 7
 """1g slices per A100/H100 GPU (the seed's split)."""
 
 
-def _ports(context: Context) -> Ports:
-    ports = context.ports
-    assert isinstance(ports, Ports)
-    return ports
+_ports = ports_of
 
 
 # --- The capacity estimate --------------------------------------------------------------
@@ -258,37 +251,6 @@ def _mode_confirmed(context: Context) -> Reading:
     return Reading(share, raw=confirmed, query="share of ready full pods whose /admin/status mode is the target")
 
 
-# --- Gates ------------------------------------------------------------------------------
-
-
-def _pressure(context: Context) -> Reading:
-    """How far past its SLO the service is: max of p99/SLO, errors/1%, sheds/5% (1.0 = at the limit)."""
-    ports = _ports(context)
-    window = ports.traffic(fresh=True)
-    slo = ports.model_service.slo_p99_ms / 1000
-    p99 = window.quantile(0.99)
-    error_rate = window.error_rate
-    if p99 is None or error_rate is None:
-        return Reading(None, raw={"requests": window.requests}, query="no requests in the window")
-    shed_rate = window.shed / window.requests
-    value = max(p99 / slo, error_rate / ERROR_BUDGET, shed_rate / SHED_BUDGET)
-    raw = {"p99": round(p99, 4), "sloSeconds": slo, "errorRate": round(error_rate, 5), "shedRate": round(shed_rate, 5),
-           "requests": window.requests, "seconds": round(window.seconds, 2)}  # fmt: skip
-    return Reading(value, raw=raw, query="max(p99/SLO, errors/1%, shed/5%) over the pods' metrics")
-
-
-def _recovered(context: Context) -> Reading:
-    """Served within the SLO: max of p99/SLO and errors/1% (sheds are expected while shedding)."""
-    ports = _ports(context)
-    window = ports.traffic(fresh=True)
-    slo = ports.model_service.slo_p99_ms / 1000
-    p99, error_rate = window.quantile(0.99), window.error_rate
-    if p99 is None or error_rate is None:
-        return Reading(None, raw={"requests": window.requests}, query="no answered requests in the window")
-    raw = {"p99": round(p99, 4), "sloSeconds": slo, "errorRate": round(error_rate, 5), "requests": window.requests}
-    return Reading(max(p99 / slo, error_rate / ERROR_BUDGET), raw=raw, query="max(p99/SLO, errors/1%)")
-
-
 RUNBOOK = Runbook(
     name="emergency-stop",
     summary="raise capacity from measured traffic, degrade to a light/INT8 mode with shedding, verify recovery",
@@ -375,8 +337,8 @@ RUNBOOK = Runbook(
             destructive=True,
         ),
     ),
-    health=Gate("service within SLO", _recovered, at_most=1.0),
-    trigger=Gate("incident still on", _pressure, at_least=1.0),
+    health=Gate("service within SLO", recovered, at_most=1.0),
+    trigger=Gate("incident still on", pressure, at_least=1.0),
     recovery_timeout=120.0,
     poll_interval=2.0,
 )

@@ -5,8 +5,8 @@ ConfigMap into a changed file inside each pod, each after its own delay. Runbook
 30-second rollback, the minute-long ConfigMap sync that makes the admin-API push necessary) only
 mean something if those delays are there, so this module plays, on one loop:
 
-- the HPA and KEDA: a Deployment's replicas are kept within its autoscaler's bounds (no metrics:
-  a replica count inside the bounds is left alone);
+- the HPA and KEDA: a Deployment's replicas are kept within its HPA's bounds (no metrics: a count
+  inside the bounds is left alone), or at its ScaledObject's minimum (KEDA with no activity);
 - the deployment controller: pods are created and deleted to match `spec.replicas`, named
   `<deployment>-<template hash>-<suffix>` and labelled like the template;
 - the kubelet: a pod goes Running after `Delays.pod_start` on a backend of its own (a real local
@@ -154,8 +154,9 @@ class Controllers:
                         int(spec.get("minReplicas", 1)), int(spec.get("maxReplicas", 1)))  # fmt: skip
         for scaled in self.store.list("scaledobjects"):
             spec = scaled.get("spec", {})
-            self._clamp(scaled["metadata"]["namespace"], spec.get("scaleTargetRef", {}).get("name"),
-                        int(spec.get("minReplicaCount", 0)), int(spec.get("maxReplicaCount", 100)))  # fmt: skip
+            # KEDA with no metric activity: the Deployment sits at the ScaledObject's minimum.
+            low = int(spec.get("minReplicaCount", 0))
+            self._clamp(scaled["metadata"]["namespace"], spec.get("scaleTargetRef", {}).get("name"), low, low)
 
     def _clamp(self, namespace: str, name: str | None, low: int, high: int) -> None:
         if not name:
