@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from runbooks.errors import ApprovalError
+from runbooks.errors import ApprovalError, TransientError
 from runbooks.spec import Context, Runbook
 
 __all__ = ["APPROVAL_TTL", "Approval", "Plan", "PlannedStep", "canonical", "changed_since", "make_plan"]
@@ -90,12 +91,25 @@ class Plan:
         return plan
 
 
+def _read(read: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -> Any:
+    """A read of live state, retried on transient errors (a conflict, a 503, throttling)."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return read()
+        except TransientError:
+            if attempt == attempts:
+                raise
+            time.sleep(delay * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
 def make_plan(runbook: Runbook, context: Context) -> Plan:
     """Observe every step and work out its target. Changes nothing."""
     steps = []
     for step in runbook.steps:
-        before = step.observe(context)
-        steps.append(PlannedStep(step.name, step.summary, before, step.desired(context, before)))
+        before = _read(partial(step.observe, context))
+        after = _read(partial(step.desired, context, before))
+        steps.append(PlannedStep(step.name, step.summary, before, after))
     return Plan(runbook.name, context.env, dict(context.params), tuple(steps), time.time())
 
 
@@ -105,7 +119,7 @@ def changed_since(runbook: Runbook, context: Context, plan: Plan, *, steps: set[
     for step in runbook.steps:
         if steps is not None and step.name not in steps:
             continue
-        now = step.observe(context)
+        now = _read(partial(step.observe, context))
         planned = plan.step(step.name).before
         if _canonical(now) != _canonical(planned):
             drift.append(f"{step.name}: planned from {_short(planned)}, now {_short(now)}")

@@ -15,7 +15,9 @@ mean something if those delays are there, so this module plays, on one loop:
   a deleted or evicted pod's backend is stopped;
 - the kubelet's ConfigMap sync: a mounted ConfigMap's new data reaches the pod's backend after
   `Delays.config_sync`;
-- the EndpointSlice controller: one slice per Service lists its pods with their readiness.
+- the EndpointSlice controller: one slice per Service lists its pods with their readiness;
+- nodes: pods are spread over Ready nodes; `set_node_ready(node, False)` makes a node NotReady
+  on command, its pods unready (out of the slices) and new pods go elsewhere.
 
 Everything here is played, not emulated API semantics (those are in `kube_api.py`).
 """
@@ -78,6 +80,7 @@ class _Pod:
     namespace: str
     deployment: str
     created: float
+    node: str = ""
     backend: Backend | None = None
     ready_since: float | None = None
     starting: bool = False
@@ -88,7 +91,7 @@ class Controllers:
     """`with Controllers(store, backends=factory):` runs the loop on a thread; `tick()` runs one pass."""
 
     def __init__(self, store: ObjectStore, *, backends: BackendFactory, delays: Delays | None = None,
-                 max_pods: int = 8) -> None:  # fmt: skip
+                 max_pods: int = 8, nodes: tuple[str, ...] = ("local-node-1", "local-node-2")) -> None:  # fmt: skip
         self.store = store
         self.delays = delays or Delays()
         self.max_pods = max_pods
@@ -101,6 +104,14 @@ class Controllers:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-controllers", daemon=True)
         store.listeners.append(self._on_change)
+        self._nodes = nodes
+        for node in nodes:
+            body = {
+                "metadata": {"name": node, "labels": {"kubernetes.io/hostname": node}},
+                "status": {"conditions": [{"type": "Ready", "status": "True"}]},
+            }
+            with contextlib.suppress(ApiStatus):  # already there
+                store.create("nodes", None, body)
 
     def __enter__(self) -> Controllers:
         self._thread.start()
@@ -115,6 +126,22 @@ class Controllers:
         for pod in pods:
             if pod.backend is not None:
                 pod.backend.stop()
+
+    def set_node_ready(self, node: str, ready: bool) -> None:
+        """A node's kubelet stops (or resumes) reporting: its pods go unready and leave the slices;
+        new pods are placed on Ready nodes only."""
+        condition = {"status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+        self.store.patch("nodes", None, node, condition, content_type=_MERGE, only_status=True)
+
+    def _ready_nodes(self) -> list[str]:
+        ready = []
+        for node in self.store.list("nodes"):
+            conditions = (node.get("status") or {}).get("conditions") or []
+            if node["metadata"]["name"] in self._nodes and any(
+                c.get("type") == "Ready" and c.get("status") == "True" for c in conditions
+            ):
+                ready.append(node["metadata"]["name"])
+        return sorted(ready)
 
     def backend(self, namespace: str, pod: str) -> Backend | None:
         with self._lock:
@@ -191,15 +218,18 @@ class Controllers:
 
     def _create_pod(self, namespace: str, deployment: str, template: Mapping[str, Any], template_hash: str) -> None:
         name = f"{deployment}-{template_hash[:5]}-{secrets.token_hex(3)[:5]}"
+        nodes = self._ready_nodes()
+        # Spread over Ready nodes; with none Ready the pod stays Pending, unscheduled.
+        node = nodes[len(self._pods) % len(nodes)] if nodes else ""
         labels = {**template.get("metadata", {}).get("labels", {}), "pod-template-hash": template_hash[:10]}
         self.store.create("pods", namespace, {
             "metadata": {"name": name, "labels": labels,
                          "ownerReferences": [{"kind": "Deployment", "name": deployment}]},
-            "spec": {**template.get("spec", {}), "nodeName": "local-node"},
+            "spec": {**template.get("spec", {}), "nodeName": node},
             "status": {"phase": "Pending", "conditions": [{"type": "Ready", "status": "False"}]},
         })  # fmt: skip
         with self._lock:
-            self._pods[(namespace, name)] = _Pod(name, namespace, deployment, time.monotonic())
+            self._pods[(namespace, name)] = _Pod(name, namespace, deployment, time.monotonic(), node=node)
 
     def _deployment_status(self, namespace: str, name: str, deployment: Mapping[str, Any]) -> None:
         pods = [p for p in self._owned(namespace, name)]
@@ -222,7 +252,18 @@ class Controllers:
         with self._lock:
             pods = list(self._pods.values())
         running = sum(1 for p in pods if p.backend is not None or p.starting)
+        ready_nodes = set(self._ready_nodes())
         for pod in pods:
+            if not pod.node and ready_nodes:
+                pod.node = sorted(ready_nodes)[0]  # scheduled once a node is Ready
+                with contextlib.suppress(ApiStatus):
+                    self.store.patch("pods", pod.namespace, pod.name, {"spec": {"nodeName": pod.node}},
+                                     content_type=_MERGE)  # fmt: skip
+            if pod.node not in ready_nodes:
+                if pod.backend is not None:
+                    pod.ready_since = None
+                    self._pod_status(pod, False)
+                continue
             if pod.backend is None:
                 if not pod.starting and now - pod.created >= self.delays.pod_start and running < self.max_pods:
                     pod.starting = True

@@ -128,9 +128,10 @@ class ObjectStore:
         self._version = 0
         self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
         """Called with (event, plural, object) after every change: ADDED, MODIFIED, DELETED."""
-        self.faults: dict[tuple[str, str], ApiStatus] = {}
+        self.faults: dict[tuple[str, str], ApiStatus | list[ApiStatus]] = {}
         """Injected failures for tests and drills: (HTTP method, plural) -> the Status to answer
-        with, e.g. ("PATCH", "horizontalpodautoscalers") -> 403 Forbidden. Played, not emulated."""
+        every such request with (e.g. 403 Forbidden), or a list answered once each, in order, after
+        which requests succeed again (a conflict, a blip of 503s). Played, not emulated."""
 
     # --- Plain access (controllers, tests) ------------------------------------------
 
@@ -447,7 +448,10 @@ class KubeApi(kmock.KubernetesScaffold):
         data = request.data if request.data is not None else (json.loads(request.body) if request.body else None)
         kind = _kind(plural)
         fault = store.faults.get((method, plural))
-        if fault is not None:
+        if isinstance(fault, list):
+            if fault:
+                raise fault.pop(0)
+        elif fault is not None:
             raise fault
 
         if name is None:

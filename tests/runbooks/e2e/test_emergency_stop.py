@@ -217,3 +217,32 @@ def test_new_replicas_that_really_break_fail_verification_and_everything_rolls_b
     assert world.hpa() == {"min": 1, "max": 6}
     assert world.hold() is None
     print(f"\nnew replicas crashed; emergency-stop rolled back in {finished['rollback_seconds']:.2f} s")
+
+
+def test_a_conflict_and_a_blip_of_503s_are_retried_and_the_run_succeeds(world: World) -> None:
+    from runbooks.local.kube_api import ApiStatus
+
+    conflict = ApiStatus(
+        409, "Conflict", 'Operation cannot be fulfilled on horizontalpodautoscalers "model-service-full"'
+    )
+    world.store.faults[("PATCH", "horizontalpodautoscalers")] = [conflict]
+    world.store.faults[("GET", "horizontalpodautoscalers")] = [ApiStatus(503, "ServiceUnavailable", "etcd leader")]
+
+    done = world.runbook("run", *CAPACITY_ONLY)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert world.hpa() == {"min": 2, "max": 6}
+    assert world.store.faults[("PATCH", "horizontalpodautoscalers")] == [], "the conflict was met and retried"
+
+
+def test_an_api_that_keeps_answering_503_fails_the_step_with_the_status_and_rolls_back(world: World) -> None:
+    from runbooks.local.kube_api import ApiStatus
+
+    world.store.faults[("PATCH", "horizontalpodautoscalers")] = ApiStatus(503, "ServiceUnavailable", "etcd leader")
+
+    failed = world.runbook("run", *CAPACITY_ONLY)
+
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "patch HPA peakguard/model-service-full to min 2 max 6: 503" in failed.stdout
+    assert world.hold() is None
+    assert world.hpa() == {"min": 1, "max": 6}

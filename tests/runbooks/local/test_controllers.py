@@ -153,3 +153,25 @@ def test_evicting_a_pod_stops_its_backend_and_a_replacement_comes(cluster: Any) 
 
     _wait(lambda: any(b.stopped for b in started))
     _wait(lambda: len(_ready_endpoints(kubernetes)) == 2 and victim not in _ready_endpoints(kubernetes))
+
+
+def test_a_node_that_goes_not_ready_takes_its_pods_out_and_new_pods_go_elsewhere(cluster: Any) -> None:
+    kubernetes, controllers, _ = cluster
+    _wait(lambda: len(_ready_endpoints(kubernetes)) == 2)
+    nodes = {p["metadata"]["name"]: p["spec"]["nodeName"] for p in kubernetes.store.list("pods", NS)}
+    assert set(nodes.values()) == {"local-node-1", "local-node-2"}, "spread over both nodes"
+    lost = "local-node-1"
+
+    controllers.set_node_ready(lost, False)
+
+    _wait(lambda: _ready_endpoints(kubernetes) == sorted(p for p, n in nodes.items() if n != lost))
+    node = kubernetes.store.get("nodes", None, lost)
+    assert node["status"]["conditions"] == [{"type": "Ready", "status": "False"}]
+    kubernetes.store.patch("horizontalpodautoscalers", NS, "model-service-full", {"spec": {"minReplicas": 3}},
+                           content_type="application/merge-patch+json")  # fmt: skip
+    _wait(lambda: len(_ready_endpoints(kubernetes)) == 2)
+    newest = [p for p in kubernetes.store.list("pods", NS) if p["metadata"]["name"] not in nodes]
+    assert [p["spec"]["nodeName"] for p in newest] == ["local-node-2"]
+
+    controllers.set_node_ready(lost, True)
+    _wait(lambda: len(_ready_endpoints(kubernetes)) == 3)
