@@ -50,6 +50,23 @@ def register(commands: Any) -> None:
             if action == "run":
                 _run_options(one)
             one.set_defaults(handler=_plan if action == "plan" else _run)
+    freeze = actions.add_parser(
+        "freeze",
+        help="set, show or lift an environment's change freeze (blocks every runbook)",
+        description=(
+            "The change freeze is set by a person (release week, an investigation) and blocks every "
+            "runbook on the environment unless a run gives --override-freeze REASON. It is the SSM "
+            "parameter /peakguard/<env>/change-freeze. With --reason: set it; with --lift: lift it; "
+            "with neither: show it."
+        ),
+    )
+    freeze.add_argument("--env", required=True, choices=("dev", "staging", "prod"), help="environment")
+    freeze.add_argument("--region", default=None, help="AWS region of the env (default: AWS_REGION / profile)")
+    what = freeze.add_mutually_exclusive_group()
+    what.add_argument("--reason", help="set the freeze, saying why")
+    what.add_argument("--lift", action="store_true", help="lift the freeze")
+    freeze.add_argument("--operator", default=None, help="who sets it (default: user@host)")
+    freeze.set_defaults(handler=_freeze)
     resume = actions.add_parser("resume", help="continue an interrupted run from its journal")
     resume.add_argument("run_id", help="the run id (the journal's file name without .jsonl)")
     _environment_options(resume)
@@ -136,6 +153,26 @@ def _run(args: argparse.Namespace) -> int:
     except RunbookError as exc:
         return _refused(exc)
     return _summary(outcome)
+
+
+def _freeze(args: argparse.Namespace) -> int:
+    import boto3
+
+    from runbooks.errors import RunbookError
+    from runbooks.switches import SsmSwitches
+
+    session = boto3.Session(region_name=args.region) if args.region else boto3.Session()
+    switches = SsmSwitches(session.client("ssm"), env=args.env)
+    try:
+        if args.reason:
+            switches.set_freeze(reason=args.reason, by=_operator(args))
+        elif args.lift:
+            switches.clear_freeze()
+        reason = switches.freeze_reason()
+    except RunbookError as exc:
+        return _refused(exc)
+    print(f"{args.env}: frozen: {reason}" if reason else f"{args.env}: not frozen")
+    return EXIT_SUCCEEDED
 
 
 def _resume(args: argparse.Namespace) -> int:

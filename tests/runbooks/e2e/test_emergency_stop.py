@@ -246,3 +246,18 @@ def test_an_api_that_keeps_answering_503_fails_the_step_with_the_status_and_roll
     assert "patch HPA peakguard/model-service-full to min 2 max 6: 503" in failed.stdout
     assert world.hold() is None
     assert world.hpa() == {"min": 1, "max": 6}
+
+
+def test_the_freeze_command_sets_shows_and_lifts_the_freeze_runbooks_obey(world: World) -> None:
+    frozen = world.peakguard("runbook", "freeze", "--env", "dev", "--reason", "release week", "--operator", "dana")
+    assert frozen.returncode == 0, frozen.stderr
+    assert "dev: frozen: release week (set by dana at" in frozen.stdout
+
+    refused = world.runbook("run", *CAPACITY_ONLY)
+    assert refused.returncode == 2
+    assert "change freeze (release week" in refused.stderr
+
+    lifted = world.peakguard("runbook", "freeze", "--env", "dev", "--lift")
+    assert lifted.returncode == 0, lifted.stderr
+    assert "dev: not frozen" in lifted.stdout
+    assert world.peakguard("runbook", "freeze", "--env", "dev").stdout.strip() == "dev: not frozen"
