@@ -234,7 +234,10 @@ class _GpuPool(pulumi.ComponentResource):
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="instance", tags={**tags, "Name": group_name}),
                 aws.ec2.LaunchTemplateTagSpecificationArgs(resource_type="volume", tags=tags),
             ],
-            tags=tags,
+            # Says why the hop limit is 2, for the policy pack's IMDS rule (policies/rules/security.py).
+            tags={**tags, "peakguard:pods-need-instance-metadata": "true"}
+            if pool.pods_need_instance_metadata
+            else tags,
             opts=child,
         )
 

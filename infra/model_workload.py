@@ -438,7 +438,12 @@ class ModelWorkload(pulumi.ComponentResource):
         hpa = f"{APP_LABEL}-full"
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-full-hpa",
-            metadata=self._metadata(hpa, variant="full"),
+            # The expected peak, for the policy pack's headroom rule (policies/rules/capacity.py).
+            metadata=self._metadata(
+                hpa,
+                variant="full",
+                annotations={"peakguard.io/expected-peak-replicas": str(config.expected_peak_replicas)},
+            ),
             spec=k8s.autoscaling.v2.HorizontalPodAutoscalerSpecArgs(
                 scale_target_ref=k8s.autoscaling.v2.CrossVersionObjectReferenceArgs(
                     api_version="apps/v1", kind="Deployment", name=deployment.metadata.name

@@ -1,0 +1,14 @@
+"""Every rule of the pack, by ID."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from policies.findings import Rule
+from policies.rules import capacity, safe_change, security, serving
+
+__all__ = ["RULES"]
+
+RULES: Mapping[str, Rule] = {
+    rule.id: rule for module in (safe_change, capacity, serving, security) for rule in module.RULES
+}

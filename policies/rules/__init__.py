@@ -1,0 +1,1 @@
+"""The rules, grouped by domain: each module holds the rules of one."""
