@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.targets import TargetsDocument, TargetsDocumentError, parameter_name
-from runbooks.errors import RunbookError, TransientError
+from runbooks.aws_errors import translate as _translate
+from runbooks.errors import RunbookError
 from runbooks.switches import SsmSwitches
 
 __all__ = ["AwsCloud", "NodeGroupSize"]
@@ -70,19 +71,3 @@ class AwsCloud:
             )
         except Exception as exc:
             raise _translate(exc, f"resize EKS node group {cluster}/{node_group} to {size.to_dict()}") from exc
-
-
-def _translate(exc: Exception, doing: str) -> RunbookError:
-    response = getattr(exc, "response", None) or {}
-    code = response.get("Error", {}).get("Code", type(exc).__name__)
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    message = response.get("Error", {}).get("Message", str(exc))
-    if code in ("ThrottlingException", "TooManyRequestsException", "ServerException") or (
-        isinstance(status, int) and status >= 500
-    ):
-        return TransientError(f"{doing}: {code}: {message}")
-    if code in ("AccessDeniedException", "UnauthorizedOperation"):
-        return RunbookError(f"{doing}: {code}; the runner's AWS identity lacks the permission: {message}")
-    if code == "ResourceInUseException":
-        return TransientError(f"{doing}: the node group is being updated ({message}); retrying")
-    return RunbookError(f"{doing}: {code}: {message}")

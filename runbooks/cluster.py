@@ -12,10 +12,11 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from runbooks.errors import RunbookError, TransientError
+from runbooks.errors import RunbookError
+from runbooks.kube_errors import translate
 from runbooks.lease_lock import LeaseLock
 
-__all__ = ["Bounds", "Endpoint", "KubernetesCluster", "translate"]
+__all__ = ["Bounds", "Endpoint", "KubernetesCluster"]
 
 MODE_KEY = "mode.json"
 """The mode ConfigMap's key (the file the service watches)."""
@@ -163,27 +164,3 @@ class KubernetesCluster:
             return method(*args, **kwargs)
         except Exception as exc:
             raise translate(exc, doing) from exc
-
-
-def translate(exc: Exception, doing: str) -> RunbookError:
-    """A Kubernetes client error as a RunbookError that says what failed and what to do."""
-    status = getattr(exc, "status", None)
-    message = ""
-    body = getattr(exc, "body", None)
-    if body:
-        try:
-            message = json.loads(body).get("message", "")
-        except (ValueError, AttributeError):
-            message = str(body)[:200]
-    detail = f": {message}" if message else ""
-    if status == 403:
-        return RunbookError(f"{doing}: forbidden (403){detail}; the runner's identity lacks RBAC for it")
-    if status == 404:
-        return RunbookError(f"{doing}: not found (404){detail}; check the targets document and `pulumi up`")
-    if status == 409:
-        return TransientError(f"{doing}: conflict (409){detail}; someone changed it meanwhile, re-reading")
-    if status == 422:
-        return RunbookError(f"{doing}: refused as invalid (422){detail}")
-    if status is None or status == 429 or status >= 500:
-        return TransientError(f"{doing}: {status or type(exc).__name__}{detail or ': ' + str(exc)[:200]}")
-    return RunbookError(f"{doing}: HTTP {status}{detail}")

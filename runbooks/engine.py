@@ -33,8 +33,7 @@ from typing import Any, Literal
 from runbooks.errors import FreezeActiveError, LiveStateChangedError, RunbookError, TransientError
 from runbooks.journal import Journal, new_run_id
 from runbooks.locking import FreezeSource, Heartbeat, Lock
-from runbooks.planning import Approval, Plan, PlannedStep, changed_since
-from runbooks.planning import canonical as _canonical
+from runbooks.planning import Approval, Plan, PlannedStep, canonical, changed_since
 from runbooks.spec import Context, Gate, Judgement, Runbook, Step
 
 __all__ = ["Engine", "Outcome", "Reporter"]
@@ -236,7 +235,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 (go on restoring the others; report this one)
                 failures.append(f"{name}: {_describe(exc)}")
                 self._write(journal, "rollback_step_failed", step=name, error=_describe(exc),
-                            undo=f"set it back by hand to {_canonical(before)}")  # fmt: skip
+                            undo=f"set it back by hand to {canonical(before)}")  # fmt: skip
                 continue
             self._write(journal, "rollback_step_done", step=name)
         gate: Judgement | None = None
@@ -263,7 +262,7 @@ class Engine:
 
     def _already(self, step: Step, before: Any) -> bool:
         try:
-            return _canonical(step.observe(self.context)) == _canonical(before)
+            return canonical(step.observe(self.context)) == canonical(before)
         except Exception:  # noqa: BLE001 (cannot tell: restore it anyway)
             return False
 

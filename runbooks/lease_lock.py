@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from runbooks.errors import LockHeldError, RunbookError, TransientError
+from runbooks.errors import LockHeldError, RunbookError
+from runbooks.kube_errors import status_of, translate
 from runbooks.locking import LockInfo
 
 __all__ = ["LEASE_NAME", "LeaseLock"]
@@ -63,9 +64,9 @@ class LeaseLock:
             try:
                 self._api.create_namespaced_lease(self._namespace, {"metadata": {"name": self._name}, "spec": spec})
             except Exception as exc:
-                if _status(exc) == 409:
+                if status_of(exc) == 409:
                     return self.acquire(holder=holder, ttl=ttl, force=force)
-                raise _translate(exc, f"create Lease {self._namespace}/{self._name}") from exc
+                raise translate(exc, f"create Lease {self._namespace}/{self._name}") from exc
         else:
             other = current.spec.holder_identity or ""
             renewed = _parse(current.spec.renew_time) or _parse(current.spec.acquire_time) or now
@@ -114,37 +115,22 @@ class LeaseLock:
         try:
             return self._api.read_namespaced_lease(self._name, self._namespace)
         except Exception as exc:
-            if _status(exc) == 404:
+            if status_of(exc) == 404:
                 return None
-            raise _translate(exc, f"read Lease {self._namespace}/{self._name}") from exc
+            raise translate(exc, f"read Lease {self._namespace}/{self._name}") from exc
 
     def _replace(self, resource_version: str, spec: dict[str, Any], *, taking_from: str) -> None:
         body = {"metadata": {"name": self._name, "resourceVersion": resource_version}, "spec": spec}
         try:
             self._api.replace_namespaced_lease(self._name, self._namespace, body)
         except Exception as exc:
-            if _status(exc) == 409:
+            if status_of(exc) == 409:
                 # Someone wrote the lease between our read and write: they hold it now.
                 latest = self._read()
                 holder = latest.spec.holder_identity if latest is not None else "nobody"
                 raise LockHeldError(
                     env=self._env, holder=holder or "nobody", since="just now", expires="unknown"
                 ) from None
-            raise _translate(
+            raise translate(
                 exc, f"update Lease {self._namespace}/{self._name} (held by {taking_from or 'nobody'})"
             ) from exc
-
-
-def _status(exc: Exception) -> int | None:
-    status = getattr(exc, "status", None)
-    return status if isinstance(status, int) else None
-
-
-def _translate(exc: Exception, doing: str) -> RunbookError:
-    status = _status(exc)
-    reason = getattr(exc, "reason", "") or type(exc).__name__
-    if status == 403:
-        return RunbookError(f"{doing}: forbidden (403); the runner's identity needs get/create/update on leases")
-    if status in (429, 500, 502, 503, 504) or status is None:
-        return TransientError(f"{doing}: {status or ''} {reason}".strip())
-    return RunbookError(f"{doing}: {status} {reason}")

@@ -35,7 +35,7 @@ class PlannedStep:
 
     @property
     def changes(self) -> bool:
-        return _canonical(self.before) != _canonical(self.after)
+        return canonical(self.before) != canonical(self.after)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "summary": self.summary, "before": self.before, "after": self.after}
@@ -59,7 +59,7 @@ class Plan:
             "params": dict(self.params),
             "steps": [step.to_dict() for step in self.steps],
         }
-        return hashlib.sha256(_canonical(body).encode()).hexdigest()
+        return hashlib.sha256(canonical(body).encode()).hexdigest()
 
     def step(self, name: str) -> PlannedStep:
         for step in self.steps:
@@ -121,7 +121,7 @@ def changed_since(runbook: Runbook, context: Context, plan: Plan, *, steps: set[
             continue
         now = _read(partial(step.observe, context))
         planned = plan.step(step.name).before
-        if _canonical(now) != _canonical(planned):
+        if canonical(now) != canonical(planned):
             drift.append(f"{step.name}: planned from {_short(planned)}, now {_short(now)}")
     return drift
 
@@ -160,13 +160,9 @@ class Approval:
 
 def canonical(value: Any) -> str:
     """One text per JSON value (sorted keys): what plans hash and states are compared by."""
-    return _canonical(value)
-
-
-def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 def _short(value: Any, limit: int = 100) -> str:
-    text = _canonical(value)
+    text = canonical(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,8 +7,9 @@ local drill's API URL); runbook steps receive it as `context.ports`.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from infra.targets import ModelServiceTarget, TargetsDocument
 from runbooks.cloud import AwsCloud
@@ -51,6 +52,16 @@ class Ports:
             return found
         prefix = self.model_service.deployments[variant] + "-"
         return [endpoint for endpoint in found if endpoint.pod.startswith(prefix)]
+
+    def set_mode(self, variant: str, fields: Mapping[str, Any]) -> None:
+        """Change a variant's operating mode: durable first (its mode ConfigMap, which pods started
+        later read), then at once on every ready pod of it through the admin API (the mounted
+        ConfigMap reaches running pods only after the kubelet's sync, a minute or more)."""
+        name = self.model_service.mode_config_maps[variant]
+        document = self.cluster.mode_document(self.namespace, name)
+        self.cluster.set_mode_document(self.namespace, name, {**document, **fields})
+        for endpoint in self.endpoints(variant):
+            self.service.push_mode(endpoint.url, fields)
 
     def traffic(self, *, fresh: bool = False, max_age: float = 30.0) -> Window:
         """Requests, errors and latency over the last window, summed over every ready pod.

@@ -16,7 +16,15 @@ import json
 from typing import Any
 
 from infra.targets import freeze_parameter_name, hold_parameter_name
-from runbooks.errors import RunbookError, TransientError
+from runbooks.aws_errors import translate
+from runbooks.errors import RunbookError
+
+_PERMISSIONS = "ssm:GetParameter, PutParameter and DeleteParameter on /peakguard/*"
+
+
+def _translate(exc: Exception, doing: str) -> RunbookError:
+    return translate(exc, doing, permissions=_PERMISSIONS)
+
 
 __all__ = ["SsmSwitches"]
 
@@ -111,17 +119,3 @@ class SsmSwitches:
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-
-
-def _translate(exc: Exception, doing: str) -> RunbookError:
-    response = getattr(exc, "response", None) or {}
-    code = response.get("Error", {}).get("Code", type(exc).__name__)
-    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    if code in ("ThrottlingException", "InternalServerError") or (isinstance(status, int) and status >= 500):
-        return TransientError(f"{doing}: {code}")
-    if code in ("AccessDeniedException", "UnrecognizedClientException"):
-        return RunbookError(
-            f"{doing}: {code}; the runner's AWS identity needs ssm:GetParameter, PutParameter and "
-            "DeleteParameter on /peakguard/*"
-        )
-    return RunbookError(f"{doing}: {code}: {exc}")

@@ -230,13 +230,7 @@ def _desired_mode(context: Context, before: Any) -> Any:
 
 
 def _apply_mode(context: Context, target: Any) -> None:
-    ports = _ports(context)
-    name = ports.model_service.mode_config_maps["full"]
-    document = ports.cluster.mode_document(ports.namespace, name)
-    # Durable first (pods started from now on read it), then at once on every ready pod.
-    ports.cluster.set_mode_document(ports.namespace, name, {**document, **target})
-    for endpoint in ports.endpoints("full"):
-        ports.service.push_mode(endpoint.url, target)
+    _ports(context).set_mode("full", target)
 
 
 def _mode_confirmed(context: Context) -> Reading:

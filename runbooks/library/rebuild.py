@@ -40,12 +40,7 @@ def _observe_canary_version(context: Context) -> Any:
 
 
 def _apply_canary_version(context: Context, target: Any) -> None:
-    ports = ports_of(context)
-    name = ports.model_service.mode_config_maps["canary"]
-    ports.cluster.set_mode_document(ports.namespace, name, {**ports.cluster.mode_document(ports.namespace, name),
-                                                            **target})  # fmt: skip
-    for endpoint in ports.endpoints("canary"):
-        ports.service.push_mode(endpoint.url, target)
+    ports_of(context).set_mode("canary", target)
 
 
 def _observe_canary_bounds(context: Context) -> Any:
@@ -107,11 +102,7 @@ def _desired_fleet(context: Context, before: Any) -> Any:
 
 def _apply_fleet(context: Context, target: Any) -> None:
     ports = ports_of(context)
-    name = ports.model_service.mode_config_maps["full"]
-    ports.cluster.set_mode_document(ports.namespace, name, {**ports.cluster.mode_document(ports.namespace, name),
-                                                            **target["mode"]})  # fmt: skip
-    for endpoint in ports.endpoints("full"):
-        ports.service.push_mode(endpoint.url, target["mode"])
+    ports.set_mode("full", target["mode"])
     canary = ports.model_service.scaled_objects["canary"]
     bounds = ports.cluster.scaled_object_bounds(ports.namespace, canary)
     ports.cluster.set_scaled_object_bounds(ports.namespace, canary, Bounds(min=target["canaryMin"], max=bounds.max))

@@ -223,7 +223,7 @@ class ObjectStore:
                 except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as exc:
                     raise ApiStatus(422, "Invalid", f"json patch failed: {exc}") from None
             elif "strategic-merge" in content_type:
-                updated = _strategic_merge(current, patch)
+                updated = _merge_patch(current, patch, strategic=True)
             else:
                 updated = _merge_patch(current, patch)
             if only_status:
@@ -381,23 +381,12 @@ def _field_selector(text: str) -> Callable[[Mapping[str, Any]], bool]:
     return matches
 
 
-def _merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    result = copy.deepcopy(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = _merge_patch(result.get(key), value)
-    return result
-
-
-def _strategic_merge(target: Any, patch: Any) -> Any:
-    """Strategic merge, as far as our objects need: lists of named items merge by `name`."""
+def _merge_patch(target: Any, patch: Any, *, strategic: bool = False) -> Any:
+    """RFC 7386 JSON merge patch; `strategic`: also merge lists of named items by `name`, as a
+    strategic merge patch does for the fields our objects use (containers, env, volumes)."""
     if (
-        isinstance(patch, list)
+        strategic
+        and isinstance(patch, list)
         and isinstance(target, list)
         and all(isinstance(item, Mapping) and "name" in item for item in [*patch, *target])
     ):
@@ -405,7 +394,7 @@ def _strategic_merge(target: Any, patch: Any) -> Any:
         index = {item["name"]: position for position, item in enumerate(merged)}
         for item in patch:
             if item["name"] in index:
-                merged[index[item["name"]]] = _strategic_merge(merged[index[item["name"]]], item)
+                merged[index[item["name"]]] = _merge_patch(merged[index[item["name"]]], item, strategic=True)
             else:
                 merged.append(copy.deepcopy(item))
         return merged
@@ -416,7 +405,7 @@ def _strategic_merge(target: Any, patch: Any) -> Any:
         if value is None:
             result.pop(key, None)
         else:
-            result[key] = _strategic_merge(result.get(key), value)
+            result[key] = _merge_patch(result.get(key), value, strategic=strategic)
     return result
 
 
