@@ -98,9 +98,13 @@ def find_project_dir(start: Path | None = None) -> Path:
     raise ConfigError(f"no Pulumi.yaml in {here} or its parents; run from the peakguard checkout or pass --project-dir")
 
 
-def load_stack_file(project_dir: Path, env: str) -> dict[str, Any]:
-    """The `config:` map of `Pulumi.<env>.yaml`, decoded."""
-    path = project_dir / f"Pulumi.{env}.yaml"
+def load_stack_file(project_dir: Path, env: str, path: Path | None = None) -> dict[str, Any]:
+    """The `config:` map of `Pulumi.<env>.yaml` (or of `path`, a proposed stack file), decoded."""
+    if path is not None:
+        if not path.is_file():
+            raise ConfigError(f"{path}: no such stack file")
+    else:
+        path = project_dir / f"Pulumi.{env}.yaml"
     if not path.is_file():
         available = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
         raise ConfigError(f"{path}: no such stack file; stacks here: {', '.join(available) or 'none'}")
@@ -318,17 +322,19 @@ def run_offline(
     overrides: Mapping[str, Any] | None = None,
     ssm_parameters: Mapping[str, str] | None = None,
     preview: bool = False,
+    stack_file: Path | None = None,
 ) -> OfflineRun:
     """Run the program for `env` under mocks, from `Pulumi.<env>.yaml` in `project_dir`.
 
     `overrides` replaces whole top-level config keys (e.g. `{"peakguard:storage": {...}}`), the
     way a changed stack file would. `ssm_parameters` are what the account holds (the incident
-    hold); `preview` runs as `pulumi preview` instead of `pulumi up`. Raises `ConfigError` before
+    hold); `preview` runs as `pulumi preview` instead of `pulumi up`; `stack_file` reads the config
+    from that file instead of `Pulumi.<env>.yaml` (a proposed change, checked as `env`). Raises `ConfigError` before
     anything runs if the config is invalid, exactly as `pulumi up` would refuse it.
     """
     from infra import program
 
-    values = load_stack_file(project_dir or find_project_dir(), env)
+    values = load_stack_file(project_dir or find_project_dir(), env, stack_file)
     values.update(overrides or {})
     config = StackConfig.from_mapping(values, stack=env)
 

@@ -1,4 +1,5 @@
-"""`peakguard policy check --env <env>`: the policy pack on the program's offline run, for PR CI."""
+"""`peakguard policy check|rules`: the policy pack on the program's offline run, for PR CI, and the
+rules' metadata as data."""
 
 from __future__ import annotations
 
@@ -6,56 +7,132 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register"]
 
+_EXIT = (
+    "Exit status: 0 no mandatory violation, 1 a mandatory violation (or an unknown, with --strict-unknowns) "
+    "or an expired waiver, 2 invalid stack config, policy config or waiver."
+)
+
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser("policy", help="the policy pack: check an environment offline")
+    parser = commands.add_parser("policy", help="the policy pack: check an environment offline, list the rules")
     actions = parser.add_subparsers(dest="policy_action", metavar="ACTION", required=True)
     check = actions.add_parser(
         "check",
         help="run the Pulumi program under mocks and evaluate every rule on what it registers",
         description=(
             "Runs the Pulumi program for an environment under Pulumi's mocks, from its real "
-            "Pulumi.<env>.yaml, and evaluates the policy pack on every registered resource the way "
-            "`pulumi preview --policy-pack policies` does. Needs no cloud credentials. Exit status: "
-            "0 no mandatory violation, 1 a mandatory violation (or an unknown, with --strict-unknowns), "
-            "2 invalid stack config."
+            "Pulumi.<env>.yaml (or --stack-file), and evaluates the policy pack the way "
+            "`pulumi preview --policy-pack policies` does: resource rules on inputs, stack rules on "
+            "outputs. Needs no cloud credentials. Waivers come from policies/waivers.py; waived "
+            "findings are listed as suppressed. " + _EXIT
         ),
     )
     check.add_argument("--env", required=True, choices=("dev", "staging", "prod"))
-    check.add_argument("--format", choices=("text", "json"), default="text")
-    check.add_argument("--strict-unknowns", action="store_true",
-                       help="fail on properties unknown at preview time, not only on violations")  # fmt: skip
+    check.add_argument(
+        "--format",
+        choices=("text", "json", "sarif", "github", "junit"),
+        default="text",
+        help="text (default), json, sarif (code scanning), github (PR annotations), junit",
+    )
+    check.add_argument("--output", type=Path, metavar="FILE", help="write the report there instead of stdout")
+    check.add_argument(
+        "--strict-unknowns",
+        action="store_true",
+        help="fail on properties unknown at preview time, not only on violations",
+    )
+    check.add_argument(
+        "--stack-file",
+        type=Path,
+        metavar="PATH",
+        help="check this stack file as ENV instead of Pulumi.<env>.yaml (a proposed change)",
+    )
+    check.add_argument(
+        "--policy-config",
+        type=Path,
+        metavar="FILE",
+        help="enforcement levels per policy, in the JSON format of `pulumi preview --policy-pack-config`",
+    )
     check.set_defaults(handler=_check)
+
+    rules = actions.add_parser(
+        "rules",
+        help="every rule with its ID, level, domain, why and peer IDs",
+        description="The pack's rule metadata as data: a Markdown table or JSON.",
+    )
+    rules.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    rules.set_defaults(handler=_rules)
 
 
 def _check(args: argparse.Namespace) -> int:
     from infra.config import ConfigError
-    from infra.offline import run_offline
+    from infra.offline import find_project_dir, run_offline
     from policies.catalog import RULES
-    from policies.evaluation import evaluate, failed
-    from policies.findings import Resource
+    from policies.enforcement import levels_from_config, load_policy_config
+    from policies.evaluation import Stack, evaluate, failed
+    from policies.reports import Context, render
+    from policies.waivers import WAIVERS, check_waivers
 
     started = time.monotonic()
     try:
-        run = run_offline(args.env)
+        levels = levels_from_config(load_policy_config(args.policy_config), RULES) if args.policy_config else {}
+        check_waivers(WAIVERS, RULES)
+    except ValueError as exc:
+        print(f"peakguard policy check: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run = run_offline(args.env, stack_file=args.stack_file)
     except ConfigError as exc:
         print(f"peakguard policy check: invalid config for {args.env}: {exc}", file=sys.stderr)
         return 2
-    resources = [Resource(r.type, r.name, r.urn, r.inputs) for r in run.resources if r.custom]
-    findings = evaluate(resources, RULES)
-    seconds = time.monotonic() - started
-    if args.format == "json":
-        report = {"env": args.env, "rules": len(RULES), "resources": len(resources), "seconds": round(seconds, 2),
-                  "findings": [f.to_dict() for f in findings]}  # fmt: skip
-        print(json.dumps(report, indent=2, default=str))
+    report = evaluate(Stack.from_registrations(run.resources), RULES, levels=levels, waivers=WAIVERS)
+    project = find_project_dir()
+    stack_file = (args.stack_file or project / f"Pulumi.{args.env}.yaml").resolve()
+    artifact = str(stack_file.relative_to(project)) if stack_file.is_relative_to(project) else str(stack_file)
+    context = Context(args.env, artifact, time.monotonic() - started, args.strict_unknowns)
+    text = render(report, context, args.format)
+    if args.output:
+        args.output.write_text(text)
+        print(render(report, context, "text").splitlines()[-1])
     else:
-        for severity in ("mandatory", "advisory"):
-            for finding in (f for f in findings if f.rule.severity == severity):
-                print(f"[{severity} {finding.status}] {finding.message()}")
-        print(f"{args.env}: {len(RULES)} rules on {len(resources)} resources, {len(findings)} findings, "
-              f"{seconds:.1f} s")  # fmt: skip
-    return 1 if failed(findings, strict_unknowns=args.strict_unknowns) else 0
+        sys.stdout.write(text)
+    return 1 if failed(report, strict_unknowns=args.strict_unknowns) else 0
+
+
+def rules_table(rules: Any) -> str:
+    """The README's rule table, generated from the rules themselves."""
+    lines = ["| ID | name | level | domain | why (the failure it prevents) | peers |", "|---|---|---|---|---|---|"]
+    for rule in rules.values():
+        lines.append(
+            f"| {rule.id} | {rule.name} | {rule.severity} | {rule.domain} | {rule.rationale} | "
+            f"{', '.join(rule.peers) or '—'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _rules(args: argparse.Namespace) -> int:
+    from policies.catalog import RULES
+
+    if args.format == "json":
+        rows = [
+            {
+                "id": r.id,
+                "name": r.name,
+                "policy": r.policy_name,
+                "severity": r.severity,
+                "domain": r.domain,
+                "scope": r.scope,
+                "rationale": r.rationale,
+                "resourceTypes": list(r.resource_types),
+                "peers": list(r.peers),
+            }
+            for r in RULES.values()
+        ]
+        print(json.dumps(rows, indent=2))
+    else:
+        sys.stdout.write(rules_table(RULES))
+    return 0
