@@ -16,10 +16,34 @@ from runbooks.errors import RunbookError
 from runbooks.kube_errors import translate
 from runbooks.lease_lock import LeaseLock
 
-__all__ = ["Bounds", "Endpoint", "KubernetesCluster"]
+__all__ = ["CORDON_MARK", "Bounds", "Endpoint", "EvictionRefusedError", "KubernetesCluster", "NodePod"]
 
 MODE_KEY = "mode.json"
 """The mode ConfigMap's key (the file the service watches)."""
+CORDON_MARK = "peakguard.io/cordoned-by"
+"""Annotation on a node this tool cordoned, naming the run: only marked nodes are ours to uncordon."""
+
+
+@dataclass(frozen=True)
+class NodePod:
+    namespace: str
+    name: str
+    owner_kind: str
+    """Kind of the controlling owner (ReplicaSet, DaemonSet, ...); empty for a bare pod."""
+    mirror: bool
+    """A static pod's mirror: the kubelet owns it, eviction cannot move it."""
+    phase: str
+    grace_seconds: int
+
+
+class EvictionRefusedError(RunbookError):
+    """The API refused an eviction with 429: a PodDisruptionBudget, or throttling (told apart)."""
+
+    def __init__(self, message: str, *, budget: str | None, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.budget = budget
+        """The PodDisruptionBudget that blocked it (from the Status causes); None when throttled."""
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -154,6 +178,67 @@ class KubernetesCluster:
             raise RunbookError(f"Secret {namespace}/{name} has no key {key!r}")
         return base64.b64decode(data).decode()
 
+    # --- Nodes: cordon, pods, eviction ----------------------------------------------------
+
+    def cordon_mark(self, node: str) -> tuple[bool, str | None]:
+        """(unschedulable, the run whose cordon it carries, if ours)."""
+        found = self._call(f"read Node {node}", self._core.read_node, node)
+        annotations = (found.metadata.annotations if found.metadata else None) or {}
+        return bool(found.spec and found.spec.unschedulable), annotations.get(CORDON_MARK)
+
+    def cordon(self, node: str, run_id: str) -> None:
+        self._call(f"cordon Node {node}", self._core.patch_node, node,
+                   {"metadata": {"annotations": {CORDON_MARK: run_id}}, "spec": {"unschedulable": True}})  # fmt: skip
+
+    def uncordon(self, node: str, run_id: str) -> None:
+        """Lift this run's cordon; a node not carrying `run_id`'s mark is refused, never touched."""
+        _, mark = self.cordon_mark(node)
+        if mark != run_id:
+            raise RunbookError(f"Node {node} does not carry run {run_id}'s cordon (mark: {mark!r}); left as it is")
+        self._call(f"uncordon Node {node}", self._core.patch_node, node,
+                   {"metadata": {"annotations": {CORDON_MARK: None}}, "spec": {"unschedulable": False}})  # fmt: skip
+
+    def pods_on(self, node: str) -> list[NodePod]:
+        found = self._call(f"list Pods on Node {node}", self._core.list_pod_for_all_namespaces,
+                           field_selector=f"spec.nodeName={node}")  # fmt: skip
+        pods = []
+        for pod in found.items:
+            meta = pod.metadata
+            owner = next((o.kind for o in (meta.owner_references or []) if o.controller), "")
+            pods.append(NodePod(
+                namespace=meta.namespace, name=meta.name, owner_kind=owner or "",
+                mirror="kubernetes.io/config.mirror" in (meta.annotations or {}),
+                phase=(pod.status.phase if pod.status else None) or "Pending",
+                grace_seconds=int((pod.spec.termination_grace_period_seconds if pod.spec else None) or 30),
+            ))  # fmt: skip
+        return pods
+
+    def pod_exists(self, namespace: str, name: str) -> bool:
+        from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped, unused-ignore]
+
+        try:
+            self._core.read_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise translate(exc, f"read Pod {namespace}/{name}") from exc
+        return True
+
+    def evict(self, namespace: str, name: str) -> None:
+        """Ask the Eviction API to move one pod; EvictionRefusedError on 429, with the blocking budget named."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=namespace))
+        try:
+            self._core.create_namespaced_pod_eviction(name, namespace, body)
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # already gone: what an eviction wants
+            if exc.status != 429:
+                raise translate(exc, f"evict Pod {namespace}/{name}") from exc
+            raise _refusal(exc, namespace, name) from exc
+
     def lease_lock(self, *, env: str, namespace: str) -> LeaseLock:
         return LeaseLock(self.coordination, env=env, namespace=namespace)
 
@@ -164,3 +249,30 @@ class KubernetesCluster:
             return method(*args, **kwargs)
         except Exception as exc:
             raise translate(exc, doing) from exc
+
+
+def _refusal(exc: Any, namespace: str, name: str) -> EvictionRefusedError:
+    """A 429 read the way kubectl drain reads it: a DisruptionBudget cause means a budget refused;
+    anything else is the API server throttling (Retry-After says when to come back)."""
+    try:
+        status = json.loads(exc.body or "{}")
+    except ValueError:
+        status = {}
+    causes = (status.get("details") or {}).get("causes") or []
+    budget_cause = next((c for c in causes if c.get("reason") == "DisruptionBudget"), None)
+    headers = getattr(exc, "headers", None) or {}
+    retry_after = headers.get("Retry-After")
+    seconds = float(retry_after) if retry_after and str(retry_after).isdigit() else None
+    if budget_cause is not None:
+        message = budget_cause.get("message", "")
+        budget = message.split("disruption budget ", 1)[1].split()[0] if "disruption budget " in message else "?"
+        return EvictionRefusedError(
+            f"eviction of Pod {namespace}/{name} refused by PodDisruptionBudget {budget}: {message}",
+            budget=budget,
+            retry_after=seconds,
+        )
+    return EvictionRefusedError(
+        f"eviction of Pod {namespace}/{name} throttled by the API server (429): {status.get('message', '')}",
+        budget=None,
+        retry_after=seconds or 1.0,
+    )

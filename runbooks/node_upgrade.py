@@ -1,0 +1,139 @@
+"""One GPU node group upgraded blue/green, batch by batch, with a gate after each batch.
+
+The loop the `rolling-upgrade` runbook runs per group, over a `Fleet` (the cluster and cloud
+ports in production, an in-memory fleet in the property test): re-read the group, ask
+`node_batches.next_step` what may happen, do it, gate. A failed gate, a drain that cannot finish
+or a node that never serves stops the group and rolls the round back: the round's old nodes are
+uncordoned (they were not removed yet: removal waits for the gate) and its surged nodes removed.
+
+Nodes are cordoned with a mark naming the run. Only marked nodes are ours: an operator's cordon is
+never lifted, and a node an operator uncordoned mid-run is reported, left as they set it, and
+stops the round (the decision is theirs now).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from runbooks.errors import RunbookError
+from runbooks.node_batches import Drain, GroupView, Surge, Wait, next_step
+
+__all__ = ["Fleet", "GroupUpgradeStoppedError", "RoundLog", "upgrade_group"]
+
+
+class Fleet(Protocol):
+    """What the upgrade reads and changes. Every method says what it observes or changes."""
+
+    def view(self, group: str) -> GroupView:
+        """The group's nodes as they are now (both generations)."""
+
+    def surge(self, group: str, count: int) -> list[str]:
+        """Launch `count` nodes of the new generation; their names."""
+
+    def cordon(self, node: str) -> None:
+        """Mark the node unschedulable, with this run's mark."""
+
+    def marked(self, node: str) -> bool:
+        """Whether the node still carries this run's cordon (False once anyone uncordoned it)."""
+
+    def uncordon(self, node: str) -> None:
+        """Make a node this run cordoned schedulable again and drop the mark."""
+
+    def drain(self, node: str) -> None:
+        """Evict the node's pods through the Eviction API; raises RunbookError when it cannot."""
+
+    def remove(self, node: str) -> None:
+        """Terminate this node alone (the group's desired size goes down by one)."""
+
+    def healthy(self) -> str | None:
+        """The service gate: None if p99 and error rate are within bounds, else what is wrong."""
+
+    def pause(self, reason: str) -> bool:
+        """Wait one poll interval for `reason` to clear; False once the step's deadline passed."""
+
+
+class GroupUpgradeStoppedError(RunbookError):
+    """The group's upgrade stopped and its round was rolled back; the message says why and where."""
+
+
+@dataclass
+class RoundLog:
+    """What one group's upgrade did, for the journal and the summary."""
+
+    rounds: int = 0
+    surged: list[str] = field(default_factory=list)
+    drained: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    events: list[str] = field(default_factory=list)
+
+
+def _roll_back(fleet: Fleet, cordoned: list[str], launched: list[str], log: RoundLog) -> None:
+    """Undo the round in flight: our cordons lifted, its surged nodes removed. Best effort on each
+    node, so one failure does not leave the rest cordoned."""
+    problems = []
+    for node in cordoned:
+        if not fleet.marked(node):
+            log.events.append(f"{node}: left as an operator set it (no longer carries this run's cordon)")
+            continue
+        try:
+            fleet.uncordon(node)
+        except RunbookError as exc:
+            problems.append(f"uncordon {node}: {exc}")
+    for node in launched:
+        try:
+            fleet.remove(node)
+        except RunbookError as exc:
+            problems.append(f"remove {node}: {exc}")
+    if problems:
+        raise RunbookError("rollback incomplete: " + "; ".join(problems))
+
+
+def upgrade_group(group: str, fleet: Fleet, log: RoundLog | None = None, *, max_rounds: int = 1000) -> RoundLog:
+    """Replace every old node of `group`, a batch at a time; raises GroupUpgradeStoppedError after
+    rolling back the round in flight."""
+    log = log or RoundLog()
+    cordoned: list[str] = []
+    launched: list[str] = []
+
+    def stop(reason: str) -> GroupUpgradeStoppedError:
+        log.events.append(f"stopped: {reason}")
+        _roll_back(fleet, cordoned, launched, log)
+        return GroupUpgradeStoppedError(f"{group}: {reason}; the round in flight was rolled back")
+
+    for _ in range(max_rounds):
+        step = next_step(fleet.view(group))
+        if step is None:
+            return log
+        if isinstance(step, Wait):
+            if not fleet.pause(step.reason):
+                raise stop(f"gave up waiting: {step.reason}")
+            continue
+        if isinstance(step, Surge):
+            launched += fleet.surge(group, step.count)
+            log.surged += launched[-step.count :]
+            continue
+        assert isinstance(step, Drain)
+        log.rounds += 1
+        for node in step.nodes:
+            fleet.cordon(node)
+            cordoned.append(node)
+        try:
+            for node in step.nodes:
+                if not fleet.marked(node):
+                    raise stop(f"{node} was uncordoned by someone else mid-drain; not re-cordoning it")
+                fleet.drain(node)
+        except GroupUpgradeStoppedError:
+            raise
+        except RunbookError as exc:
+            raise stop(f"drain failed: {exc}") from exc
+        log.drained += step.nodes
+        problem = fleet.healthy()
+        if problem is not None:
+            raise stop(f"health gate failed after draining {', '.join(step.nodes)}: {problem}")
+        for node in step.nodes:
+            fleet.remove(node)
+            cordoned.remove(node)
+            log.removed.append(node)
+        launched.clear()  # this round's new nodes passed the gate: they are the group now
+    raise stop(f"no end after {max_rounds} rounds")
