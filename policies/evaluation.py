@@ -4,16 +4,16 @@ enforcement levels in effect and the waivers, and the exit status CI keys on."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 
 from infra.offline import Registration
 from policies.enforcement import Level
-from policies.findings import Finding, Resource, Rule
+from policies.findings import Finding, Resource, Rule, Violation
 from policies.waivers import Waiver
 
-__all__ = ["Report", "Stack", "evaluate", "failed"]
+__all__ = ["Report", "Stack", "checked", "evaluate", "failed"]
 
 
 @dataclass(frozen=True)
@@ -45,18 +45,33 @@ class Report:
     """Waivers in force that matched nothing here (another stack's, or stale)."""
 
 
+def checked(rule: Rule, resources: Sequence[Resource], anchor: Resource) -> list[Finding]:
+    """`rule` on `resources` (one resource's inputs, or the stack's outputs). A rule that cannot read
+    what it was given (a malformed or half-known value it did not expect) is `not-evaluated` on
+    `anchor`: never a pass, and never a crash of the whole check."""
+    try:
+        if rule.check is not None:
+            pairs = [(resource, violation) for resource in resources for violation in rule.check(resource)]
+        else:
+            assert rule.stack_check is not None
+            pairs = rule.stack_check(resources)
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        fix = f"report it with the resource's properties: {type(exc).__name__}: {exc}"
+        pairs = [(anchor, Violation("(the rule's inputs)", None, "readable", fix, status="not-evaluated"))]
+    return [Finding(rule, resource, violation) for resource, violation in pairs]
+
+
 def _raw(stack: Stack, rules: Mapping[str, Rule]) -> list[Finding]:
     findings: list[Finding] = []
     for rule in rules.values():
         if rule.check is not None:
             for resource in stack.inputs:
                 if resource.type in rule.resource_types:
-                    findings.extend(Finding(rule, resource, violation) for violation in rule.check(resource))
-        elif rule.stack_check is not None:
-            findings.extend(
-                Finding(rule, resource, violation) for resource, violation in rule.stack_check(stack.outputs)
-            )
-    return findings
+                    findings += checked(rule, [resource], resource)
+        elif stack.outputs:
+            findings += checked(rule, stack.outputs, stack.outputs[0])
+    # Stable across runs and formats, whatever order the program registered resources in.
+    return sorted(findings, key=lambda f: (f.rule.id, f.resource.name, f.violation.path))
 
 
 def evaluate(

@@ -140,7 +140,14 @@ class Finding:
         v = self.violation
         if v.status == "not-evaluated":
             head = f"{self.rule.id} {self.rule.name}: not evaluated on {self.resource.type} {self.resource.name}"
-            return f"{head}: {v.path} is unknown at preview time; it must be {v.required}"
+            fix = v.fix or (
+                "nothing yet: it is known once `pulumi up` has created what it depends on; the check after that "
+                "run judges it (CI can fail on unknowns with --strict-unknowns)"
+            )
+            return (
+                f"{head}: {v.path} is unknown at preview time (or unreadable); it must be {v.required}. "
+                f"Why: {self.rule.rationale} Fix: {fix}"
+            )
         text = (
             f"{self.rule.id} {self.rule.name}: {self.resource.type} {self.resource.name}: {v.path} is {v.current!r}, "
             f"must be {v.required}. Why: {self.rule.rationale} Fix: {v.fix}"

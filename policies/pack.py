@@ -36,9 +36,12 @@ _SENTINELS = frozenset(
 )
 
 
+_PROXIES = tuple(getattr(policy_proxy, name) for name in ("_DictProxy", "_ListProxy"))
+
+
 def _unwrapped(value: Any) -> Any:
     """The container behind pulumi-policy's proxy, which hands it out under the key `__target`."""
-    return value["__target"] if type(value).__name__ in ("_DictProxy", "_ListProxy") else value
+    return value["__target"] if isinstance(value, _PROXIES) else value
 
 
 def plain(value: Any) -> Any:
@@ -60,7 +63,7 @@ def _report(
     waivers: Sequence[Waiver],
     today: date,
 ) -> None:
-    unknown = None
+    unknown: list[str] = []
     for resource, violation in pairs:
         finding = Finding(rule, resource, violation)
         waiver = next((w for w in waivers if w.matches(rule.id, resource.name, resource.urn)), None)
@@ -69,11 +72,15 @@ def _report(
         if waiver is not None:
             finding = finding.with_status(violation.status, f"waiver by {waiver.owner} expired on {waiver.expires}")
         if violation.status == "not-evaluated":
-            unknown = unknown or violation.path
+            unknown.append(finding.message())
             continue
         report_violation(finding.message(), resource.urn)
-    if unknown is not None:
-        raise policy_proxy.UnknownValueError(policy_proxy.UNKNOWN_STRING_VALUE, unknown.split("."))
+    if unknown:
+        # The engine prints this as "can't run policy ... during preview: <message>" (with no URN),
+        # so the message carries every resource and path that could not be judged.
+        error = policy_proxy.UnknownValueError(policy_proxy.UNKNOWN_STRING_VALUE, [])
+        error.message = " | ".join(unknown)
+        raise error
 
 
 def _resource_validation(rule: Rule, waivers: Sequence[Waiver], today: Callable[[], date]) -> Any:
@@ -96,10 +103,31 @@ def _stack_validation(rule: Rule, waivers: Sequence[Waiver], today: Callable[[],
     return validate
 
 
+def _no_expired_waivers(waivers: Sequence[Waiver], today: Callable[[], date]) -> Any:
+    def validate(args: StackValidationArgs, report_violation: ReportViolation) -> None:
+        for waiver in waivers:
+            if waiver.expired(today()):
+                report_violation(
+                    f"waiver for {waiver.rule} on {waiver.resource} (owner {waiver.owner}) expired on "
+                    f"{waiver.expires}: fix the resource or renew the waiver in policies/waivers.py",
+                    None,
+                )
+
+    return validate
+
+
 def build_policies(
     rules: Mapping[str, Rule], waivers: Sequence[Waiver] = (), today: Callable[[], date] = date.today
 ) -> list[Policy]:
-    policies: list[Policy] = []
+    """One policy per rule, and one that fails on an expired waiver (as `peakguard policy check` does)."""
+    policies: list[Policy] = [
+        StackValidationPolicy(
+            name="waivers-not-expired",
+            description="An expired waiver fails the check until the resource is fixed or the waiver renewed.",
+            validate=_no_expired_waivers(waivers, today),
+            enforcement_level=EnforcementLevel.MANDATORY,
+        )
+    ]
     for rule in rules.values():
         common: dict[str, Any] = {
             "name": rule.policy_name,

@@ -129,7 +129,8 @@ def _sarif(report: Report, context: Context) -> str:
             "properties": {"status": finding.status, "path": finding.violation.path, "fix": finding.violation.fix},
         }
         if finding.status == "suppressed":
-            result["suppressions"] = [{"kind": "inSource", "status": "accepted", "justification": finding.note}]
+            # "external": the waiver lives in policies/waivers.py, not in the stack file the result points at.
+            result["suppressions"] = [{"kind": "external", "status": "accepted", "justification": finding.note}]
         results.append(result)
     document = {
         "$schema": _SARIF_SCHEMA,

@@ -11,7 +11,6 @@ from infra.facts import INSTANCE_TYPES, InstanceType
 from policies.findings import Resource
 
 __all__ = [
-    "ENV_TAG",
     "GPU_TAINT",
     "POOL_LABEL",
     "env_of",
@@ -24,8 +23,6 @@ __all__ = [
     "truthy",
 ]
 
-ENV_TAG = "peakguard:env"
-"""The program tags every AWS resource with its stack; rules whose bar depends on it read this."""
 POOL_LABEL = "peakguard.io/pool"
 GPU_TAINT = "nvidia.com/gpu"
 
@@ -43,15 +40,20 @@ def sequence(value: Any) -> Sequence[Any]:
     return value if isinstance(value, list | tuple) else ()
 
 
+_LOWER_BAR = ("dev", "staging")
+
+
 def env_of(resource: Resource) -> str:
-    """The stack a resource belongs to, from its tags; prod when untagged, so the bar is never lower."""
-    env = mapping(resource.get("tags")).get(ENV_TAG)
-    return env if isinstance(env, str) and env else "prod"
+    """The stack a resource belongs to, from its URN (`urn:pulumi:<stack>::...`), which stack config
+    cannot change (tags can). Anything but dev or staging is held to prod's bar."""
+    head = resource.urn.split("::", 1)[0]
+    stack = head.rsplit(":", 1)[-1] if head.startswith("urn:pulumi:") else ""
+    return stack if stack in _LOWER_BAR else "prod"
 
 
 def stack_env(resources: Iterable[Resource]) -> str:
-    """The stack's environment: the one its tagged resources agree on; prod if none say."""
-    envs = {env for r in resources if isinstance(env := mapping(r.get("tags")).get(ENV_TAG), str)}
+    """The stack's environment: the one its resources' URNs agree on; prod otherwise."""
+    envs = {env_of(r) for r in resources}
     return next(iter(envs)) if len(envs) == 1 else "prod"
 
 

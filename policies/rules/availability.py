@@ -38,7 +38,10 @@ def _subnets_span(resources: Sequence[Resource]) -> list[tuple[Resource, Violati
         return []
     tiers: dict[str, set[str]] = defaultdict(set)
     for subnet in subnets:
-        tiers[_tier(subnet)].add(str(subnet.get("availabilityZone")))
+        zone = subnet.get("availabilityZone")
+        if not isinstance(zone, str):  # unknown, or left to AWS to pick: not a zone we can count
+            return [(subnet, Violation("availabilityZone", None, "a named AZ", "", status="not-evaluated"))]
+        tiers[_tier(subnet)].add(zone)
     anchor = next(iter(of_type(resources, _VPC)), subnets[0])
     return [
         (
@@ -59,6 +62,8 @@ def _zones_of(node_groups: Sequence[Resource], subnet_zones: dict[object, str]) 
     """The AZs a set of node groups' subnets are in; None if a subnet is not in this stack."""
     zones = set()
     for group in node_groups:
+        if group.get("subnetIds") is UNKNOWN:
+            return None
         for subnet_id in sequence(group.get("subnetIds")):
             if subnet_id not in subnet_zones:
                 return None
@@ -67,7 +72,11 @@ def _zones_of(node_groups: Sequence[Resource], subnet_zones: dict[object, str]) 
 
 
 def _subnet_zones(resources: Sequence[Resource]) -> dict[object, str]:
-    return {s.get("id"): str(s.get("availabilityZone")) for s in of_type(resources, _SUBNET) if known(s.get("id"))}
+    return {
+        s.get("id"): s.get("availabilityZone")
+        for s in of_type(resources, _SUBNET)
+        if known(s.get("id")) and isinstance(s.get("availabilityZone"), str)
+    }
 
 
 def _system_nodes_span(resources: Sequence[Resource]) -> list[tuple[Resource, Violation]]:

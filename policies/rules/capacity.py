@@ -82,7 +82,7 @@ def _gpus_per_node(group: Resource, templates: dict[object, Resource]) -> int | 
 
 
 def _pool_fits_the_maximum(resources: Sequence[Resource]) -> list[tuple[Resource, Violation]]:
-    templates = {t.get("id"): t for t in of_type(resources, _LAUNCH_TEMPLATE)}
+    templates = {t.get("id"): t for t in of_type(resources, _LAUNCH_TEMPLATE) if known(t.get("id"))}
     found = []
     for deployment in of_type(resources, DEPLOYMENT):
         per_replica = accelerators(deployment)

@@ -48,7 +48,10 @@ def _efa_per_card(template: Resource) -> list[Violation]:
                 "add the type's network cards and EFA limit to infra/facts.py, from the EC2 User Guide",
             )
         ]
-    interfaces = [mapping(i) for i in sequence(template.get("networkInterfaces"))]
+    raw = template.get("networkInterfaces")
+    interfaces = [mapping(i) for i in sequence(raw)]
+    if raw is UNKNOWN or any(UNKNOWN in (i.get("interfaceType"), i.get("networkCardIndex")) for i in interfaces):
+        return [Violation("networkInterfaces", None, "known", "", status="not-evaluated")]
     efa = [i for i in interfaces if i.get("interfaceType") in _EFA_TYPES]
     cards = sorted({int(i.get("networkCardIndex", 0)) for i in efa})
     wanted = instance.efa_interface_count

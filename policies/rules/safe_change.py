@@ -30,9 +30,16 @@ def _node_group_batch(resource: Resource) -> list[Violation]:
             )
         ]
     if percent is not None and float(percent) > _THIRD:
-        fix = f"lower it to {_THIRD} (stack config: gpuPools.<pool>.maxUnavailablePercentage)"
+        where = (
+            "gpuPools.<pool>.maxUnavailablePercentage"
+            if "gpu" in resource.name
+            else "the system node group's update_config (infra/cluster.py)"
+        )
+        fix = f"lower it to {_THIRD} ({where})"
         return [Violation("updateConfig.maxUnavailablePercentage", percent, f"<= {_THIRD}", fix)]
     size = resource.get("scalingConfig.maxSize")
+    if absolute is not None and size is UNKNOWN:
+        return [Violation("scalingConfig.maxSize", None, "known", "", status="not-evaluated")]
     if absolute is not None and known(size) and int(absolute) > max(1, int(size) // 3):
         return [
             Violation(
@@ -45,23 +52,32 @@ def _node_group_batch(resource: Resource) -> list[Violation]:
     return []
 
 
-def _deployment_rollout(resource: Resource) -> list[Violation]:
-    found = []
-    strategy = resource.get("spec.strategy.rollingUpdate.maxUnavailable")
-    if strategy is UNKNOWN:
-        found.append(Violation("spec.strategy.rollingUpdate.maxUnavailable", None, "known", "", status="not-evaluated"))
-    elif strategy is None:
-        found.append(
-            Violation(
-                "spec.strategy.rollingUpdate.maxUnavailable",
-                None,
-                "set, <= 33%",
-                'set rolling_update=RollingUpdateDeploymentArgs(max_unavailable="25%")',
-            )
+def _rollout_share(deployment: Resource, resources: Sequence[Resource]) -> Violation | None:
+    path = "spec.strategy.rollingUpdate.maxUnavailable"
+    strategy = deployment.get(path)
+    fewest = scaling_of(deployment, resources).fewest
+    if UNKNOWN in (strategy, fewest):
+        return Violation(path, None, "known", "", status="not-evaluated")
+    if strategy is None:
+        return Violation(
+            path, None, "set, <= 33%", 'set rolling_update=RollingUpdateDeploymentArgs(max_unavailable="25%")'
         )
-    elif isinstance(strategy, str) and strategy.endswith("%") and int(strategy[:-1]) > _THIRD:
-        found.append(Violation("spec.strategy.rollingUpdate.maxUnavailable", strategy, "<= 33%", 'use "25%"'))
-    return found
+    if isinstance(strategy, str):
+        # The deployment controller rounds maxUnavailable percentages down, so 33% is at most a third.
+        fix = 'set max_unavailable="25%" in the rolling update (infra/model_workload.py)'
+        return Violation(path, strategy, "<= 33%", fix) if _percent(strategy) > _THIRD else None
+    if int(strategy) > math.floor(int(fewest) / 3):
+        return Violation(
+            path,
+            int(strategy),
+            f"<= a third of the fewest replicas ({int(fewest)})",
+            'use a percentage ("25%"), which scales with the replicas',
+        )
+    return None
+
+
+def _deployment_rollout(resources: Sequence[Resource]) -> list[tuple[Resource, Violation]]:
+    return [(d, v) for d in of_type(resources, DEPLOYMENT) if (v := _rollout_share(d, resources)) is not None]
 
 
 def _percent(value: str) -> int:
@@ -76,15 +92,13 @@ def _budget_share(budget: Resource, deployment: Resource, resources: Sequence[Re
         return Violation("spec.maxUnavailable", None, "known at preview", "", status="not-evaluated")
     if unavailable is None and available is None:
         return Violation("spec.maxUnavailable", None, f"<= {_THIRD}% of the replicas", "set maxUnavailable")
+    # The disruption controller rounds a budget's percentage up ("33%" of 4 pods lets 2 go), so a
+    # percentage is judged as the pod count it becomes for the fewest replicas kept.
     if isinstance(unavailable, str):
-        if _percent(unavailable) > _THIRD:
-            return Violation("spec.maxUnavailable", unavailable, f"<= {_THIRD}%", 'use maxUnavailable "33%" or less')
-        return None
-    if unavailable is None:
-        if isinstance(available, str):
-            ok = _percent(available) >= 100 - _THIRD
-            return None if ok else Violation("spec.minAvailable", available, f">= {100 - _THIRD}%", 'use "67%"')
-        unavailable = int(fewest) - int(available)
+        unavailable = math.ceil(_percent(unavailable) * int(fewest) / 100)
+    elif unavailable is None:
+        needed = math.ceil(_percent(available) * int(fewest) / 100) if isinstance(available, str) else int(available)
+        unavailable = int(fewest) - needed
     fewest, unavailable = int(fewest), int(unavailable)
     if scaling.scales_from_zero and unavailable <= 1:
         return None  # a standby variant: one pod at a time, so a drain can always proceed
@@ -92,13 +106,16 @@ def _budget_share(budget: Resource, deployment: Resource, resources: Sequence[Re
         return None
     if fewest < 3 and stack_env(resources) != "prod" and unavailable <= 1:
         return None  # dev runs one replica on purpose; a drain there may take it
-    where = (
-        "modelService.minReplicas" if scaling.autoscaler is not None and scaling.autoscaler.type == HPA else "replicas"
-    )
+    if scaling.autoscaler is None:
+        where = "the Deployment's replicas"
+    elif scaling.autoscaler.type == HPA:
+        where = "the HPA's minReplicas (modelService.minReplicas)"
+    else:
+        where = "the ScaledObject's minReplicaCount"
     fix = (
         f"raise {where} to >= 3, so one pod can be evicted without losing more than a third"
         if fewest < 3
-        else f"set maxUnavailable to {max(1, fewest // 3)} (a third of {fewest}, rounded down)"
+        else f"set maxUnavailable to {fewest // 3} (a third of {fewest}, rounded down, as a count)"
     )
     return Violation("spec.maxUnavailable", unavailable, f"<= a third of the fewest replicas ({fewest})", fix)
 
@@ -129,8 +146,8 @@ RULES = (
         domain="safe change",
         severity="mandatory",
         rationale="a rollout that takes down more than a third of the replicas at once halves capacity mid-surge.",
-        resource_types=("kubernetes:apps/v1:Deployment",),
-        check=_deployment_rollout,
+        resource_types=(DEPLOYMENT, HPA, SCALED_OBJECT),
+        stack_check=_deployment_rollout,
     ),
     Rule(
         id="SAFE-003",

@@ -6,17 +6,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from policies.findings import UNKNOWN, Resource, Rule, Violation
-from policies.wire import POOL_LABEL, mapping, of_type, sequence
+from policies.wire import POOL_LABEL, mapping, of_type, sequence, truthy
 from policies.workloads import DEPLOYMENT, PDB, accelerators, containers, guarding_budgets
 
 __all__ = ["RULES"]
 
 _MOVING_TAGS = ("latest", "main", "master", "stable", "dev", "edge", "nightly")
-
-
-def _containers(resource: Resource) -> list[dict[str, Any]]:
-    containers = resource.get("spec.template.spec.containers")
-    return containers if isinstance(containers, list) else []
 
 
 def _is_model_service(resource: Resource) -> bool:
@@ -28,12 +23,17 @@ def _readiness_after_warm_up(resource: Resource) -> list[Violation]:
     if not _is_model_service(resource):
         return []
     found = []
-    for index, container in enumerate(_containers(resource)):
-        path = (container.get("readinessProbe") or {}).get("httpGet", {}).get("path")
-        if path != "/readyz":
+    for where, container in containers(resource):
+        if where.startswith("spec.template.spec.initContainers"):
+            continue  # init containers run before readiness matters
+        probe = container.get("readinessProbe")
+        path = mapping(mapping(probe).get("httpGet")).get("path")
+        if UNKNOWN in (probe, path):
+            found.append(Violation(f"{where}.readinessProbe", None, "known", "", status="not-evaluated"))
+        elif path != "/readyz":
             found.append(
                 Violation(
-                    f"spec.template.spec.containers[{index}].readinessProbe.httpGet.path",
+                    f"{where}.readinessProbe.httpGet.path",
                     path,
                     '"/readyz"',
                     "probe /readyz: it passes only after weights load and a warm-up batch",
@@ -44,12 +44,10 @@ def _readiness_after_warm_up(resource: Resource) -> list[Violation]:
 
 def _pinned_images(resource: Resource) -> list[Violation]:
     found = []
-    for index, container in enumerate(_containers(resource)):
+    for where, container in containers(resource):
         image = container.get("image")
         if image is UNKNOWN:
-            found.append(
-                Violation(f"spec.template.spec.containers[{index}].image", None, "known", "", status="not-evaluated")
-            )
+            found.append(Violation(f"{where}.image", None, "known", "", status="not-evaluated"))
             continue
         if not isinstance(image, str):
             continue
@@ -59,7 +57,7 @@ def _pinned_images(resource: Resource) -> list[Violation]:
         if not pinned:
             found.append(
                 Violation(
-                    f"spec.template.spec.containers[{index}].image",
+                    f"{where}.image",
                     image,
                     "a digest or a fixed tag",
                     "pin it: repo@sha256:<digest> or repo:1.2.3",
@@ -72,6 +70,14 @@ _NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 _EKS_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
 
 
+def _amount(value: Any) -> Any:
+    """A device count as a number whether it came as "1", 1 or 1.0."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
 def _requests_and_limits(deployment: Resource) -> list[Violation]:
     found = []
     for path, container in containers(deployment):
@@ -79,7 +85,11 @@ def _requests_and_limits(deployment: Resource) -> list[Violation]:
         requests, limits = mapping(resources.get("requests")), mapping(resources.get("limits"))
         missing = [f"requests.{k}" for k in ("cpu", "memory") if k not in requests]
         missing += [f"limits.{k}" for k in ("memory",) if k not in limits]
-        missing += [f"limits.{k}" for k in requests if k.startswith("nvidia.com/") and limits.get(k) != requests[k]]
+        missing += [
+            f"limits.{k}"
+            for k in requests
+            if k.startswith("nvidia.com/") and _amount(limits.get(k)) != _amount(requests[k])
+        ]
         if missing:
             found.append(
                 Violation(
@@ -152,17 +162,15 @@ def _non_root(deployment: Resource) -> list[Violation]:
     found = []
     for path, container in containers(deployment):
         context = mapping(container.get("securityContext"))
-        non_root = context.get("runAsNonRoot", pod.get("runAsNonRoot")) is True
+        non_root = context.get("runAsNonRoot", pod.get("runAsNonRoot"))
         user = context.get("runAsUser", pod.get("runAsUser"))
-        if not non_root or user in (0, 0.0, "0"):
-            found.append(
-                Violation(
-                    f"{path}.securityContext.runAsNonRoot",
-                    context.get("runAsNonRoot", pod.get("runAsNonRoot")),
-                    "true, with a non-zero runAsUser",
-                    "set the pod's security_context run_as_non_root=True, run_as_user=10001",
-                )
-            )
+        fix = "set the pod's security_context run_as_non_root=True, run_as_user=10001"
+        if UNKNOWN in (non_root, user):
+            found.append(Violation(f"{path}.securityContext", None, "known", "", status="not-evaluated"))
+        elif user is not None and float(user) == 0:
+            found.append(Violation(f"{path}.securityContext.runAsUser", user, "a non-zero user", fix))
+        elif not truthy(non_root):
+            found.append(Violation(f"{path}.securityContext.runAsNonRoot", non_root, "true", fix))
     return found
 
 

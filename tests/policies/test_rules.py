@@ -176,7 +176,7 @@ CASES: dict[str, Case] = {
         DEPLOYMENT,
         _full,
         _set("spec.template.spec.containers.0.securityContext.runAsUser", 0),
-        "containers[0].securityContext.runAsNonRoot",
+        "containers[0].securityContext.runAsUser is 0",
     ),
     "SERV-006": Case(
         PDB,
@@ -266,7 +266,7 @@ def test_a_violation_names_the_resource_the_path_and_the_fix(rule_id: str, runs:
     message = finding.message()
     assert (case.reported_on or names[0]) in message
     assert case.expect in message, message
-    assert "Why: " in message and "Fix: " in message
+    assert "Why: " in message and "Fix: " in message and len(finding.violation.fix) > 10
     assert failed(report)
 
 
@@ -380,3 +380,92 @@ def test_an_absent_property_is_known_and_judged(runs: dict[str, OfflineRun]) -> 
     (finding,) = evaluate(edited, {"CAP-001": RULES["CAP-001"]}).findings
     assert finding.status == "violation"
     assert "the headroom cannot be checked" in finding.message()
+
+
+def _first_preview(run: OfflineRun) -> Stack:
+    """The stack as a first `pulumi preview` sees it: every value a provider computes (ids, ARNs,
+    generated names) and every string built from one is unknown."""
+    computed = set()
+    for r in run.resources:
+        if r.custom:
+            computed.add(r.id)
+            computed |= {v for k, v in r.outputs.items() if k not in r.inputs and isinstance(v, str) and len(v) > 6}
+
+    def blank(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: blank(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [blank(v) for v in value]
+        return UNKNOWN if isinstance(value, str) and any(c in value for c in computed) else value
+
+    custom = [r for r in run.resources if r.custom]
+    return Stack(
+        inputs=tuple(Resource(r.type, r.name, r.urn, blank(dict(r.inputs))) for r in custom),
+        outputs=tuple(Resource(r.type, r.name, r.urn, blank({**r.outputs, "id": r.id})) for r in custom),
+    )
+
+
+def test_a_first_preview_finds_no_violation_only_things_not_yet_known(run: OfflineRun) -> None:
+    report = evaluate(_first_preview(run), RULES)
+    assert not [f.message() for f in report.findings if f.status == "violation"]
+    unknown = {(f.rule.id, f.resource.name) for f in report.findings if f.status == "not-evaluated"}
+    env = run.config.env
+    assert ("SEC-007", f"{env}-storage-models") in unknown, "the bucket's guards are matched once names exist"
+    assert all("Fix: " in f.message() for f in report.findings)
+
+
+def test_a_budget_percentage_is_judged_as_the_pods_it_rounds_up_to(runs: dict[str, OfflineRun]) -> None:
+    rule = {"SAFE-003": RULES["SAFE-003"]}
+    stack = _stack(runs["prod"])
+    for budget, fewest, allowed in (("33%", 4, False), ("33%", 12, True), ("25%", 12, True), ("34%", 12, False)):
+        edited, _ = _edited(stack, Case(PDB, lambda n: n == "prod-model-service-full-pdb",
+                                        _set("spec.maxUnavailable", budget), ""))  # fmt: skip
+        edited, _ = _edited(edited, Case(HPA, lambda n: True, _set("spec.minReplicas", fewest), ""))
+        assert bool(evaluate(edited, rule).findings) is not allowed, (budget, fewest)
+
+
+def test_a_rollout_count_is_judged_against_the_fewest_replicas(runs: dict[str, OfflineRun]) -> None:
+    rule = {"SAFE-002": RULES["SAFE-002"]}
+    for count, allowed in ((4, True), (5, False), (4.0, True)):
+        case = Case(DEPLOYMENT, _full, _set("spec.strategy.rollingUpdate.maxUnavailable", count), "")
+        edited, _ = _edited(_stack(runs["prod"]), case)  # minReplicas 12: a third is 4
+        assert bool(evaluate(edited, rule).findings) is not allowed, count
+
+
+def test_init_containers_are_held_to_the_same_image_rule(runs: dict[str, OfflineRun]) -> None:
+    case = Case(DEPLOYMENT, _full, _set("spec.template.spec.initContainers.0.image", "repo/weights:latest"), "")
+    edited, _ = _edited(_stack(runs["prod"]), case)
+    (finding,) = evaluate(edited, {"SERV-002": RULES["SERV-002"]}).findings
+    assert "initContainers[0].image is 'repo/weights:latest'" in finding.message()
+
+
+def test_the_environment_comes_from_the_urn_not_from_tags(runs: dict[str, OfflineRun]) -> None:
+    """A prod stack tagging itself dev (peakguard:tags) must not lower the bar."""
+    case = Case("aws:eks/cluster:Cluster", lambda n: True, _set("vpcConfig.publicAccessCidrs", ["0.0.0.0/0"]), "")
+    edited, _ = _edited(_stack(runs["prod"]), case)
+    edited, _ = _edited(edited, Case("aws:eks/cluster:Cluster", lambda n: True, _set("tags.peakguard:env", "dev"), ""))
+    assert evaluate(edited, {"SEC-005": RULES["SEC-005"]}).findings
+
+
+def test_booleans_and_counts_as_the_wire_sends_them(runs: dict[str, OfflineRun]) -> None:
+    stack = _stack(runs["prod"])
+    as_text = Case("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock", lambda n: True,
+                   lambda p: p.update({k: "true" for k in ("blockPublicAcls", "blockPublicPolicy", "ignorePublicAcls",
+                                                          "restrictPublicBuckets")}), "")  # fmt: skip
+    edited, _ = _edited(stack, as_text)
+    assert not evaluate(edited, {"SEC-002": RULES["SEC-002"]}).findings
+    path = "spec.template.spec.containers.0.securityContext.runAsNonRoot"
+    non_root_text = Case(DEPLOYMENT, _full, _set(path, "true"), "")
+    edited, _ = _edited(stack, non_root_text)
+    assert not evaluate(edited, {"SERV-005": RULES["SERV-005"]}).findings
+    gpu_as_float = Case(DEPLOYMENT, _full, lambda p: p["spec"]["template"]["spec"]["containers"][0]["resources"]
+                        ["limits"].update({"nvidia.com/gpu": 1.0}), "")  # fmt: skip
+    edited, _ = _edited(stack, gpu_as_float)
+    assert not evaluate(edited, {"SERV-003": RULES["SERV-003"]}).findings
+
+
+def test_a_rule_that_cannot_read_its_input_is_not_evaluated_not_a_crash(runs: dict[str, OfflineRun]) -> None:
+    case = Case(LT, lambda n: n == "prod-gpu-full-us-west-2a", _set("networkInterfaces.0.networkCardIndex", "zero"), "")
+    edited, _ = _edited(_stack(runs["prod"]), case)
+    (finding,) = evaluate(edited, {"EFA-001": RULES["EFA-001"]}).findings
+    assert finding.status == "not-evaluated" and "ValueError" in finding.message()
