@@ -487,6 +487,11 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     for name, value in raw_tags.items():
         if not isinstance(value, str) or not value:
             _fail(f"{PROJECT}:tags.{name}", value, "must be a non-empty string")
+        if str(name).startswith("peakguard:"):
+            # The program's own tags (env, pool, managed-by) drive cost reports, runbooks and policies.
+            _fail(
+                f"{PROJECT}:tags.{name}", value, "is reserved: tags starting with 'peakguard:' are set by the program"
+            )
         tags[str(name)] = value
     return StackConfig(
         env=env,

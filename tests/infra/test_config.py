@@ -1045,6 +1045,13 @@ def test_missing_required_key_is_named_as_required(key: str) -> None:
             "must be a non-empty string",
             id="number-where-tag-value",
         ),
+        pytest.param(
+            {"peakguard:tags": {"peakguard:env": "dev"}},
+            "peakguard:tags.peakguard:env",
+            "dev",
+            "is reserved",
+            id="program-tag-overridden",
+        ),
     ],
 )
 def test_wrong_type_is_refused(changes: dict[str, Any], key: str, got: Any, says: str) -> None:
