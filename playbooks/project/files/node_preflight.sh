@@ -1,0 +1,1 @@
+../../../infra/node_scripts/node_preflight.sh

@@ -1,0 +1,1 @@
+../../../infra/node_scripts/nvme_raid0.sh
