@@ -1,4 +1,5 @@
-"""The cloud port: the targets document, EKS node group sizes, and the SSM switches, through boto3.
+"""The cloud port: the targets document, EKS node group sizes, single nodes' instances, and the SSM
+switches, through boto3.
 
 boto3 honours AWS_ENDPOINT_URL, so the local drill and the tests point it at moto on 127.0.0.1
 with no code of ours in between.
@@ -14,7 +15,7 @@ from runbooks.aws_errors import translate as _translate
 from runbooks.errors import RunbookError
 from runbooks.switches import SsmSwitches
 
-__all__ = ["AwsCloud", "NodeGroupSize"]
+__all__ = ["AwsCloud", "NodeGroupSize", "instance_id_of"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,14 @@ class NodeGroupSize:
         return {"min": self.min, "desired": self.desired, "max": self.max}
 
 
+def instance_id_of(provider_id: str) -> str:
+    """The EC2 instance behind a node, from its `spec.providerID` (`aws:///us-west-2a/i-0abc...`)."""
+    instance = provider_id.rsplit("/", 1)[-1]
+    if not provider_id.startswith("aws://") or not instance.startswith("i-"):
+        raise RunbookError(f"providerID {provider_id!r} is not an EC2 instance (aws:///<az>/i-...); is it an EKS node?")
+    return instance
+
+
 class AwsCloud:
     def __init__(self, session: Any, *, env: str) -> None:
         """`session` is a boto3 Session in the env's account and region."""
@@ -34,6 +43,7 @@ class AwsCloud:
         self._env = env
         self._eks = session.client("eks")
         self._ssm = session.client("ssm")
+        self._autoscaling = session.client("autoscaling")
         self.switches = SsmSwitches(self._ssm, env=env)
 
     def targets(self) -> TargetsDocument:
@@ -71,3 +81,17 @@ class AwsCloud:
             )
         except Exception as exc:
             raise _translate(exc, f"resize EKS node group {cluster}/{node_group} to {size.to_dict()}") from exc
+
+    def remove_instance(self, instance_id: str) -> None:
+        """Terminate one node's instance and lower its group's desired size by one, so the group does
+        not launch a replacement: the drained node goes, and only it (a blue/green batch's last step).
+
+        Through Auto Scaling's TerminateInstanceInAutoScalingGroup, as the cluster-autoscaler removes
+        nodes of EKS managed node groups; EKS follows the group's new desired size.
+        """
+        try:
+            self._autoscaling.terminate_instance_in_auto_scaling_group(
+                InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
+            )
+        except Exception as exc:
+            raise _translate(exc, f"terminate instance {instance_id} (and lower its group's desired size)") from exc
