@@ -74,7 +74,7 @@ def _check(args: argparse.Namespace) -> int:
     from policies.catalog import RULES
     from policies.enforcement import levels_from_config, load_policy_config
     from policies.evaluation import Stack, evaluate, failed
-    from policies.reports import Context, render
+    from policies.reports import Context, render, summary
     from policies.waivers import WAIVERS, check_waivers
 
     started = time.monotonic()
@@ -97,7 +97,7 @@ def _check(args: argparse.Namespace) -> int:
     text = render(report, context, args.format)
     if args.output:
         args.output.write_text(text)
-        print(render(report, context, "text").splitlines()[-1])
+        print(summary(report, context))
     else:
         sys.stdout.write(text)
     return 1 if failed(report, strict_unknowns=args.strict_unknowns) else 0

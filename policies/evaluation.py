@@ -13,7 +13,7 @@ from policies.enforcement import Level
 from policies.findings import Finding, Resource, Rule, Violation
 from policies.waivers import Waiver
 
-__all__ = ["Report", "Stack", "checked", "evaluate", "failed"]
+__all__ = ["Report", "Stack", "blocks", "checked", "evaluate", "failed"]
 
 
 @dataclass(frozen=True)
@@ -116,14 +116,13 @@ def evaluate(
     )
 
 
+def blocks(finding: Finding, *, strict_unknowns: bool = False) -> bool:
+    """A mandatory finding that is violated (or, with `strict_unknowns`, could not be evaluated)."""
+    if finding.severity != "mandatory":
+        return False
+    return finding.status == "violation" or (strict_unknowns and finding.status == "not-evaluated")
+
+
 def failed(report: Report, *, strict_unknowns: bool = False) -> bool:
-    """True when a mandatory rule is violated (or, with `strict_unknowns`, could not be evaluated),
-    or a waiver has expired."""
-    if report.expired_waivers:
-        return True
-    for finding in report.findings:
-        if finding.severity != "mandatory":
-            continue
-        if finding.status == "violation" or (strict_unknowns and finding.status == "not-evaluated"):
-            return True
-    return False
+    """True when a finding blocks or a waiver has expired."""
+    return bool(report.expired_waivers) or any(blocks(f, strict_unknowns=strict_unknowns) for f in report.findings)

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 from xml.etree import ElementTree
 
-from policies.evaluation import Report, failed
+from policies.evaluation import Report, blocks, failed
 from policies.findings import Finding, Rule
 
-__all__ = ["FORMATS", "Context", "render"]
+__all__ = ["FORMATS", "Context", "render", "summary"]
 
 _SARIF_SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
@@ -41,20 +41,28 @@ def _waiver_lines(report: Report) -> list[str]:
     return lines
 
 
+_STATUS_ORDER = {"violation": 0, "not-evaluated": 1, "suppressed": 2}
+
+
 def _text(report: Report, context: Context) -> str:
     lines = []
-    order = {"violation": 0, "not-evaluated": 1, "suppressed": 2}
+    order = _STATUS_ORDER
     for finding in sorted(report.findings, key=lambda f: (f.severity != "mandatory", order[f.status], f.rule.id)):
         lines.append(f"[{finding.severity} {finding.status}] {finding.message()}")
     lines += _waiver_lines(report)
-    counts = {status: sum(f.status == status for f in report.findings) for status in order}
+    lines.append(summary(report, context))
+    return "\n".join(lines) + "\n"
+
+
+def summary(report: Report, context: Context) -> str:
+    """The one-line verdict every rendering ends with (and the CLI prints when writing a file)."""
+    counts = {status: sum(f.status == status for f in report.findings) for status in _STATUS_ORDER}
     verdict = "FAILED" if failed(report, strict_unknowns=context.strict_unknowns) else "passed"
-    lines.append(
+    return (
         f"{context.env}: {verdict}: {len(report.rules)} rules on {report.resources} resources, "
         f"{len(report.findings)} findings ({counts['violation']} violations, {counts['not-evaluated']} not evaluated, "
         f"{counts['suppressed']} suppressed), {context.seconds:.1f} s"
     )
-    return "\n".join(lines) + "\n"
 
 
 def _json(report: Report, context: Context) -> str:
@@ -173,7 +181,7 @@ def _github(report: Report, context: Context) -> str:
     for line in _waiver_lines(report):
         command = "error" if line.startswith("expired") else "notice"
         lines.append(f"::{command} file=policies/waivers.py,title=waiver::{_escape_data(line)}")
-    lines.append(_text(report, context).splitlines()[-1])
+    lines.append(summary(report, context))
     return "\n".join(lines) + "\n"
 
 
@@ -191,10 +199,8 @@ def _junit(report: Report, context: Context) -> str:
             name=f"{rule.id} {rule.name}",
             time="0",
         )
-        blocking = [f for f in mine if f.status == "violation" and f.severity == "mandatory"]
+        blocking = [f for f in mine if blocks(f, strict_unknowns=context.strict_unknowns)]
         unknown = [f for f in mine if f.status == "not-evaluated"]
-        if context.strict_unknowns:
-            blocking += [f for f in unknown if f.severity == "mandatory"]
         if blocking:
             failures += 1
             failure = ElementTree.SubElement(

@@ -118,9 +118,7 @@ def drain_node(
         if not pending and not leaving:
             break
         if clock() >= deadline:
-            still = {name: why for name, why in blocked.items()} or {
-                f"{ns}/{name}": "still terminating" for ns, name in [*pending, *leaving]
-            }
+            still = dict(blocked) or {f"{ns}/{name}": "still terminating" for ns, name in [*pending, *leaving]}
             budgets = sorted({why.split(":")[0] for why in still.values() if why.startswith("PodDisruptionBudget")})
             cause = f"blocked by {', '.join(budgets)}" if budgets else "pods did not leave"
             raise DrainBlockedError(

@@ -116,8 +116,8 @@ def next_step(group: GroupView) -> Step:
     if surged_waiting:
         names = ", ".join(node.name for node in surged_waiting)
         return Wait(f"new nodes not serving yet (Ready, schedulable, preflighted): {names}")
+    # New nodes beyond the ones that already replaced removed old nodes.
     spare = len(group.new) - (group.size - len(group.old))
-    """New nodes beyond the ones that already replaced drained old nodes."""
     if spare < min(batch, len(group.old)):
         return Surge(min(batch, len(group.old)) - spare)
     if allowed == 0:

@@ -110,8 +110,9 @@ def upgrade_group(group: str, fleet: Fleet, log: RoundLog | None = None, *, max_
                 raise stop(f"gave up waiting: {step.reason}")
             continue
         if isinstance(step, Surge):
-            launched += fleet.surge(group, step.count)
-            log.surged += launched[-step.count :]
+            names = fleet.surge(group, step.count)
+            launched += names
+            log.surged += names
             continue
         assert isinstance(step, Drain)
         log.rounds += 1

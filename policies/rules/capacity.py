@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from infra.facts import INSTANCE_TYPES
+from infra.facts import INSTANCE_TYPES, capacity_with_headroom
 from policies.findings import UNKNOWN, Resource, Rule, Violation, known
 from policies.wire import POOL_LABEL, mapping, of_type, sequence
 from policies.workloads import DEPLOYMENT, HPA, SCALED_OBJECT, accelerators, scaling_of
@@ -14,7 +14,6 @@ __all__ = ["EXPECTED_PEAK_ANNOTATION", "RULES"]
 
 EXPECTED_PEAK_ANNOTATION = "peakguard.io/expected-peak-replicas"
 """Set by the Pulumi program on the HPA from the stack config, so the analyzer can check headroom."""
-_HEADROOM = 1.3
 _LONGEST_SCALE_UP_WINDOW = 15
 
 
@@ -36,7 +35,7 @@ def _hpa_headroom(resource: Resource) -> list[Violation]:
         ]
     if maximum is None:
         return [Violation("spec.maxReplicas", None, "set", "set max_replicas")]
-    needed = math.ceil(int(peak) * _HEADROOM - 1e-9)
+    needed = capacity_with_headroom(int(peak))
     if int(maximum) < needed:
         return [
             Violation(

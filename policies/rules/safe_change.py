@@ -5,13 +5,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from infra.facts import MAX_UNAVAILABLE_PERCENTAGE, max_batch
 from policies.findings import UNKNOWN, Resource, Rule, Violation, known
 from policies.wire import of_type, stack_env
 from policies.workloads import DEPLOYMENT, HPA, PDB, SCALED_OBJECT, guarding_budgets, scaling_of
 
 __all__ = ["RULES"]
 
-_THIRD = 33
+_THIRD = MAX_UNAVAILABLE_PERCENTAGE
 
 
 def _node_group_batch(resource: Resource) -> list[Violation]:
@@ -40,12 +41,12 @@ def _node_group_batch(resource: Resource) -> list[Violation]:
     size = resource.get("scalingConfig.maxSize")
     if absolute is not None and size is UNKNOWN:
         return [Violation("scalingConfig.maxSize", None, "known", "", status="not-evaluated")]
-    if absolute is not None and known(size) and int(absolute) > max(1, int(size) // 3):
+    if absolute is not None and known(size) and int(absolute) > max(1, max_batch(int(size))):
         return [
             Violation(
                 "updateConfig.maxUnavailable",
                 absolute,
-                f"<= floor(maxSize/3) = {max(1, int(size) // 3)}",
+                f"<= floor(maxSize/3) = {max(1, max_batch(int(size)))}",
                 "use max_unavailable_percentage=33 instead of an absolute count",
             )
         ]
@@ -65,8 +66,8 @@ def _rollout_share(deployment: Resource, resources: Sequence[Resource]) -> Viola
     if isinstance(strategy, str):
         # The deployment controller rounds maxUnavailable percentages down, so 33% is at most a third.
         fix = 'set max_unavailable="25%" in the rolling update (infra/model_workload.py)'
-        return Violation(path, strategy, "<= 33%", fix) if _percent(strategy) > _THIRD else None
-    if int(strategy) > math.floor(int(fewest) / 3):
+        return Violation(path, strategy, f"<= {_THIRD}%", fix) if _percent(strategy) > _THIRD else None
+    if int(strategy) > max_batch(int(fewest)):
         return Violation(
             path,
             int(strategy),
@@ -102,7 +103,7 @@ def _budget_share(budget: Resource, deployment: Resource, resources: Sequence[Re
     fewest, unavailable = int(fewest), int(unavailable)
     if scaling.scales_from_zero and unavailable <= 1:
         return None  # a standby variant: one pod at a time, so a drain can always proceed
-    if fewest >= 3 and unavailable <= math.floor(fewest / 3):
+    if fewest >= 3 and unavailable <= max_batch(fewest):
         return None
     if fewest < 3 and stack_env(resources) != "prod" and unavailable <= 1:
         return None  # dev runs one replica on purpose; a drain there may take it
@@ -115,7 +116,7 @@ def _budget_share(budget: Resource, deployment: Resource, resources: Sequence[Re
     fix = (
         f"raise {where} to >= 3, so one pod can be evicted without losing more than a third"
         if fewest < 3
-        else f"set maxUnavailable to {fewest // 3} (a third of {fewest}, rounded down, as a count)"
+        else f"set maxUnavailable to {max_batch(fewest)} (a third of {fewest}, rounded down, as a count)"
     )
     return Violation("spec.maxUnavailable", unavailable, f"<= a third of the fewest replicas ({fewest})", fix)
 
