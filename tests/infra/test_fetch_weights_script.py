@@ -21,10 +21,10 @@ from typing import Any
 # boto3-stubs is a dev dependency; without it installed, boto3 has no types.
 import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
-from moto.server import ThreadedMotoServer
 
 from infra.config import ServiceMode
 from infra.model_workload import fetch_weights_script
+from tests.moto_server import moto_server
 
 REGION = "us-west-2"
 # Version folders are UTC timestamps, so the newest sorts last.
@@ -33,11 +33,8 @@ OLDER, NEWER, NEWEST = "20260930T235959Z", "20261125T095326Z", "20261203T081500Z
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+    with moto_server() as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ from typing import Any
 import ansible_runner
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
+
+from tests.moto_server import CREDENTIALS as BOTO_CREDENTIALS
+from tests.moto_server import moto_server
 
 from .conftest import PLAYBOOKS, VENV_BIN
 
@@ -39,32 +41,21 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[Fleet]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    ec2 = boto3.client(
-        "ec2",
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        aws_session_token="testing",
-    )
-    image = ec2.describe_images()["Images"][0]["ImageId"]
-    full_a = launch(ec2, image, "p5.48xlarge", az="us-west-2a", **pulumi_tags("prod", "full"))
-    full_b = launch(ec2, image, "p5.48xlarge", az="us-west-2b", **pulumi_tags("prod", "full"))
-    mig = launch(ec2, image, "p4de.24xlarge", az="us-west-2a", **pulumi_tags("prod", "mig"))
-    # Not prod's GPU nodes: another environment, no pool (not a GPU node), not ours, stopped.
-    launch(ec2, image, "g6e.12xlarge", **pulumi_tags("dev", "full"))
-    launch(ec2, image, "m7i.xlarge", **pulumi_tags("prod"))
-    launch(ec2, image, "p5.48xlarge", **{"peakguard:env": "prod", "peakguard:pool": "full"})
-    stopped = launch(ec2, image, "p5.48xlarge", **pulumi_tags("prod", "full"))
-    ec2.stop_instances(InstanceIds=[stopped])
-    try:
+    with moto_server() as endpoint:
+        ec2 = boto3.client(
+            "ec2", region_name=REGION, endpoint_url=endpoint, aws_session_token="testing", **BOTO_CREDENTIALS
+        )
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        full_a = launch(ec2, image, "p5.48xlarge", az="us-west-2a", **pulumi_tags("prod", "full"))
+        full_b = launch(ec2, image, "p5.48xlarge", az="us-west-2b", **pulumi_tags("prod", "full"))
+        mig = launch(ec2, image, "p4de.24xlarge", az="us-west-2a", **pulumi_tags("prod", "mig"))
+        # Not prod's GPU nodes: another environment, no pool (not a GPU node), not ours, stopped.
+        launch(ec2, image, "g6e.12xlarge", **pulumi_tags("dev", "full"))
+        launch(ec2, image, "m7i.xlarge", **pulumi_tags("prod"))
+        launch(ec2, image, "p5.48xlarge", **{"peakguard:env": "prod", "peakguard:pool": "full"})
+        stopped = launch(ec2, image, "p5.48xlarge", **pulumi_tags("prod", "full"))
+        ec2.stop_instances(InstanceIds=[stopped])
         yield Fleet(endpoint=endpoint, full=(full_a, full_b), mig=mig)
-    finally:
-        server.stop()
 
 
 def launch(ec2: Any, image: str, instance_type: str, **tags: str) -> str:

@@ -8,24 +8,16 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
-from moto.server import ThreadedMotoServer
 
 from runbooks.cloud import AwsCloud, instance_id_of
 from runbooks.errors import RunbookError
+from tests.moto_server import CREDENTIALS, moto_server
 
 
 @pytest.fixture(scope="module")
 def session() -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield (
-            boto3.Session(region_name="us-west-2", aws_access_key_id="testing", aws_secret_access_key="testing"),
-            (f"http://{host}:{port}"),
-        )
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield boto3.Session(region_name="us-west-2", **CREDENTIALS), url
 
 
 @pytest.fixture

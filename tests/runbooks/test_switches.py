@@ -8,28 +8,17 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
-from moto.server import ThreadedMotoServer
 
 from infra.targets import freeze_parameter_name, hold_parameter_name
 from runbooks.errors import RunbookError
 from runbooks.switches import SsmSwitches
+from tests.moto_server import CREDENTIALS, moto_server
 
 
 @pytest.fixture(scope="module")
 def ssm() -> Iterator[Any]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield boto3.client(
-            "ssm",
-            endpoint_url=f"http://{host}:{port}",
-            region_name="us-west-2",
-            aws_access_key_id="testing",
-            aws_secret_access_key="testing",
-        )
-    finally:
-        server.stop()
+    with moto_server() as url:
+        yield boto3.client("ssm", endpoint_url=url, region_name="us-west-2", **CREDENTIALS)
 
 
 @pytest.fixture

@@ -26,7 +26,6 @@ from typing import Any
 import boto3
 import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
 from infra.manifests import manifests
 from infra.offline import run_offline
@@ -37,6 +36,7 @@ from runbooks.local.kube_api import RESOURCES, LocalKubernetes
 from runbooks.local.lor_proxy import LorProxy
 from tests.infra.conftest import PROJECT_DIR
 from tests.model_service.conftest import write_tiny_artifacts
+from tests.moto_server import moto_server
 
 PEAKGUARD = [sys.executable, "-m", "peakguard"]
 NAMESPACE = "peakguard"
@@ -141,18 +141,13 @@ def dev_program() -> Any:
 
 @pytest.fixture(scope="module")
 def aws() -> Iterator[dict[str, str]]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
+    with moto_server() as url:
         yield {
-            "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+            "AWS_ENDPOINT_URL": url,
             "AWS_DEFAULT_REGION": "us-west-2",
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
         }
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
