@@ -22,7 +22,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import GpuPoolConfig
-from infra.gpu_node_groups import GPU_TAINT
+from infra.facts import GPU_TAINT, PREFLIGHT_TAINT
 from infra.irsa import irsa_role
 
 __all__ = ["CHART_SOURCES", "ClusterAddons", "ClusterAddonsArgs", "ReleaseName"]
@@ -60,7 +60,10 @@ RELEASES: Mapping[str, ReleaseName] = {
 }
 
 _SYSTEM_NODES = {"peakguard.io/pool": "system"}
-_GPU_TOLERATION = {"key": GPU_TAINT.key, "operator": "Exists", "effect": GPU_TAINT.effect}
+# Node agents must run on a GPU node before it passes preflight: the checks need them (the MIG
+# manager applies the layout the check expects, the operator's driver container provides
+# nvidia-smi on Ubuntu nodes), so they tolerate the startup taint as well as the GPU one.
+_GPU_NODE_TOLERATIONS = [GPU_TAINT.toleration(), PREFLIGHT_TAINT.toleration()]
 
 
 @dataclass(frozen=True)
@@ -182,8 +185,8 @@ class ClusterAddons(pulumi.ComponentResource):
             # label, which the node group sets at launch.
             "migManager": {"enabled": True},
             "dcgmExporter": {"serviceMonitor": {"enabled": True}},
-            "daemonsets": {"tolerations": [_GPU_TOLERATION]},
-            "node-feature-discovery": {"worker": {"tolerations": [_GPU_TOLERATION]}},
+            "daemonsets": {"tolerations": _GPU_NODE_TOLERATIONS},
+            "node-feature-discovery": {"worker": {"tolerations": _GPU_NODE_TOLERATIONS}},
         }
 
     def _efa_device_plugin(self) -> dict[str, Any]:
@@ -194,7 +197,7 @@ class ClusterAddons(pulumi.ComponentResource):
         return {
             "supportedInstanceLabels": {"keys": list(efa_label), "values": list(efa_label.values())},
             "nodeSelector": efa_label,
-            "tolerations": [_GPU_TOLERATION],
+            "tolerations": _GPU_NODE_TOLERATIONS,
         }
 
     def _cluster_autoscaler(self) -> dict[str, Any]:
@@ -224,6 +227,10 @@ class ClusterAddons(pulumi.ComponentResource):
                 "scale-down-delay-after-add": "10m",
                 "scale-down-unneeded-time": "10m",
                 "max-node-provision-time": "15m",
+                # A new GPU node is tainted until preflight passes (infra/node_preflight.py). Told
+                # it is a startup taint, the autoscaler counts the node as coming capacity instead
+                # of adding another for the pods that cannot land on it yet.
+                "startup-taint": PREFLIGHT_TAINT.key,
             },
         }
 
@@ -266,7 +273,7 @@ class ClusterAddons(pulumi.ComponentResource):
             },
             "alertmanager": {"alertmanagerSpec": {"nodeSelector": _SYSTEM_NODES}},
             # Node exporter runs on GPU nodes too: node and OOM signals come from there.
-            "prometheus-node-exporter": {"tolerations": [_GPU_TOLERATION]},
+            "prometheus-node-exporter": {"tolerations": _GPU_NODE_TOLERATIONS},
         }
 
     def _prometheus_adapter(self) -> dict[str, Any]:

@@ -48,6 +48,8 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 AmiFamily = Literal["al2023", "ubuntu"]
 NatGateways = Literal["perAz", "single"]
 ReservationType = Literal["odcr", "capacity-block"]
+Generation = Literal["blue", "green"]
+GENERATIONS: tuple[Generation, ...] = ("blue", "green")
 
 _LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
@@ -143,6 +145,23 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class NodeImage:
+    """What one generation of a pool's nodes boots."""
+
+    ami_id: str | None
+    """A custom AMI (the ubuntu family)."""
+    release_version: str | None
+    """An EKS AL2023 NVIDIA AMI release; None with no ami_id means the newest EKS offers."""
+
+    def describe(self) -> str:
+        if self.ami_id:
+            return f"amiId {self.ami_id}"
+        if self.release_version:
+            return f"releaseVersion {self.release_version}"
+        return "EKS's newest AL2023 NVIDIA AMI release"
+
+
+@dataclass(frozen=True)
 class CapacityReservation:
     """A reservation a GPU group in one AZ launches into."""
 
@@ -187,10 +206,24 @@ class GpuPoolConfig:
     """GPUDirect Storage (nvidia-fs); only on the Ubuntu AMI family."""
     capacity_reservations: Mapping[str, CapacityReservation]
     """Reservation per AZ; those AZs get no placement group of ours."""
+    generation: Generation = "blue"
+    """Which of the pool's two node-group generations serves (blue/green, README "Rolling upgrades")."""
+    next_image: NodeImage | None = None
+    """Declares the other generation, at this image and empty, for `rolling-upgrade` to move the
+    nodes to; None when no upgrade is under way (the other generation is then not declared)."""
 
     @property
     def instance(self) -> facts.InstanceType:
         return facts.INSTANCE_TYPES[self.instance_type]
+
+    @property
+    def image(self) -> NodeImage:
+        """What the serving generation boots."""
+        return NodeImage(ami_id=self.ami_id, release_version=self.release_version)
+
+    @property
+    def idle_generation(self) -> Generation:
+        return "green" if self.generation == "blue" else "blue"
 
     @property
     def max_capacity(self) -> int:
@@ -450,7 +483,7 @@ _CLUSTER_KEYS = ("name", "kubernetesVersion", "endpoint", "serviceIpv4Cidr", "lo
 _POOL_KEYS = (
     "instanceType", "availabilityZones", "amiFamily", "amiId", "releaseVersion", "migProfile",
     "expectedPeakNodes", "headroom", "scalingPerAz", "maxUnavailablePercentage", "rootVolumeGiB",
-    "podsNeedInstanceMetadata", "gds", "capacityReservations",
+    "podsNeedInstanceMetadata", "gds", "capacityReservations", "generation", "next",
 )  # fmt: skip
 
 
@@ -671,22 +704,24 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         _fail(node._path("availabilityZones"), list(azs), "lists an AZ twice")
 
     family = node.text("amiFamily", choices=("al2023", "ubuntu"))
-    ami_id = node.text("amiId", default=None)
-    release = node.text("releaseVersion", default=None)
-    if family == "ubuntu":
-        if ami_id is None:
-            _fail(
-                node._path("amiId"),
-                _MISSING,
-                "is required for the ubuntu AMI family; find one with `aws ssm get-parameters-by-path "
-                "--path /aws/service/canonical/ubuntu/eks/` for your Kubernetes version",
-            )
-        if not _AMI_ID.fullmatch(ami_id):
-            _fail(node._path("amiId"), ami_id, "must be an AMI id (ami-0123456789abcdef0)")
-        if release is not None:
-            _fail(node._path("releaseVersion"), release, "applies to al2023 only; the ubuntu family pins amiId")
-    elif ami_id is not None:
-        _fail(node._path("amiId"), ami_id, "applies to ubuntu only; al2023 pools pin releaseVersion")
+    image = _parse_image(node, family)
+    generation = node.text("generation", default="blue", choices=GENERATIONS)
+    next_node = node.child("next", known=("amiId", "releaseVersion"), default=None)
+    next_image = None if next_node is None else _parse_image(next_node, family)
+    if next_image is not None and next_image.ami_id is None and next_image.release_version is None:
+        _fail(
+            node._path("next.releaseVersion"),
+            _MISSING,
+            "is required: an upgrade names the AL2023 release it goes to (`aws ssm get-parameters-by-path "
+            "--path /aws/service/eks/optimized-ami/<k8s version>/amazon-linux-2023/x86_64/nvidia/`)",
+        )
+    if next_image == image:
+        _fail(
+            node._path("next"),
+            image.describe(),
+            f"is what the serving generation ({generation}) already runs; name the image to upgrade to, "
+            "or remove `next`",
+        )
 
     mig = node.text("migProfile", default="none")
     if mig == "none":
@@ -761,8 +796,8 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         instance_type=instance_type,
         availability_zones=azs,
         ami_family=family,
-        ami_id=ami_id,
-        release_version=release,
+        ami_id=image.ami_id,
+        release_version=image.release_version,
         mig_profile=mig_profile,
         expected_peak_nodes=peak,
         headroom=headroom,
@@ -772,8 +807,31 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         pods_need_instance_metadata=node.flag("podsNeedInstanceMetadata", default=False),
         gds=gds,
         capacity_reservations=reservations,
+        generation=generation,
+        next_image=next_image,
     )
     return pool
+
+
+def _parse_image(node: _Obj, family: str) -> NodeImage:
+    """`amiId` / `releaseVersion` of a pool or of its `next`, by the AMI family's rules."""
+    ami_id = node.text("amiId", default=None)
+    release = node.text("releaseVersion", default=None)
+    if family == "ubuntu":
+        if ami_id is None:
+            _fail(
+                node._path("amiId"),
+                _MISSING,
+                "is required for the ubuntu AMI family; find one with `aws ssm get-parameters-by-path "
+                "--path /aws/service/canonical/ubuntu/eks/` for your Kubernetes version",
+            )
+        if not _AMI_ID.fullmatch(ami_id):
+            _fail(node._path("amiId"), ami_id, "must be an AMI id (ami-0123456789abcdef0)")
+        if release is not None:
+            _fail(node._path("releaseVersion"), release, "applies to al2023 only; the ubuntu family pins amiId")
+    elif ami_id is not None:
+        _fail(node._path("amiId"), ami_id, "applies to ubuntu only; al2023 pools pin releaseVersion")
+    return NodeImage(ami_id=ami_id, release_version=release)
 
 
 def _parse_storage(node: _Obj | None, *, pools: Sequence[GpuPoolConfig]) -> StorageConfig:

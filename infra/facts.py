@@ -12,14 +12,18 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 __all__ = [
+    "EKS_TAINT_EFFECTS",
+    "GPU_TAINT",
     "HEADROOM",
     "INSTANCE_TYPES",
     "MAX_UNAVAILABLE_FRACTION",
     "MAX_UNAVAILABLE_PERCENTAGE",
     "MIG_PROFILES",
+    "PREFLIGHT_TAINT",
     "VPC_CNI_MIN_EFA_ONLY",
     "EfaInterface",
     "InstanceType",
+    "Taint",
     "capacity_with_headroom",
     "efa_interfaces",
     "max_batch",
@@ -60,6 +64,37 @@ def max_batch(group_size: int) -> int:
     if group_size < 0:
         raise ValueError(f"group size must be >= 0, got {group_size}")
     return math.floor(group_size * MAX_UNAVAILABLE_FRACTION)
+
+
+# --- Node taints --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Taint:
+    key: str
+    value: str
+    effect: str
+    """Kubernetes spelling: NoSchedule, PreferNoSchedule or NoExecute."""
+
+    def flag(self) -> str:
+        """As the kubelet's `--register-with-taints` takes it."""
+        return f"{self.key}={self.value}:{self.effect}"
+
+    def toleration(self) -> dict[str, str]:
+        """A toleration of this taint whatever its value."""
+        return {"key": self.key, "operator": "Exists", "effect": self.effect}
+
+
+EKS_TAINT_EFFECTS = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}
+"""Kubernetes taint effects as the EKS node group API spells them."""
+
+GPU_TAINT = Taint(key="nvidia.com/gpu", value="true", effect="NoSchedule")
+"""On every GPU node: only pods that tolerate it (and ask for GPUs) land there."""
+
+PREFLIGHT_TAINT = Taint(key="peakguard.io/preflight", value="pending", effect="NoSchedule")
+"""Every new GPU node registers with it; the preflight DaemonSet removes it once the node's
+GPUs, EFA devices and NVMe array check out (infra/node_preflight.py). A node still carrying it
+is not serving, whatever its Ready condition says."""
 
 
 # --- GPU instance types with EFA -------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""GPU pools: one EKS managed node group per pool and AZ, each in its own placement group, with EFA."""
+"""GPU pools: per pool and AZ a placement group and an EKS managed node group with EFA, in two
+generations (blue/green) so that `rolling-upgrade` can move nodes to a new image batch by batch."""
 
 from __future__ import annotations
 
@@ -8,23 +9,24 @@ from dataclasses import dataclass, field
 import pulumi
 import pulumi_aws as aws
 
-from infra.config import GpuPoolConfig
+from infra.config import Generation, GpuPoolConfig, NodeImage
+from infra.facts import EKS_TAINT_EFFECTS, GPU_TAINT, PREFLIGHT_TAINT
 from infra.launch_templates import efa_network_interfaces, encrypted_root_volume, instance_metadata_options
-from infra.node_bootstrap import NodeJoin, Taint, al2023_user_data, encode, ubuntu_user_data
+from infra.node_bootstrap import NodeJoin, al2023_user_data, encode, ubuntu_user_data
 
-__all__ = ["GPU_TAINT", "GpuNodeGroup", "GpuNodeGroups", "GpuNodeGroupsArgs", "node_group_name"]
+__all__ = ["GENERATION_LABEL", "GpuNodeGroup", "GpuNodeGroups", "GpuNodeGroupsArgs", "node_group_name"]
 
-GPU_TAINT = Taint(key="nvidia.com/gpu", value="true", effect="NoSchedule")
-"""Only pods that tolerate it (and ask for GPUs) land on GPU nodes."""
-
-_EKS_TAINT_EFFECT = {"NoSchedule": "NO_SCHEDULE", "PreferNoSchedule": "PREFER_NO_SCHEDULE", "NoExecute": "NO_EXECUTE"}
 _ROOT_DEVICE = {"al2023": "/dev/xvda", "ubuntu": "/dev/sda1"}
 _AMI_TYPE = {"al2023": "AL2023_x86_64_NVIDIA", "ubuntu": "CUSTOM"}
 
 
-def node_group_name(pool: str, availability_zone: str) -> str:
-    """Stable, readable names: runbooks and operators find `gpu-full-us-west-2a` at a glance."""
-    return f"gpu-{pool}-{availability_zone}"
+GENERATION_LABEL = "peakguard.io/generation"
+"""Node label: blue or green, the node group generation a node belongs to."""
+
+
+def node_group_name(pool: str, availability_zone: str, generation: Generation) -> str:
+    """Stable, readable names: runbooks and operators find `gpu-full-us-west-2a-blue` at a glance."""
+    return f"gpu-{pool}-{availability_zone}-{generation}"
 
 
 def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
@@ -68,6 +70,9 @@ class GpuNodeGroup:
     pool: str
     availability_zone: str
     instance_type: str
+    generation: Generation
+    serving: bool
+    """False for the incoming generation of an upgrade."""
     name: pulumi.Output[str]
     autoscaling_group: pulumi.Output[str]
     node_group: aws.eks.NodeGroup
@@ -118,7 +123,9 @@ class GpuNodeGroups(pulumi.ComponentResource):
 
 
 class _GpuPool(pulumi.ComponentResource):
-    """One pool: per AZ a placement group (or the reservation's), a launch template, a node group."""
+    """One pool: per AZ a placement group (or the reservation's), and per generation a launch
+    template and a node group. The serving generation always; the other only while the stack
+    config names an image for it (`next`), empty, for `rolling-upgrade` to move nodes into."""
 
     def __init__(
         self,
@@ -131,9 +138,49 @@ class _GpuPool(pulumi.ComponentResource):
     ) -> None:
         super().__init__("peakguard:infra:GpuPool", name, None, opts)
         self.groups: list[GpuNodeGroup] = []
+        generations: list[tuple[Generation, NodeImage, bool]] = [(pool.generation, pool.image, True)]
+        if pool.next_image is not None:
+            generations.append((pool.idle_generation, pool.next_image, False))
         for az in pool.availability_zones:
-            self.groups.append(self._group(name, pool, az, args, efa_security_group_id))
+            placement = self._placement(name, pool, az, args)
+            for generation, image, serving in generations:
+                self.groups.append(
+                    self._group(
+                        name, pool, az, args, efa_security_group_id, placement, generation, image, serving=serving
+                    )
+                )
         self.register_outputs({"nodeGroups": [g.name for g in self.groups]})
+
+    def _placement(
+        self, name: str, pool: GpuPoolConfig, az: str, args: GpuNodeGroupsArgs
+    ) -> aws.ec2.LaunchTemplatePlacementArgs | None:
+        """Both generations of an AZ share it: old and new nodes stay close for EFA while they overlap."""
+        reservation = pool.capacity_reservations.get(az)
+        # EFA needs the group's instances close together: a cluster placement group, one per AZ
+        # because a placement group cannot span AZs. A capacity reservation already fixes where
+        # instances go, and a placement group of ours beside it causes InsufficientInstanceCapacity
+        # even while the reservation has room (eksctl issue #7949: 11 of 16 reserved nodes launched,
+        # fixed by not creating one; AWS ParallelCluster's PlacementGroupCapacityTypeValidator warns
+        # the same). So there we use the reservation's own placement group, if it was created in one.
+        if reservation is None:
+            tags = {**args.tags, "peakguard:env": args.env, "peakguard:pool": pool.name, "peakguard:az": az}
+            placement_group = aws.ec2.PlacementGroup(
+                f"{name}-{az}", strategy="cluster", tags=tags, opts=pulumi.ResourceOptions(parent=self)
+            )
+            return aws.ec2.LaunchTemplatePlacementArgs(group_name=placement_group.name)
+        pulumi.log.info(
+            f"{pool.name} in {az}: launches into capacity reservation {reservation.reservation_id} "
+            f"({reservation.type}); "
+            + (
+                f"using its placement group {reservation.placement_group}"
+                if reservation.placement_group
+                else "no placement group is created beside a reservation"
+            ),
+            resource=self,
+        )
+        if reservation.placement_group:
+            return aws.ec2.LaunchTemplatePlacementArgs(group_name=reservation.placement_group)
+        return None
 
     def _group(
         self,
@@ -142,48 +189,36 @@ class _GpuPool(pulumi.ComponentResource):
         az: str,
         args: GpuNodeGroupsArgs,
         efa_security_group_id: pulumi.Output[str],
+        placement: aws.ec2.LaunchTemplatePlacementArgs | None,
+        generation: Generation,
+        image: NodeImage,
+        *,
+        serving: bool,
     ) -> GpuNodeGroup:
         child = pulumi.ResourceOptions(parent=self)
-        group_name = node_group_name(pool.name, az)
-        tags = {**args.tags, "peakguard:env": args.env, "peakguard:pool": pool.name, "peakguard:az": az}
+        group_name = node_group_name(pool.name, az, generation)
+        resource_name = f"{name}-{az}-{generation}"
+        tags = {
+            **args.tags,
+            "peakguard:env": args.env,
+            "peakguard:pool": pool.name,
+            "peakguard:az": az,
+            "peakguard:generation": generation,
+            # Says which generation holds the pool's capacity, for the policy pack's sums.
+            "peakguard:serving": "true" if serving else "false",
+        }
         reservation = pool.capacity_reservations.get(az)
 
-        # EFA needs the group's instances close together: a cluster placement group, one per AZ
-        # because a placement group cannot span AZs. A capacity reservation already fixes where
-        # instances go, and a placement group of ours beside it causes InsufficientInstanceCapacity
-        # even while the reservation has room (eksctl issue #7949: 11 of 16 reserved nodes launched,
-        # fixed by not creating one; AWS ParallelCluster's PlacementGroupCapacityTypeValidator warns
-        # the same). So there we use the reservation's own placement group, if it was created in one.
-        if reservation is None:
-            placement_group = aws.ec2.PlacementGroup(f"{name}-{az}", strategy="cluster", tags=tags, opts=child)
-            placement = aws.ec2.LaunchTemplatePlacementArgs(group_name=placement_group.name)
-        else:
-            pulumi.log.info(
-                f"{group_name}: launches into capacity reservation {reservation.reservation_id} "
-                f"({reservation.type}); "
-                + (
-                    f"using its placement group {reservation.placement_group}"
-                    if reservation.placement_group
-                    else "no placement group is created beside a reservation"
-                ),
-                resource=self,
-            )
-            placement = (
-                aws.ec2.LaunchTemplatePlacementArgs(group_name=reservation.placement_group)
-                if reservation.placement_group
-                else None
-            )
-
-        labels = node_labels(pool)
+        labels = {**node_labels(pool), GENERATION_LABEL: generation}
         capacity_type = "CAPACITY_BLOCK" if reservation and reservation.type == "capacity-block" else "ON_DEMAND"
         if pool.ami_family == "al2023":
-            user_data: pulumi.Input[str] = encode(al2023_user_data())
+            user_data: pulumi.Input[str] = encode(al2023_user_data(startup_taints=[PREFLIGHT_TAINT]))
         else:
             # A custom AMI gets no bootstrap from EKS: the node must carry the labels EKS would set.
             join_labels = {
                 **labels,
                 "eks.amazonaws.com/nodegroup": group_name,
-                "eks.amazonaws.com/nodegroup-image": pool.ami_id or "",
+                "eks.amazonaws.com/nodegroup-image": image.ami_id or "",
                 "eks.amazonaws.com/capacityType": capacity_type,
             }
             user_data = pulumi.Output.all(
@@ -197,17 +232,17 @@ class _GpuPool(pulumi.ComponentResource):
                             certificate_authority=values[2],
                             dns_cluster_ip=args.dns_cluster_ip,
                             labels=join_labels,
-                            taints=[GPU_TAINT],
+                            taints=[GPU_TAINT, PREFLIGHT_TAINT],
                         )
                     )
                 )
             )
 
         template = aws.ec2.LaunchTemplate(
-            f"{name}-{az}",
+            resource_name,
             description=f"{group_name}: {pool.instance_type}, EFA on every network card",
             instance_type=pool.instance_type,
-            image_id=pool.ami_id,
+            image_id=image.ami_id,
             network_interfaces=efa_network_interfaces(
                 pool.instance, [args.cluster_security_group_id, efa_security_group_id]
             ),
@@ -242,28 +277,32 @@ class _GpuPool(pulumi.ComponentResource):
         )
 
         scaling = pool.scaling_per_az
+        # The incoming generation is declared empty; `rolling-upgrade` moves the pool's nodes into it.
+        sizes = (scaling.min_size, scaling.desired_size, scaling.max_size) if serving else (0, 0, scaling.max_size)
         node_group = aws.eks.NodeGroup(
-            f"{name}-{az}",
+            resource_name,
             cluster_name=args.cluster_name,
             node_group_name=group_name,
             node_role_arn=args.node_role_arn,
             subnet_ids=[args.private_subnet_ids[az]],
             ami_type=_AMI_TYPE[pool.ami_family],
-            release_version=pool.release_version,
+            release_version=image.release_version,
             capacity_type=capacity_type,
             launch_template=aws.eks.NodeGroupLaunchTemplateArgs(
                 id=template.id, version=template.latest_version.apply(str)
             ),
             scaling_config=aws.eks.NodeGroupScalingConfigArgs(
-                min_size=scaling.min_size, desired_size=scaling.desired_size, max_size=scaling.max_size
+                min_size=sizes[0], desired_size=sizes[1], max_size=sizes[2]
             ),
             update_config=aws.eks.NodeGroupUpdateConfigArgs(max_unavailable_percentage=pool.max_unavailable_percentage),
             # EKS replaces nodes whose GPUs or kubelet go unhealthy, instead of leaving them in rotation.
             node_repair_config=aws.eks.NodeGroupNodeRepairConfigArgs(enabled=True),
             labels=labels,
+            # Not the startup taint: EKS applies these through the API after the node joined, and
+            # would put it back on a node whose preflight had already passed.
             taints=[
                 aws.eks.NodeGroupTaintArgs(
-                    key=GPU_TAINT.key, value=GPU_TAINT.value, effect=_EKS_TAINT_EFFECT[GPU_TAINT.effect]
+                    key=GPU_TAINT.key, value=GPU_TAINT.value, effect=EKS_TAINT_EFFECTS[GPU_TAINT.effect]
                 )
             ],
             tags=tags,
@@ -278,6 +317,8 @@ class _GpuPool(pulumi.ComponentResource):
             pool=pool.name,
             availability_zone=az,
             instance_type=pool.instance_type,
+            generation=generation,
+            serving=serving,
             name=node_group.node_group_name,
             autoscaling_group=node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name),
             node_group=node_group,

@@ -26,7 +26,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.config import GpuPoolConfig, ModelServiceConfig, ServiceMode
-from infra.gpu_node_groups import GPU_TAINT
+from infra.facts import GPU_TAINT
 from infra.irsa import irsa_role
 
 __all__ = [

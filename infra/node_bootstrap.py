@@ -11,20 +11,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 
+from infra.facts import Taint
+
 __all__ = ["NodeJoin", "Taint", "al2023_user_data", "raid0_script", "ubuntu_user_data"]
 
 _BOUNDARY = "==PEAKGUARD=="
-
-
-@dataclass(frozen=True)
-class Taint:
-    key: str
-    value: str
-    effect: str
-    """Kubernetes spelling: NoSchedule, PreferNoSchedule or NoExecute."""
-
-    def flag(self) -> str:
-        return f"{self.key}={self.value}:{self.effect}"
 
 
 @dataclass(frozen=True)
@@ -46,24 +37,34 @@ def raid0_script() -> str:
     return resources.files("infra").joinpath("node_scripts/nvme_raid0.sh").read_text()
 
 
-def al2023_user_data() -> str:
+def al2023_user_data(startup_taints: Sequence[Taint] = ()) -> str:
     """MIME user data for an EKS-optimised AL2023 AMI in a managed node group.
 
-    EKS merges its own NodeConfig (cluster name, endpoint, CA) into this one; ours only asks
-    nodeadm to stripe the instance-store NVMe devices into one RAID0 array that holds the
-    kubelet's and containerd's data (pods' emptyDir model caches, image layers).
+    EKS merges its own NodeConfig (cluster name, endpoint, CA) into this one; ours asks nodeadm
+    to stripe the instance-store NVMe devices into one RAID0 array that holds the kubelet's and
+    containerd's data (pods' emptyDir model caches, image layers), and has the kubelet register
+    with `startup_taints`. Those must be on the node from its first moment: the node group's own
+    taints are added through the API about half a minute after the node joins, too late to keep
+    pods off, and nodeadm deep-merges `kubelet.config`, so EKS's part does not replace ours.
     """
-    node_config = "\n".join(
-        [
-            "---",
-            "apiVersion: node.eks.aws/v1alpha1",
-            "kind: NodeConfig",
-            "spec:",
-            "  instance:",
-            "    localStorage:",
-            "      strategy: RAID0",
-        ]
-    )
+    lines = [
+        "---",
+        "apiVersion: node.eks.aws/v1alpha1",
+        "kind: NodeConfig",
+        "spec:",
+        "  instance:",
+        "    localStorage:",
+        "      strategy: RAID0",
+    ]
+    if startup_taints:
+        lines += ["  kubelet:", "    config:", "      registerWithTaints:"]
+        for taint in startup_taints:
+            lines += [
+                f"        - key: {taint.key}",
+                f'          value: "{taint.value}"',
+                f"          effect: {taint.effect}",
+            ]
+    node_config = "\n".join(lines)
     return "\n".join(
         [
             "MIME-Version: 1.0",
@@ -89,6 +90,7 @@ def ubuntu_user_data(join: NodeJoin) -> str:
     labels = ",".join(f"{key}={value}" for key, value in sorted(join.labels.items()))
     kubelet_args = f"--node-labels={labels}"
     if join.taints:
+        # One flag for all: given twice, the kubelet keeps only the last.
         kubelet_args += " --register-with-taints=" + ",".join(t.flag() for t in join.taints)
     bootstrap = " ".join(
         [

@@ -21,6 +21,7 @@ from infra.incident_hold import check_incident_hold
 from infra.kubernetes_provider import kubernetes_provider
 from infra.model_workload import IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
 from infra.network import Network, NetworkArgs
+from infra.node_preflight import NodePreflight, NodePreflightArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
 from infra.targets import (
@@ -140,6 +141,16 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             tags=tags,
         ),
     )
+    NodePreflight(
+        f"{env}-node-preflight",
+        NodePreflightArgs(
+            env=env,
+            pools=config.gpu_pools,
+            image=service.image,
+            provider=provider,
+            depends_on=[cluster.system_node_group],
+        ),
+    )
     workload = ModelWorkload(
         f"{env}-model-service",
         ModelWorkloadArgs(
@@ -212,6 +223,8 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
                         name=name,
                         autoscaling_group=asg,
                         instance_type=group.instance_type,
+                        generation=group.generation,
+                        serving=group.serving,
                     )
                     for group, name, asg in zip(
                         gpu.groups, values[4 : 4 + len(gpu.groups)], values[4 + len(gpu.groups) :], strict=True

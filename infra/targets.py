@@ -24,7 +24,7 @@ __all__ = [
     "parameter_name",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Bump on any change a reader of the previous version would misread."""
 
 SYSTEM_POOL = "system"
@@ -72,6 +72,10 @@ class NodeGroupTarget:
     """The Auto Scaling group EKS created under it (read-only to us: EKS owns it)."""
     instance_type: str
     """EC2 instance type of the group's nodes."""
+    generation: str | None = None
+    """blue or green for a GPU group (each pool and AZ has up to two); None for the system group."""
+    serving: bool = True
+    """False for the incoming generation while a rolling upgrade is declared (`next` in the stack config)."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,12 @@ class TargetsDocument:
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def node_groups_of(self, pool: str) -> tuple[NodeGroupTarget, ...]:
-        return tuple(group for group in self.node_groups if group.pool == pool)
+        """The groups that hold the pool's capacity: its serving generation."""
+        return tuple(group for group in self.node_groups if group.pool == pool and group.serving)
+
+    def incoming_of(self, pool: str) -> tuple[NodeGroupTarget, ...]:
+        """The pool's declared, not yet serving generation: where a rolling upgrade moves nodes to."""
+        return tuple(group for group in self.node_groups if group.pool == pool and not group.serving)
 
     def to_dict(self) -> dict[str, Any]:
         raw = asdict(self)
@@ -140,6 +149,8 @@ class TargetsDocument:
                     "name": group["name"],
                     "autoscalingGroup": group["autoscaling_group"],
                     "instanceType": group["instance_type"],
+                    "generation": group["generation"],
+                    "serving": group["serving"],
                 }
                 for group in raw["node_groups"]
             ],
@@ -186,6 +197,8 @@ class TargetsDocument:
                     name=need(group, "name", str, where),
                     autoscaling_group=need(group, "autoscalingGroup", str, where),
                     instance_type=need(group, "instanceType", str, where),
+                    generation=need(group, "generation", (str, type(None)), where),
+                    serving=need(group, "serving", bool, where),
                 )
             )
         model_service = None

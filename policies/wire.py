@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from infra import facts
 from infra.facts import INSTANCE_TYPES, InstanceType
 from policies.findings import Resource
 
@@ -16,6 +17,7 @@ __all__ = [
     "env_of",
     "gpu_instance",
     "is_gpu_node_group",
+    "is_serving",
     "mapping",
     "of_type",
     "sequence",
@@ -24,7 +26,13 @@ __all__ = [
 ]
 
 POOL_LABEL = "peakguard.io/pool"
-GPU_TAINT = "nvidia.com/gpu"
+GPU_TAINT = facts.GPU_TAINT.key
+
+
+def is_serving(node_group: Resource) -> bool:
+    """False for a pool's incoming generation during a rolling upgrade (infra/gpu_node_groups.py
+    tags it): its maxSize is the same capacity again, not more of it."""
+    return mapping(node_group.get("tags")).get("peakguard:serving") != "false"
 
 
 def truthy(value: Any) -> bool:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from infra.facts import INSTANCE_TYPES, capacity_with_headroom
 from policies.findings import UNKNOWN, Resource, Rule, Violation, known
-from policies.wire import POOL_LABEL, mapping, of_type, sequence
+from policies.wire import POOL_LABEL, is_serving, mapping, of_type, sequence
 from policies.workloads import DEPLOYMENT, HPA, SCALED_OBJECT, accelerators, scaling_of
 
 __all__ = ["EXPECTED_PEAK_ANNOTATION", "RULES"]
@@ -89,7 +89,11 @@ def _pool_fits_the_maximum(resources: Sequence[Resource]) -> list[tuple[Resource
         if not per_replica or scaling.autoscaler is None:
             continue
         pool = mapping(deployment.get("spec.template.spec.nodeSelector")).get(POOL_LABEL)
-        groups = [g for g in of_type(resources, _NODE_GROUP) if mapping(g.get("labels")).get(POOL_LABEL) == pool]
+        groups = [
+            g
+            for g in of_type(resources, _NODE_GROUP)
+            if mapping(g.get("labels")).get(POOL_LABEL) == pool and is_serving(g)
+        ]
         gpus = [(_gpus_per_node(g, templates), g.get("scalingConfig.maxSize")) for g in groups]
         if not known(scaling.most) or any(n is None or not known(size) for n, size in gpus):
             found.append(

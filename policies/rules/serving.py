@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from infra.facts import EKS_TAINT_EFFECTS
 from policies.findings import UNKNOWN, Resource, Rule, Violation
 from policies.wire import POOL_LABEL, mapping, of_type, sequence, truthy
 from policies.workloads import DEPLOYMENT, PDB, accelerators, containers, guarding_budgets
@@ -67,7 +68,7 @@ def _pinned_images(resource: Resource) -> list[Violation]:
 
 
 _NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
-_EKS_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "NO_EXECUTE": "NoExecute", "PREFER_NO_SCHEDULE": "PreferNoSchedule"}
+_EKS_EFFECTS = {eks: kubernetes for kubernetes, eks in EKS_TAINT_EFFECTS.items()}
 
 
 def _amount(value: Any) -> Any:

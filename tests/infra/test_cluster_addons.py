@@ -128,6 +128,31 @@ def test_controller_service_account_role_trusts_exactly_that_account(
     assert [k for k in conditions if k.endswith(":sub")] and [k for k in conditions if k.endswith(":aud")]
 
 
+@pytest.mark.parametrize(
+    ("chart", "path"),
+    [
+        ("gpu-operator", ("daemonsets",)),
+        ("gpu-operator", ("node-feature-discovery", "worker")),
+        ("aws-efa-k8s-device-plugin", ()),
+        ("kube-prometheus-stack", ("prometheus-node-exporter",)),
+    ],
+)
+def test_gpu_node_agents_run_on_a_node_that_has_not_passed_preflight(
+    run: OfflineRun, chart: str, path: tuple[str, ...]
+) -> None:
+    values: Any = _values(run, chart)
+    for key in path:
+        values = values[key]
+
+    # Without these the MIG manager never applies the layout preflight waits for: a deadlock.
+    assert {"key": "peakguard.io/preflight", "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"]
+
+
+def test_autoscaler_counts_a_node_in_preflight_as_coming_capacity(run: OfflineRun) -> None:
+    assert _values(run, "cluster-autoscaler")["extraArgs"]["startup-taint"] == "peakguard.io/preflight"
+
+
 def test_autoscaler_resizes_only_node_groups_tagged_for_this_cluster(run: OfflineRun) -> None:
     values = _values(run, "cluster-autoscaler")
     role = _role_by_arn(run, values["rbac"]["serviceAccount"]["annotations"][ROLE_ARN])

@@ -651,6 +651,50 @@ def test_instance_type_outside_efa_table_is_refused_listing_supported_types() ->
             "must be true or false",
             id="pods-need-instance-metadata-not-a-flag",
         ),
+        pytest.param(
+            "prod",
+            {f"{FULL}.generation": "red"},
+            f"{FULL}.generation",
+            "red",
+            "must be one of blue, green",
+            id="generation-not-blue-or-green",
+        ),
+        pytest.param(
+            "prod",
+            {f"{FULL}.next": {}},
+            f"{FULL}.next.releaseVersion",
+            NOTHING,
+            "is required: an upgrade names the AL2023 release it goes to",
+            id="next-without-a-release",
+        ),
+        pytest.param(
+            "prod",
+            {f"{FULL}.releaseVersion": "1.33.0-20250704", f"{FULL}.next": {"releaseVersion": "1.33.0-20250704"}},
+            f"{FULL}.next",
+            "releaseVersion 1.33.0-20250704",
+            "is what the serving generation (blue) already runs",
+            id="next-is-the-serving-release",
+        ),
+        pytest.param(
+            "prod",
+            {
+                f"{FULL}.amiFamily": "ubuntu",
+                f"{FULL}.amiId": AMI,
+                f"{FULL}.next": {"amiId": "ami-0fedcba9876543210", "releaseVersion": "1.33.0-20250704"},
+            },
+            f"{FULL}.next.releaseVersion",
+            "1.33.0-20250704",
+            "applies to al2023 only; the ubuntu family pins amiId",
+            id="next-release-on-ubuntu",
+        ),
+        pytest.param(
+            "prod",
+            {f"{FULL}.next": {"releaseVersion": "1.33.4-20251010", "amiFamily": "ubuntu"}},
+            f"{FULL}.next.amiFamily",
+            "ubuntu",
+            "is not a known key; known keys: amiId, releaseVersion",
+            id="next-takes-only-the-image",
+        ),
     ],
 )
 def test_gpu_pool_rule_refuses(env: str, changes: dict[str, Any], key: str, got: Any, says: str) -> None:
@@ -743,6 +787,18 @@ def test_gds_on_ubuntu_with_ami_id_is_accepted() -> None:
     pool = config.pool("full")
 
     assert (pool.gds, pool.ami_family, pool.ami_id) == (True, "ubuntu", AMI)
+
+
+def test_next_declares_the_upgrade_and_the_generation_that_serves() -> None:
+    config = load(
+        changed("prod", {f"{FULL}.generation": "green", f"{FULL}.next": {"releaseVersion": "1.33.4-20251010"}}),
+        "prod",
+    )
+    pool = config.pool("full")
+
+    assert (pool.generation, pool.idle_generation) == ("green", "blue")
+    assert pool.next_image is not None and pool.next_image.release_version == "1.33.4-20251010"
+    assert config.pool("mig").generation == "blue" and config.pool("mig").next_image is None
 
 
 # --- Capacity reservations --------------------------------------------------------------------

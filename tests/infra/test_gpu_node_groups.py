@@ -52,7 +52,9 @@ def test_one_node_group_per_pool_and_az_each_in_one_subnet(run: OfflineRun) -> N
         (subnet,) = group.inputs["subnetIds"]
         pool = group.inputs["labels"]["peakguard.io/pool"]
         seen.add((pool, _az_of(run, subnet)))
-        assert group.inputs["nodeGroupName"] == f"gpu-{pool}-{_az_of(run, subnet)}"
+        generation = run.config.pool(pool).generation
+        assert group.inputs["nodeGroupName"] == f"gpu-{pool}-{_az_of(run, subnet)}-{generation}"
+        assert group.inputs["labels"]["peakguard.io/generation"] == generation
     assert seen == expected
     assert len(_gpu_groups(run)) == len(expected)
 
@@ -133,7 +135,7 @@ def _reserve(kind: str, placement_group: str | None) -> Callable[[dict[str, Any]
 
 def test_a_capacity_reservation_replaces_our_placement_group_and_says_so(run_changed) -> None:
     run = run_changed("prod", _reserve("odcr", None))
-    reserved = next(g for g in _gpu_groups(run) if g.inputs["nodeGroupName"] == "gpu-full-us-west-2a")
+    reserved = next(g for g in _gpu_groups(run) if g.inputs["nodeGroupName"] == "gpu-full-us-west-2a-blue")
     template = _template_of(run, reserved)
 
     assert "placement" not in template.inputs
@@ -142,12 +144,12 @@ def test_a_capacity_reservation_replaces_our_placement_group_and_says_so(run_cha
     assert reserved.inputs["capacityType"] == "ON_DEMAND"
     assert not [p for p in run.of_type(PLACEMENT_GROUP) if "full-us-west-2a" in p.name]
     assert len([p for p in run.of_type(PLACEMENT_GROUP) if "-full-" in p.name]) == 2
-    assert any("cr-0123456789abcdef0" in m and "gpu-full-us-west-2a" in m for m in run.messages)
+    assert any("cr-0123456789abcdef0" in m and "us-west-2a" in m for m in run.messages)
 
 
 def test_a_capacity_block_uses_its_market_type_and_its_placement_group(run_changed) -> None:
     run = run_changed("prod", _reserve("capacity-block", "block-pg"))
-    reserved = next(g for g in _gpu_groups(run) if g.inputs["nodeGroupName"] == "gpu-full-us-west-2a")
+    reserved = next(g for g in _gpu_groups(run) if g.inputs["nodeGroupName"] == "gpu-full-us-west-2a-blue")
     template = _template_of(run, reserved)
 
     assert template.inputs["placement"] == {"groupName": "block-pg"}
@@ -190,6 +192,10 @@ def test_al2023_user_data_asks_nodeadm_for_a_raid0_array(run: OfflineRun) -> Non
         assert node_config["apiVersion"] == "node.eks.aws/v1alpha1"
         assert node_config["kind"] == "NodeConfig"
         assert node_config["spec"]["instance"]["localStorage"]["strategy"] == "RAID0"
+        # From the kubelet's first registration, not added later through the API.
+        assert node_config["spec"]["kubelet"]["config"]["registerWithTaints"] == [
+            {"key": "peakguard.io/preflight", "value": "pending", "effect": "NoSchedule"}
+        ]
 
 
 def _ubuntu_gds(values: dict[str, Any]) -> None:
@@ -200,7 +206,7 @@ def _ubuntu_gds(values: dict[str, Any]) -> None:
 def test_ubuntu_pool_bootstraps_itself_and_builds_the_same_raid0(run_changed) -> None:
     run = run_changed("prod", _ubuntu_gds)
     (cluster,) = run.of_type("aws:eks/cluster:Cluster")
-    group = next(g for g in _gpu_groups(run) if g.inputs["nodeGroupName"] == "gpu-full-us-west-2b")
+    group = next(g for g in _gpu_groups(run) if g.inputs["nodeGroupName"] == "gpu-full-us-west-2b-blue")
     template = _template_of(run, group)
     script = _user_data(template)
 
@@ -213,8 +219,11 @@ def test_ubuntu_pool_bootstraps_itself_and_builds_the_same_raid0(run_changed) ->
     assert "peakguard-prod" in bootstrap
     assert cluster.outputs["endpoint"] in bootstrap
     assert cluster.outputs["certificateAuthority"]["data"] in bootstrap
-    assert "--register-with-taints=nvidia.com/gpu=true:NoSchedule" in bootstrap
-    assert "eks.amazonaws.com/nodegroup=gpu-full-us-west-2b" in bootstrap
+    assert (
+        "--register-with-taints=nvidia.com/gpu=true:NoSchedule,peakguard.io/preflight=pending:NoSchedule" in bootstrap
+    )
+    assert bootstrap.count("--register-with-taints") == 1
+    assert "eks.amazonaws.com/nodegroup=gpu-full-us-west-2b-blue" in bootstrap
     assert f"eks.amazonaws.com/nodegroup-image={UBUNTU_AMI}" in bootstrap
     assert "eks.amazonaws.com/capacityType=ON_DEMAND" in bootstrap
     assert "--dns-cluster-ip 172.20.0.10" in bootstrap
@@ -226,6 +235,8 @@ def test_ubuntu_pool_bootstraps_itself_and_builds_the_same_raid0(run_changed) ->
 def test_gpu_taint_and_labels(run: OfflineRun) -> None:
     for group in _gpu_groups(run):
         pool = run.config.pool(group.inputs["labels"]["peakguard.io/pool"])
+        # Not the startup taint: EKS applies these through the API after the node joins, and would
+        # put it back on a node whose preflight already passed.
         assert group.inputs["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
         labels = group.inputs["labels"]
         assert labels["vpc.amazonaws.com/efa.present"] == "true"
@@ -267,3 +278,68 @@ def test_gpu_instances_carry_tags_the_node_inventory_finds_them_by(run: OfflineR
         assert tags["peakguard:env"] == run.config.env
         assert tags["peakguard:pool"] == group.inputs["labels"]["peakguard.io/pool"]
         assert tags["peakguard:az"] == _az_of(run, group.inputs["subnetIds"][0])
+
+
+# --- Generations (blue/green) ----------------------------------------------------------------
+
+NEXT_RELEASE = "1.33.4-20251010"
+
+
+def _upgrade_full_pool(values: dict[str, Any]) -> None:
+    values["peakguard:gpuPools"]["full"]["next"] = {"releaseVersion": NEXT_RELEASE}
+
+
+def test_an_upgrade_declares_the_other_generation_empty_at_the_new_release(run_changed) -> None:
+    run = run_changed("prod", _upgrade_full_pool)
+    pool = run.config.pool("full")
+    full = [g for g in _gpu_groups(run) if g.inputs["labels"]["peakguard.io/pool"] == "full"]
+    serving = {g.inputs["nodeGroupName"]: g for g in full if g.inputs["tags"]["peakguard:serving"] == "true"}
+    incoming = {g.inputs["nodeGroupName"]: g for g in full if g.inputs["tags"]["peakguard:serving"] == "false"}
+
+    zones = pool.availability_zones
+    assert set(serving) == {f"gpu-full-{az}-blue" for az in zones}
+    assert set(incoming) == {f"gpu-full-{az}-green" for az in zones}
+    for az in zones:
+        old, new = serving[f"gpu-full-{az}-blue"], incoming[f"gpu-full-{az}-green"]
+        assert new.inputs.get("releaseVersion") == NEXT_RELEASE
+        assert old.inputs.get("releaseVersion") == pool.release_version
+        scaling = pool.scaling_per_az
+        assert new.inputs["scalingConfig"] == {"minSize": 0, "desiredSize": 0, "maxSize": scaling.max_size}
+        assert old.inputs["scalingConfig"]["minSize"] == scaling.min_size
+        assert new.inputs["labels"]["peakguard.io/generation"] == "green"
+        assert new.inputs["subnetIds"] == old.inputs["subnetIds"]
+        # Own launch templates, one placement group: old and new nodes stay close while they overlap.
+        old_template, new_template = _template_of(run, old), _template_of(run, new)
+        assert old_template.id != new_template.id
+        assert old_template.inputs["placement"] == new_template.inputs["placement"]
+    # The mig pool has no `next`: one generation only.
+    assert {
+        g.inputs["tags"]["peakguard:generation"] for g in _gpu_groups(run) if g.name.startswith("prod-gpu-mig")
+    } == {"blue"}
+
+
+def test_the_targets_document_tells_serving_from_incoming_groups(run_changed) -> None:
+    from infra.targets import TargetsDocument
+
+    run = run_changed("prod", _upgrade_full_pool)
+    document = TargetsDocument.from_dict(run.outputs["targets"])
+
+    assert {g.name for g in document.node_groups_of("full")} == {
+        f"gpu-full-{az}-blue" for az in run.config.pool("full").availability_zones
+    }
+    assert {g.name for g in document.incoming_of("full")} == {
+        f"gpu-full-{az}-green" for az in run.config.pool("full").availability_zones
+    }
+    assert document.incoming_of("mig") == ()
+
+
+def test_after_the_upgrade_green_serves_alone(run_changed) -> None:
+    def done(values: dict[str, Any]) -> None:
+        values["peakguard:gpuPools"]["full"].update(generation="green", releaseVersion=NEXT_RELEASE)
+
+    run = run_changed("prod", done)
+    full = [g for g in _gpu_groups(run) if g.inputs["labels"]["peakguard.io/pool"] == "full"]
+
+    assert {g.inputs["nodeGroupName"].rsplit("-", 1)[1] for g in full} == {"green"}
+    assert all(g.inputs["releaseVersion"] == NEXT_RELEASE for g in full)
+    assert all(g.inputs["scalingConfig"]["minSize"] == run.config.pool("full").scaling_per_az.min_size for g in full)

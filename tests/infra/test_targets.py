@@ -68,9 +68,11 @@ def _document() -> TargetsDocument:
             NodeGroupTarget(
                 pool="full",
                 availability_zone="us-west-2a",
-                name="gpu-full-us-west-2a",
-                autoscaling_group="eks-gpu-full-us-west-2a-1",
+                name="gpu-full-us-west-2a-blue",
+                autoscaling_group="eks-gpu-full-us-west-2a-blue-1",
                 instance_type="p5.48xlarge",
+                generation="blue",
+                serving=True,
             ),
         ),
     )
@@ -106,7 +108,7 @@ def test_names_the_model_service_objects_the_runbooks_act_on(run: OfflineRun) ->
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda d: d.update(schemaVersion=99), "schemaVersion 99 is not the 1"),
+        (lambda d: d.update(schemaVersion=99), f"schemaVersion 99 is not the {SCHEMA_VERSION}"),
         (lambda d: d.pop("cluster"), "cluster is missing"),
         (lambda d: d["cluster"].pop("endpoint"), "cluster.endpoint is missing"),
         (lambda d: d["nodeGroups"][0].update(autoscalingGroup=7), "nodeGroups[0].autoscalingGroup must be str"),

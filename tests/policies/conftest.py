@@ -1,3 +1,3 @@
 """The program's offline runs, shared with the infra tests."""
 
-from tests.infra.conftest import run, runs  # noqa: F401 (fixtures)
+from tests.infra.conftest import run, run_changed, runs  # noqa: F401 (fixtures)

@@ -39,7 +39,7 @@ def test_a_deliberately_bad_stack_file_fails_with_the_expected_violations(tmp_pa
     assert done.returncode == 1, done.stdout + done.stderr
     blocking = [line for line in done.stdout.splitlines() if line.startswith("[mandatory violation]")]
     assert [line.split()[2] for line in blocking] == ["AVAIL-003", "SAFE-003"]
-    assert "prod-gpu-mig-us-west-2a" in blocking[0] and "prod-model-service-full-pdb" in blocking[1]
+    assert "prod-gpu-mig-us-west-2a-blue" in blocking[0] and "prod-model-service-full-pdb" in blocking[1]
 
     sarif = tmp_path / "policy.sarif"
     done = _policy(

@@ -75,14 +75,14 @@ def test_the_real_stacks_pass_the_pack(runs: dict) -> None:
 
 
 def test_an_active_waiver_silences_the_pack_and_an_expired_one_does_not(bad: Stack) -> None:
-    active = Waiver("AVAIL-003", "prod-gpu-mig-us-west-2a", "gpu-platform@", "one AZ (CAP-42)", date(2026, 12, 31))
+    active = Waiver("AVAIL-003", "prod-gpu-mig-us-west-2a-blue", "gpu-platform@", "one AZ (CAP-42)", date(2026, 12, 31))
     assert [n for n, _, _ in _run_pack(bad, [active])] == ["safe-003-disruption-budget-a-third-at-most"]
-    expired = Waiver("AVAIL-003", "prod-gpu-mig-us-west-2a", "gpu-platform@", "one AZ (CAP-42)", date(2026, 11, 1))
+    expired = Waiver("AVAIL-003", "prod-gpu-mig-us-west-2a-blue", "gpu-platform@", "one AZ (CAP-42)", date(2026, 11, 1))
     reported = _run_pack(bad, [expired])
     messages = [m for n, _, m in reported if n.startswith("avail-003")]
     assert len(messages) == 1 and "waiver by gpu-platform@ expired on 2026-11-01" in messages[0]
     (stale,) = [m for n, _, m in reported if n == "waivers-not-expired"]
-    assert "waiver for AVAIL-003 on prod-gpu-mig-us-west-2a (owner gpu-platform@) expired on 2026-11-01" in stale
+    assert "waiver for AVAIL-003 on prod-gpu-mig-us-west-2a-blue (owner gpu-platform@) expired on 2026-11-01" in stale
 
 
 def test_a_value_unknown_at_preview_is_the_engines_cannot_run_not_a_violation(runs: dict) -> None:

@@ -39,7 +39,9 @@ def report() -> Report:
     stack, _ = _edited(
         stack, Case(HPA, lambda n: True, _set("spec.behavior.scaleUp.stabilizationWindowSeconds", UNKNOWN), "")
     )
-    waiver = Waiver("AVAIL-003", "prod-gpu-mig-us-west-2a", "gpu-platform@", "capacity in one AZ", date(2026, 12, 31))
+    waiver = Waiver(
+        "AVAIL-003", "prod-gpu-mig-us-west-2a-blue", "gpu-platform@", "capacity in one AZ", date(2026, 12, 31)
+    )
     return evaluate(stack, RULES, waivers=[waiver], today=date(2026, 11, 25))
 
 

@@ -91,23 +91,23 @@ OTEL_POLICY = json.dumps(
 
 CASES: dict[str, Case] = {
     "EFA-001": Case(
-        LT, lambda n: n == "prod-gpu-full-us-west-2a", lambda p: p["networkInterfaces"].pop(), "31 EFA interfaces"
+        LT, lambda n: n == "prod-gpu-full-us-west-2a-blue", lambda p: p["networkInterfaces"].pop(), "31 EFA interfaces"
     ),
     "EFA-002": Case(
         NG,
-        lambda n: n == "prod-gpu-full-us-west-2a",
+        lambda n: n == "prod-gpu-full-us-west-2a-blue",
         lambda p: p["subnetIds"].append("subnet-other"),
         "exactly one subnet",
     ),
     "EFA-003": Case(
-        LT, lambda n: n == "prod-gpu-mig-us-west-2a", lambda p: p.pop("placement"), "placement.groupName is None"
+        LT, lambda n: n == "prod-gpu-mig-us-west-2a-blue", lambda p: p.pop("placement"), "placement.groupName is None"
     ),
     "EFA-004": Case(
         SG,
         lambda n: n == "prod-gpu-efa",
         lambda p: p.pop("egress"),
         "one group allowing all protocols from itself and to itself",
-        reported_on="prod-gpu-full-us-west-2a",
+        reported_on="prod-gpu-full-us-west-2a-blue",
     ),
     "AVAIL-001": Case(
         "aws:ec2/subnet:Subnet",
@@ -121,7 +121,11 @@ CASES: dict[str, Case] = {
     ),
     # Every mig node group moved into one subnet: the edit needs that subnet's id, so the test builds it.
     "AVAIL-003": Case(
-        NG, lambda n: n.startswith("prod-gpu-mig-"), lambda p: None, "pool mig", reported_on="prod-gpu-mig-us-west-2a"
+        NG,
+        lambda n: n.startswith("prod-gpu-mig-"),
+        lambda p: None,
+        "pool mig",
+        reported_on="prod-gpu-mig-us-west-2a-blue",
     ),
     "AVAIL-004": Case(
         DEPLOYMENT,
@@ -131,7 +135,7 @@ CASES: dict[str, Case] = {
     ),
     "SAFE-001": Case(
         NG,
-        lambda n: n == "prod-gpu-full-us-west-2a",
+        lambda n: n == "prod-gpu-full-us-west-2a-blue",
         _set("updateConfig.maxUnavailablePercentage", 50),
         "maxUnavailablePercentage is 50",
     ),
@@ -273,7 +277,7 @@ def test_a_violation_names_the_resource_the_path_and_the_fix(rule_id: str, runs:
 def test_hop_limit_2_is_allowed_only_where_the_stack_says_pods_need_metadata(runs: dict[str, OfflineRun]) -> None:
     rule = RULES["SEC-001"]
     hop_two = Case(
-        LT, lambda n: n == "prod-gpu-full-us-west-2a", _set("metadataOptions.httpPutResponseHopLimit", 2), ""
+        LT, lambda n: n == "prod-gpu-full-us-west-2a-blue", _set("metadataOptions.httpPutResponseHopLimit", 2), ""
     )
     edited, _ = _edited(_stack(runs["prod"]), hop_two)
     assert evaluate(edited, {"SEC-001": rule}).findings, "hop 2 without the stack saying so"
@@ -345,7 +349,7 @@ def test_a_placement_group_that_spreads_is_named(runs: dict[str, OfflineRun]) ->
 
 def test_an_efa_only_primary_interface_is_a_violation(runs: dict[str, OfflineRun]) -> None:
     case = Case(
-        LT, lambda n: n == "prod-gpu-full-us-west-2a", _set("networkInterfaces.0.interfaceType", "efa-only"), ""
+        LT, lambda n: n == "prod-gpu-full-us-west-2a-blue", _set("networkInterfaces.0.interfaceType", "efa-only"), ""
     )
     edited, _ = _edited(_stack(runs["prod"]), case)
     messages = [f.message() for f in evaluate(edited, {"EFA-001": RULES["EFA-001"]}).findings]
@@ -465,7 +469,24 @@ def test_booleans_and_counts_as_the_wire_sends_them(runs: dict[str, OfflineRun])
 
 
 def test_a_rule_that_cannot_read_its_input_is_not_evaluated_not_a_crash(runs: dict[str, OfflineRun]) -> None:
-    case = Case(LT, lambda n: n == "prod-gpu-full-us-west-2a", _set("networkInterfaces.0.networkCardIndex", "zero"), "")
+    case = Case(
+        LT, lambda n: n == "prod-gpu-full-us-west-2a-blue", _set("networkInterfaces.0.networkCardIndex", "zero"), ""
+    )
     edited, _ = _edited(_stack(runs["prod"]), case)
     (finding,) = evaluate(edited, {"EFA-001": RULES["EFA-001"]}).findings
     assert finding.status == "not-evaluated" and "ValueError" in finding.message()
+
+
+def test_a_stack_in_the_middle_of_an_upgrade_complies_and_counts_its_capacity_once(run_changed) -> None:
+    def upgrade(values: dict[str, Any]) -> None:
+        values["peakguard:gpuPools"]["full"]["next"] = {"releaseVersion": "1.33.4-20251010"}
+
+    stack = _stack(run_changed("prod", upgrade))
+    report = evaluate(stack, RULES)
+    assert not failed(report), [f.message() for f in report.findings]
+
+    # 15 serving nodes of 8 GPUs hold 120 one-GPU replicas; the empty green generation's maxSize
+    # is the same capacity again, so 150 must still not fit.
+    edited, _ = _edited(stack, Case(HPA, lambda n: True, _set("spec.maxReplicas", 150), ""))
+    (finding,) = evaluate(edited, {"CAP-003": RULES["CAP-003"]}).findings
+    assert "what pool 'full' holds" in finding.message()

@@ -24,7 +24,7 @@ def bad() -> Stack:
     return Stack.from_registrations(run_offline("prod", project_dir=PROJECT_DIR, stack_file=BAD_STACK).resources)
 
 
-def _waiver(expires: date, rule: str = "AVAIL-003", resource: str = "prod-gpu-mig-us-west-2a") -> Waiver:
+def _waiver(expires: date, rule: str = "AVAIL-003", resource: str = "prod-gpu-mig-us-west-2a-blue") -> Waiver:
     return Waiver(
         rule=rule, resource=resource, owner="gpu-platform@", reason="one AZ has p4de capacity (CAP-42)", expires=expires
     )
@@ -66,7 +66,7 @@ def test_an_expired_waiver_fails_even_when_its_resource_is_fixed(runs: dict) -> 
 
 
 def test_a_waiver_is_per_rule_and_resource(bad: Stack) -> None:
-    other_resource = _waiver(date(2026, 12, 31), resource="prod-gpu-mig-us-west-2b")
+    other_resource = _waiver(date(2026, 12, 31), resource="prod-gpu-mig-us-west-2b-blue")
     other_rule = _waiver(date(2026, 12, 31), rule="SAFE-003")
     report = evaluate(bad, RULES, waivers=[other_resource, other_rule], today=TODAY)
     assert _by_rule(report) == {"AVAIL-003": "violation", "SAFE-003": "violation"}
