@@ -124,7 +124,7 @@ def _plan(args: argparse.Namespace) -> int:
         plan = make_plan(runbook, context)
     except RunbookError as exc:
         return _refused(exc)
-    _print_plan(plan)
+    _print_plan(plan, runbook)
     saved = _journal_dir(args) / "plans" / f"{plan.digest}.json"
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps(plan.to_dict(), indent=2, default=str))
@@ -146,13 +146,16 @@ def _run(args: argparse.Namespace) -> int:
                 raise ApprovalError(f"saved plan {plan.digest[:12]} is for other parameters; make a new plan")
         else:
             plan = make_plan(runbook, context)
-        _print_plan(plan)
+        _print_plan(plan, runbook)
         approval = _approve(args, runbook, plan)
         engine = _engine(args, runbook, context)
         outcome = engine.run(plan, approval, override_freeze=args.override_freeze, break_lock=args.break_lock)
     except RunbookError as exc:
         return _refused(exc)
-    return _summary(outcome)
+    status = _summary(outcome)
+    if outcome.status == "succeeded" and runbook.epilogue is not None:
+        print("\n" + runbook.epilogue(engine.context))
+    return status
 
 
 def _freeze(args: argparse.Namespace) -> int:
@@ -280,16 +283,22 @@ def _saved_plan(args: argparse.Namespace, digest: str) -> dict[str, Any]:
     return raw
 
 
-def _print_plan(plan: Any) -> None:
+def _print_plan(plan: Any, runbook: Runbook) -> None:
     print(f"plan {plan.digest[:12]}: {plan.runbook} on {plan.env}, parameters {dict(plan.params)}")
     for number, step in enumerate(plan.steps, 1):
         change = "no change" if not step.changes else f"{_short(step.before)} -> {_short(step.after)}"
         print(f"  {number}. {step.name}: {step.summary}\n     {change}")
+        if runbook.explain is not None:
+            for line in runbook.explain(step.name, step.after):
+                print(f"     {line}")
 
 
 def _progress(record: dict[str, Any]) -> None:
     event = record["event"]
     detail = {k: v for k, v in record.items() if k not in ("at", "event", "plan", "approval")}
+    if event == "step_note":
+        print(f"[{record['at'][11:23]}]   {detail['text']}")
+        return
     if event in ("step_verified", "run_verified") and "gate" in detail:
         gate = detail["gate"]
         print(f"[{record['at'][11:23]}] {event} {detail.get('step', '')}: {gate['verdict']} — {gate['reason']}")

@@ -82,6 +82,65 @@ class AwsCloud:
         except Exception as exc:
             raise _translate(exc, f"resize EKS node group {cluster}/{node_group} to {size.to_dict()}") from exc
 
+    def instances_of(self, autoscaling_group: str) -> list[str]:
+        """Instance ids the group holds now, launching or in service (not those on their way out)."""
+        try:
+            groups = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[autoscaling_group])
+        except Exception as exc:
+            raise _translate(exc, f"describe Auto Scaling group {autoscaling_group}") from exc
+        found = groups["AutoScalingGroups"]
+        if not found:
+            raise RunbookError(
+                f"Auto Scaling group {autoscaling_group} not found: the targets document is older than the node "
+                "groups; re-run `pulumi up`"
+            )
+        leaving = ("Terminating", "Terminated", "Detaching", "Detached")
+        return sorted(
+            i["InstanceId"] for i in found[0].get("Instances", []) if not i["LifecycleState"].startswith(leaving)
+        )
+
+    def autoscaling_group_size(self, autoscaling_group: str) -> NodeGroupSize:
+        """The Auto Scaling group's own sizes: where an EKS scaling update shows once it has landed
+        (EKS applies UpdateNodegroupConfig asynchronously)."""
+        try:
+            found = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[autoscaling_group])
+        except Exception as exc:
+            raise _translate(exc, f"describe Auto Scaling group {autoscaling_group}") from exc
+        if not found["AutoScalingGroups"]:
+            raise RunbookError(f"Auto Scaling group {autoscaling_group} not found; re-run `pulumi up`")
+        group = found["AutoScalingGroups"][0]
+        return NodeGroupSize(min=group["MinSize"], desired=group["DesiredCapacity"], max=group["MaxSize"])
+
+    def group_of_instance(self, instance_id: str) -> str | None:
+        """The Auto Scaling group an instance belongs to; None once it is gone."""
+        try:
+            found = self._autoscaling.describe_auto_scaling_instances(InstanceIds=[instance_id])
+        except Exception as exc:
+            raise _translate(exc, f"describe instance {instance_id} in Auto Scaling") from exc
+        instances = found.get("AutoScalingInstances", [])
+        return str(instances[0]["AutoScalingGroupName"]) if instances else None
+
+    def node_group_image(self, cluster: str, node_group: str) -> dict[str, str | None]:
+        """What the group's nodes boot: its AL2023 `releaseVersion`, or the AMI of its launch template
+        (a custom AMI), whichever it has."""
+        try:
+            group = self._eks.describe_nodegroup(clusterName=cluster, nodegroupName=node_group)["nodegroup"]
+        except Exception as exc:
+            raise _translate(exc, f"describe EKS node group {cluster}/{node_group}") from exc
+        image: dict[str, str | None] = {"releaseVersion": group.get("releaseVersion"), "amiId": None}
+        template = group.get("launchTemplate") or {}
+        if template.get("id"):
+            ec2 = self._session.client("ec2")
+            try:
+                versions = ec2.describe_launch_template_versions(
+                    LaunchTemplateId=template["id"], Versions=[str(template.get("version", "$Latest"))]
+                )["LaunchTemplateVersions"]
+            except Exception as exc:
+                raise _translate(exc, f"describe launch template {template['id']} of {node_group}") from exc
+            if versions:
+                image["amiId"] = versions[0].get("LaunchTemplateData", {}).get("ImageId")
+        return image
+
     def remove_instance(self, instance_id: str) -> None:
         """Terminate one node's instance and lower its group's desired size by one, so the group does
         not launch a replacement: the drained node goes, and only it (a blue/green batch's last step).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ from runbooks.errors import RunbookError
 from runbooks.kube_errors import translate
 from runbooks.lease_lock import LeaseLock
 
-__all__ = ["CORDON_MARK", "Bounds", "Endpoint", "EvictionRefusedError", "KubernetesCluster", "NodePod"]
+__all__ = ["CORDON_MARK", "Bounds", "Endpoint", "EvictionRefusedError", "KubernetesCluster", "NodePod", "NodeState"]
 
 MODE_KEY = "mode.json"
 """The mode ConfigMap's key (the file the service watches)."""
@@ -34,6 +35,19 @@ class NodePod:
     """A static pod's mirror: the kubelet owns it, eviction cannot move it."""
     phase: str
     grace_seconds: int
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """A node as a batch decision reads it."""
+
+    name: str
+    labels: Mapping[str, str]
+    ready: bool
+    unschedulable: bool
+    taints: frozenset[str]
+    """Keys of its taints."""
+    provider_id: str
 
 
 class EvictionRefusedError(RunbookError):
@@ -131,6 +145,13 @@ class KubernetesCluster:
                            deployment, namespace)  # fmt: skip
         return int((found.status.ready_replicas if found.status else 0) or 0)
 
+    def replicas(self, namespace: str, deployment: str) -> tuple[int, int]:
+        """(wanted, Ready) pods of a Deployment: its spec.replicas and its status's readyReplicas."""
+        found = self._call(f"read Deployment {namespace}/{deployment}", self._apps.read_namespaced_deployment_status,
+                           deployment, namespace)  # fmt: skip
+        wanted = int((found.spec.replicas if found.spec else 0) or 0)
+        return wanted, int((found.status.ready_replicas if found.status else 0) or 0)
+
     # --- The mode ConfigMap -----------------------------------------------------------
 
     def mode_document(self, namespace: str, name: str) -> dict[str, Any]:
@@ -179,6 +200,21 @@ class KubernetesCluster:
         return base64.b64decode(data).decode()
 
     # --- Nodes: cordon, pods, eviction ----------------------------------------------------
+
+    def nodes(self, label_selector: str) -> list[NodeState]:
+        found = self._call(f"list Nodes {label_selector}", self._core.list_node, label_selector=label_selector)
+        states = []
+        for node in found.items:
+            conditions = (node.status.conditions if node.status else None) or []
+            states.append(NodeState(
+                name=node.metadata.name,
+                labels=dict(node.metadata.labels or {}),
+                ready=any(c.type == "Ready" and c.status == "True" for c in conditions),
+                unschedulable=bool(node.spec and node.spec.unschedulable),
+                taints=frozenset(t.key for t in ((node.spec.taints if node.spec else None) or [])),
+                provider_id=(node.spec.provider_id if node.spec else None) or "",
+            ))  # fmt: skip
+        return states
 
     def cordon_mark(self, node: str) -> tuple[bool, str | None]:
         """(unschedulable, the run whose cordon it carries, if ours)."""

@@ -86,7 +86,10 @@ class Engine:
             raise RunbookError(f"plan {plan.digest[:12]} is for {plan.runbook} in {plan.env}, not this run")
         journal = Journal.create(self.journal_dir, new_run_id(self.context.env, self.runbook.name))
         self.context = dataclasses.replace(
-            self.context, run_id=journal.run_id, planned={step.name: step.after for step in plan.steps}
+            self.context,
+            run_id=journal.run_id,
+            planned={step.name: step.after for step in plan.steps},
+            note=partial(self._note, journal),
         )
         started = self.clock()
         self._write(journal, "run_started", runbook=self.runbook.name, env=self.context.env, operator=self.operator,
@@ -121,7 +124,10 @@ class Engine:
             raise RunbookError(f"run {journal.run_id} was refused before acting; make a new plan")
         plan = Plan.from_dict(started_record["plan"])
         self.context = dataclasses.replace(
-            self.context, run_id=journal.run_id, planned={step.name: step.after for step in plan.steps}
+            self.context,
+            run_id=journal.run_id,
+            planned={step.name: step.after for step in plan.steps},
+            note=partial(self._note, journal),
         )
         events = list(journal.records())
         begun = [r["step"] for r in events if r["event"] == "step_started"]
@@ -177,7 +183,9 @@ class Engine:
                 begun.append(step.name)
                 self._step(journal, step, planned)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 (anything after a change is rolled back)
-            failed_at = self.clock()
+            # A step that already undid part of its own work before raising says when it failed,
+            # so the rollback time counts that undoing too.
+            failed_at = min(getattr(exc, "failed_at", None) or self.clock(), self.clock())
             reason = _describe(exc)
             return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=failed_at,
                                    started=started)  # fmt: skip
@@ -284,6 +292,9 @@ class Engine:
                     raise
                 self.sleep(delay)
                 delay *= 2
+
+    def _note(self, journal: Journal, text: str) -> None:
+        self._write(journal, "step_note", text=text)
 
     def _write(self, journal: Journal, event: str, **fields: Any) -> None:
         record = journal.write(event, **fields)

@@ -13,6 +13,8 @@ stops the round (the decision is theirs now).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -56,6 +58,11 @@ class Fleet(Protocol):
 class GroupUpgradeStoppedError(RunbookError):
     """The group's upgrade stopped and its round was rolled back; the message says why and where."""
 
+    def __init__(self, message: str, *, failed_at: float) -> None:
+        super().__init__(message)
+        self.failed_at = failed_at
+        """When the failure was seen (time.monotonic): the rollback's own time counts from here."""
+
 
 @dataclass
 class RoundLog:
@@ -89,52 +96,64 @@ def _roll_back(fleet: Fleet, cordoned: list[str], launched: list[str], log: Roun
         raise RunbookError("rollback incomplete: " + "; ".join(problems))
 
 
-def upgrade_group(group: str, fleet: Fleet, log: RoundLog | None = None, *, max_rounds: int = 1000) -> RoundLog:
+def upgrade_group(
+    group: str,
+    fleet: Fleet,
+    log: RoundLog | None = None,
+    *,
+    max_rounds: int = 1000,
+    clock: Callable[[], float] = time.monotonic,
+) -> RoundLog:
     """Replace every old node of `group`, a batch at a time; raises GroupUpgradeStoppedError after
-    rolling back the round in flight."""
+    rolling back the round in flight, whatever failed (a drain, the gate, or the cloud or cluster
+    refusing a surge, a cordon or a removal)."""
     log = log or RoundLog()
     cordoned: list[str] = []
     launched: list[str] = []
 
     def stop(reason: str) -> GroupUpgradeStoppedError:
+        failed_at = clock()
         log.events.append(f"stopped: {reason}")
         _roll_back(fleet, cordoned, launched, log)
-        return GroupUpgradeStoppedError(f"{group}: {reason}; the round in flight was rolled back")
+        return GroupUpgradeStoppedError(f"{group}: {reason}; the round in flight was rolled back", failed_at=failed_at)
 
-    for _ in range(max_rounds):
-        step = next_step(fleet.view(group))
-        if step is None:
-            return log
-        if isinstance(step, Wait):
-            if not fleet.pause(step.reason):
-                raise stop(f"gave up waiting: {step.reason}")
-            continue
-        if isinstance(step, Surge):
-            names = fleet.surge(group, step.count)
-            launched += names
-            log.surged += names
-            continue
-        assert isinstance(step, Drain)
-        log.rounds += 1
-        for node in step.nodes:
-            fleet.cordon(node)
-            cordoned.append(node)
-        try:
+    try:
+        for _ in range(max_rounds):
+            step = next_step(fleet.view(group))
+            if step is None:
+                return log
+            if isinstance(step, Wait):
+                if not fleet.pause(step.reason):
+                    raise stop(f"gave up waiting: {step.reason}")
+                continue
+            if isinstance(step, Surge):
+                names = fleet.surge(group, step.count)
+                launched += names
+                log.surged += names
+                continue
+            assert isinstance(step, Drain)
+            log.rounds += 1
+            for node in step.nodes:
+                fleet.cordon(node)
+                cordoned.append(node)
             for node in step.nodes:
                 if not fleet.marked(node):
                     raise stop(f"{node} was uncordoned by someone else mid-drain; not re-cordoning it")
-                fleet.drain(node)
-        except GroupUpgradeStoppedError:
-            raise
-        except RunbookError as exc:
-            raise stop(f"drain failed: {exc}") from exc
-        log.drained += step.nodes
-        problem = fleet.healthy()
-        if problem is not None:
-            raise stop(f"health gate failed after draining {', '.join(step.nodes)}: {problem}")
-        for node in step.nodes:
-            fleet.remove(node)
-            cordoned.remove(node)
-            log.removed.append(node)
-        launched.clear()  # this round's new nodes passed the gate: they are the group now
-    raise stop(f"no end after {max_rounds} rounds")
+                try:
+                    fleet.drain(node)
+                except RunbookError as exc:
+                    raise stop(f"drain failed: {exc}") from exc
+            log.drained += step.nodes
+            problem = fleet.healthy()
+            if problem is not None:
+                raise stop(f"health gate failed after draining {', '.join(step.nodes)}: {problem}")
+            for node in step.nodes:
+                fleet.remove(node)
+                cordoned.remove(node)
+                log.removed.append(node)
+            launched.clear()  # this round's new nodes passed the gate: they are the group now
+        raise stop(f"no end after {max_rounds} rounds")
+    except GroupUpgradeStoppedError:
+        raise
+    except RunbookError as exc:
+        raise stop(str(exc)) from exc

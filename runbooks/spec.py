@@ -33,6 +33,10 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
+def _unheard(_: str) -> None:
+    """Where notes go while planning: nowhere (a plan changes nothing worth journaling)."""
+
+
 @dataclass(frozen=True)
 class Context:
     """What steps see: the environment, the validated parameters, and the ports to act through."""
@@ -46,6 +50,9 @@ class Context:
     planned: Mapping[str, Any] = field(default_factory=dict)
     """Each step's pinned target by step name, set by the engine for a run: what verification
     probes compare the live state against."""
+    note: Callable[[str], None] = _unheard
+    """Journal one line of progress inside a long step (a batch drained, a node removed); set by
+    the engine for a run, and shown live."""
 
 
 @dataclass(frozen=True)
@@ -215,6 +222,10 @@ class Runbook:
     poll_interval: float = 1.0
     """Seconds between gate readings."""
     notes: Mapping[str, str] = field(default_factory=dict)
+    explain: Callable[[str, State], list[str]] | None = None
+    """Lines a plan shows under a step beyond its one-line change: (step name, target) -> lines."""
+    epilogue: Callable[[Context], str] | None = None
+    """What to tell the operator after a run succeeded (e.g. the stack-config change to commit)."""
 
     def __post_init__(self) -> None:
         names = [step.name for step in self.steps]

@@ -22,7 +22,12 @@ emulated, each as the Kubernetes API reference describes it:
   IfHealthyBudget, the default) or always (AlwaysAllow); a Pending pod always. A refusal is 429
   TooManyRequests naming the budget in `details.causes`;
 - types with a `status` subresource: create starts with an empty status (required fields at 0),
-  writes to the main resource leave `.status` alone, and only `/status` changes it.
+  writes to the main resource leave `.status` alone, and only `/status` changes it;
+- graceful pod deletion, when a kubelet is played (`ObjectStore.graceful_pod_deletion`): deleting
+  or evicting a pod bound to a node sets `metadata.deletionTimestamp` (now + its grace period) and
+  `deletionGracePeriodSeconds`, and the pod stays, terminating, until the kubelet removes it
+  (`gracePeriodSeconds: 0` removes it at once, as a forced delete does). Evicting a terminating
+  pod succeeds without a budget check; a terminating pod counts as no budget's healthy pod.
 
 Played, for tests and drills: `ObjectStore.faults` answers a chosen (method, resource type) with
 a chosen Status (403 Forbidden, 500, 429) to show how runbooks report API errors.
@@ -115,8 +120,9 @@ class ApiStatus(Exception):  # noqa: N818 (it is the API's Status object, raised
         }
 
 
-def _now() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _now(*, after: float = 0) -> str:
+    moment = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=after)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ObjectStore:
@@ -132,6 +138,10 @@ class ObjectStore:
         """Injected failures for tests and drills: (HTTP method, plural) -> the Status to answer
         every such request with (e.g. 403 Forbidden), or a list answered once each, in order, after
         which requests succeed again (a conflict, a blip of 503s). Played, not emulated."""
+        self.graceful_pod_deletion = False
+        """True while a kubelet is played (controllers.py sets it): a bound pod's deletion only marks it
+        terminating, and the kubelet removes it once its container stopped. Off, a deleted pod goes at
+        once: with no kubelet, nothing would ever finish the deletion."""
 
     # --- Plain access (controllers, tests) ------------------------------------------
 
@@ -237,9 +247,25 @@ class ObjectStore:
                     updated.setdefault("metadata", {})[keep] = current["metadata"][keep]
             return self._store(plural, current, updated)
 
-    def delete(self, plural: str, namespace: str | None, name: str) -> dict[str, Any]:
+    def delete(
+        self, plural: str, namespace: str | None, name: str, *, grace_seconds: int | None = None
+    ) -> dict[str, Any]:
+        """Remove an object; a pod bound to a node, while a kubelet is played, is only marked
+        terminating (see `graceful_pod_deletion`). `grace_seconds` overrides the pod's
+        `terminationGracePeriodSeconds`; 0 removes it at once."""
         with self._lock:
             current = self._current(plural, namespace, name)
+            if plural == "pods" and self.graceful_pod_deletion and (current.get("spec") or {}).get("nodeName"):
+                metadata = current["metadata"]
+                if grace_seconds is None:
+                    grace_seconds = int((current.get("spec") or {}).get("terminationGracePeriodSeconds", 30))
+                if grace_seconds > 0:
+                    if metadata.get("deletionTimestamp"):
+                        return copy.deepcopy(current)  # already terminating
+                    updated = copy.deepcopy(current)
+                    updated["metadata"]["deletionTimestamp"] = _now(after=grace_seconds)
+                    updated["metadata"]["deletionGracePeriodSeconds"] = grace_seconds
+                    return self._store(plural, current, updated)
             del self._objects[(plural, self._ns(plural, namespace), name)]
         self._tell("DELETED", plural, current)
         return current
@@ -471,7 +497,11 @@ class KubeApi(kmock.KubernetesScaffold):
                 200,
             )  # fmt: skip
         if method == "DELETE":
-            deleted = store.delete(plural, namespace, name)
+            options = data if isinstance(data, dict) else {}
+            grace = options.get("gracePeriodSeconds", request.params.get("gracePeriodSeconds"))
+            deleted = store.delete(plural, namespace, name, grace_seconds=None if grace is None else int(grace))
+            if deleted["metadata"].get("deletionTimestamp"):
+                return deleted, 200  # terminating: the API answers with the object, as it now is
             return {"apiVersion": "v1", "kind": "Status", "status": "Success",
                     "details": {"name": name, "kind": plural, "uid": deleted["metadata"]["uid"]}}, 200  # fmt: skip
         raise ApiStatus(405, "MethodNotAllowed", f"{method} is not supported on {plural}/{name}")
@@ -502,13 +532,15 @@ class KubeApi(kmock.KubernetesScaffold):
     def _evict(self, namespace: str | None, name: str) -> dict[str, Any]:
         store = self.store
         pod = store.get("pods", namespace, name)
+        if _terminating(pod):
+            return {"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 201}  # on its way out
         labels = pod.get("metadata", {}).get("labels") or {}
         for budget in store.list("poddisruptionbudgets", namespace):
             selector = budget.get("spec", {}).get("selector", {}).get("matchLabels", {})
             if not selector or any(labels.get(k) != v for k, v in selector.items()):
                 continue
             matching = store.list("pods", namespace, labels=",".join(f"{k}={v}" for k, v in selector.items()))
-            healthy = sum(1 for p in matching if _ready(p))
+            healthy = sum(1 for p in matching if _ready(p) and not _terminating(p))
             # As the disruption controller counts: the pods the owning workload should have, not
             # the ones that happen to exist (an evicted pod's replacement is not there yet).
             expected = self._expected_pods(namespace, labels) or len(matching)
@@ -549,6 +581,10 @@ class KubeApi(kmock.KubernetesScaffold):
 def _ready(pod: Mapping[str, Any]) -> bool:
     conditions = (pod.get("status") or {}).get("conditions") or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def _terminating(pod: Mapping[str, Any]) -> bool:
+    return bool(pod.get("metadata", {}).get("deletionTimestamp"))
 
 
 def _count(value: Any, total: int, *, round_up: bool) -> int:

@@ -30,6 +30,7 @@ from infra.offline import OfflineRun
 from infra.pod_scripts import preflight_gate
 from runbooks.local.kube_api import ApiStatus, LocalKubernetes, ObjectStore
 from tests.infra.conftest import PROJECT_DIR
+from tests.playbooks.conftest import fi_info_efa, gpu_listing
 
 GATE = PROJECT_DIR / "infra" / "pod_scripts" / "preflight_gate.py"
 SCRIPT = PROJECT_DIR / "infra" / "node_scripts" / "node_preflight.sh"
@@ -116,27 +117,6 @@ def _result(store: ObjectStore, node: str) -> dict[str, Any] | None:
 # --- A fake GPU node's hardware ----------------------------------------------------------------
 
 
-def _gpu_listing(gpus: int, *, mig: list[str]) -> str:
-    """`nvidia-smi -L` (driver >= 470): one line per GPU, its MIG devices indented under it."""
-    lines = []
-    for gpu in range(gpus):
-        lines.append(f"GPU {gpu}: NVIDIA A100-SXM4-80GB (UUID: GPU-{gpu:08x}-7f3c-4a2e-9d51-b6a0c1e2f3a4)")
-        lines += [
-            f"  MIG {profile:<13}Device {index:>2}: (UUID: MIG-{gpu:04x}{index:04x}-1c2d-5e6f-8a9b-0c1d2e3f4a5b)"
-            for index, profile in enumerate(mig)
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _fi_info(devices: int) -> str:
-    """`fi_info -p efa -t FI_EP_RDM` from libfabric 2.x: each device under fabrics efa-direct and efa."""
-    return "".join(
-        f"provider: efa\n    fabric: {fabric}\n    domain: rdmap{16 + 16 * index}s27-rdm\n    type: FI_EP_RDM\n"
-        for index in range(devices)
-        for fabric in ("efa-direct", "efa")
-    )
-
-
 _FAKES = {
     "nvidia-smi": 'case "$*" in\n  -L) cat "$STATE/listing" ;;\n  *mig.mode.current*) cat "$STATE/mig-modes" ;;\n'
     '  *) echo "fake nvidia-smi: unexpected $*" >&2; exit 2 ;;\nesac\n',
@@ -160,13 +140,15 @@ class GpuNode:
             fake = self.root / "bin" / command
             fake.write_text(f"#!/bin/bash\nSTATE={self.root / 'state'}\n{body}")
             fake.chmod(0o755)
-        (self.root / "state" / "fi_info").write_text(_fi_info(4))
+        (self.root / "state" / "fi_info").write_text(fi_info_efa(4))
         self.mig_applied(False)
 
     def mig_applied(self, applied: bool) -> None:
         """Before the GPU operator's MIG manager has run, the GPUs show no MIG devices."""
         state = self.root / "state"
-        (state / "listing").write_text(_gpu_listing(8, mig=[MIG_PROFILE] * 7 if applied else []))
+        (state / "listing").write_text(
+            gpu_listing(8, model="NVIDIA A100-SXM4-80GB", mig=[MIG_PROFILE] * 7 if applied else [])
+        )
         (state / "mig-modes").write_text(("Enabled\n" if applied else "Disabled\n") * 8)
 
     def env(self) -> dict[str, str]:

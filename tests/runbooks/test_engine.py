@@ -616,3 +616,32 @@ def test_sigterm_during_a_step_rolls_back(tmp_path: Path) -> None:
     assert "rollback_done" in events(journal)
     (finished,) = of_event(journal, "run_finished")
     assert finished["status"] == "rolled-back"
+
+
+def test_a_step_that_undid_its_own_work_before_raising_counts_that_in_the_rollback_time(
+    engine_for: EngineFactory, world: World
+) -> None:
+    class StoppedAfterUndoingError(RunbookError):
+        def __init__(self) -> None:
+            super().__init__("stopped; the batch in flight was rolled back")
+            self.failed_at = time.monotonic()
+            time.sleep(0.3)  # the step's own rollback, before the engine hears of the failure
+
+    def stop(_: Any) -> None:
+        raise StoppedAfterUndoingError()
+
+    world.before_apply["b"] = stop
+    engine = engine_for(toy_runbook(setter("a", "a", to=5), setter("b", "b", to="on")))
+    outcome = engine.run(*approved_plan(engine))
+
+    assert outcome.status == "rolled-back"
+    assert outcome.rollback_seconds is not None and outcome.rollback_seconds >= 0.3
+
+
+def test_a_step_may_journal_its_progress_as_notes(engine_for: EngineFactory, world: World) -> None:
+    engine = engine_for(toy_runbook(setter("a", "a", to=5)))
+    world.before_apply["a"] = lambda _: engine.context.note("batch 1 of 2 done")
+    outcome = engine.run(*approved_plan(engine))
+
+    assert outcome.status == "succeeded"
+    assert [r["text"] for r in of_event(outcome.journal, "step_note")] == ["batch 1 of 2 done"]

@@ -223,8 +223,9 @@ def world(aws: dict[str, str], dev_program: Any, artifacts: Path, tmp_path: Path
             os.kill(started.process.pid or 0, signal.SIGKILL)
         return started
 
+    pool = {"peakguard.io/pool": "full"}  # the model service's nodeSelector
     with LocalKubernetes() as kubernetes, Controllers(kubernetes.store, backends=start_pod, delays=DELAYS,
-                                                      max_pods=4) as controllers:  # fmt: skip
+                                                      max_pods=4, node_labels=pool) as controllers:  # fmt: skip
         store = kubernetes.store
         for manifest in manifests(dev_program):
             plural = _PLURAL.get(manifest.kind)

@@ -1,0 +1,240 @@
+"""rolling-upgrade: move each GPU group's nodes to the generation the stack config declared, a
+third at most at a time, with a health gate after every batch and the batch rolled back on a
+failure.
+
+Blue/green, not EKS's UpdateNodegroupVersion (README, "Rolling upgrades", says why): the new image
+is declared first (`peakguard:gpuPools.<pool>.next` in the stack file, then `pulumi up`), which adds
+an empty node group of the other generation beside each serving one. This runbook then fills it
+and empties the old one, one pool and AZ at a time (`runbooks/node_upgrade.py`, rule in
+`runbooks/node_batches.py`):
+
+1. surge a batch of new nodes and wait until they are Ready and preflighted (startup taint gone);
+2. cordon as many old nodes (marked with this run), drain them through the Eviction API within the
+   drain deadline, then the service gate (p99 within the SLO, errors under 1%);
+3. remove the drained nodes one by one; next batch.
+
+A failed gate, a drain that reaches its deadline or new nodes that never serve stop the run: the
+batch in flight is rolled back (our cordons lifted, its surged nodes removed) and the service gate
+must pass again; batches already finished keep their new nodes (they passed their gates). A longer
+drain deadline is an explicit `--drain-timeout`, journaled with the plan. At the end the runbook
+prints the stack-config change that makes the new generation the serving one.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from runbooks.errors import RunbookError
+from runbooks.fleet import NODE_GROUP_LABEL, GenerationPair, PortsFleet, generation_pairs
+from runbooks.library.service_gates import ports_of, recovered
+from runbooks.node_batches import planned_batches
+from runbooks.node_upgrade import RoundLog, upgrade_group
+from runbooks.spec import Context, Gate, Param, Runbook, Step
+
+__all__ = ["RUNBOOK"]
+
+_SERVICE = Gate("service within its SLO", recovered, at_most=1.0)
+
+
+def _selected(context: Context) -> list[GenerationPair]:
+    names = [name.strip() for name in str(context.params["nodegroup"]).split(",") if name.strip()]
+    return generation_pairs(ports_of(context).targets, names)
+
+
+def _capacity_short(context: Context, pools: set[str]) -> str | None:
+    """Which Deployments on the pools being moved have fewer Ready pods than they want: replicas
+    that never become Ready add no errors and no latency, only missing capacity."""
+    ports = ports_of(context)
+    service = ports.model_service
+    short = []
+    for variant, pool in sorted(service.pools.items()):
+        if pool not in pools or variant not in service.deployments:
+            continue
+        wanted, ready = ports.cluster.replicas(service.namespace, service.deployments[variant])
+        if ready < wanted:
+            short.append(f"{service.deployments[variant]} {ready}/{wanted} Ready")
+    return "; ".join(short) or None
+
+
+def _fleet(context: Context, pairs: list[GenerationPair]) -> PortsFleet:
+    params = context.params
+    pools = {pair.pool for pair in pairs}
+
+    def gate() -> str | None:
+        # Pods evicted by the batch restart elsewhere: give the service its settle time before judging.
+        ports = ports_of(context)
+        started = time.monotonic()
+        while True:
+            waited = time.monotonic() - started
+            verdict = _SERVICE.judge(context)
+            short = _capacity_short(context, pools)
+            if verdict.verdict == "pass" and short is None:
+                context.note(f"gate passed: {verdict.reason}; every replica Ready")
+                return None
+            if waited >= float(params["gate-timeout"]):
+                problem = f"{verdict.verdict}: {verdict.reason}" + (f"; capacity short: {short}" if short else "")
+                context.note(f"gate failed after {waited:.0f} s: {problem}")
+                return problem
+            ports.sleep(RUNBOOK.poll_interval)
+
+    return PortsFleet(
+        ports_of(context),
+        pairs,
+        run_id=context.run_id,
+        gate=gate,
+        drain_seconds=float(params["drain-timeout"]),
+        wait_seconds=float(params["node-timeout"]),
+        poll_seconds=float(params["poll"]),
+        note=context.note,
+    )
+
+
+def _observe(context: Context) -> Any:
+    pairs = _selected(context)
+    fleet = _fleet(context, pairs)
+    groups = []
+    for pair in pairs:
+        nodes = fleet.nodes(pair.key)
+        groups.append({
+            "group": pair.key,
+            "from": pair.serving.name,
+            "to": pair.incoming.name,
+            "old": sorted(n.name for n in nodes if n.labels.get(NODE_GROUP_LABEL) == pair.serving.name),
+            "new": sorted(n.name for n in nodes if n.labels.get(NODE_GROUP_LABEL) == pair.incoming.name),
+        })  # fmt: skip
+    return {"groups": groups}
+
+
+def _image_matches(image: dict[str, str | None], to: str) -> bool:
+    return image.get("amiId") == to if to.startswith("ami-") else image.get("releaseVersion") == to
+
+
+def _desired(context: Context, before: Any) -> Any:
+    to = str(context.params["to"])
+    if to.startswith("driver"):
+        raise RunbookError(
+            f"--to {to}: a driver change needs no new nodes; it runs in place through the node playbooks "
+            "(playbooks/README.md, gpu_driver_upgrade.yml), one batch of nodes at a time. This runbook moves "
+            "nodes to a new AMI release (--to <releaseVersion>) or custom AMI (--to ami-...)"
+        )
+    ports = ports_of(context)
+    for pair in _selected(context):
+        image = ports.cloud.node_group_image(ports.targets.cluster.name, pair.incoming.name)
+        if not _image_matches(image, to):
+            declared = image.get("amiId") if to.startswith("ami-") else image.get("releaseVersion")
+            raise RunbookError(
+                f"--to {to}: {pair.incoming.name} (the incoming generation of {pair.key}) is declared at "
+                f"{declared or 'no pinned image'}. Set `peakguard:gpuPools.{pair.pool}.next` to {to} in "
+                f"Pulumi.{context.env}.yaml and run `pulumi up -s {context.env}`, or pass --to {declared}"
+            )
+    groups = []
+    for group in before["groups"]:
+        old = group["old"]
+        groups.append({
+            "group": group["group"],
+            "from": group["from"],
+            "to": group["to"],
+            "nodes": len(old),
+            "batches": [list(drained) for _, drained in planned_batches(len(old), old)],
+        })  # fmt: skip
+    return {"to": to, "groups": groups}
+
+
+def _apply(context: Context, target: Any) -> None:
+    pairs = {pair.key: pair for pair in _selected(context)}
+    fleet = _fleet(context, list(pairs.values()))
+    for group in target["groups"]:
+        log = RoundLog()
+        try:
+            upgrade_group(group["group"], fleet, log)
+        finally:
+            # What an operator changed mid-run, and what the rollback left as they set it.
+            for event in log.events:
+                context.note(f"{group['group']}: {event}")
+        context.note(
+            f"{group['group']}: done in {log.rounds} round(s): {len(log.removed)} old node(s) replaced by "
+            f"{len(log.surged)} new"
+        )
+
+
+def _restore(context: Context, before: Any) -> None:
+    """What a stop leaves to undo: the batch in flight was rolled back by the group's own loop;
+    here, any node still carrying this run's cordon (a run killed mid-batch) is uncordoned.
+    Finished batches keep their new nodes: they passed their gates."""
+    if not context.run_id:
+        return
+    pairs = _selected(context)
+    fleet = _fleet(context, pairs)
+    for pair in pairs:
+        for node in fleet.nodes(pair.key):
+            if node.unschedulable and fleet.marked(node.name):
+                fleet.uncordon(node.name)
+
+
+def _explain(step: str, target: Any) -> list[str]:
+    lines = []
+    for group in target.get("groups", []):
+        lines.append(f"{group['group']}: {group['nodes']} node(s) {group['from']} -> {group['to']}")
+        for number, batch in enumerate(group["batches"], 1):
+            lines.append(f"  batch {number}: surge {len(batch)}, then drain and remove {', '.join(batch)}")
+    return lines
+
+
+def _epilogue(context: Context) -> str:
+    to = str(context.params["to"])
+    key = "amiId" if to.startswith("ami-") else "releaseVersion"
+    pools = sorted({pair.pool for pair in _selected(context)})
+    ports = ports_of(context)
+    lines = [
+        f"The new generation serves. Commit this to Pulumi.{context.env}.yaml, then `pulumi up -s {context.env}`",
+        "(it makes the new node groups the serving ones and deletes the emptied old ones):",
+        "",
+        "  peakguard:gpuPools:",
+    ]
+    for pool in pools:
+        incoming = ports.targets.incoming_of(pool)
+        generation = incoming[0].generation if incoming else "?"
+        lines += [f"    {pool}:", f"      generation: {generation}", f"      {key}: {to}", "      # and remove `next`"]
+    return "\n".join(lines)
+
+
+RUNBOOK = Runbook(
+    name="rolling-upgrade",
+    summary="move GPU nodes to the declared new generation, a third at most at a time, gated, batch rollback",
+    params=(
+        Param("to", "the AMI release (e.g. 1.33.4-20251010) or custom AMI id the incoming generation is declared at"),
+        Param(
+            "nodegroup",
+            "comma-separated pools or node groups to upgrade (default: every pool with a declared `next`)",
+            default="",
+        ),
+        Param(
+            "drain-timeout", "seconds a node's drain may take before the batch is rolled back", float, 600.0, minimum=1
+        ),
+        Param("node-timeout", "seconds new nodes may take to be Ready and preflighted", float, 900.0, minimum=1),
+        Param("gate-timeout", "seconds the service has to pass its gate after a batch", float, 120.0, minimum=0),
+        Param("timeout", "seconds the whole move may take", float, 6 * 3600.0, minimum=1),
+        Param("poll", "seconds between readings of nodes and instances", float, 5.0, minimum=0.1),
+    ),
+    steps=(
+        Step(
+            "move-nodes",
+            "move each group's nodes to its incoming generation, batch by batch",
+            _observe,
+            _desired,
+            _apply,
+            restore=_restore,
+            timeout="timeout",
+            retries=1,
+        ),
+    ),
+    health=_SERVICE,
+    recovery_timeout=120.0,
+    explain=_explain,
+    epilogue=_epilogue,
+    notes={
+        "rollback": "the batch in flight; finished batches keep their new nodes",
+        "declare first": "peakguard:gpuPools.<pool>.next in the stack file, then pulumi up",
+    },
+)
