@@ -48,6 +48,8 @@ class NodeState:
     taints: frozenset[str]
     """Keys of its taints."""
     provider_id: str
+    gpus: int = 0
+    """Allocatable `nvidia.com/gpu`: 0 until the device plugin has registered the node's GPUs."""
 
 
 class EvictionRefusedError(RunbookError):
@@ -213,8 +215,14 @@ class KubernetesCluster:
                 unschedulable=bool(node.spec and node.spec.unschedulable),
                 taints=frozenset(t.key for t in ((node.spec.taints if node.spec else None) or [])),
                 provider_id=(node.spec.provider_id if node.spec else None) or "",
+                gpus=_count(((node.status.allocatable if node.status else None) or {}).get("nvidia.com/gpu")),
             ))  # fmt: skip
         return states
+
+    def annotate_node(self, node: str, annotations: Mapping[str, str | None]) -> None:
+        """Set (or, with None, remove) annotations on a node, leaving the others as they are."""
+        self._call(f"annotate Node {node}", self._core.patch_node, node,
+                   {"metadata": {"annotations": dict(annotations)}})  # fmt: skip
 
     def cordon_mark(self, node: str) -> tuple[bool, str | None]:
         """(unschedulable, the run whose cordon it carries, if ours)."""
@@ -285,6 +293,14 @@ class KubernetesCluster:
             return method(*args, **kwargs)
         except Exception as exc:
             raise translate(exc, doing) from exc
+
+
+def _count(quantity: Any) -> int:
+    """A whole-device quantity ("8") as a number; anything else as 0."""
+    try:
+        return int(str(quantity))
+    except ValueError:
+        return 0
 
 
 def _refusal(exc: Any, namespace: str, name: str) -> EvictionRefusedError:

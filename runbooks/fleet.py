@@ -5,12 +5,15 @@ incoming one the Pulumi program declared empty beside it (`next` in the stack co
 told apart by the `eks.amazonaws.com/nodegroup` label EKS puts on them.
 
 What each call does to AWS and Kubernetes:
-- surge: the incoming node group's minSize and desiredSize go up together, through EKS (never the
-  Auto Scaling group under it). The minimum rises too so that the cluster autoscaler, which sees
-  an empty new node as spare, cannot take it back before the batch it is for has moved onto it.
-  It returns the new instances' ids once the Auto Scaling group lists them.
-- remove: one instance terminated with the group's desired size lowered (nothing relaunches it);
-  the group's minimum is lowered first where it would forbid that.
+- begin (once per group): the serving node group's minSize goes to 0 through EKS, waited for until
+  its Auto Scaling group shows it, so that every later removal is one plain call; nodes still
+  carrying this run's cordon (a resumed run) are uncordoned.
+- surge: the incoming node group's desiredSize goes up, through EKS (never the Auto Scaling group's
+  own settings), from the Auto Scaling group's desired capacity (EKS's copy lags). Each new node
+  is annotated so that the cluster autoscaler, which sees an empty new node as spare, does not
+  take it back before the batch it is for has moved onto it. It returns once every new instance
+  has joined as a Node.
+- remove: one instance terminated with its group's desired size lowered (nothing relaunches it).
 - cordon/uncordon: with the run's mark, so only our cordons are ever lifted.
 - drain: the Eviction API, bounded by the drain deadline (runbooks/drain.py).
 """
@@ -26,13 +29,16 @@ from infra.targets import NodeGroupTarget, TargetsDocument
 from runbooks.cloud import NodeGroupSize, instance_id_of
 from runbooks.cluster import NodeState
 from runbooks.drain import drain_node
-from runbooks.errors import RunbookError
+from runbooks.errors import RunbookError, TransientError
 from runbooks.node_batches import GroupView, NodeView
+from runbooks.node_upgrade import SurgeIncompleteError
 from runbooks.ports import Ports
 
 __all__ = ["NODE_GROUP_LABEL", "GenerationPair", "PortsFleet", "generation_pairs"]
 
 NODE_GROUP_LABEL = "eks.amazonaws.com/nodegroup"
+SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
+"""Node annotation the cluster autoscaler honours: never scale this node down."""
 
 
 @dataclass(frozen=True)
@@ -95,8 +101,16 @@ def _view_of(state: NodeState, incoming: str) -> NodeView:
         generation="new" if state.labels.get(NODE_GROUP_LABEL) == incoming else "old",
         ready=state.ready,
         unschedulable=state.unschedulable,
-        preflighted=PREFLIGHT_TAINT.key not in state.taints,
+        # Preflight passes before the device plugin registers the GPUs: a node serves once both did.
+        preflighted=PREFLIGHT_TAINT.key not in state.taints and state.gpus > 0,
     )
+
+
+def _instance_or_none(provider_id: str) -> str | None:
+    try:
+        return instance_id_of(provider_id)
+    except RunbookError:
+        return None
 
 
 class PortsFleet:
@@ -126,56 +140,91 @@ class PortsFleet:
         self._clock = clock
         self._sizes: dict[str, int] = {}
         self._waiting_since: float | None = None
+        self._protected: set[str] = set()
+        """New instances whose nodes carry the scale-down-disabled annotation."""
+        self._removed: set[str] = set()
+        """Nodes and instances this run terminated: their Node objects linger while they shut down."""
 
     @property
     def _cluster_name(self) -> str:
         return self._ports.targets.cluster.name
 
     def nodes(self, group: str) -> list[NodeState]:
+        """Both generations' nodes of the group, but not those this run already terminated."""
         pair = self._pairs[group]
         members = {pair.serving.name, pair.incoming.name}
         found = self._ports.cluster.nodes(f"peakguard.io/pool={pair.pool}")
-        return [node for node in found if node.labels.get(NODE_GROUP_LABEL) in members]
+        return [
+            node
+            for node in found
+            if node.labels.get(NODE_GROUP_LABEL) in members
+            and node.name not in self._removed
+            and _instance_or_none(node.provider_id) not in self._removed
+        ]
+
+    def begin(self, group: str) -> None:
+        """Before the group's first batch: the serving group may shrink to nothing, and a resumed
+        run's own cordons are lifted (its next batch cordons again what it drains)."""
+        pair = self._pairs[group]
+        size = self._ports.cloud.node_group_size(self._cluster_name, pair.serving.name)
+        if size.min > 0:
+            lowered = NodeGroupSize(min=0, desired=self._asg_desired(pair.serving), max=size.max)
+            self._set_size(pair.serving, lowered)
+            self._until_applied(pair.serving, lowered)
+        for node in self.nodes(group):
+            if node.unschedulable and self.marked(node.name):
+                self.uncordon(node.name)
 
     # --- Fleet --------------------------------------------------------------------------
 
     def view(self, group: str) -> GroupView:
         pair = self._pairs[group]
         nodes = [_view_of(state, pair.incoming.name) for state in self.nodes(group)]
-        # N is the old generation's size when this group's upgrade began: the capacity kept.
-        size = self._sizes.setdefault(group, sum(1 for node in nodes if node.generation == "old"))
+        # N is the group's node count when this run began on it, both generations (a re-run after a
+        # stop counts the new nodes that earlier batches brought): the capacity kept.
+        size = self._sizes.setdefault(group, len(nodes))
         return GroupView(name=group, size=size, nodes=tuple(sorted(nodes, key=lambda n: n.name)))
 
     def surge(self, group: str, count: int) -> list[str]:
         pair = self._pairs[group]
         incoming = pair.incoming
         size = self._ports.cloud.node_group_size(self._cluster_name, incoming.name)
-        wanted = size.desired + count
+        current = self._asg_desired(incoming)
+        wanted = current + count
         if wanted > size.max:
             raise RunbookError(
                 f"{incoming.name}: surging {count} would need {wanted} nodes, above its maxSize {size.max}; "
                 f"raise peakguard:gpuPools.{pair.pool}.scalingPerAz.maxSize"
             )
         before = set(self._ports.cloud.instances_of(incoming.autoscaling_group))
-        self._ports.cloud.set_node_group_size(
-            self._cluster_name, incoming.name, NodeGroupSize(min=max(size.min, wanted), desired=wanted, max=size.max)
-        )
-        self._note(f"{group}: surge {count} node(s) in {incoming.name} (desired {size.desired} -> {wanted})")
+        self._set_size(incoming, NodeGroupSize(min=size.min, desired=wanted, max=size.max))
+        self._note(f"{group}: surge {count} node(s) in {incoming.name} (desired {current} -> {wanted})")
         self._waiting_since = None
         deadline = self._clock() + self._wait_seconds
+        launched: list[str] = []
         while True:
             launched = sorted(set(self._ports.cloud.instances_of(incoming.autoscaling_group)) - before)[:count]
             # Done once each new instance is a Node: until then the group's view cannot show it,
             # and the next step would ask for another surge.
-            registered = {instance_id_of(n.provider_id) for n in self.nodes(group) if n.provider_id}
-            if len(launched) == count and set(launched) <= registered:
+            joined = {instance_id_of(n.provider_id): n.name for n in self.nodes(group) if n.provider_id}
+            for instance in launched:
+                if instance in joined and instance not in self._protected:
+                    self._ports.cluster.annotate_node(joined[instance], {SCALE_DOWN_DISABLED: "true"})
+                    self._protected.add(instance)
+            if len(launched) == count and set(launched) <= set(joined):
                 return launched
             if self._clock() >= deadline:
-                raise RunbookError(
+                missing = count - len(launched)
+                if missing:
+                    # Nothing more may launch for this surge; what did launch the rollback removes.
+                    now = self._asg_desired(incoming)
+                    self._set_size(incoming, NodeGroupSize(min=size.min, desired=max(0, now - missing), max=size.max))
+                raise SurgeIncompleteError(
                     f"{incoming.name}: of {count} surged instance(s), {len(launched)} launched and "
-                    f"{len(set(launched) & registered)} joined the cluster within {self._wait_seconds:g} s "
+                    f"{len(set(launched) & set(joined))} joined the cluster within {self._wait_seconds:g} s "
                     "(Auto Scaling activities say why an instance did not launch; the node's bootstrap log, why "
-                    "it did not join)"
+                    "it did not join)",
+                    launched=launched,
                 )
             self._ports.sleep(self._poll_seconds)
 
@@ -216,34 +265,37 @@ class PortsFleet:
         if autoscaling_group is None:
             self._note(f"{node}: instance {instance} already gone")
             return
-        group = next(
-            (
-                g
-                for p in self._pairs.values()
-                for g in (p.serving, p.incoming)
-                if g.autoscaling_group == autoscaling_group
-            ),
-            None,
-        )
+        groups = [g for p in self._pairs.values() for g in (p.serving, p.incoming)]
+        group = next((g for g in groups if g.autoscaling_group == autoscaling_group), None)
         if group is None:
             raise RunbookError(
                 f"{node}: instance {instance} is in Auto Scaling group {autoscaling_group}, not one this run moves; "
                 "left alone"
             )
-        size = self._ports.cloud.node_group_size(self._cluster_name, group.name)
-        if size.desired - 1 < size.min:
-            # Auto Scaling refuses to go below the minimum; the run owns the sizes while it moves nodes.
-            lowered = NodeGroupSize(min=size.desired - 1, desired=size.desired, max=size.max)
-            self._ports.cloud.set_node_group_size(self._cluster_name, group.name, lowered)
-            self._until_applied(group, lowered)
         self._ports.cloud.remove_instance(instance)
+        self._removed.update({node, instance})
         self._waiting_since = None
         self._note(f"removed {node} ({instance}) from {group.name}")
 
+    def _asg_desired(self, group: NodeGroupTarget) -> int:
+        return self._ports.cloud.autoscaling_group_size(group.autoscaling_group).desired
+
+    def _set_size(self, group: NodeGroupTarget, size: NodeGroupSize) -> None:
+        """An EKS scaling update; while the group's previous update still runs, EKS answers
+        ResourceInUseException, which is waited out (up to the node timeout)."""
+        deadline = self._clock() + self._wait_seconds
+        while True:
+            try:
+                self._ports.cloud.set_node_group_size(self._cluster_name, group.name, size)
+                return
+            except TransientError:
+                if self._clock() >= deadline:
+                    raise
+                self._ports.sleep(min(2.0, self._poll_seconds))
+
     def _until_applied(self, group: NodeGroupTarget, size: NodeGroupSize) -> None:
-        """Wait until EKS has applied a scaling update to the Auto Scaling group. Terminating first
-        would be refused below the old minimum, and the update landing later would put the old
-        desired size back, launching a node in place of the one just removed."""
+        """Wait until EKS has applied a scaling update to the Auto Scaling group (it does so
+        asynchronously): a removal before that would be refused below the old minimum."""
         deadline = self._clock() + self._wait_seconds
         while True:
             applied = self._ports.cloud.autoscaling_group_size(group.autoscaling_group)

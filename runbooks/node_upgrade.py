@@ -21,7 +21,7 @@ from typing import Protocol
 from runbooks.errors import RunbookError
 from runbooks.node_batches import Drain, GroupView, Surge, Wait, next_step
 
-__all__ = ["Fleet", "GroupUpgradeStoppedError", "RoundLog", "upgrade_group"]
+__all__ = ["Fleet", "GroupUpgradeStoppedError", "RoundLog", "SurgeIncompleteError", "upgrade_group"]
 
 
 class Fleet(Protocol):
@@ -31,7 +31,8 @@ class Fleet(Protocol):
         """The group's nodes as they are now (both generations)."""
 
     def surge(self, group: str, count: int) -> list[str]:
-        """Launch `count` nodes of the new generation; their names."""
+        """Launch `count` nodes of the new generation and wait until they joined; handles `remove`
+        takes (node names or instance ids). Raises SurgeIncompleteError naming what did launch."""
 
     def cordon(self, node: str) -> None:
         """Mark the node unschedulable, with this run's mark."""
@@ -62,6 +63,14 @@ class GroupUpgradeStoppedError(RunbookError):
         super().__init__(message)
         self.failed_at = failed_at
         """When the failure was seen (time.monotonic): the rollback's own time counts from here."""
+
+
+class SurgeIncompleteError(RunbookError):
+    """A surge that did not finish; `launched` are the handles of what it did start (to remove)."""
+
+    def __init__(self, message: str, *, launched: list[str]) -> None:
+        super().__init__(message)
+        self.launched = launched
 
 
 @dataclass
@@ -114,20 +123,32 @@ def upgrade_group(
     def stop(reason: str) -> GroupUpgradeStoppedError:
         failed_at = clock()
         log.events.append(f"stopped: {reason}")
-        _roll_back(fleet, cordoned, launched, log)
+        try:
+            _roll_back(fleet, cordoned, launched, log)
+        except RunbookError as problem:
+            return GroupUpgradeStoppedError(f"{group}: {reason}; then {problem}", failed_at=failed_at)
         return GroupUpgradeStoppedError(f"{group}: {reason}; the round in flight was rolled back", failed_at=failed_at)
 
+    rounds = 0
     try:
-        for _ in range(max_rounds):
+        while True:
             step = next_step(fleet.view(group))
             if step is None:
                 return log
             if isinstance(step, Wait):
+                # Waits are bounded by the fleet's own deadline, not counted as rounds.
                 if not fleet.pause(step.reason):
                     raise stop(f"gave up waiting: {step.reason}")
                 continue
+            rounds += 1
+            if rounds > max_rounds:
+                raise stop(f"no end after {max_rounds} surges and batches")
             if isinstance(step, Surge):
-                names = fleet.surge(group, step.count)
+                try:
+                    names = fleet.surge(group, step.count)
+                except SurgeIncompleteError as exc:
+                    launched += exc.launched
+                    raise stop(str(exc)) from exc
                 launched += names
                 log.surged += names
                 continue
@@ -147,12 +168,11 @@ def upgrade_group(
             problem = fleet.healthy()
             if problem is not None:
                 raise stop(f"health gate failed after draining {', '.join(step.nodes)}: {problem}")
+            launched.clear()  # this round's new nodes passed the gate: they are the group now
             for node in step.nodes:
                 fleet.remove(node)
                 cordoned.remove(node)
                 log.removed.append(node)
-            launched.clear()  # this round's new nodes passed the gate: they are the group now
-        raise stop(f"no end after {max_rounds} rounds")
     except GroupUpgradeStoppedError:
         raise
     except RunbookError as exc:

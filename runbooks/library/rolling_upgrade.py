@@ -107,7 +107,7 @@ def _observe(context: Context) -> Any:
 
 
 def _image_matches(image: dict[str, str | None], to: str) -> bool:
-    return image.get("amiId") == to if to.startswith("ami-") else image.get("releaseVersion") == to
+    return image.get(_image_key(to)) == to
 
 
 def _desired(context: Context, before: Any) -> Any:
@@ -122,7 +122,7 @@ def _desired(context: Context, before: Any) -> Any:
     for pair in _selected(context):
         image = ports.cloud.node_group_image(ports.targets.cluster.name, pair.incoming.name)
         if not _image_matches(image, to):
-            declared = image.get("amiId") if to.startswith("ami-") else image.get("releaseVersion")
+            declared = image.get(_image_key(to))
             raise RunbookError(
                 f"--to {to}: {pair.incoming.name} (the incoming generation of {pair.key}) is declared at "
                 f"{declared or 'no pinned image'}. Set `peakguard:gpuPools.{pair.pool}.next` to {to} in "
@@ -145,6 +145,7 @@ def _apply(context: Context, target: Any) -> None:
     pairs = {pair.key: pair for pair in _selected(context)}
     fleet = _fleet(context, list(pairs.values()))
     for group in target["groups"]:
+        fleet.begin(group["group"])
         log = RoundLog()
         try:
             upgrade_group(group["group"], fleet, log)
@@ -181,21 +182,47 @@ def _explain(step: str, target: Any) -> list[str]:
     return lines
 
 
+def _image_key(to: str) -> str:
+    """The stack-config key an image is pinned by: a custom AMI id, or an AL2023 release."""
+    return "amiId" if to.startswith("ami-") else "releaseVersion"
+
+
 def _epilogue(context: Context) -> str:
+    """The stack-config change for each pool whose every AZ now runs the new generation; a pool
+    with old nodes left somewhere must not be committed yet (`pulumi up` would delete its old
+    groups, nodes and all)."""
     to = str(context.params["to"])
-    key = "amiId" if to.startswith("ami-") else "releaseVersion"
-    pools = sorted({pair.pool for pair in _selected(context)})
     ports = ports_of(context)
-    lines = [
-        f"The new generation serves. Commit this to Pulumi.{context.env}.yaml, then `pulumi up -s {context.env}`",
-        "(it makes the new node groups the serving ones and deletes the emptied old ones):",
-        "",
-        "  peakguard:gpuPools:",
-    ]
-    for pool in pools:
-        incoming = ports.targets.incoming_of(pool)
-        generation = incoming[0].generation if incoming else "?"
-        lines += [f"    {pool}:", f"      generation: {generation}", f"      {key}: {to}", "      # and remove `next`"]
+    every_pair = generation_pairs(ports.targets)
+    fleet = _fleet(context, every_pair)
+    done: list[tuple[str, list[str]]] = []
+    pending: list[tuple[str, list[str]]] = []
+    for pool in sorted({pair.pool for pair in _selected(context)}):
+        left = [
+            f"{pair.serving.name} ({len(old)} node(s))"
+            for pair in every_pair
+            if pair.pool == pool
+            for old in [[n for n in fleet.nodes(pair.key) if n.labels.get(NODE_GROUP_LABEL) == pair.serving.name]]
+            if old
+        ]
+        (pending if left else done).append((pool, left))
+    lines = []
+    if done:
+        lines += [
+            f"The new generation serves. Commit this to Pulumi.{context.env}.yaml, then `pulumi up -s {context.env}`",
+            "(it makes the new node groups the serving ones and deletes the emptied old ones):",
+            "",
+            "  peakguard:gpuPools:",
+        ]
+        for pool, _ in done:
+            generation = ports.targets.incoming_of(pool)[0].generation
+            lines += [f"    {pool}:", f"      generation: {generation}", f"      {_image_key(to)}: {to}",
+                      "      # and remove `next`"]  # fmt: skip
+    for pool, left in pending:
+        lines.append(
+            f"Pool {pool} is not done: old nodes remain in {', '.join(left)}. Run rolling-upgrade for them before "
+            "changing its stack config; committing now would delete those groups with their nodes."
+        )
     return "\n".join(lines)
 
 
@@ -214,7 +241,6 @@ RUNBOOK = Runbook(
         ),
         Param("node-timeout", "seconds new nodes may take to be Ready and preflighted", float, 900.0, minimum=1),
         Param("gate-timeout", "seconds the service has to pass its gate after a batch", float, 120.0, minimum=0),
-        Param("timeout", "seconds the whole move may take", float, 6 * 3600.0, minimum=1),
         Param("poll", "seconds between readings of nodes and instances", float, 5.0, minimum=0.1),
     ),
     steps=(
@@ -225,7 +251,8 @@ RUNBOOK = Runbook(
             _desired,
             _apply,
             restore=_restore,
-            timeout="timeout",
+            # Not a bound on the move: each wait inside it has its own (drain, node, gate timeouts).
+            timeout=7 * 24 * 3600.0,
             retries=1,
         ),
     ),

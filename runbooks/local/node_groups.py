@@ -24,7 +24,8 @@ the targets document (both generations):
 - the preflight DaemonSet: `NodeGroupDelays.preflight` seconds after registration it writes its
   result annotation and removes the startup taint; on a node of a generation or node group named in
   `failing_preflight`, the result says failed and the taint stays;
-- an instance gone from its Auto Scaling group (terminated): its Node is deleted on the next pass,
+- an instance gone from its Auto Scaling group (terminated): its Node is deleted once
+  `NodeGroupDelays.shutdown` has passed (next pass by default),
   and the pods bound to it are deleted at once, as the pod garbage collector does for a deleted
   node (the played kubelet in controllers.py stops their backends).
 
@@ -82,6 +83,9 @@ class NodeGroupDelays:
     preflight: float = 2.0
     """Seconds from a Node's registration until the preflight DaemonSet lifts its startup taint (the
     GPU, EFA and NVMe checks; about a minute on a GPU node)."""
+    shutdown: float = 0.0
+    """Seconds a terminated instance's Node is still listed (EKS's lifecycle-hook drain, then the
+    shutdown; a minute or more on AWS)."""
     tick: float = 0.25
     """Seconds between passes."""
 
@@ -126,11 +130,17 @@ class NodeGroups:
         self._pending: dict[str, tuple[Size, float]] = {}
         """Per node group, the scalingConfig waiting to be applied and since when (EKS update in flight)."""
         self._instances: dict[str, _Instance] = {}
+        self._leaving: dict[str, float] = {}
+        """Nodes whose instance is gone, and since when (deleted after `NodeGroupDelays.shutdown`)."""
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-node-groups", daemon=True)
 
     def __enter__(self) -> NodeGroups:
+        # EKS creates a node group's Auto Scaling group with the node group: have them before the
+        # first change, which must then take its update's time like any other.
+        with self._lock:
+            self._sync_sizes()
         self._thread.start()
         return self
 
@@ -270,7 +280,11 @@ class NodeGroups:
         for instance_id in [i for i in self._instances if i not in alive]:
             gone = self._instances.pop(instance_id)
             if gone.node:
-                self._remove_node(gone.node)
+                self._leaving[gone.node] = now
+        for node, since in list(self._leaving.items()):
+            if now - since >= self.delays.shutdown:
+                del self._leaving[node]
+                self._remove_node(node)
 
     def _register(self, instance: _Instance, zone: str) -> None:
         group = instance.group
