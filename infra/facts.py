@@ -13,12 +13,16 @@ from fractions import Fraction
 
 __all__ = [
     "EKS_TAINT_EFFECTS",
+    "GENERATION_LABEL",
     "GPU_TAINT",
     "HEADROOM",
     "INSTANCE_TYPES",
     "MAX_UNAVAILABLE_FRACTION",
     "MAX_UNAVAILABLE_PERCENTAGE",
     "MIG_PROFILES",
+    "NODE_GROUP_LABEL",
+    "POOL_LABEL",
+    "PREFLIGHT_RESULT_ANNOTATION",
     "PREFLIGHT_TAINT",
     "VPC_CNI_MIN_EFA_ONLY",
     "EfaInterface",
@@ -66,7 +70,16 @@ def max_batch(group_size: int) -> int:
     return math.floor(group_size * MAX_UNAVAILABLE_FRACTION)
 
 
-# --- Node taints --------------------------------------------------------------------------------
+# --- Node labels, annotations and taints ---------------------------------------------------------
+
+POOL_LABEL = "peakguard.io/pool"
+"""Node label: the GPU pool (or `system`) a node belongs to."""
+GENERATION_LABEL = "peakguard.io/generation"
+"""Node label: blue or green, the node group generation a node belongs to."""
+NODE_GROUP_LABEL = "eks.amazonaws.com/nodegroup"
+"""Node label EKS puts on every node of a managed node group: the group's name."""
+PREFLIGHT_RESULT_ANNOTATION = "peakguard.io/preflight-result"
+"""Node annotation: the last preflight result as compact JSON (ok, failed checks, why, when)."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.config import Generation, GpuPoolConfig, NodeImage
-from infra.facts import EKS_TAINT_EFFECTS, GPU_TAINT, PREFLIGHT_TAINT
+from infra.facts import EKS_TAINT_EFFECTS, GENERATION_LABEL, GPU_TAINT, NODE_GROUP_LABEL, POOL_LABEL, PREFLIGHT_TAINT
 from infra.launch_templates import efa_network_interfaces, encrypted_root_volume, instance_metadata_options
 from infra.node_bootstrap import NodeJoin, al2023_user_data, encode, ubuntu_user_data
 
@@ -20,10 +20,6 @@ _ROOT_DEVICE = {"al2023": "/dev/xvda", "ubuntu": "/dev/sda1"}
 _AMI_TYPE = {"al2023": "AL2023_x86_64_NVIDIA", "ubuntu": "CUSTOM"}
 
 
-GENERATION_LABEL = "peakguard.io/generation"
-"""Node label: blue or green, the node group generation a node belongs to."""
-
-
 def node_group_name(pool: str, availability_zone: str, generation: Generation) -> str:
     """Stable, readable names: runbooks and operators find `gpu-full-us-west-2a-blue` at a glance."""
     return f"gpu-{pool}-{availability_zone}-{generation}"
@@ -31,7 +27,7 @@ def node_group_name(pool: str, availability_zone: str, generation: Generation) -
 
 def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
     """Labels every node of the pool carries (the EFA device plugin and MIG manager select on them)."""
-    labels = {"peakguard.io/pool": pool.name, "vpc.amazonaws.com/efa.present": "true"}
+    labels = {POOL_LABEL: pool.name, "vpc.amazonaws.com/efa.present": "true"}
     if pool.instance.mig_profiles:
         # The GPU operator's MIG manager applies whatever this label names; say "off" explicitly.
         labels["nvidia.com/mig.config"] = pool.mig_profile or "all-disabled"
@@ -217,7 +213,7 @@ class _GpuPool(pulumi.ComponentResource):
             # A custom AMI gets no bootstrap from EKS: the node must carry the labels EKS would set.
             join_labels = {
                 **labels,
-                "eks.amazonaws.com/nodegroup": group_name,
+                NODE_GROUP_LABEL: group_name,
                 "eks.amazonaws.com/nodegroup-image": image.ami_id or "",
                 "eks.amazonaws.com/capacityType": capacity_type,
             }

@@ -23,7 +23,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import GpuPoolConfig
-from infra.facts import GPU_TAINT, PREFLIGHT_TAINT
+from infra.facts import GPU_TAINT, PREFLIGHT_RESULT_ANNOTATION, PREFLIGHT_TAINT
 from infra.gpu_node_groups import node_labels
 
 __all__ = [
@@ -40,8 +40,7 @@ __all__ = [
 NAME = "peakguard-node-preflight"
 """Of the ServiceAccount, ConfigMap, RBAC objects and the admission policy; DaemonSets add the pool."""
 NAMESPACE = "kube-system"
-RESULT_ANNOTATION = "peakguard.io/preflight-result"
-"""Node annotation with the last preflight result as compact JSON: ok, failed check names, why, time."""
+RESULT_ANNOTATION = PREFLIGHT_RESULT_ANNOTATION
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:{NAME}"
 """How the API server names the gate's requests (request.userInfo.username)."""
 

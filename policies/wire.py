@@ -25,7 +25,7 @@ __all__ = [
     "truthy",
 ]
 
-POOL_LABEL = "peakguard.io/pool"
+POOL_LABEL = facts.POOL_LABEL
 GPU_TAINT = facts.GPU_TAINT.key
 
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from infra.facts import PREFLIGHT_TAINT
+from infra.facts import NODE_GROUP_LABEL, POOL_LABEL, PREFLIGHT_TAINT
 from infra.targets import NodeGroupTarget, TargetsDocument
 from runbooks.cloud import NodeGroupSize, instance_id_of
 from runbooks.cluster import NodeState
@@ -36,7 +36,6 @@ from runbooks.ports import Ports
 
 __all__ = ["NODE_GROUP_LABEL", "GenerationPair", "PortsFleet", "generation_pairs"]
 
-NODE_GROUP_LABEL = "eks.amazonaws.com/nodegroup"
 SCALE_DOWN_DISABLED = "cluster-autoscaler.kubernetes.io/scale-down-disabled"
 """Node annotation the cluster autoscaler honours: never scale this node down."""
 
@@ -153,7 +152,7 @@ class PortsFleet:
         """Both generations' nodes of the group, but not those this run already terminated."""
         pair = self._pairs[group]
         members = {pair.serving.name, pair.incoming.name}
-        found = self._ports.cluster.nodes(f"peakguard.io/pool={pair.pool}")
+        found = self._ports.cluster.nodes(f"{POOL_LABEL}={pair.pool}")
         return [
             node
             for node in found

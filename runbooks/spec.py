@@ -33,7 +33,7 @@ class _Required:
 REQUIRED: Any = _Required()
 
 
-def _unheard(_: str) -> None:
+def _discard_note(_: str) -> None:
     """Where notes go while planning: nowhere (a plan changes nothing worth journaling)."""
 
 
@@ -50,7 +50,7 @@ class Context:
     planned: Mapping[str, Any] = field(default_factory=dict)
     """Each step's pinned target by step name, set by the engine for a run: what verification
     probes compare the live state against."""
-    note: Callable[[str], None] = _unheard
+    note: Callable[[str], None] = _discard_note
     """Journal one line of progress inside a long step (a batch drained, a node removed); set by
     the engine for a run, and shown live."""
 

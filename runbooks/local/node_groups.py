@@ -51,7 +51,16 @@ from typing import Any
 
 import boto3
 
-from infra.facts import GPU_TAINT, INSTANCE_TYPES, PREFLIGHT_TAINT
+from infra.facts import (
+    EKS_TAINT_EFFECTS,
+    GENERATION_LABEL,
+    GPU_TAINT,
+    INSTANCE_TYPES,
+    NODE_GROUP_LABEL,
+    POOL_LABEL,
+    PREFLIGHT_RESULT_ANNOTATION,
+    PREFLIGHT_TAINT,
+)
 from infra.targets import NodeGroupTarget, TargetsDocument
 from runbooks.local.controllers import GPU_RESOURCE
 from runbooks.local.kube_api import ApiStatus, ObjectStore
@@ -60,13 +69,7 @@ __all__ = ["NODE_GROUP_LABEL", "NodeGroupDelays", "NodeGroups"]
 
 logger = logging.getLogger(__name__)
 
-NODE_GROUP_LABEL = "eks.amazonaws.com/nodegroup"
-"""The label EKS puts on every node of a managed node group: the group's name."""
-_GENERATION_LABEL = "peakguard.io/generation"
-_POOL_LABEL = "peakguard.io/pool"
-_PREFLIGHT_RESULT = "peakguard.io/preflight-result"
-"""infra.node_preflight.RESULT_ANNOTATION (runbooks may not import the Pulumi side)."""
-_EFFECTS = {"NO_SCHEDULE": "NoSchedule", "PREFER_NO_SCHEDULE": "PreferNoSchedule", "NO_EXECUTE": "NoExecute"}
+_EFFECTS = {eks: kubernetes for kubernetes, eks in EKS_TAINT_EFFECTS.items()}
 _MERGE = "application/merge-patch+json"
 _IMAGE = "ami-12c6146b"
 """An image moto knows, for the launch templates of the Auto Scaling groups created here."""
@@ -314,8 +317,8 @@ class NodeGroups:
             "topology.kubernetes.io/zone": zone,
             NODE_GROUP_LABEL: group.name,
             "eks.amazonaws.com/capacityType": node_group.get("capacityType") or "ON_DEMAND",
-            _POOL_LABEL: group.pool,
-            _GENERATION_LABEL: group.generation or "",
+            POOL_LABEL: group.pool,
+            GENERATION_LABEL: group.generation or "",
         }
         release = node_group.get("releaseVersion") or ""
         body = {
@@ -350,7 +353,7 @@ class NodeGroups:
             ]
             patch: dict[str, Any] = {
                 "metadata": {"resourceVersion": node["metadata"]["resourceVersion"],
-                             "annotations": {_PREFLIGHT_RESULT: json.dumps(result, separators=(",", ":"))}},
+                             "annotations": {PREFLIGHT_RESULT_ANNOTATION: json.dumps(result, separators=(",", ":"))}},
                 "spec": {"taints": taints},
             }  # fmt: skip
             self.store.patch("nodes", None, instance.node, patch, content_type=_MERGE)

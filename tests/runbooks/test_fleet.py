@@ -17,9 +17,11 @@ from runbooks.cloud import AwsCloud
 from runbooks.cluster import KubernetesCluster
 from runbooks.errors import RunbookError
 from runbooks.fleet import SCALE_DOWN_DISABLED, PortsFleet, generation_pairs
+from runbooks.library.rolling_upgrade import RUNBOOK
 from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog, upgrade_group
 from runbooks.ports import Ports
 from runbooks.service import ModelServiceClient
+from runbooks.spec import Context
 from tests.moto_server import CREDENTIALS
 from tests.runbooks.local.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
 
@@ -104,3 +106,29 @@ def test_a_surge_beyond_the_incoming_groups_maximum_is_refused_naming_the_key(
 
     with pytest.raises(RunbookError, match=r"above its maxSize 4; raise peakguard:gpuPools.full.scalingPerAz.maxSize"):
         fleet_.surge(GROUP, 5)
+
+
+def _context(world: Fleet, ports: Ports) -> Context:
+    params = RUNBOOK.parse_params({"to": "1.33.4-20251010"})
+    return Context(env="dev", params=params, ports=ports, run_id="run-1")
+
+
+def test_the_stack_config_change_is_printed_only_once_no_old_node_is_left(
+    three_blue: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = three_blue
+    context = _context(world, _ports(world, monkeypatch))
+    pending = RUNBOOK.epilogue(context) if RUNBOOK.epilogue else ""
+
+    # Committing now would have `pulumi up` delete the blue group with its three nodes.
+    assert "Pool full is not done: old nodes remain in gpu-full-us-west-2a-blue" in pending
+    assert "generation: green" not in pending
+
+    world.resize(world.green, 0, 3)
+    world.resize(world.blue, 0, 0)
+    _wait(lambda: world.nodes(world.blue) == [] and len(world.nodes(world.green)) == 3)
+    done = RUNBOOK.epilogue(context) if RUNBOOK.epilogue else ""
+
+    assert (
+        "    full:\n      generation: green\n      releaseVersion: 1.33.4-20251010\n      # and remove `next`" in done
+    )
