@@ -14,6 +14,7 @@ from fractions import Fraction
 __all__ = [
     "EKS_TAINT_EFFECTS",
     "GENERATION_LABEL",
+    "GPU_RESOURCE",
     "GPU_TAINT",
     "HEADROOM",
     "INSTANCE_TYPES",
@@ -78,6 +79,8 @@ GENERATION_LABEL = "peakguard.io/generation"
 """Node label: blue or green, the node group generation a node belongs to."""
 NODE_GROUP_LABEL = "eks.amazonaws.com/nodegroup"
 """Node label EKS puts on every node of a managed node group: the group's name."""
+GPU_RESOURCE = "nvidia.com/gpu"
+"""The device plugin's resource for whole GPUs (pods request it, nodes list it as allocatable)."""
 PREFLIGHT_RESULT_ANNOTATION = "peakguard.io/preflight-result"
 """Node annotation: the last preflight result as compact JSON (ok, failed checks, why, when)."""
 

@@ -75,6 +75,11 @@ class GpuNodeGroup:
     launch_template: aws.ec2.LaunchTemplate
 
 
+def _tags(args: GpuNodeGroupsArgs, pool: GpuPoolConfig, az: str) -> dict[str, str]:
+    """What every resource of a pool in one AZ is tagged with (the node inventory finds nodes by them)."""
+    return {**args.tags, "peakguard:env": args.env, "peakguard:pool": pool.name, "peakguard:az": az}
+
+
 class GpuNodeGroups(pulumi.ComponentResource):
     """All GPU pools of an environment and the EFA security group their interfaces share."""
 
@@ -159,9 +164,8 @@ class _GpuPool(pulumi.ComponentResource):
         # fixed by not creating one; AWS ParallelCluster's PlacementGroupCapacityTypeValidator warns
         # the same). So there we use the reservation's own placement group, if it was created in one.
         if reservation is None:
-            tags = {**args.tags, "peakguard:env": args.env, "peakguard:pool": pool.name, "peakguard:az": az}
             placement_group = aws.ec2.PlacementGroup(
-                f"{name}-{az}", strategy="cluster", tags=tags, opts=pulumi.ResourceOptions(parent=self)
+                f"{name}-{az}", strategy="cluster", tags=_tags(args, pool, az), opts=pulumi.ResourceOptions(parent=self)
             )
             return aws.ec2.LaunchTemplatePlacementArgs(group_name=placement_group.name)
         pulumi.log.info(
@@ -195,10 +199,7 @@ class _GpuPool(pulumi.ComponentResource):
         group_name = node_group_name(pool.name, az, generation)
         resource_name = f"{name}-{az}-{generation}"
         tags = {
-            **args.tags,
-            "peakguard:env": args.env,
-            "peakguard:pool": pool.name,
-            "peakguard:az": az,
+            **_tags(args, pool, az),
             "peakguard:generation": generation,
             # Says which generation holds the pool's capacity, for the policy pack's sums.
             "peakguard:serving": "true" if serving else "false",

@@ -26,7 +26,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.config import GpuPoolConfig, ModelServiceConfig, ServiceMode
-from infra.facts import GPU_TAINT
+from infra.facts import GPU_RESOURCE, GPU_TAINT
 from infra.irsa import irsa_role
 
 __all__ = [
@@ -191,7 +191,7 @@ class ModelWorkload(pulumi.ComponentResource):
 
         self.deployments = {}
         self.scaled_objects = {}
-        full = self._deployment(name, "full", args.full_pool, gpu_resource="nvidia.com/gpu")
+        full = self._deployment(name, "full", args.full_pool, gpu_resource=GPU_RESOURCE)
         self.hpa_name = self._hpa(name, full)
         if args.light_pool is not None:
             assert args.light_pool.mig_profile is not None
@@ -199,7 +199,7 @@ class ModelWorkload(pulumi.ComponentResource):
                 name, "light", args.light_pool, gpu_resource=mig_resource(args.light_pool.mig_profile)
             )
             self.scaled_objects["light"] = self._scaled_object(name, "light", light, config.light_max_replicas)
-        canary = self._deployment(name, "canary", args.full_pool, gpu_resource="nvidia.com/gpu")
+        canary = self._deployment(name, "canary", args.full_pool, gpu_resource=GPU_RESOURCE)
         self.scaled_objects["canary"] = self._scaled_object(name, "canary", canary, config.canary_max_replicas)
 
         self._ingress(name, service)

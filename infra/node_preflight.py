@@ -70,7 +70,6 @@ def gate_script() -> str:
 
 @dataclass(frozen=True)
 class NodePreflightArgs:
-    env: str
     pools: Sequence[GpuPoolConfig]
     image: str
     """The model-service image: it has python3, bash and nsenter, and GPU nodes pull it anyway."""

@@ -144,7 +144,6 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
     NodePreflight(
         f"{env}-node-preflight",
         NodePreflightArgs(
-            env=env,
             pools=config.gpu_pools,
             image=service.image,
             provider=provider,

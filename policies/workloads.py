@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
+from infra.facts import GPU_RESOURCE
 from policies.findings import Resource
 from policies.wire import mapping, of_type, sequence
 
@@ -97,7 +98,7 @@ def accelerators(deployment: Resource) -> Fraction:
     total = Fraction(0)
     for _, container in containers(deployment):
         for resource, amount in mapping(mapping(container.get("resources")).get("limits")).items():
-            if resource == "nvidia.com/gpu":
+            if resource == GPU_RESOURCE:
                 total += Fraction(str(amount)).limit_denominator()
             elif match := _MIG_RESOURCE.fullmatch(resource):
                 total += Fraction(str(amount)).limit_denominator() / (_COMPUTE_SLICES_PER_GPU // int(match[1]))

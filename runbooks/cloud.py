@@ -44,6 +44,7 @@ class AwsCloud:
         self._eks = session.client("eks")
         self._ssm = session.client("ssm")
         self._autoscaling = session.client("autoscaling")
+        self._ec2 = session.client("ec2")
         self.switches = SsmSwitches(self._ssm, env=env)
 
     def targets(self) -> TargetsDocument:
@@ -84,32 +85,28 @@ class AwsCloud:
 
     def instances_of(self, autoscaling_group: str) -> list[str]:
         """Instance ids the group holds now, launching or in service (not those on their way out)."""
-        try:
-            groups = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[autoscaling_group])
-        except Exception as exc:
-            raise _translate(exc, f"describe Auto Scaling group {autoscaling_group}") from exc
-        found = groups["AutoScalingGroups"]
-        if not found:
-            raise RunbookError(
-                f"Auto Scaling group {autoscaling_group} not found: the targets document is older than the node "
-                "groups; re-run `pulumi up`"
-            )
         leaving = ("Terminating", "Terminated", "Detaching", "Detached")
-        return sorted(
-            i["InstanceId"] for i in found[0].get("Instances", []) if not i["LifecycleState"].startswith(leaving)
-        )
+        instances = self._autoscaling_group(autoscaling_group).get("Instances", [])
+        return sorted(i["InstanceId"] for i in instances if not i["LifecycleState"].startswith(leaving))
 
     def autoscaling_group_size(self, autoscaling_group: str) -> NodeGroupSize:
         """The Auto Scaling group's own sizes: where an EKS scaling update shows once it has landed
         (EKS applies UpdateNodegroupConfig asynchronously)."""
-        try:
-            found = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[autoscaling_group])
-        except Exception as exc:
-            raise _translate(exc, f"describe Auto Scaling group {autoscaling_group}") from exc
-        if not found["AutoScalingGroups"]:
-            raise RunbookError(f"Auto Scaling group {autoscaling_group} not found; re-run `pulumi up`")
-        group = found["AutoScalingGroups"][0]
+        group = self._autoscaling_group(autoscaling_group)
         return NodeGroupSize(min=group["MinSize"], desired=group["DesiredCapacity"], max=group["MaxSize"])
+
+    def _autoscaling_group(self, name: str) -> dict[str, Any]:
+        try:
+            found = self._autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"]
+        except Exception as exc:
+            raise _translate(exc, f"describe Auto Scaling group {name}") from exc
+        if not found:
+            raise RunbookError(
+                f"Auto Scaling group {name} not found: the targets document is older than the node groups; "
+                "re-run `pulumi up`"
+            )
+        group: dict[str, Any] = found[0]
+        return group
 
     def group_of_instance(self, instance_id: str) -> str | None:
         """The Auto Scaling group an instance belongs to; None once it is gone."""
@@ -130,9 +127,8 @@ class AwsCloud:
         image: dict[str, str | None] = {"releaseVersion": group.get("releaseVersion"), "amiId": None}
         template = group.get("launchTemplate") or {}
         if template.get("id"):
-            ec2 = self._session.client("ec2")
             try:
-                versions = ec2.describe_launch_template_versions(
+                versions = self._ec2.describe_launch_template_versions(
                     LaunchTemplateId=template["id"], Versions=[str(template.get("version", "$Latest"))]
                 )["LaunchTemplateVersions"]
             except Exception as exc:

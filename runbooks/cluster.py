@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from infra.facts import GPU_RESOURCE
 from runbooks.errors import RunbookError
 from runbooks.kube_errors import translate
 from runbooks.lease_lock import LeaseLock
@@ -143,9 +144,7 @@ class KubernetesCluster:
 
     def ready_replicas(self, namespace: str, deployment: str) -> int:
         """Pods of a Deployment that are Ready (its status, as the deployment controller reports it)."""
-        found = self._call(f"read Deployment {namespace}/{deployment}", self._apps.read_namespaced_deployment_status,
-                           deployment, namespace)  # fmt: skip
-        return int((found.status.ready_replicas if found.status else 0) or 0)
+        return self.replicas(namespace, deployment)[1]
 
     def replicas(self, namespace: str, deployment: str) -> tuple[int, int]:
         """(wanted, Ready) pods of a Deployment: its spec.replicas and its status's readyReplicas."""
@@ -215,7 +214,7 @@ class KubernetesCluster:
                 unschedulable=bool(node.spec and node.spec.unschedulable),
                 taints=frozenset(t.key for t in ((node.spec.taints if node.spec else None) or [])),
                 provider_id=(node.spec.provider_id if node.spec else None) or "",
-                gpus=_count(((node.status.allocatable if node.status else None) or {}).get("nvidia.com/gpu")),
+                gpus=_count(((node.status.allocatable if node.status else None) or {}).get(GPU_RESOURCE)),
             ))  # fmt: skip
         return states
 

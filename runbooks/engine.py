@@ -185,7 +185,9 @@ class Engine:
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 (anything after a change is rolled back)
             # A step that already undid part of its own work before raising says when it failed,
             # so the rollback time counts that undoing too.
-            failed_at = min(getattr(exc, "failed_at", None) or self.clock(), self.clock())
+            failed_at = self.clock()
+            if isinstance(exc, RunbookError) and exc.failed_at is not None:
+                failed_at = min(exc.failed_at, failed_at)
             reason = _describe(exc)
             return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=failed_at,
                                    started=started)  # fmt: skip

@@ -22,6 +22,10 @@ __all__ = [
 class RunbookError(Exception):
     """A runbook cannot go on; the message says what failed and what to do."""
 
+    failed_at: float | None = None
+    """When the failure was seen (time.monotonic), if a step undid part of its work before raising:
+    the engine counts the rollback's time from there."""
+
 
 class TransientError(RunbookError):
     """Worth retrying: throttling, a timeout, a 5xx, an optimistic-concurrency conflict."""

@@ -62,7 +62,6 @@ class GroupUpgradeStoppedError(RunbookError):
     def __init__(self, message: str, *, failed_at: float) -> None:
         super().__init__(message)
         self.failed_at = failed_at
-        """When the failure was seen (time.monotonic): the rollback's own time counts from here."""
 
 
 class SurgeIncompleteError(RunbookError):

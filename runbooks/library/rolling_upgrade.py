@@ -26,7 +26,7 @@ import time
 from typing import Any
 
 from runbooks.errors import RunbookError
-from runbooks.fleet import NODE_GROUP_LABEL, GenerationPair, PortsFleet, generation_pairs
+from runbooks.fleet import GenerationPair, PortsFleet, generation_pairs
 from runbooks.library.service_gates import ports_of, recovered
 from runbooks.node_batches import planned_batches
 from runbooks.node_upgrade import RoundLog, upgrade_group
@@ -95,13 +95,13 @@ def _observe(context: Context) -> Any:
     fleet = _fleet(context, pairs)
     groups = []
     for pair in pairs:
-        nodes = fleet.nodes(pair.key)
+        view = fleet.view(pair.key)
         groups.append({
             "group": pair.key,
             "from": pair.serving.name,
             "to": pair.incoming.name,
-            "old": sorted(n.name for n in nodes if n.labels.get(NODE_GROUP_LABEL) == pair.serving.name),
-            "new": sorted(n.name for n in nodes if n.labels.get(NODE_GROUP_LABEL) == pair.incoming.name),
+            "old": [n.name for n in view.old],
+            "new": [n.name for n in view.new],
         })  # fmt: skip
     return {"groups": groups}
 
@@ -195,16 +195,11 @@ def _epilogue(context: Context) -> str:
     ports = ports_of(context)
     every_pair = generation_pairs(ports.targets)
     fleet = _fleet(context, every_pair)
+    old = {pair.key: len(fleet.view(pair.key).old) for pair in every_pair}
     done: list[tuple[str, list[str]]] = []
     pending: list[tuple[str, list[str]]] = []
     for pool in sorted({pair.pool for pair in _selected(context)}):
-        left = [
-            f"{pair.serving.name} ({len(old)} node(s))"
-            for pair in every_pair
-            if pair.pool == pool
-            for old in [[n for n in fleet.nodes(pair.key) if n.labels.get(NODE_GROUP_LABEL) == pair.serving.name]]
-            if old
-        ]
+        left = [f"{p.serving.name} ({old[p.key]} node(s))" for p in every_pair if p.pool == pool and old[p.key]]
         (pending if left else done).append((pool, left))
     lines = []
     if done:

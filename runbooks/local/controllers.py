@@ -52,13 +52,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from infra.facts import GPU_RESOURCE
 from runbooks.local.kube_api import ApiStatus, ObjectStore
 
-__all__ = ["GPU_RESOURCE", "Backend", "BackendFactory", "Controllers", "Delays"]
+__all__ = ["Backend", "BackendFactory", "Controllers", "Delays"]
 
 _MERGE = "application/merge-patch+json"
-GPU_RESOURCE = "nvidia.com/gpu"
-"""The one resource placement counts: a node has what its status.allocatable says, 0 if absent."""
 
 
 @dataclass(frozen=True)

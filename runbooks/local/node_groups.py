@@ -54,6 +54,7 @@ import boto3
 from infra.facts import (
     EKS_TAINT_EFFECTS,
     GENERATION_LABEL,
+    GPU_RESOURCE,
     GPU_TAINT,
     INSTANCE_TYPES,
     NODE_GROUP_LABEL,
@@ -62,7 +63,6 @@ from infra.facts import (
     PREFLIGHT_TAINT,
 )
 from infra.targets import NodeGroupTarget, TargetsDocument
-from runbooks.local.controllers import GPU_RESOURCE
 from runbooks.local.kube_api import ApiStatus, ObjectStore
 
 __all__ = ["NODE_GROUP_LABEL", "NodeGroupDelays", "NodeGroups"]

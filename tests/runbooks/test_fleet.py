@@ -34,12 +34,12 @@ def _ports(world: Fleet, monkeypatch: pytest.MonkeyPatch) -> Ports:
     return Ports(world.targets, KubernetesCluster.from_url(world.kubernetes.url), cloud, ModelServiceClient(token=""))
 
 
-def _fleet(world: Fleet, ports: Ports, *, run_id: str, gate: Any = lambda: None) -> PortsFleet:
+def _fleet(world: Fleet, ports: Ports, *, run_id: str, gate: Any = lambda: None) -> tuple[PortsFleet, list[str]]:
+    """The fleet, and the notes it journals."""
     notes: list[str] = []
     fleet_ = PortsFleet(ports, generation_pairs(world.targets), run_id=run_id, gate=gate, drain_seconds=10,
                         wait_seconds=20, poll_seconds=0.1, note=notes.append)  # fmt: skip
-    fleet_.notes = notes  # type: ignore[attr-defined]
-    return fleet_
+    return fleet_, notes
 
 
 @pytest.fixture
@@ -60,14 +60,14 @@ def test_a_group_of_three_moves_one_node_a_round_each_new_node_surged_first(
     three_blue: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world = three_blue
-    fleet_ = _fleet(world, _ports(world, monkeypatch), run_id="run-1")
+    fleet_, notes = _fleet(world, _ports(world, monkeypatch), run_id="run-1")
 
     fleet_.begin(GROUP)
     log = upgrade_group(GROUP, fleet_, RoundLog())
 
     # Each round surges before it drains: a removed node that still lingers as a Node object is
     # not counted as old capacity again.
-    actions = [note.split()[0] if " surge " not in note else "surge" for note in fleet_.notes]
+    actions = [note.split()[0] if " surge " not in note else "surge" for note in notes]
     assert [a for a in actions if a in ("surge", "cordoned", "removed")] == ["surge", "cordoned", "removed"] * 3
     assert (log.rounds, len(log.surged), len(log.removed)) == (3, 3, 3)
     assert world.size(world.blue)["minSize"] == 0, "the serving group's minimum was lowered before any removal"
@@ -79,9 +79,9 @@ def test_a_group_of_three_moves_one_node_a_round_each_new_node_surged_first(
 
 def test_a_run_again_after_a_stop_keeps_the_groups_size(three_blue: Fleet, monkeypatch: pytest.MonkeyPatch) -> None:
     world = three_blue
-    ports = _fleet_ports = _ports(world, monkeypatch)
+    ports = _ports(world, monkeypatch)
     gates = iter([None, "p99 3.2 s > 1 s"])
-    first = _fleet(world, ports, run_id="run-1", gate=lambda: next(gates))
+    first, _ = _fleet(world, ports, run_id="run-1", gate=lambda: next(gates))
     first.begin(GROUP)
 
     with pytest.raises(GroupUpgradeStoppedError, match="health gate failed"):
@@ -90,7 +90,7 @@ def test_a_run_again_after_a_stop_keeps_the_groups_size(three_blue: Fleet, monke
     _wait(lambda: len(world.nodes(world.green)) == 1 and len(world.nodes(world.blue)) == 2)
     assert all(not n.spec.unschedulable for n in world.nodes(world.blue))
 
-    again = _fleet(world, _fleet_ports, run_id="run-2")
+    again, _ = _fleet(world, ports, run_id="run-2")
     again.begin(GROUP)
     upgrade_group(GROUP, again, RoundLog())
 
@@ -102,7 +102,7 @@ def test_a_surge_beyond_the_incoming_groups_maximum_is_refused_naming_the_key(
     three_blue: Fleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     world = three_blue
-    fleet_ = _fleet(world, _ports(world, monkeypatch), run_id="run-1")
+    fleet_, _ = _fleet(world, _ports(world, monkeypatch), run_id="run-1")
 
     with pytest.raises(RunbookError, match=r"above its maxSize 4; raise peakguard:gpuPools.full.scalingPerAz.maxSize"):
         fleet_.surge(GROUP, 5)
