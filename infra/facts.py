@@ -112,6 +112,17 @@ PREFLIGHT_TAINT = Taint(key="peakguard.io/preflight", value="pending", effect="N
 GPUs, EFA devices and NVMe array check out (infra/node_preflight.py). A node still carrying it
 is not serving, whatever its Ready condition says."""
 
+PREFLIGHT_GATE = "peakguard-node-preflight"
+"""Name of the preflight gate's objects (its DaemonSets add the pool) and its pods' name label."""
+PREFLIGHT_NAMESPACE = "kube-system"
+
+DRIVER_DEPLOY_LABEL = "nvidia.com/gpu.deploy.driver"
+"""GPU operator node label: `pre-installed` where the driver is the host's (baked into the AMI, or
+installed by the playbooks), anything else where the operator's driver container provides it."""
+DRIVER_VERSION_LABEL = "nvidia.com/cuda.driver-version.full"
+"""GPU feature discovery's node label: the running driver (e.g. 570.133.20); older GFD releases
+label only `nvidia.com/cuda.driver.{major,minor,rev}`."""
+
 
 # --- GPU instance types with EFA -------------------------------------------------------------
 

@@ -10,7 +10,15 @@ import pulumi
 import pulumi_aws as aws
 
 from infra.config import Generation, GpuPoolConfig, NodeImage
-from infra.facts import EKS_TAINT_EFFECTS, GENERATION_LABEL, GPU_TAINT, NODE_GROUP_LABEL, POOL_LABEL, PREFLIGHT_TAINT
+from infra.facts import (
+    DRIVER_DEPLOY_LABEL,
+    EKS_TAINT_EFFECTS,
+    GENERATION_LABEL,
+    GPU_TAINT,
+    NODE_GROUP_LABEL,
+    POOL_LABEL,
+    PREFLIGHT_TAINT,
+)
 from infra.launch_templates import efa_network_interfaces, encrypted_root_volume, instance_metadata_options
 from infra.node_bootstrap import NodeJoin, al2023_user_data, encode, ubuntu_user_data
 
@@ -34,7 +42,7 @@ def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
     if pool.ami_family == "al2023":
         # The EKS NVIDIA AMI ships driver and container toolkit: the GPU operator, which installs
         # its own on the Ubuntu (GDS) pools, must leave these nodes' alone.
-        labels["nvidia.com/gpu.deploy.driver"] = "pre-installed"
+        labels[DRIVER_DEPLOY_LABEL] = "pre-installed"
         labels["nvidia.com/gpu.deploy.container-toolkit"] = "false"
     return labels
 

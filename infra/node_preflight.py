@@ -23,7 +23,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import GpuPoolConfig
-from infra.facts import GPU_TAINT, PREFLIGHT_RESULT_ANNOTATION, PREFLIGHT_TAINT
+from infra.facts import GPU_TAINT, PREFLIGHT_GATE, PREFLIGHT_NAMESPACE, PREFLIGHT_RESULT_ANNOTATION, PREFLIGHT_TAINT
 from infra.gpu_node_groups import node_labels
 
 __all__ = [
@@ -37,9 +37,9 @@ __all__ = [
     "preflight_script",
 ]
 
-NAME = "peakguard-node-preflight"
+NAME = PREFLIGHT_GATE
 """Of the ServiceAccount, ConfigMap, RBAC objects and the admission policy; DaemonSets add the pool."""
-NAMESPACE = "kube-system"
+NAMESPACE = PREFLIGHT_NAMESPACE
 RESULT_ANNOTATION = PREFLIGHT_RESULT_ANNOTATION
 SERVICE_ACCOUNT_USER = f"system:serviceaccount:{NAMESPACE}:{NAME}"
 """How the API server names the gate's requests (request.userInfo.username)."""

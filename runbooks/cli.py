@@ -228,6 +228,7 @@ def _ports(args: argparse.Namespace) -> Any:
 
     from runbooks.cloud import AwsCloud
     from runbooks.cluster import KubernetesCluster
+    from runbooks.node_work import AnsiblePlaybooks
     from runbooks.ports import Ports
     from runbooks.service import ModelServiceClient
 
@@ -242,8 +243,9 @@ def _ports(args: argparse.Namespace) -> Any:
     token = ""
     if service_target is not None:
         token = cluster.secret_value(service_target.namespace, service_target.admin_token_secret, "token")
+    playbooks = AnsiblePlaybooks(env=targets.env, region=targets.cluster.region)
     return Ports(targets=targets, cluster=cluster, cloud=cloud, service=ModelServiceClient(token=token),
-                 window_seconds=args.window)  # fmt: skip
+                 window_seconds=args.window, playbooks=playbooks)  # fmt: skip
 
 
 def _engine(args: argparse.Namespace, runbook: Runbook, context: Any) -> Any:

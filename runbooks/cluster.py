@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from infra.facts import GPU_RESOURCE
+from infra.facts import GPU_RESOURCE, Taint
 from runbooks.errors import RunbookError
 from runbooks.kube_errors import translate
 from runbooks.lease_lock import LeaseLock
@@ -51,6 +51,8 @@ class NodeState:
     provider_id: str
     gpus: int = 0
     """Allocatable `nvidia.com/gpu`: 0 until the device plugin has registered the node's GPUs."""
+    os_image: str = ""
+    """What the kubelet reports the machine runs (status.nodeInfo.osImage), e.g. Ubuntu 22.04.5 LTS."""
 
 
 class EvictionRefusedError(RunbookError):
@@ -90,6 +92,7 @@ class KubernetesCluster:
         self._custom = client.CustomObjectsApi(api_client)
         self._discovery = client.DiscoveryV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self._serialize = api_client.sanitize_for_serialization
 
     @classmethod
     def from_url(cls, url: str) -> KubernetesCluster:
@@ -215,8 +218,40 @@ class KubernetesCluster:
                 taints=frozenset(t.key for t in ((node.spec.taints if node.spec else None) or [])),
                 provider_id=(node.spec.provider_id if node.spec else None) or "",
                 gpus=_count(((node.status.allocatable if node.status else None) or {}).get(GPU_RESOURCE)),
+                os_image=(node.status.node_info.os_image if node.status and node.status.node_info else None) or "",
             ))  # fmt: skip
         return states
+
+    def taint_node(self, node: str, taint: Taint) -> None:
+        """Add `taint` unless the node carries it already; the other taints are kept as they are
+        (written with the version read, so a concurrent change is retried, never overwritten)."""
+        from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped, unused-ignore]
+
+        for _ in range(5):
+            found = self._call(f"read Node {node}", self._core.read_node, node)
+            taints = [self._serialize(t) for t in ((found.spec.taints if found.spec else None) or [])]
+            if any(t["key"] == taint.key and t["effect"] == taint.effect for t in taints):
+                return
+            added = {"key": taint.key, "value": taint.value, "effect": taint.effect}
+            version = found.metadata.resource_version
+            patch = {"metadata": {"resourceVersion": version}, "spec": {"taints": [*taints, added]}}
+            try:
+                self._core.patch_node(node, patch)
+                return
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise translate(exc, f"taint Node {node}") from exc
+        raise RunbookError(f"taint Node {node} with {taint.flag()}: the node kept changing under five attempts")
+
+    def delete_pod(self, namespace: str, name: str) -> None:
+        """Delete a pod (its controller makes a new one); one already gone is what was wanted."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self._core.delete_namespaced_pod(name, namespace)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise translate(exc, f"delete Pod {namespace}/{name}") from exc
 
     def annotate_node(self, node: str, annotations: Mapping[str, str | None]) -> None:
         """Set (or, with None, remove) annotations on a node, leaving the others as they are."""

@@ -14,8 +14,7 @@ What each call does to AWS and Kubernetes:
   take it back before the batch it is for has moved onto it. It returns once every new instance
   has joined as a Node.
 - remove: one instance terminated with its group's desired size lowered (nothing relaunches it).
-- cordon/uncordon: with the run's mark, so only our cordons are ever lifted.
-- drain: the Eviction API, bounded by the drain deadline (runbooks/drain.py).
+- cordon/uncordon/drain: `runbooks/run_nodes.py` (the run's mark; the Eviction API, bounded).
 """
 
 from __future__ import annotations
@@ -28,11 +27,11 @@ from infra.facts import NODE_GROUP_LABEL, POOL_LABEL, PREFLIGHT_TAINT
 from infra.targets import NodeGroupTarget, TargetsDocument
 from runbooks.cloud import NodeGroupSize, instance_id_of
 from runbooks.cluster import NodeState
-from runbooks.drain import drain_node
 from runbooks.errors import RunbookError, TransientError
 from runbooks.node_batches import GroupView, NodeView
 from runbooks.node_upgrade import SurgeIncompleteError
 from runbooks.ports import Ports
+from runbooks.run_nodes import RunNodes
 
 __all__ = ["NODE_GROUP_LABEL", "GenerationPair", "PortsFleet", "generation_pairs"]
 
@@ -112,7 +111,7 @@ def _instance_or_none(provider_id: str) -> str | None:
         return None
 
 
-class PortsFleet:
+class PortsFleet(RunNodes):
     """`runbooks.node_upgrade.Fleet` for the ports of one run."""
 
     def __init__(
@@ -128,14 +127,12 @@ class PortsFleet:
         note: Callable[[str], None] = lambda _: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(ports.cluster, run_id=run_id, drain_seconds=drain_seconds, poll_seconds=poll_seconds,
+                         sleep=ports.sleep, note=note)  # fmt: skip
         self._ports = ports
         self._pairs = {pair.key: pair for pair in pairs}
-        self._run_id = run_id
         self._gate = gate
-        self._drain_seconds = drain_seconds
         self._wait_seconds = wait_seconds
-        self._poll_seconds = poll_seconds
-        self._note = note
         self._clock = clock
         self._sizes: dict[str, int] = {}
         self._waiting_since: float | None = None
@@ -226,29 +223,6 @@ class PortsFleet:
                     launched=launched,
                 )
             self._ports.sleep(self._poll_seconds)
-
-    def cordon(self, node: str) -> None:
-        self._ports.cluster.cordon(node, self._run_id)
-        self._note(f"cordoned {node}")
-
-    def marked(self, node: str) -> bool:
-        unschedulable, mark = self._ports.cluster.cordon_mark(node)
-        return unschedulable and mark == self._run_id
-
-    def uncordon(self, node: str) -> None:
-        self._ports.cluster.uncordon(node, self._run_id)
-        self._note(f"uncordoned {node}")
-
-    def drain(self, node: str) -> None:
-        report = drain_node(
-            self._ports.cluster,
-            node,
-            deadline_seconds=self._drain_seconds,
-            poll_seconds=min(2.0, self._poll_seconds),
-            sleep=self._ports.sleep,
-            on_event=self._note,
-        )
-        self._note(f"drained {node} in {report.seconds:.1f} s ({len(report.evicted)} pod(s) evicted)")
 
     def remove(self, node: str) -> None:
         """`node` is a node name, or an instance id as `surge` returned it (a node not yet registered)."""

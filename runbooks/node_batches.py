@@ -13,7 +13,9 @@ raises the left side; an operator's cordon lowers it. The view is re-read before
 Each round of an upgrade surges up to `batch_size(N)` new nodes, waits for them to serve, then
 cordons and drains at most that many old ones, never more than the inequality allows. Groups are
 upgraded one at a time, so two groups' batches are never in flight together and an AZ (one GPU
-node group per pool and AZ) loses at most one batch.
+node group per pool and AZ) loses at most one batch. An in-place round (a driver upgraded where
+the node stands, `next_in_place`) surges nothing: it takes at most floor(N/3) old nodes out and
+puts them back changed.
 """
 
 from __future__ import annotations
@@ -24,7 +26,17 @@ from typing import Literal
 
 from infra.facts import max_batch
 
-__all__ = ["Drain", "GroupView", "NodeView", "Surge", "Wait", "batch_size", "next_step", "planned_batches"]
+__all__ = [
+    "Drain",
+    "GroupView",
+    "NodeView",
+    "Surge",
+    "Wait",
+    "batch_size",
+    "next_in_place",
+    "next_step",
+    "planned_batches",
+]
 
 
 @dataclass(frozen=True)
@@ -121,18 +133,37 @@ def next_step(group: GroupView) -> Step:
     if spare < min(batch, len(group.old)):
         return Surge(min(batch, len(group.old)) - spare)
     if allowed == 0:
-        if not old_serving:
-            # Every old node left is cordoned or down: someone else's doing (ours are removed
-            # after their drain). Draining them would take nothing down, but it is not ours to do.
-            names = ", ".join(node.name for node in group.old)
-            return Wait(f"the old nodes left are not serving and not ours to drain: {names}")
-        need = group.size - max_batch(group.size)
-        return Wait(
-            f"{group.serving} nodes serving (Ready, schedulable, preflighted; surged ones included) for a group "
-            f"of {group.size}: taking one more down would leave fewer than {need}"
-            + (" (a group under 3 nodes changes only by surging)" if group.size < 3 else "")
-        )
+        return _no_room(group, old_serving)
     return Drain(tuple(node.name for node in old_serving[:allowed]))
+
+
+def next_in_place(group: GroupView) -> Step:
+    """What an in-place upgrade (a driver changed where the node stands) does next in `group`.
+
+    Nothing is surged: a batch is old nodes taken out, changed and put back, so the same
+    inequality allows floor(N/3) of them at most, counted from what is really there. A group
+    under 3 nodes is never changed in place (floor(N/3) is 0): it waits, and `plan` refuses it."""
+    if not group.old:
+        return None
+    old_serving = [node for node in group.old if node.serving]
+    allowed = min(_may_take_down(group), batch_size(group.size), len(old_serving))
+    if allowed == 0:
+        return _no_room(group, old_serving)
+    return Drain(tuple(node.name for node in old_serving[:allowed]))
+
+
+def _no_room(group: GroupView, old_serving: Sequence[NodeView]) -> Wait:
+    if not old_serving:
+        # Every old node left is cordoned or down: someone else's doing (ours are removed or put
+        # back after their batch). Taking them would take nothing down, but it is not ours to do.
+        names = ", ".join(node.name for node in group.old)
+        return Wait(f"the old nodes left are not serving and not ours to drain: {names}")
+    need = group.size - max_batch(group.size)
+    return Wait(
+        f"{group.serving} nodes serving (Ready, schedulable, preflighted; surged ones included) for a group "
+        f"of {group.size}: taking one more down would leave fewer than {need}"
+        + (" (a group under 3 nodes changes only by surging)" if group.size < 3 else "")
+    )
 
 
 def planned_batches(size: int, old_nodes: Sequence[str]) -> list[tuple[int, tuple[str, ...]]]:

@@ -80,6 +80,8 @@ class RoundLog:
     surged: list[str] = field(default_factory=list)
     drained: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    """In place: nodes changed and serving again."""
     events: list[str] = field(default_factory=list)
 
 

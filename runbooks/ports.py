@@ -1,4 +1,5 @@
-"""What a runbook acts through in one environment: the targets and the three ports.
+"""What a runbook acts through in one environment: the targets and the ports (cluster, cloud,
+service, and the node playbooks).
 
 Built once per command from the environment (AWS credentials and region, a kubeconfig or the
 local drill's API URL); runbook steps receive it as `context.ports`.
@@ -15,6 +16,7 @@ from infra.targets import ModelServiceTarget, TargetsDocument
 from runbooks.cloud import AwsCloud
 from runbooks.cluster import Endpoint, KubernetesCluster
 from runbooks.errors import RunbookError
+from runbooks.node_work import PlaybookRunner
 from runbooks.service import ModelServiceClient, Window
 
 __all__ = ["Ports"]
@@ -29,6 +31,8 @@ class Ports:
     window_seconds: float = 10.0
     """How long a traffic measurement lasts."""
     sleep: Callable[[float], None] = time.sleep
+    playbooks: PlaybookRunner | None = None
+    """Node work through the Ansible playbooks (in-place changes); None where no runbook needs it."""
     _windows: dict[str, tuple[float, Window]] = field(default_factory=dict)
 
     @property

@@ -18,15 +18,27 @@ batch in flight is rolled back (our cordons lifted, its surged nodes removed) an
 must pass again; batches already finished keep their new nodes (they passed their gates). A longer
 drain deadline is an explicit `--drain-timeout`, journaled with the plan. At the end the runbook
 prints the stack-config change that makes the new generation the serving one.
+
+`--to driver-<version>` is the second path, for a change that needs no new node: the NVIDIA driver
+of nodes whose driver is the host's (Ubuntu AMIs that ship it; `runbooks/driver_fleet.py` says
+which nodes qualify and refuses the others before anything changes). Each serving group's nodes
+are taken out a third at most at a time, changed by `playbooks/project/gpu_driver_upgrade.yml`,
+preflighted again and put back, with the same gate (`runbooks/in_place_upgrade.py`). Groups under
+3 nodes are refused: in place they could only lose capacity.
 """
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
+from infra.targets import NodeGroupTarget
+from runbooks.driver_fleet import DriverFleet, driver_of, refusals
 from runbooks.errors import RunbookError
 from runbooks.fleet import GenerationPair, PortsFleet, generation_pairs
+from runbooks.in_place_upgrade import upgrade_in_place
 from runbooks.library.service_gates import ports_of, recovered
 from runbooks.node_batches import planned_batches
 from runbooks.node_upgrade import RoundLog, upgrade_group
@@ -57,9 +69,8 @@ def _capacity_short(context: Context, pools: set[str]) -> str | None:
     return "; ".join(short) or None
 
 
-def _fleet(context: Context, pairs: list[GenerationPair]) -> PortsFleet:
-    params = context.params
-    pools = {pair.pool for pair in pairs}
+def _gate(context: Context, pools: set[str]) -> Callable[[], str | None]:
+    """The batch gate: the service within its SLO and every replica on the pools Ready."""
 
     def gate() -> str | None:
         # Pods evicted by the batch restart elsewhere: give the service its settle time before judging.
@@ -72,17 +83,22 @@ def _fleet(context: Context, pairs: list[GenerationPair]) -> PortsFleet:
             if verdict.verdict == "pass" and short is None:
                 context.note(f"gate passed: {verdict.reason}; every replica Ready")
                 return None
-            if waited >= float(params["gate-timeout"]):
+            if waited >= float(context.params["gate-timeout"]):
                 problem = f"{verdict.verdict}: {verdict.reason}" + (f"; capacity short: {short}" if short else "")
                 context.note(f"gate failed after {waited:.0f} s: {problem}")
                 return problem
             ports.sleep(RUNBOOK.poll_interval)
 
+    return gate
+
+
+def _fleet(context: Context, pairs: list[GenerationPair]) -> PortsFleet:
+    params = context.params
     return PortsFleet(
         ports_of(context),
         pairs,
         run_id=context.run_id,
-        gate=gate,
+        gate=_gate(context, {pair.pool for pair in pairs}),
         drain_seconds=float(params["drain-timeout"]),
         wait_seconds=float(params["node-timeout"]),
         poll_seconds=float(params["poll"]),
@@ -91,6 +107,8 @@ def _fleet(context: Context, pairs: list[GenerationPair]) -> PortsFleet:
 
 
 def _observe(context: Context) -> Any:
+    if _driver_version(context) is not None:
+        return {"groups": []}  # an in-place change: `upgrade-drivers` does it
     pairs = _selected(context)
     fleet = _fleet(context, pairs)
     groups = []
@@ -112,12 +130,8 @@ def _image_matches(image: dict[str, str | None], to: str) -> bool:
 
 def _desired(context: Context, before: Any) -> Any:
     to = str(context.params["to"])
-    if to.startswith("driver"):
-        raise RunbookError(
-            f"--to {to}: a driver change needs no new nodes; it runs in place through the node playbooks "
-            "(playbooks/README.md, gpu_driver_upgrade.yml), one batch of nodes at a time. This runbook moves "
-            "nodes to a new AMI release (--to <releaseVersion>) or custom AMI (--to ami-...)"
-        )
+    if _driver_version(context) is not None:
+        return before
     ports = ports_of(context)
     for pair in _selected(context):
         image = ports.cloud.node_group_image(ports.targets.cluster.name, pair.incoming.name)
@@ -173,7 +187,150 @@ def _restore(context: Context, before: Any) -> None:
                 fleet.uncordon(node.name)
 
 
+# --- In place: the NVIDIA driver ------------------------------------------------------------
+
+_DRIVER = re.compile(r"driver-(\d+\.\d+(?:\.\d+)?)")
+
+
+def _driver_version(context: Context) -> str | None:
+    """The driver `--to driver-<version>` asks for; None for an AMI release or id."""
+    to = str(context.params["to"])
+    if not to.startswith("driver"):
+        return None
+    match = _DRIVER.fullmatch(to)
+    if match is None:
+        raise RunbookError(f"--to {to}: write a driver as driver-<version>, e.g. driver-570.133.20")
+    return match.group(1)
+
+
+def _serving_groups(context: Context) -> tuple[list[NodeGroupTarget], bool]:
+    """The serving GPU node groups `--nodegroup` names (pools or groups), and whether it named any."""
+    targets = ports_of(context).targets
+    serving = [g for g in targets.node_groups if g.generation is not None and g.serving]
+    names = {name.strip() for name in str(context.params["nodegroup"]).split(",") if name.strip()}
+    if not names:
+        return serving, False
+    unknown = sorted(names - {g.pool for g in serving} - {g.name for g in serving})
+    if unknown:
+        raise RunbookError(
+            f"--nodegroup {', '.join(unknown)}: not a GPU pool or serving node group of {targets.env}. "
+            f"Serving groups: {', '.join(g.name for g in serving)}"
+        )
+    return [g for g in serving if {g.pool, g.name} & names], True
+
+
+def _driver_fleet(context: Context, groups: list[NodeGroupTarget], version: str) -> DriverFleet:
+    ports = ports_of(context)
+    if ports.playbooks is None:
+        raise RunbookError("an in-place driver change runs node playbooks, and this run has no playbook runner")
+    params = context.params
+    return DriverFleet(
+        ports,
+        groups,
+        version=version,
+        playbooks=ports.playbooks,
+        run_id=context.run_id,
+        gate=_gate(context, {group.pool for group in groups}),
+        drain_seconds=float(params["drain-timeout"]),
+        wait_seconds=float(params["node-timeout"]),
+        poll_seconds=float(params["poll"]),
+        note=context.note,
+    )
+
+
+def _observe_drivers(context: Context) -> Any:
+    version = _driver_version(context)
+    if version is None:
+        return {"groups": []}  # a new AMI: `move-nodes` does it
+    groups, _ = _serving_groups(context)
+    fleet = _driver_fleet(context, groups, version)
+    return {
+        "groups": [
+            {"group": g.name, "drivers": {n.name: driver_of(n.labels) or "unknown" for n in fleet.nodes(g.name)}}
+            for g in groups
+        ]
+    }
+
+
+def _desired_drivers(context: Context, before: Any) -> Any:
+    version = _driver_version(context)
+    if version is None:
+        return before
+    groups, named = _serving_groups(context)
+    fleet = _driver_fleet(context, groups, version)
+    chosen: list[tuple[NodeGroupTarget, list[str]]] = []
+    skipped: list[tuple[NodeGroupTarget, list[str]]] = []
+    for group in groups:
+        refused = refusals(fleet.nodes(group.name), version)
+        if refused and (named or len(refused) < len(fleet.nodes(group.name))):
+            raise RunbookError(f"--to driver-{version}: {group.name} cannot be changed in place: " + "; ".join(refused))
+        (skipped if refused else chosen).append((group, refused))
+    if not chosen:
+        reasons = "; ".join(refused[0] for _, refused in skipped if refused)
+        raise RunbookError(
+            f"--to driver-{version}: no serving GPU group of {context.env} has host drivers to change in place "
+            f"({reasons or 'no GPU nodes'})"
+        )
+    planned = []
+    for group, _ in chosen:
+        drivers = next(g["drivers"] for g in before["groups"] if g["group"] == group.name)
+        old = sorted(node for node, running in drivers.items() if running != version)
+        if old and len(drivers) < 3:
+            raise RunbookError(
+                f"{group.name} has {len(drivers)} node(s): a group under 3 changes only by surging, and a driver "
+                "change in place would take its capacity down. Bake the driver into an AMI and move the group to it "
+                f"(`next: {{amiId: ...}}`, then --to ami-...), or scale the group to 3 nodes first"
+            )
+        if old:
+            planned.append({"group": group.name, "nodes": len(drivers), "from": sorted({drivers[n] for n in old}),
+                            "batches": [list(b) for _, b in planned_batches(len(drivers), old)]})  # fmt: skip
+    if not planned:
+        return before  # every node already runs it
+    return {"to": f"driver-{version}", "groups": planned,
+            "skipped": [group.name for group, _ in skipped]}  # fmt: skip
+
+
+def _apply_drivers(context: Context, target: Any) -> None:
+    version = _driver_version(context)
+    assert version is not None
+    groups, _ = _serving_groups(context)
+    fleet = _driver_fleet(context, [g for g in groups if g.name in {t["group"] for t in target["groups"]}], version)
+    for group in target["groups"]:
+        fleet.begin(group["group"])
+        log = RoundLog()
+        try:
+            upgrade_in_place(group["group"], fleet, log)
+        finally:
+            for event in log.events:
+                context.note(f"{group['group']}: {event}")
+        done = f"done in {log.rounds} batch(es): {len(log.changed)} node(s) at driver {version}"
+        context.note(f"{group['group']}: {done}")
+
+
+def _restore_drivers(context: Context, before: Any) -> None:
+    """A node still carrying this run's own cordon (a run killed mid-batch, before its change) is
+    put back; held nodes carry another mark and stay out (their change failed or is unknown)."""
+    version = _driver_version(context)
+    if version is None or not context.run_id:
+        return
+    groups, _ = _serving_groups(context)
+    fleet = _driver_fleet(context, groups, version)
+    for group in groups:
+        for node in fleet.nodes(group.name):
+            if node.unschedulable and fleet.marked(node.name):
+                fleet.uncordon(node.name)
+
+
 def _explain(step: str, target: Any) -> list[str]:
+    if step == "upgrade-drivers":
+        skipped = target.get("skipped") or []
+        lines = [f"skipped (the driver is not the host's): {', '.join(skipped)}"] if skipped else []
+        for group in target.get("groups", []):
+            lines.append(f"{group['group']}: {group['nodes']} node(s), driver {', '.join(group['from'])} -> "
+                         f"{target['to'].removeprefix('driver-')}, in place")  # fmt: skip
+            for number, batch in enumerate(group["batches"], 1):
+                lines.append(f"  batch {number}: drain, upgrade, preflight and put back {', '.join(batch)}")
+        return lines
     lines = []
     for group in target.get("groups", []):
         lines.append(f"{group['group']}: {group['nodes']} node(s) {group['from']} -> {group['to']}")
@@ -192,6 +349,13 @@ def _epilogue(context: Context) -> str:
     with old nodes left somewhere must not be committed yet (`pulumi up` would delete its old
     groups, nodes and all)."""
     to = str(context.params["to"])
+    version = _driver_version(context)
+    if version is not None:
+        return (
+            f"Nodes changed in place run driver {version}. Nodes launched from now on (a scale-out, a replacement) "
+            "still boot the driver their AMI ships: bake it into the next AMI (`next: {amiId: ...}` in the stack "
+            "config, then rolling-upgrade --to ami-...), or run this again after a scale-out."
+        )
     ports = ports_of(context)
     every_pair = generation_pairs(ports.targets)
     fleet = _fleet(context, every_pair)
@@ -225,10 +389,15 @@ RUNBOOK = Runbook(
     name="rolling-upgrade",
     summary="move GPU nodes to the declared new generation, a third at most at a time, gated, batch rollback",
     params=(
-        Param("to", "the AMI release (e.g. 1.33.4-20251010) or custom AMI id the incoming generation is declared at"),
+        Param(
+            "to",
+            "the AMI release (e.g. 1.33.4-20251010) or custom AMI id the incoming generation is declared at; or "
+            "driver-<version> (e.g. driver-570.133.20) to change host drivers in place",
+        ),
         Param(
             "nodegroup",
-            "comma-separated pools or node groups to upgrade (default: every pool with a declared `next`)",
+            "comma-separated pools or node groups to upgrade (default: every pool with a declared `next`; for a "
+            "driver, every serving group whose nodes run host drivers)",
             default="",
         ),
         Param(
@@ -250,13 +419,24 @@ RUNBOOK = Runbook(
             timeout=7 * 24 * 3600.0,
             retries=1,
         ),
+        Step(
+            "upgrade-drivers",
+            "change each group's host NVIDIA driver in place, batch by batch (--to driver-<version> only)",
+            _observe_drivers,
+            _desired_drivers,
+            _apply_drivers,
+            restore=_restore_drivers,
+            timeout=7 * 24 * 3600.0,
+            retries=1,
+        ),
     ),
     health=_SERVICE,
     recovery_timeout=120.0,
     explain=_explain,
     epilogue=_epilogue,
     notes={
-        "rollback": "the batch in flight; finished batches keep their new nodes",
+        "rollback": "the batch in flight; finished batches keep their new nodes (in place: a node whose change "
+        "failed is held cordoned, named in the stop)",
         "declare first": "peakguard:gpuPools.<pool>.next in the stack file, then pulumi up",
     },
 )
