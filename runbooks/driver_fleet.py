@@ -85,7 +85,7 @@ class DriverFleet(RunNodes):
         groups: Sequence[NodeGroupTarget],
         *,
         version: str,
-        playbooks: PlaybookRunner,
+        playbooks: PlaybookRunner | None,
         run_id: str,
         gate: Callable[[], str | None],
         drain_seconds: float,
@@ -153,6 +153,8 @@ class DriverFleet(RunNodes):
             self._ports.cluster.taint_node(node, PREFLIGHT_TAINT)
         if not hosts:
             return failed
+        if self._playbooks is None:
+            raise RunbookError("an in-place driver change runs node playbooks, and this run has no playbook runner")
         extravars = {**self._extravars, "peakguard_driver_version": self._version,
                      "peakguard_upgrade_batch": len(hosts)}  # fmt: skip
         self._note(f"{DRIVER_PLAYBOOK} on {', '.join(f'{n} ({i})' for i, n in hosts.items())}: driver {self._version}")

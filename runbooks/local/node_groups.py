@@ -23,7 +23,8 @@ the targets document (both generations):
   `nvidia.com/gpu` (or `gpus_per_node`);
 - the preflight DaemonSet: `NodeGroupDelays.preflight` seconds after registration it writes its
   result annotation and removes the startup taint; on a node of a generation or node group named in
-  `failing_preflight`, the result says failed and the taint stays;
+  `failing_preflight`, the result says failed and the taint stays; a node given the taint back
+  later (an in-place change) is checked again, as the restarted gate does;
 - an instance gone from its Auto Scaling group (terminated): its Node is deleted once
   `NodeGroupDelays.shutdown` has passed (next pass by default),
   and the pods bound to it are deleted at once, as the pod garbage collector does for a deleted
@@ -280,6 +281,9 @@ class NodeGroups:
                     self._register(known, instance.get("AvailabilityZone") or group.availability_zone or "")
                 elif known.next_check is not None and now >= known.next_check:
                     self._preflight(known)
+                elif known.node and known.next_check is None and self._tainted_again(known.node):
+                    # The gate restarted on a node given its startup taint back (an in-place change).
+                    known.next_check = now + self.delays.preflight
         for instance_id in [i for i in self._instances if i not in alive]:
             gone = self._instances.pop(instance_id)
             if gone.node:
@@ -360,6 +364,13 @@ class NodeGroups:
         except ApiStatus:
             return  # changed meanwhile (a cordon) or gone: next pass
         instance.next_check = time.monotonic() + self.delays.preflight if failed else None
+
+    def _tainted_again(self, node: str) -> bool:
+        try:
+            found = self.store.get("nodes", None, node)
+        except ApiStatus:
+            return False
+        return any(t["key"] == PREFLIGHT_TAINT.key for t in (found.get("spec") or {}).get("taints") or [])
 
     def _remove_node(self, node: str) -> None:
         """The instance is gone: the node lifecycle controller deletes its Node, the pod garbage

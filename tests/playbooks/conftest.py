@@ -420,6 +420,14 @@ class Lab:
         self.nodes[name] = node
         return node
 
+    def inventory(self, nodes: Sequence[FakeNode]) -> Path:
+        """An inventory of `nodes`, each a localhost alias named after its directory."""
+        inventory = self.root / f"hosts-{next(self._runs)}.yml"
+        hosts = {node.root.name: node.hostvars for node in nodes}
+        local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+        inventory.write_text(yaml.safe_dump({"all": {"vars": local, "hosts": hosts}}))
+        return inventory
+
     def run(
         self,
         playbook: str,
@@ -432,10 +440,7 @@ class Lab:
         envvars: Mapping[str, str] | None = None,
     ) -> Run:
         """Run `playbook` against `nodes` and wait for it."""
-        inventory = self.root / f"hosts-{next(self._runs)}.yml"
-        hosts = {node.root.name: node.hostvars for node in nodes}
-        local = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
-        inventory.write_text(yaml.safe_dump({"all": {"vars": local, "hosts": hosts}}))
+        inventory = self.inventory(nodes)
         runner = ansible_runner.run(
             private_data_dir=str(self.private_data_dir),
             playbook=playbook,
