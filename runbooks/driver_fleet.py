@@ -96,19 +96,15 @@ class DriverFleet(RunNodes):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(ports.cluster, run_id=run_id, drain_seconds=drain_seconds, poll_seconds=poll_seconds,
-                         sleep=ports.sleep, note=note)  # fmt: skip
+                         sleep=ports.sleep, note=note, gate=gate, wait_seconds=wait_seconds, clock=clock)  # fmt: skip
         self._ports = ports
         self._groups = {group.name: group for group in groups}
         self._version = version
         self._playbooks = playbooks
-        self._gate = gate
-        self._wait_seconds = wait_seconds
         self._extravars = dict(extravars or {})
-        self._clock = clock
         self._sizes: dict[str, int] = {}
         self._upgraded: set[str] = set()
         """Nodes the playbook upgraded in this run (their GFD label may still lag)."""
-        self._waiting_since: float | None = None
 
     def nodes(self, group: str) -> list[NodeState]:
         return self._ports.cluster.nodes(f"{NODE_GROUP_LABEL}={self._groups[group].name}")
@@ -188,19 +184,6 @@ class DriverFleet(RunNodes):
                         for node in sorted(waiting)}  # fmt: skip
             self._ports.sleep(self._poll_seconds)
         return {}
-
-    def healthy(self) -> str | None:
-        return self._gate()
-
-    def pause(self, reason: str) -> bool:
-        now = self._clock()
-        if self._waiting_since is None:
-            self._waiting_since = now
-            self._note(f"waiting: {reason}")
-        if now - self._waiting_since > self._wait_seconds:
-            return False
-        self._ports.sleep(self._poll_seconds)
-        return True
 
     # --- Reading nodes ------------------------------------------------------------------
 

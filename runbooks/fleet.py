@@ -128,14 +128,10 @@ class PortsFleet(RunNodes):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(ports.cluster, run_id=run_id, drain_seconds=drain_seconds, poll_seconds=poll_seconds,
-                         sleep=ports.sleep, note=note)  # fmt: skip
+                         sleep=ports.sleep, note=note, gate=gate, wait_seconds=wait_seconds, clock=clock)  # fmt: skip
         self._ports = ports
         self._pairs = {pair.key: pair for pair in pairs}
-        self._gate = gate
-        self._wait_seconds = wait_seconds
-        self._clock = clock
         self._sizes: dict[str, int] = {}
-        self._waiting_since: float | None = None
         self._protected: set[str] = set()
         """New instances whose nodes carry the scale-down-disabled annotation."""
         self._removed: set[str] = set()
@@ -280,16 +276,3 @@ class PortsFleet(RunNodes):
                     f"{self._wait_seconds:g} s (still {applied.min}); `aws eks list-updates` shows the update"
                 )
             self._ports.sleep(min(1.0, self._poll_seconds))
-
-    def healthy(self) -> str | None:
-        return self._gate()
-
-    def pause(self, reason: str) -> bool:
-        now = self._clock()
-        if self._waiting_since is None:
-            self._waiting_since = now
-            self._note(f"waiting: {reason}")
-        if now - self._waiting_since > self._wait_seconds:
-            return False
-        self._ports.sleep(self._poll_seconds)
-        return True

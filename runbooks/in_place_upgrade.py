@@ -25,7 +25,7 @@ from typing import Protocol
 
 from runbooks.errors import RunbookError
 from runbooks.node_batches import Drain, GroupView, Wait, next_in_place
-from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog
+from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog, take_out
 
 __all__ = ["InPlaceFleet", "upgrade_in_place"]
 
@@ -116,16 +116,9 @@ def upgrade_in_place(
             if rounds > max_rounds:
                 raise stop(f"no end after {max_rounds} batches")
             log.rounds += 1
-            for node in step.nodes:
-                fleet.cordon(node)
-                cordoned.append(node)
-            for node in step.nodes:
-                if not fleet.marked(node):
-                    raise stop(f"{node} was uncordoned by someone else mid-drain; not re-cordoning it")
-                try:
-                    fleet.drain(node)
-                except RunbookError as exc:
-                    raise stop(f"drain failed: {exc}") from exc
+            taken_out = take_out(fleet, step.nodes, cordoned)
+            if taken_out is not None:
+                raise stop(taken_out)
             log.drained += step.nodes
             # From here a node may be half-changed: whatever cannot be confirmed is held, not put back.
             try:

@@ -14,14 +14,14 @@ stops the round (the decision is theirs now).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from runbooks.errors import RunbookError
 from runbooks.node_batches import Drain, GroupView, Surge, Wait, next_step
 
-__all__ = ["Fleet", "GroupUpgradeStoppedError", "RoundLog", "SurgeIncompleteError", "upgrade_group"]
+__all__ = ["Fleet", "GroupUpgradeStoppedError", "RoundLog", "SurgeIncompleteError", "take_out", "upgrade_group"]
 
 
 class Fleet(Protocol):
@@ -83,6 +83,27 @@ class RoundLog:
     changed: list[str] = field(default_factory=list)
     """In place: nodes changed and serving again."""
     events: list[str] = field(default_factory=list)
+
+
+class _Draining(Protocol):
+    def cordon(self, node: str) -> None: ...
+    def marked(self, node: str) -> bool: ...
+    def drain(self, node: str) -> None: ...
+
+
+def take_out(fleet: _Draining, nodes: Sequence[str], cordoned: list[str]) -> str | None:
+    """Cordon `nodes` (each added to `cordoned` once it is), then drain them; what stopped it, or None."""
+    for node in nodes:
+        fleet.cordon(node)
+        cordoned.append(node)
+    for node in nodes:
+        if not fleet.marked(node):
+            return f"{node} was uncordoned by someone else mid-drain; not re-cordoning it"
+        try:
+            fleet.drain(node)
+        except RunbookError as exc:
+            return f"drain failed: {exc}"
+    return None
 
 
 def _roll_back(fleet: Fleet, cordoned: list[str], launched: list[str], log: RoundLog) -> None:
@@ -155,16 +176,9 @@ def upgrade_group(
                 continue
             assert isinstance(step, Drain)
             log.rounds += 1
-            for node in step.nodes:
-                fleet.cordon(node)
-                cordoned.append(node)
-            for node in step.nodes:
-                if not fleet.marked(node):
-                    raise stop(f"{node} was uncordoned by someone else mid-drain; not re-cordoning it")
-                try:
-                    fleet.drain(node)
-                except RunbookError as exc:
-                    raise stop(f"drain failed: {exc}") from exc
+            problem = take_out(fleet, step.nodes, cordoned)
+            if problem is not None:
+                raise stop(problem)
             log.drained += step.nodes
             problem = fleet.healthy()
             if problem is not None:

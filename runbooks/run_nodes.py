@@ -3,11 +3,12 @@
 Cordons carry the run's mark (`CORDON_MARK` = the run id), so only this run's cordons are ever
 lifted; a node held past the run carries `<run> held: why` instead, which no rollback lifts and
 which tells an operator who cordoned it and why. Drains go through the Eviction API with a
-deadline (runbooks/drain.py).
+deadline (runbooks/drain.py). The service gate and the bounded wait are the run's too.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 from runbooks.cluster import KubernetesCluster
@@ -26,6 +27,9 @@ class RunNodes:
         poll_seconds: float,
         sleep: Callable[[float], None],
         note: Callable[[str], None],
+        gate: Callable[[], str | None],
+        wait_seconds: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._cluster = cluster
         self._run_id = run_id
@@ -33,6 +37,24 @@ class RunNodes:
         self._poll_seconds = poll_seconds
         self._sleep = sleep
         self._note = note
+        self._gate = gate
+        self._wait_seconds = wait_seconds
+        self._clock = clock
+        self._waiting_since: float | None = None
+        """When the current wait began; None while nothing is waited for (a change resets it)."""
+
+    def healthy(self) -> str | None:
+        return self._gate()
+
+    def pause(self, reason: str) -> bool:
+        now = self._clock()
+        if self._waiting_since is None:
+            self._waiting_since = now
+            self._note(f"waiting: {reason}")
+        if now - self._waiting_since > self._wait_seconds:
+            return False
+        self._sleep(self._poll_seconds)
+        return True
 
     def cordon(self, node: str) -> None:
         self._cluster.cordon(node, self._run_id)
