@@ -241,6 +241,8 @@ class KubernetesCluster:
             except ApiException as exc:
                 if exc.status != 409:
                     raise translate(exc, f"taint Node {node}") from exc
+            except Exception as exc:
+                raise translate(exc, f"taint Node {node}") from exc
         raise RunbookError(f"taint Node {node} with {taint.flag()}: the node kept changing under five attempts")
 
     def delete_pod(self, namespace: str, name: str) -> None:
@@ -252,6 +254,8 @@ class KubernetesCluster:
         except ApiException as exc:
             if exc.status != 404:
                 raise translate(exc, f"delete Pod {namespace}/{name}") from exc
+        except Exception as exc:
+            raise translate(exc, f"delete Pod {namespace}/{name}") from exc
 
     def annotate_node(self, node: str, annotations: Mapping[str, str | None]) -> None:
         """Set (or, with None, remove) annotations on a node, leaving the others as they are."""

@@ -110,10 +110,14 @@ class DriverFleet(RunNodes):
         return self._ports.cluster.nodes(f"{NODE_GROUP_LABEL}={self._groups[group].name}")
 
     def begin(self, group: str) -> None:
-        """A resumed run's own cordons are lifted (its next batch cordons again what it changes)."""
+        """A resumed run's own cordons are lifted (its next batch cordons again what it changes),
+        except on nodes it had given the startup taint back: killed mid-change, they are held."""
         for node in self.nodes(group):
             if node.unschedulable and self.marked(node.name):
-                self.uncordon(node.name)
+                if PREFLIGHT_TAINT.key in node.taints:
+                    self.hold(node.name, "the run stopped during its change; its state is unknown")
+                else:
+                    self.uncordon(node.name)
 
     # --- InPlaceFleet -------------------------------------------------------------------
 
@@ -133,6 +137,9 @@ class DriverFleet(RunNodes):
         return GroupView(name=group, size=size, nodes=tuple(sorted(nodes, key=lambda n: n.name)))
 
     def upgrade(self, nodes: Sequence[str]) -> dict[str, str]:
+        if self._playbooks is None:
+            raise RunbookError("an in-place driver change runs node playbooks, and this run has no playbook runner")
+        self._waiting_since = None  # a batch is progress: the next wait starts its own clock
         states = {state.name: state for group in self._groups for state in self.nodes(group)}
         hosts: dict[str, str] = {}
         failed: dict[str, str] = {}
@@ -149,8 +156,6 @@ class DriverFleet(RunNodes):
             self._ports.cluster.taint_node(node, PREFLIGHT_TAINT)
         if not hosts:
             return failed
-        if self._playbooks is None:
-            raise RunbookError("an in-place driver change runs node playbooks, and this run has no playbook runner")
         extravars = {**self._extravars, "peakguard_driver_version": self._version,
                      "peakguard_upgrade_batch": len(hosts)}  # fmt: skip
         self._note(f"{DRIVER_PLAYBOOK} on {', '.join(f'{n} ({i})' for i, n in hosts.items())}: driver {self._version}")

@@ -19,8 +19,9 @@ previous version (`--to driver-<previous>`), which treats exactly those nodes as
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from runbooks.errors import RunbookError
@@ -94,12 +95,20 @@ def upgrade_in_place(
         then = f"then rollback incomplete: {'; '.join(problems)}" if problems else "the batch's other nodes serve again"
         return GroupUpgradeStoppedError(f"{group}: {reason}; {then}", failed_at=failed_at)
 
-    def held(failed: dict[str, str]) -> str:
+    def held(failed: Mapping[str, str]) -> str:
+        # Out of `cordoned` first: whatever happens to a hold, no stop may put these nodes back.
+        for node in failed:
+            if node in cordoned:
+                cordoned.remove(node)
+        problems = []
         for node, why in failed.items():
-            fleet.hold(node, why)
-            cordoned.remove(node)
-            log.events.append(f"{node}: held out of service: {why}")
-        return "; ".join(f"{node}: {why}" for node, why in failed.items())
+            try:
+                fleet.hold(node, why)
+                log.events.append(f"{node}: held out of service: {why}")
+            except RunbookError as exc:
+                problems.append(f"{node}: could not hold it ({exc})")
+                log.events.append(f"{node}: could not hold it out of service ({exc}); it still carries the cordon")
+        return "; ".join([f"{node}: {why}" for node, why in failed.items()] + problems)
 
     rounds = 0
     try:
@@ -120,17 +129,24 @@ def upgrade_in_place(
             if taken_out is not None:
                 raise stop(taken_out)
             log.drained += step.nodes
-            # From here a node may be half-changed: whatever cannot be confirmed is held, not put back.
+            # From here a node may be half-changed: whatever cannot be confirmed is held, not put back,
+            # an interrupt (Ctrl-C, SIGTERM) included.
             try:
                 failed = fleet.upgrade(step.nodes)
             except RunbookError as exc:
                 failed = dict.fromkeys(step.nodes, f"the change did not report: {exc}")
+            except BaseException:
+                held(dict.fromkeys(step.nodes, "interrupted during its change; its state is unknown"))
+                raise
             failed_at = clock() if failed else None
             changed = [node for node in step.nodes if node not in failed]
             try:
                 failed |= fleet.until_serving(changed)
             except RunbookError as exc:
                 failed |= dict.fromkeys(changed, f"could not tell whether it serves again: {exc}")
+            except BaseException:
+                held({**failed, **dict.fromkeys(changed, "interrupted before it served again")})
+                raise
             if failed and failed_at is None:
                 failed_at = clock()
             problem = held(failed)
@@ -154,3 +170,8 @@ def upgrade_in_place(
         raise
     except RunbookError as exc:
         raise stop(str(exc)) from exc
+    except BaseException:
+        # Interrupted outside a change (a drain, a wait, the gate): put back what is ours, then go.
+        with contextlib.suppress(Exception):
+            stop("interrupted")
+        raise

@@ -55,11 +55,12 @@ class AnsiblePlaybooks:
         private_data_dir: Path = PLAYBOOKS,
         inventory: str | None = None,
         envvars: Mapping[str, str] | None = None,
-        timeout_seconds: float = 3600.0,
+        timeout_seconds: float = 14400.0,
         on_line: Callable[[str], None] = lambda _: None,
     ) -> None:
         """`inventory`: a path instead of the private_data_dir's `inventory/`; `timeout_seconds`
-        bounds a whole run (a driver upgrade reboots: allow for the slowest node of a batch)."""
+        bounds a whole run (a driver upgrade reboots: allow for the slowest node of a batch). It
+        replaces `job_timeout` of `env/settings`, so the default is that file's, 4 hours."""
         self._private_data_dir = private_data_dir
         self._inventory = inventory
         self._envvars = {
@@ -83,20 +84,23 @@ class AnsiblePlaybooks:
                 "ansible-runner is not installed: node work needs the `playbooks` extra "
                 "(`make setup`, or `pip install -e '.[playbooks]'`)"
             ) from exc
-        runner = ansible_runner.run(
-            private_data_dir=str(self._private_data_dir),
-            playbook=playbook,
-            inventory=self._inventory,
-            limit=",".join(hosts),
-            extravars=dict(extravars),
-            envvars=self._envvars,
-            timeout=int(self._timeout),
-            quiet=True,
-            # Else ansible-runner writes these options into env/ and later runs of the directory
-            # silently reuse them.
-            suppress_env_files=True,
-            event_handler=self._event,
-        )
+        try:
+            runner = ansible_runner.run(
+                private_data_dir=str(self._private_data_dir),
+                playbook=playbook,
+                inventory=self._inventory,
+                limit=",".join(hosts),
+                extravars=dict(extravars),
+                envvars=self._envvars,
+                timeout=int(self._timeout),
+                quiet=True,
+                # Else ansible-runner writes these options into env/ and later runs of the directory
+                # silently reuse them.
+                suppress_env_files=True,
+                event_handler=self._event,
+            )
+        except Exception as exc:  # ansible-runner's own errors: a bad directory, a missing playbook
+            raise RunbookError(f"ansible-runner could not run {playbook} from {self._private_data_dir}: {exc}") from exc
         return _result(runner, hosts)
 
     def _event(self, event: Mapping[str, Any]) -> bool:

@@ -189,7 +189,8 @@ def _restore(context: Context, before: Any) -> None:
 
 # --- In place: the NVIDIA driver ------------------------------------------------------------
 
-_DRIVER = re.compile(r"driver-(\d+\.\d+(?:\.\d+)?)")
+_DRIVER = re.compile(r"driver-(\d+\.\d+\.\d+)")
+"""All three parts: nodes are compared by what GPU feature discovery and nvidia-smi print (570.133.20)."""
 
 
 def _driver_version(context: Context) -> str | None:
@@ -199,7 +200,7 @@ def _driver_version(context: Context) -> str | None:
         return None
     match = _DRIVER.fullmatch(to)
     if match is None:
-        raise RunbookError(f"--to {to}: write a driver as driver-<version>, e.g. driver-570.133.20")
+        raise RunbookError(f"--to {to}: write a driver as driver-<major.minor.patch>, e.g. driver-570.133.20")
     return match.group(1)
 
 
@@ -242,12 +243,17 @@ def _observe_drivers(context: Context) -> Any:
         return {"groups": []}  # a new AMI: `move-nodes` does it
     groups, _ = _serving_groups(context)
     fleet = _driver_fleet(context, groups, version)
-    return {
-        "groups": [
-            {"group": g.name, "drivers": {n.name: driver_of(n.labels) or "unknown" for n in fleet.nodes(g.name)}}
-            for g in groups
-        ]
-    }
+    groups_seen = []
+    for group in groups:
+        nodes = fleet.nodes(group.name)
+        drivers = {n.name: driver_of(n.labels) or "unknown" for n in nodes}
+        seen: dict[str, Any] = {"group": group.name, "drivers": drivers}
+        # A rollback compares this with the plan: a cordon left by an interrupted batch must show.
+        cordoned = sorted(n.name for n in nodes if n.unschedulable)
+        if cordoned:
+            seen["cordoned"] = cordoned
+        groups_seen.append(seen)
+    return {"groups": groups_seen}
 
 
 def _desired_drivers(context: Context, before: Any) -> Any:
@@ -306,17 +312,15 @@ def _apply_drivers(context: Context, target: Any) -> None:
 
 
 def _restore_drivers(context: Context, before: Any) -> None:
-    """A node still carrying this run's own cordon (a run killed mid-batch, before its change) is
-    put back; held nodes carry another mark and stay out (their change failed or is unknown)."""
+    """A node still carrying this run's own cordon (a run killed mid-batch) is put back if its
+    change had not begun, else held; held nodes carry another mark and stay out."""
     version = _driver_version(context)
     if version is None or not context.run_id:
         return
     groups, _ = _serving_groups(context)
     fleet = _driver_fleet(context, groups, version)
     for group in groups:
-        for node in fleet.nodes(group.name):
-            if node.unschedulable and fleet.marked(node.name):
-                fleet.uncordon(node.name)
+        fleet.begin(group.name)  # our plain cordons lifted; a node given its startup taint back is held
 
 
 def _explain(step: str, target: Any) -> list[str]:

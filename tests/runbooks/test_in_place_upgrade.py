@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -159,3 +160,37 @@ def test_a_batch_is_a_third_of_the_group_counted_from_what_serves() -> None:
     two = GroupView("g", 2, (NodeView("a", "old"), NodeView("b", "old")))
     step = next_in_place(two)
     assert isinstance(step, Wait) and "under 3 nodes" in step.reason
+
+
+class _Interrupted(MemoryFleet):
+    """Three calm nodes; Ctrl-C (or the engine's SIGTERM) arrives during `when`."""
+
+    def __init__(self, when: Literal["drain", "upgrade"]) -> None:
+        self.size, self.when, self.pauses, self.deadline = 6, when, 0, 0
+        self.nodes = {f"n-{i:02d}": _Node(f"n-{i:02d}") for i in range(6)}
+        self.failed_changes = set()
+
+    def _interfere(self) -> None:
+        pass
+
+    def drain(self, node: str) -> None:
+        if self.when == "drain":
+            raise KeyboardInterrupt
+
+    def upgrade(self, nodes: Sequence[str]) -> dict[str, str]:
+        self.failed_changes |= set(nodes)  # what an interrupt leaves unknown
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("when", ["drain", "upgrade"])
+def test_an_interrupt_puts_back_what_was_not_changed_and_holds_what_was_being_changed(
+    when: Literal["drain", "upgrade"],
+) -> None:
+    fleet = _Interrupted(when)
+    with pytest.raises(KeyboardInterrupt):
+        upgrade_in_place("g", fleet)
+    states = {n.name: n.cordoned_by for n in fleet.nodes.values()}
+    if when == "drain":
+        assert set(states.values()) == {None}, "a batch interrupted in its drain is put back"
+    else:
+        assert states == {"n-00": "held", "n-01": "held", "n-02": None, "n-03": None, "n-04": None, "n-05": None}
