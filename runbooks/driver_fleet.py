@@ -140,7 +140,7 @@ class DriverFleet(RunNodes):
         if self._playbooks is None:
             raise RunbookError("an in-place driver change runs node playbooks, and this run has no playbook runner")
         self._waiting_since = None  # a batch is progress: the next wait starts its own clock
-        states = {state.name: state for group in self._groups for state in self.nodes(group)}
+        states = self._states()
         hosts: dict[str, str] = {}
         failed: dict[str, str] = {}
         for node in nodes:
@@ -175,7 +175,7 @@ class DriverFleet(RunNodes):
         waiting = set(nodes)
         lacking: dict[str, str] = {}
         while waiting:
-            states = {state.name: state for group in self._groups for state in self.nodes(group)}
+            states = self._states()
             for node in sorted(waiting):
                 state = states.get(node)
                 lacking[node] = self._lacks(state)
@@ -191,6 +191,10 @@ class DriverFleet(RunNodes):
         return {}
 
     # --- Reading nodes ------------------------------------------------------------------
+
+    def _states(self) -> dict[str, NodeState]:
+        """Every node of the run's groups, by name (one list call per group)."""
+        return {state.name: state for group in self._groups for state in self.nodes(group)}
 
     def _at_target(self, state: NodeState) -> bool:
         return state.name in self._upgraded or driver_of(state.labels) == self._version

@@ -265,8 +265,9 @@ def _desired_drivers(context: Context, before: Any) -> Any:
     chosen: list[tuple[NodeGroupTarget, list[str]]] = []
     skipped: list[tuple[NodeGroupTarget, list[str]]] = []
     for group in groups:
-        refused = refusals(fleet.nodes(group.name), version)
-        if refused and (named or len(refused) < len(fleet.nodes(group.name))):
+        nodes = fleet.nodes(group.name)
+        refused = refusals(nodes, version)
+        if refused and (named or len(refused) < len(nodes)):
             raise RunbookError(f"--to driver-{version}: {group.name} cannot be changed in place: " + "; ".join(refused))
         (skipped if refused else chosen).append((group, refused))
     if not chosen:
