@@ -4,6 +4,7 @@ out of the violations, and honours waivers."""
 
 from __future__ import annotations
 
+import selectors
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -105,16 +106,37 @@ def test_a_value_unknown_at_preview_is_the_engines_cannot_run_not_a_violation(ru
 
 def test_the_pack_module_builds_a_pack_with_a_policy_per_rule() -> None:
     """`python -m policies` is what the CLI's plugin host runs: it must start the pack's gRPC server."""
+    # The Pulumi CLI starts a Python pack as `python -u -m pulumi.policy <engine> <dir>` (the
+    # pulumi-analyzer-policy-python script in pulumi/pulumi, sdk/python/dist/), so the port line is
+    # unbuffered there; without -u it would sit in the child's buffer and never reach the pipe.
     process = subprocess.Popen(
-        [sys.executable, "-m", "policies"], cwd=PROJECT_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [sys.executable, "-u", "-m", "policies"],
+        cwd=PROJECT_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert process.stdout is not None
-        port = process.stdout.readline().strip()
-        failed = process.stderr.read() if process.poll() is not None else ""
-        assert port.isdigit(), f"the pack printed {port!r} instead of its port: {failed}"
+        port = _first_line(process, seconds=60)
+        assert port.isdigit(), f"the pack printed {port!r} instead of its port"
     finally:
         process.kill()
-        process.wait()
+        process.communicate(timeout=10)
     names = [p.name for p in build_policies(RULES)]
     assert len(names) == len(set(names)) == len(RULES) + 1, "a policy per rule, and waivers-not-expired"
+
+
+def _first_line(process: subprocess.Popen[str], *, seconds: float) -> str:
+    """The child's first line of output, or a failure naming what it wrote to stderr; never an endless wait."""
+    assert process.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(process.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout=seconds):
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            pytest.fail(f"no line from `{' '.join(map(str, process.args))}` within {seconds:.0f} s; stderr: {err[-2000:]}")
+    line = process.stdout.readline().strip()
+    if not line:
+        _, err = process.communicate(timeout=10)
+        pytest.fail(f"`{' '.join(map(str, process.args))}` exited ({process.returncode}) without a line: {err[-2000:]}")
+    return line
