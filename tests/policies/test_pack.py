@@ -129,14 +129,15 @@ def test_the_pack_module_builds_a_pack_with_a_policy_per_rule() -> None:
 def _first_line(process: subprocess.Popen[str], *, seconds: float) -> str:
     """The child's first line of output, or a failure naming what it wrote to stderr; never an endless wait."""
     assert process.stdout is not None
+    command = " ".join(map(str, process.args))
     with selectors.DefaultSelector() as selector:
         selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout=seconds):
             process.kill()
             _, err = process.communicate(timeout=10)
-            pytest.fail(f"no line from `{' '.join(map(str, process.args))}` within {seconds:.0f} s; stderr: {err[-2000:]}")
+            pytest.fail(f"no line from `{command}` within {seconds:.0f} s; stderr: {err[-2000:]}")
     line = process.stdout.readline().strip()
     if not line:
         _, err = process.communicate(timeout=10)
-        pytest.fail(f"`{' '.join(map(str, process.args))}` exited ({process.returncode}) without a line: {err[-2000:]}")
+        pytest.fail(f"`{command}` exited ({process.returncode}) without a line: {err[-2000:]}")
     return line
