@@ -40,8 +40,14 @@ class Alert:
     summary: str
 
 
+# Every POST /v1/intent response is counted once in peakguard_request_seconds, labelled by outcome
+# (answered, shed, client_error, server_error) and served_by: the contract in model_service/metrics.py
+# (this package may not import it; tests/infra pins the labels to it). So each rate below is one
+# outcome over the same count, and client errors, the caller's fault, are in no numerator.
 _REQUESTS = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}"}}[2m]))'
-_OK_LATENCY = 'sum by (le) (rate(peakguard_request_seconds_bucket{{namespace="{ns}",outcome!~"shed|error"}}[2m]))'
+_SERVER_ERRORS = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}",outcome="server_error"}}[5m]))'
+_SHED = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}",outcome="shed"}}[5m]))'
+_ANSWERED_LATENCY = 'sum by (le) (rate(peakguard_request_seconds_bucket{{namespace="{ns}",outcome="answered"}}[2m]))'
 ALERTS: tuple[Alert, ...] = (
     Alert(
         "ModelServiceTrafficSurge", "qps",
@@ -51,25 +57,25 @@ ALERTS: tuple[Alert, ...] = (
     ),
     Alert(
         "ModelServiceP50LatencyHigh", "p50 latency",
-        f"histogram_quantile(0.5, {_OK_LATENCY}) > {{slo}} / 2",
+        f"histogram_quantile(0.5, {_ANSWERED_LATENCY}) > {{slo}} / 2",
         "5m", "warning", "emergency-stop",
         "Median latency is above half the p99 SLO: the whole fleet is slowing, not a tail.",
     ),
     Alert(
         "ModelServiceP99LatencyHigh", "p99 latency",
-        f"histogram_quantile(0.99, {_OK_LATENCY}) > {{slo}}",
+        f"histogram_quantile(0.99, {_ANSWERED_LATENCY}) > {{slo}}",
         "2m", "critical", "emergency-stop",
         "p99 latency is above the SLO.",
     ),
     Alert(
         "ModelServiceErrorRateHigh", "error rate",
-        f'sum(rate(peakguard_errors_total{{{{namespace="{{ns}}"}}}}[5m])) / {_REQUESTS.replace("[2m]", "[5m]")} > 0.01',
+        f'{_SERVER_ERRORS} / {_REQUESTS.replace("[2m]", "[5m]")} > 0.01',
         "2m", "critical", "emergency-stop",
-        "More than 1% of requests fail.",
+        "More than 1% of responses are server errors (5xx other than sheds; client errors do not count).",
     ),
     Alert(
         "ModelServiceShedRateHigh", "shed rate",
-        f'sum(rate(peakguard_shed_total{{{{namespace="{{ns}}"}}}}[5m])) / {_REQUESTS.replace("[2m]", "[5m]")} > 0.05',
+        f'{_SHED} / {_REQUESTS.replace("[2m]", "[5m]")} > 0.05',
         "5m", "warning", "emergency-stop",
         "Admission control refuses more than 5% of requests: capacity is short.",
     ),

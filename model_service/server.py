@@ -26,13 +26,14 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from model_service.admission import AdmissionController
 from model_service.answer_cache import AnswerCache, CachedAnswer
 from model_service.artifacts import newest_version
 from model_service.batcher import BatchStats, DynamicBatcher
 from model_service.breaker import BreakerSettings, CircuitBreaker
-from model_service.metrics import ServiceMetrics
+from model_service.metrics import Outcome, ServedBy, ServiceMetrics
 from model_service.modes import MODE_FILE, ModeError, ModeStore, OperatingMode, Override
 from model_service.runtime import BatchTimings, ModelRuntime, Prediction
 from model_service.tracing import Tracing
@@ -114,6 +115,23 @@ class _Job:
 class _Answer:
     prediction: Prediction
     timings: BatchTimings
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """A response to POST /v1/intent and how metrics.py's contract counts it."""
+
+    response: Response
+    outcome: Outcome
+    served_by: ServedBy = "none"
+    reason: str = ""
+    """Why it is not an answer: errors_total's kind, or shed_total's status."""
+
+
+def _error(
+    status: int, message: str, outcome: Outcome, reason: str, *, headers: dict[str, str] | None = None
+) -> _Reply:
+    return _Reply(JSONResponse({"error": message}, status_code=status, headers=headers), outcome, reason=reason)
 
 
 class Service:
@@ -228,39 +246,55 @@ class Service:
     # --- one request ------------------------------------------------------------------------
 
     async def answer(self, request: Request) -> Response:
+        """Answer one POST /v1/intent and count its response once (metrics.py's contract), whatever
+        happens inside: an unexpected exception becomes a counted JSON 500, not Starlette's bare one."""
         started = time.time()
         trace = self.tracing.start(request.headers, started)
         self.metrics.in_flight.inc()
         try:
-            return await self._answer(request, started, trace)
+            try:
+                reply = await self._answer(request, started, trace)
+            except Exception as exc:
+                log.exception("unhandled error answering POST /v1/intent")
+                reply = _error(500, f"internal error: {type(exc).__name__}", "server_error", "unhandled")
+            end = time.time()
+            self.metrics.observe_response(
+                outcome=reply.outcome, served_by=reply.served_by, seconds=end - started, reason=reply.reason
+            )
+            if trace is not None:
+                trace.finish(end, outcome=reply.outcome, served_by=reply.served_by)
+            return reply.response
         finally:
             self.metrics.in_flight.dec()
 
-    async def _answer(self, request: Request, started: float, trace: Any) -> Response:
+    async def _answer(self, request: Request, started: float, trace: Any) -> _Reply:
         try:
             text = _parse(await request.body(), self.settings.max_chars)
         except BadRequestError as exc:
-            self.metrics.errors.labels(kind=f"http_{exc.status}").inc()
-            return JSONResponse({"error": str(exc)}, status_code=exc.status)
+            return _error(exc.status, str(exc), "client_error", f"http_{exc.status}")
+        except ClientDisconnect:
+            # The caller hung up mid-body (its own timeout): its doing, and no one reads this reply.
+            return _error(499, "client disconnected", "client_error", "client_disconnected")
         runtime = self.runtime
         if runtime is None:
+            # Not ready is the server's failure, not admission's choice: a server error, though it
+            # carries Retry-After too.
             reason = self.load_error or "warming up"
-            return JSONResponse({"error": f"not ready: {reason}"}, status_code=503, headers={"Retry-After": "5"})
+            return _error(503, f"not ready: {reason}", "server_error", "not_ready", headers={"Retry-After": "5"})
 
         mode = self.modes.mode
         if mode.shedding and (cached := self.cache.lookup(text)) is not None:
-            self.metrics.cache_answers.inc()
-            return self._reply(started, trace, "cache", cached.intent, cached.confidence, False, mode, runtime.version)
+            return self._reply("cache", cached.intent, cached.confidence, False, mode, runtime.version)
 
         batcher = self.batchers[mode.model]
         self.metrics.queue_depth.set(sum(b.depth for b in self.batchers.values()))
         decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
         if not decision.admit:
-            self.metrics.shed.labels(status=str(decision.status)).inc()
-            self._finish(trace, started, "shed")
-            return JSONResponse(
-                {"error": f"overloaded: {decision.reason}; retry after {decision.retry_after} s"},
-                status_code=decision.status,
+            return _error(
+                decision.status,
+                f"overloaded: {decision.reason}; retry after {decision.retry_after} s",
+                "shed",
+                str(decision.status),
                 headers={"Retry-After": str(decision.retry_after)},
             )
 
@@ -269,10 +303,8 @@ class Service:
         try:
             answer = await batcher.submit(_Job(ids, mode), cost=len(ids))
         except Exception as exc:
-            self.metrics.errors.labels(kind="inference").inc()
             log.exception("inference failed")
-            self._finish(trace, started, "error")
-            return JSONResponse({"error": f"inference failed: {type(exc).__name__}"}, status_code=500)
+            return _error(500, f"inference failed: {type(exc).__name__}", "server_error", "inference")
 
         prediction, timings = answer.prediction, answer.timings
         if trace is not None:
@@ -286,13 +318,13 @@ class Service:
         latency = time.time() - started
         self.breaker.record(latency)
         return self._reply(
-            started, trace, "model", prediction.intent, prediction.confidence, prediction.handover,
+            "model", prediction.intent, prediction.confidence, prediction.handover,
             mode, prediction.version, model=prediction.model, precision=prediction.precision,
         )  # fmt: skip
 
-    def _reply(self, started: float, trace: Any, served_by: str, intent: str, confidence: float, handover: bool,
-               mode: OperatingMode, version: str, *, model: str | None = None,
-               precision: str | None = None) -> Response:  # fmt: skip
+    @staticmethod
+    def _reply(served_by: ServedBy, intent: str, confidence: float, handover: bool, mode: OperatingMode,
+               version: str, *, model: str | None = None, precision: str | None = None) -> _Reply:  # fmt: skip
         body = {
             "intent": intent,
             "confidence": confidence,
@@ -302,14 +334,7 @@ class Service:
             "precision": precision or mode.precision,
             "version": version,
         }
-        self._finish(trace, started, served_by)
-        return JSONResponse(body)
-
-    def _finish(self, trace: Any, started: float, outcome: str) -> None:
-        end = time.time()
-        self.metrics.request_seconds.labels(outcome=outcome).observe(end - started)
-        if trace is not None:
-            trace.finish(end, outcome=outcome)
+        return _Reply(JSONResponse(body), "answered", served_by)
 
     # --- admin --------------------------------------------------------------------------------
 

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+from botocore.exceptions import (
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    NoRegionError,
+    ReadTimeoutError,
+)
+
 from runbooks.errors import RunbookError, TransientError
 
 __all__ = ["translate"]
@@ -12,6 +20,8 @@ _DENIED = ("AccessDeniedException", "UnauthorizedOperation", "UnrecognizedClient
 
 def translate(exc: Exception, doing: str, *, permissions: str = "") -> RunbookError:
     """`doing` says what failed; `permissions` names what the identity needs when access is denied."""
+    if isinstance(exc, RunbookError):
+        return exc  # ours already (a step out of time): it says what it is
     response = getattr(exc, "response", None) or {}
     code = response.get("Error", {}).get("Code", type(exc).__name__)
     status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
@@ -22,5 +32,11 @@ def translate(exc: Exception, doing: str, *, permissions: str = "") -> RunbookEr
         lacking = f"needs {permissions}" if permissions else f"lacks the permission: {message}"
         return RunbookError(f"{doing}: {code}; the runner's AWS identity {lacking}")
     if code == "ResourceInUseException":
-        return TransientError(f"{doing}: busy ({message}); retrying")
+        return TransientError(f"{doing}: busy ({message})")
+    if isinstance(exc, NoRegionError):
+        return RunbookError(f"{doing}: no AWS region: pass --region, or set AWS_REGION (or a profile's region)")
+    if isinstance(exc, NoCredentialsError):
+        return RunbookError(f"{doing}: no AWS credentials: set AWS_PROFILE, or log in (aws sso login)")
+    if isinstance(exc, (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError)):
+        return TransientError(f"{doing}: {exc}")
     return RunbookError(f"{doing}: {code}: {message}")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import getpass
 import json
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,7 @@ def register(commands: Any) -> None:
                                  choices=param.choices or None, help=param.help + default)  # fmt: skip
             if action == "run":
                 _run_options(one)
-            one.set_defaults(handler=_plan if action == "plan" else _run)
+            one.set_defaults(handler=_no_traceback(_plan if action == "plan" else _run))
     freeze = actions.add_parser(
         "freeze",
         help="set, show or lift an environment's change freeze (blocks every runbook)",
@@ -66,13 +68,13 @@ def register(commands: Any) -> None:
     what.add_argument("--reason", help="set the freeze, saying why")
     what.add_argument("--lift", action="store_true", help="lift the freeze")
     freeze.add_argument("--operator", default=None, help="who sets it (default: user@host)")
-    freeze.set_defaults(handler=_freeze)
+    freeze.set_defaults(handler=_no_traceback(_freeze))
     resume = actions.add_parser("resume", help="continue an interrupted run from its journal")
     resume.add_argument("run_id", help="the run id (the journal's file name without .jsonl)")
     _environment_options(resume)
     resume.add_argument("--override-freeze", metavar="REASON", help="act despite a change freeze (journaled)")
     resume.add_argument("--break-lock", action="store_true", help="take the lock from a runner that is gone")
-    resume.set_defaults(handler=_resume)
+    resume.set_defaults(handler=_no_traceback(_resume))
 
 
 def _environment_options(parser: argparse.ArgumentParser) -> None:
@@ -161,11 +163,12 @@ def _run(args: argparse.Namespace) -> int:
 def _freeze(args: argparse.Namespace) -> int:
     import boto3
 
+    from runbooks.aws_clients import BoundedClient
     from runbooks.errors import RunbookError
     from runbooks.switches import SsmSwitches
 
     session = boto3.Session(region_name=args.region) if args.region else boto3.Session()
-    switches = SsmSwitches(session.client("ssm"), env=args.env)
+    switches = SsmSwitches(BoundedClient(session, "ssm"), env=args.env)
     try:
         if args.reason:
             switches.set_freeze(reason=args.reason, by=_operator(args))
@@ -200,6 +203,49 @@ def _resume(args: argparse.Namespace) -> int:
 
 
 # --- Pieces ----------------------------------------------------------------------------
+
+
+def _no_traceback(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """At 3 a.m. a stack trace is noise: say what failed in one line, keep the trace in a file.
+
+    The engine itself catches everything once it has acted (and rolls back); what reaches here
+    failed before a run began, or is a defect of ours, which the saved trace lets us fix."""
+
+    @functools.wraps(handler)
+    def handle(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except KeyboardInterrupt:
+            print("peakguard runbook: interrupted; if a run had begun, its journal says what it did "
+                  "(`peakguard runbook resume RUN_ID` finishes it)", file=sys.stderr)  # fmt: skip
+            return EXIT_REFUSED
+        except Exception as exc:  # noqa: BLE001 (the last line of defence: one line, the trace kept)
+            saved = _save_trace(args)
+            where = "if a run had begun, its journal says what it did (`peakguard runbook resume RUN_ID`)"
+            print(f"peakguard runbook: unexpected {type(exc).__name__}: {exc}\n  the trace is in {saved}; {where}",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_REFUSED
+
+    return handle
+
+
+def _save_trace(args: argparse.Namespace) -> Path | str:
+    import tempfile
+    import time
+    import traceback
+
+    text = traceback.format_exc()
+    try:
+        folder = _journal_dir(args)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"error-{time.strftime('%Y%m%dT%H%M%S')}.txt"
+        path.write_text(text)
+        return path
+    except OSError:
+        handle, name = tempfile.mkstemp(prefix="peakguard-error-", suffix=".txt")
+        with open(handle, "w") as file:
+            file.write(text)
+        return name
 
 
 def _journal_dir(args: argparse.Namespace) -> Path:
@@ -287,6 +333,8 @@ def _saved_plan(args: argparse.Namespace, digest: str) -> dict[str, Any]:
 
 def _print_plan(plan: Any, runbook: Runbook) -> None:
     print(f"plan {plan.digest[:12]}: {plan.runbook} on {plan.env}, parameters {dict(plan.params)}")
+    if plan.basis:
+        print(f"  based on: {_short(dict(plan.basis), 400)}")
     for number, step in enumerate(plan.steps, 1):
         change = "no change" if not step.changes else f"{_short(step.before)} -> {_short(step.after)}"
         print(f"  {number}. {step.name}: {step.summary}\n     {change}")

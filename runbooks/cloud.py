@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.targets import TargetsDocument, TargetsDocumentError, parameter_name
+from runbooks.aws_clients import BoundedClient
 from runbooks.aws_errors import translate as _translate
 from runbooks.errors import RunbookError
 from runbooks.switches import SsmSwitches
@@ -41,10 +42,10 @@ class AwsCloud:
         """`session` is a boto3 Session in the env's account and region."""
         self._session = session
         self._env = env
-        self._eks = session.client("eks")
-        self._ssm = session.client("ssm")
-        self._autoscaling = session.client("autoscaling")
-        self._ec2 = session.client("ec2")
+        self._eks = BoundedClient(session, "eks")
+        self._ssm = BoundedClient(session, "ssm")
+        self._autoscaling = BoundedClient(session, "autoscaling")
+        self._ec2 = BoundedClient(session, "ec2")
         self.switches = SsmSwitches(self._ssm, env=env)
 
     def targets(self) -> TargetsDocument:

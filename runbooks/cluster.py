@@ -14,11 +14,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.facts import GPU_RESOURCE, Taint
+from runbooks.deadlines import call_timeout
 from runbooks.errors import RunbookError
 from runbooks.kube_errors import translate
 from runbooks.lease_lock import LeaseLock
 
-__all__ = ["CORDON_MARK", "Bounds", "Endpoint", "EvictionRefusedError", "KubernetesCluster", "NodePod", "NodeState"]
+__all__ = [
+    "CALL_TIMEOUT",
+    "CORDON_MARK",
+    "Bounds",
+    "Endpoint",
+    "EvictionRefusedError",
+    "KubernetesCluster",
+    "NodePod",
+    "NodeState",
+    "bounded_api_client",
+]
 
 MODE_KEY = "mode.json"
 """The mode ConfigMap's key (the file the service watches)."""
@@ -81,6 +92,27 @@ class Endpoint:
     """Base URL of the pod's HTTP port, e.g. http://10.0.1.7:8080."""
 
 
+CALL_TIMEOUT = 10.0
+"""Seconds one Kubernetes API call may take at most (less when its step's deadline is nearer)."""
+
+
+def bounded_api_client(configuration: Any) -> Any:
+    """A `kubernetes.client.ApiClient` whose every request has a timeout (`runbooks.deadlines`) and is
+    tried once: a hung call fails within its step's time, and the engine decides about retrying."""
+    from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
+
+    class _BoundedApiClient(client.ApiClient):  # type: ignore[misc]
+        def request(self, method: str, url: str, *args: Any, _request_timeout: Any = None, **kwargs: Any) -> Any:
+            if _request_timeout is None:
+                path = url.split("://", 1)[-1].partition("/")[2]
+                _request_timeout = call_timeout(CALL_TIMEOUT, doing=f"Kubernetes {method} /{path}")
+            return super().request(method, url, *args, _request_timeout=_request_timeout, **kwargs)
+
+    # No urllib3 retries under the timeout: each would get the whole timeout again.
+    configuration.retries = 0
+    return _BoundedApiClient(configuration)
+
+
 class KubernetesCluster:
     def __init__(self, api_client: Any) -> None:
         """`api_client` is a configured `kubernetes.client.ApiClient`."""
@@ -101,22 +133,23 @@ class KubernetesCluster:
 
         configuration = client.Configuration()
         configuration.host = url
-        return cls(client.ApiClient(configuration))
+        return cls(bounded_api_client(configuration))
 
     @classmethod
     def from_kubeconfig(cls, path: str | None = None, context: str | None = None) -> KubernetesCluster:
         """The cluster of a kubeconfig context (default: $KUBECONFIG / ~/.kube/config, current context)."""
         from kubernetes import client, config
 
+        configuration = client.Configuration()
         try:
-            api_client = config.new_client_from_config(config_file=path, context=context)
+            # What config.new_client_from_config does, with our client class around the configuration.
+            config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
         except Exception as exc:  # noqa: BLE001 (the loader raises ConfigException, OSError, ValueError...)
             raise RunbookError(
                 f"cannot load kubeconfig {path or '(default)'}{f' context {context}' if context else ''}: {exc}; "
                 "for EKS: aws eks update-kubeconfig --name <cluster> --region <region>"
             ) from None
-        assert isinstance(api_client, client.ApiClient)
-        return cls(api_client)
+        return cls(bounded_api_client(configuration))
 
     # --- Scaling bounds -------------------------------------------------------------
 

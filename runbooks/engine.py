@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -30,9 +31,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from runbooks.errors import FreezeActiveError, LiveStateChangedError, RunbookError, TransientError
+from runbooks import deadlines
+from runbooks.errors import FreezeActiveError, LiveStateChangedError, LockHeldError, RunbookError, TransientError
 from runbooks.journal import Journal, new_run_id
-from runbooks.locking import FreezeSource, Heartbeat, Lock
+from runbooks.locking import FreezeSource, Heartbeat, Lock, LockInfo, run_of, runner_identity
 from runbooks.planning import Approval, Plan, PlannedStep, canonical, changed_since
 from runbooks.spec import Context, Gate, Judgement, Runbook, Step
 
@@ -90,6 +92,7 @@ class Engine:
             run_id=journal.run_id,
             planned={step.name: step.after for step in plan.steps},
             note=partial(self._note, journal),
+            basis=plan.basis,
         )
         started = self.clock()
         self._write(journal, "run_started", runbook=self.runbook.name, env=self.context.env, operator=self.operator,
@@ -102,7 +105,7 @@ class Engine:
                     raise LiveStateChangedError(
                         "live state changed since the plan was made; make a new plan:\n  " + "\n  ".join(drift)
                     )
-                return self._carry_out(journal, plan, heartbeat, done=set(), started=started)
+                return self._carry_out(journal, plan, heartbeat, done=set(), begun=[], started=started)
         except RunbookError as exc:
             # Refused before anything changed.
             self._write(journal, "run_refused", reason=str(exc))
@@ -128,6 +131,7 @@ class Engine:
             run_id=journal.run_id,
             planned={step.name: step.after for step in plan.steps},
             note=partial(self._note, journal),
+            basis=plan.basis,
         )
         events = list(journal.records())
         begun = [r["step"] for r in events if r["event"] == "step_started"]
@@ -149,14 +153,17 @@ class Engine:
                 reason = "live state changed since the plan was made:\n  " + "\n  ".join(drift)
                 return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=started,
                                        started=started)  # fmt: skip
-            return self._carry_out(journal, plan, heartbeat, done=done, started=started)
+            # A step that began but was not confirmed (killed after its apply, or mid-apply) counts as
+            # begun: finished, or rolled back with the rest, never forgotten.
+            return self._carry_out(journal, plan, heartbeat, done=done, begun=begun, started=started)
 
     # --- The run -------------------------------------------------------------------------
 
     def _carry_out(
-        self, journal: Journal, plan: Plan, heartbeat: Heartbeat, *, done: set[str], started: float
+        self, journal: Journal, plan: Plan, heartbeat: Heartbeat, *, done: set[str], begun: list[str], started: float
     ) -> Outcome:
-        begun: list[str] = [name for name in (s.name for s in self.runbook.steps) if name in done]
+        """Run the steps not yet done; `begun` (a resumed run's started steps) is what a rollback undoes."""
+        begun = [step.name for step in self.runbook.steps if step.name in done or step.name in begun]
         try:
             for step in self.runbook.steps:
                 if step.name in done:
@@ -180,7 +187,8 @@ class Engine:
                                     completed=begun)  # fmt: skip
                         return self._roll_back(journal, plan, list(reversed(begun)), reason=reason,
                                                failed_at=self.clock(), started=started, stopped=True)  # fmt: skip
-                begun.append(step.name)
+                if step.name not in begun:
+                    begun.append(step.name)
                 self._step(journal, step, planned)
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 (anything after a change is rolled back)
             # A step that already undid part of its own work before raising says when it failed,
@@ -192,11 +200,13 @@ class Engine:
             return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=failed_at,
                                    started=started)  # fmt: skip
         if self.runbook.health is not None:
-            final = self._poll(self.runbook.health, self.clock() + self.runbook.recovery_timeout)
+            recovery = self._seconds(self.runbook.recovery_timeout)
+            with deadlines.until(recovery, what=f"the health gate (recovery timeout {recovery:g} s)"):
+                final = self._poll(self.runbook.health, self.clock() + recovery)
             self._write(journal, "run_verified", gate=final.to_dict())
             if final.verdict != "pass":
                 # Every step did what it said, yet the service did not recover: undo, do not claim success.
-                reason = f"health gate {final.verdict} after {self.runbook.recovery_timeout:g} s: {final.reason}"
+                reason = f"health gate {final.verdict} after {recovery:g} s: {final.reason}"
                 return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=self.clock(),
                                        started=started)  # fmt: skip
         return self._finish(journal, "succeeded", "every step applied and verified", started, None)
@@ -206,16 +216,20 @@ class Engine:
         deadline = self.clock() + timeout
         self._write(journal, "step_started", step=step.name, summary=step.summary, before=planned.before,
                     target=planned.after)  # fmt: skip
-        self._with_retries(lambda: step.apply(self.context, planned.after), step=step, deadline=deadline)
-        self._write(journal, "step_applied", step=step.name)
-        if step.verify is not None:
-            verdict = self._poll(step.verify, deadline)
-            self._write(journal, "step_verified", step=step.name, gate=verdict.to_dict())
-            if verdict.verdict != "pass":
-                raise _StepFailedError(
-                    f"{step.name}: verification {verdict.verdict} after {timeout:g} s: {verdict.reason} "
-                    f"(query {verdict.reading.query if verdict.reading else '-'}, threshold {step.verify.threshold})"
-                )
+        # Every API call inside ends by the step's deadline (runbooks.deadlines): a hung call fails
+        # the step on time instead of holding the run (and the lock) past it.
+        with deadlines.until(timeout, what=f"step {step.name} (timeout {timeout:g} s)"):
+            self._with_retries(lambda: step.apply(self.context, planned.after), step=step, deadline=deadline)
+            self._write(journal, "step_applied", step=step.name)
+            if step.verify is not None:
+                verdict = self._poll(step.verify, deadline)
+                self._write(journal, "step_verified", step=step.name, gate=verdict.to_dict())
+                if verdict.verdict != "pass":
+                    raise _StepFailedError(
+                        f"{step.name}: verification {verdict.verdict} after {timeout:g} s: {verdict.reason} "
+                        f"(query {verdict.reading.query if verdict.reading else '-'}, "
+                        f"threshold {step.verify.threshold})"
+                    )
         self._write(journal, "step_done", step=step.name, observed=step.observe(self.context))
 
     def _roll_back(
@@ -229,36 +243,78 @@ class Engine:
         started: float,
         stopped: bool = False,
     ) -> Outcome:
-        self._write(journal, "rollback_started", reason=reason, steps=names)
         by_name = {step.name: step for step in self.runbook.steps}
-        failures = []
-        for name in names:
-            step, before = by_name[name], plan.step(name).before
-            self._write(journal, "rollback_step", step=name, target=before)
-            if self._already(step, before):
-                # The step failed before changing anything (or was undone meanwhile): nothing to restore.
-                self._write(journal, "rollback_step_done", step=name, skipped="already as planned")
-                continue
+        failures: list[tuple[str, str]] = []
+        left = list(names)
+        with _finish_despite_one_interrupt() as interrupts:
+            # Journaled once a signal can no longer cut the rollback short.
+            self._write(journal, "rollback_started", reason=reason, steps=names)
             try:
-                self._with_retries(partial(step.roll_back, self.context, before), step=step,
-                                   deadline=self.clock() + self._timeout(step))  # fmt: skip
-            except Exception as exc:  # noqa: BLE001 (go on restoring the others; report this one)
-                failures.append(f"{name}: {_describe(exc)}")
-                self._write(journal, "rollback_step_failed", step=name, error=_describe(exc),
-                            undo=f"set it back by hand to {canonical(before)}")  # fmt: skip
-                continue
-            self._write(journal, "rollback_step_done", step=name)
-        gate: Judgement | None = None
-        if self.runbook.health is not None:
-            gate = self._poll(self.runbook.health, self.clock() + self.rollback_timeout)
+                for name in names:
+                    self._note_interrupt(journal, interrupts)
+                    step, before = by_name[name], plan.step(name).before
+                    self._write(journal, "rollback_step", step=name, target=before)
+                    timeout = self._timeout(step)
+                    with deadlines.until(timeout, what=f"rollback of {name} (timeout {timeout:g} s)"):
+                        error = self._restore(journal, step, before, deadline=self.clock() + timeout)
+                    left.remove(name)
+                    if error is not None:
+                        failures.append((name, error))
+                self._note_interrupt(journal, interrupts)
+                gate: Judgement | None = None
+                if self.runbook.health is not None:
+                    with deadlines.until(self.rollback_timeout, what="the health gate after the rollback"):
+                        gate = self._poll(self.runbook.health, self.clock() + self.rollback_timeout)
+            except KeyboardInterrupt:
+                # The second Ctrl-C or SIGTERM: stop here, and say exactly what is still changed.
+                notes = {name: self._undo(by_name[name], plan.step(name).before) for name in left}
+                self._write(journal, "rollback_interrupted", left=left, undo=notes)
+                why = f"rollback stopped by a second interrupt; left to undo by hand: {'; '.join(notes.values())}"
+                return self._finish(journal, "rollback-failed", f"{reason}; {why}", started, self.clock() - failed_at)
         seconds = self.clock() - failed_at
         healthy = gate is None or gate.verdict == "pass"
         self._write(journal, "rollback_done", seconds=round(seconds, 3), gate=gate.to_dict() if gate else None,
-                    failures=failures)  # fmt: skip
-        if failures or not healthy:
-            why = "; ".join(failures) or (gate.reason if gate else "")
-            return self._finish(journal, "rollback-failed", f"{reason}; rollback incomplete: {why}", started, seconds)
+                    failures=[f"{name}: {error}" for name, error in failures])  # fmt: skip
+        if failures:
+            errors = "; ".join(f"{name}: {error}" for name, error in failures)
+            undo = "; ".join(self._undo(by_name[name], plan.step(name).before) for name, _ in failures)
+            why = f"rollback incomplete: {errors}; left to undo by hand: {undo}"
+            return self._finish(journal, "rollback-failed", f"{reason}; {why}", started, seconds)
+        if not healthy:
+            assert gate is not None
+            # Nothing is left to undo: every step is as the plan found it, the service is not well.
+            reason = f"{reason}; every step was put back, but the health gate did not pass within "
+            reason += f"{self.rollback_timeout:g} s: {gate.reason}"
         return self._finish(journal, "stopped" if stopped else "rolled-back", reason, started, seconds)
+
+    def _note_interrupt(self, journal: Journal, interrupts: _Interrupts) -> None:
+        if interrupts.pending():
+            why = "a stop half-way would leave more changed; a second signal stops it"
+            self._write(journal, "rollback_continues", signal=interrupts.first, why=why)
+
+    def _restore(self, journal: Journal, step: Step, before: Any, *, deadline: float) -> str | None:
+        """Put one step back to the planned state and journal how it went; why not, if it could not."""
+        if self._already(step, before):
+            # The step failed before changing anything (or was undone meanwhile): nothing to restore.
+            self._write(journal, "rollback_step_done", step=step.name, skipped="already as planned")
+            return None
+        try:
+            self._with_retries(partial(step.roll_back, self.context, before), step=step, deadline=deadline)
+        except Exception as exc:  # noqa: BLE001 (go on restoring the others; report this one)
+            self._write(journal, "rollback_step_failed", step=step.name, error=_describe(exc),
+                        undo=self._undo(step, before))  # fmt: skip
+            return _describe(exc)
+        self._write(journal, "rollback_step_done", step=step.name)
+        return None
+
+    def _undo(self, step: Step, before: Any) -> str:
+        """What a person does to put one step back: the object, the field and the value."""
+        if step.undo is not None:
+            try:
+                return f"{step.name}: {step.undo(self.context, before)}"
+            except Exception as exc:  # noqa: BLE001 (the note must not hide the failure it reports)
+                return f"{step.name}: set back to {canonical(before)} (the step's undo note failed: {_describe(exc)})"
+        return f"{step.name}: set what it changes ({step.summary}) back to {canonical(before)}"
 
     # --- Helpers -------------------------------------------------------------------------
 
@@ -266,9 +322,11 @@ class Engine:
         return _Guard(self, journal, override_freeze=override_freeze, break_lock=break_lock)
 
     def _timeout(self, step: Step) -> float:
-        if isinstance(step.timeout, str):
-            return float(self.context.params[step.timeout])
-        return float(step.timeout)
+        return self._seconds(step.timeout)
+
+    def _seconds(self, value: float | str) -> float:
+        """A timeout: seconds, or the name of the parameter that gives them."""
+        return float(self.context.params[value]) if isinstance(value, str) else float(value)
 
     def _already(self, step: Step, before: Any) -> bool:
         try:
@@ -277,10 +335,17 @@ class Engine:
             return False
 
     def _poll(self, gate: Gate, deadline: float) -> Judgement:
+        """Read the gate until it passes or time runs out. At the deadline, a last reading that could
+        not judge (its window cut short by the deadline) does not hide a failure read before it."""
+        failed: Judgement | None = None
         while True:
             verdict = gate.judge(self.context)
-            if verdict.verdict == "pass" or self.clock() >= deadline:
+            if verdict.verdict == "fail":
+                failed = verdict
+            if verdict.verdict == "pass":
                 return verdict
+            if self.clock() >= deadline:
+                return failed if verdict.verdict == "inconclusive" and failed is not None else verdict
             self.sleep(min(self.runbook.poll_interval, max(0.0, deadline - self.clock())))
 
     def _with_retries(self, action: Callable[[], None], *, step: Step, deadline: float) -> None:
@@ -289,9 +354,10 @@ class Engine:
             try:
                 action()
                 return
-            except TransientError:
+            except TransientError as exc:
                 if attempt == step.retries or self.clock() + delay >= deadline:
-                    raise
+                    # Said once, here: the adapters' messages do not promise a retry that is not coming.
+                    raise RunbookError(f"{exc} (gave up after {attempt} attempt{'s' * (attempt > 1)})") from exc
                 self.sleep(delay)
                 delay *= 2
 
@@ -329,11 +395,27 @@ class _Guard:
                     "`--override-freeze REASON` is given"
                 )
             engine._write(self._journal, "freeze_overridden", freeze=frozen, reason=self._override)
-        info = engine.lock.acquire(holder=engine.operator, ttl=engine.lock_ttl, force=self._break)
+        info = self._acquire(runner_identity(operator=engine.operator, run_id=self._journal.run_id))
         engine._write(self._journal, "lock_acquired", holder=info.holder, since=info.since, expires=info.expires,
                       broken=self._break)  # fmt: skip
         self._heartbeat = Heartbeat(engine.lock, interval=engine.lock_ttl / 3).__enter__()
         return self._heartbeat
+
+    def _acquire(self, identity: str) -> LockInfo:
+        """The lock; a dead runner of this same run (a resume after `kill -9`) is waited out, not broken."""
+        engine = self._engine
+        try:
+            return engine.lock.acquire(holder=identity, ttl=engine.lock_ttl, force=self._break)
+        except LockHeldError as held:
+            if run_of(held.holder) != self._journal.run_id:
+                raise
+            # Its lease lapses within its ttl unless that runner still lives and renews it; then
+            # this acquire refuses again, naming it. --break-lock skips the wait.
+            wait = min(held.seconds_left if held.seconds_left is not None else engine.lock_ttl, engine.lock_ttl) + 1.0
+            engine._write(self._journal, "lock_waiting", holder=held.holder, seconds=round(wait, 1),
+                          why="held by an earlier runner of this run; waiting for its lease to lapse")  # fmt: skip
+            engine.sleep(max(0.0, wait))
+            return engine.lock.acquire(holder=identity, ttl=engine.lock_ttl, force=False)
 
     def __exit__(self, *_: object) -> None:
         if self._heartbeat is not None:
@@ -353,6 +435,45 @@ def _sigterm_interrupts() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Interrupts:
+    def __init__(self) -> None:
+        self.first: str | None = None
+        self._told = False
+
+    def pending(self) -> bool:
+        """True once, after the first interrupt arrived (so the rollback journals it once)."""
+        if self.first is None or self._told:
+            return False
+        self._told = True
+        return True
+
+
+@contextlib.contextmanager
+def _finish_despite_one_interrupt() -> Iterator[_Interrupts]:
+    """During a rollback the first Ctrl-C or SIGTERM is noted, not obeyed: stopping half-way would
+    leave more changed than finishing (each step is bounded by its timeout). A second one stops it
+    (KeyboardInterrupt), and the rollback journals what is left. A SIGKILL leaves the journal's
+    rollback records, from which `resume` finishes the rollback."""
+    interrupts = _Interrupts()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupts
+        return
+
+    def handler(signum: int, _: object) -> None:
+        if interrupts.first is not None:
+            raise KeyboardInterrupt
+        interrupts.first = signal.Signals(signum).name
+        print(f"peakguard: {interrupts.first} received during the rollback; finishing it "
+              "(send it again to stop now)", file=sys.stderr, flush=True)  # fmt: skip
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield interrupts
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _describe(exc: BaseException) -> str:

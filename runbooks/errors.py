@@ -46,13 +46,15 @@ class LiveStateChangedError(RunbookError):
 class LockHeldError(RunbookError):
     """Another runner holds the environment's lock."""
 
-    def __init__(self, *, env: str, holder: str, since: str, expires: str) -> None:
+    def __init__(self, *, env: str, holder: str, since: str, expires: str, seconds_left: float | None = None) -> None:
         super().__init__(
             f"{env}: runbook lock held by {holder} since {since} (expires {expires} unless renewed); "
             "wait for it, or if that runner is gone, `--break-lock`"
         )
         self.holder = holder
         self.since = since
+        self.seconds_left = seconds_left
+        """Until the lease lapses unless its holder renews it; None when unknown."""
 
 
 class FreezeActiveError(RunbookError):

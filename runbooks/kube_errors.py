@@ -17,6 +17,8 @@ def status_of(exc: Exception) -> int | None:
 
 def translate(exc: Exception, doing: str) -> RunbookError:
     """A Kubernetes client error as a RunbookError that says what failed and what to do."""
+    if isinstance(exc, RunbookError):
+        return exc  # ours already (a step out of time): it says what it is
     status = status_of(exc)
     message = ""
     body = getattr(exc, "body", None)
@@ -31,7 +33,7 @@ def translate(exc: Exception, doing: str) -> RunbookError:
     if status == 404:
         return RunbookError(f"{doing}: not found (404){detail}; check the targets document and `pulumi up`")
     if status == 409:
-        return TransientError(f"{doing}: conflict (409){detail}; someone changed it meanwhile, re-reading")
+        return TransientError(f"{doing}: conflict (409){detail}; someone changed it meanwhile")
     if status == 422:
         return RunbookError(f"{doing}: refused as invalid (422){detail}")
     if status is None or status == 429 or status >= 500:

@@ -71,13 +71,15 @@ class LeaseLock:
             other = current.spec.holder_identity or ""
             renewed = _parse(current.spec.renew_time) or _parse(current.spec.acquire_time) or now
             duration = datetime.timedelta(seconds=current.spec.lease_duration_seconds or 0)
-            live = bool(other) and other != holder and renewed + duration > now
+            # Compared as a whole: the same person's other runner is another holder (locking.py).
+            live = bool(other) and renewed + duration > now
             if live and not force:
                 raise LockHeldError(
                     env=self._env,
                     holder=other,
                     since=_stamp(_parse(current.spec.acquire_time) or renewed),
                     expires=_stamp(renewed + duration),
+                    seconds_left=(renewed + duration - now).total_seconds(),
                 )
             self._replace(current.metadata.resource_version, spec, taking_from=other)
         self._holder, self._acquired = holder, now

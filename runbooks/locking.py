@@ -3,15 +3,20 @@
 The lock is a port: the production adapter is a Kubernetes `Lease` in the model-service namespace
 (`runbooks/cluster.py`). While a run lives, a heartbeat renews it; if the runner dies, the lease
 expires and the next runner may take it. A run whose heartbeat fails stops before its next step.
+
+The lock is held by a runner, not by a name: its identity carries the operator (for people), the
+run id and a token unique to the runner process, so two runners started by the same person on the
+same host are two holders, and a resumed run is a new runner of the same run.
 """
 
 from __future__ import annotations
 
+import secrets
 import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-__all__ = ["FreezeSource", "Heartbeat", "Lock", "LockInfo"]
+__all__ = ["FreezeSource", "Heartbeat", "Lock", "LockInfo", "run_of", "runner_identity"]
 
 
 @dataclass(frozen=True)
@@ -23,21 +28,33 @@ class LockInfo:
     """ISO time it lapses unless renewed."""
 
 
+def runner_identity(*, operator: str, run_id: str) -> str:
+    """A new runner's lock identity: `operator/run id/token`, unique to this process's attempt."""
+    return f"{operator}/{run_id}/{secrets.token_hex(4)}"
+
+
+def run_of(identity: str) -> str | None:
+    """The run id in a runner identity; None for a holder that is not a runner's (a person, an old client)."""
+    parts = identity.rsplit("/", 2)
+    return parts[1] if len(parts) == 3 and parts[1] else None
+
+
 class Lock(Protocol):
     """The environment's runbook lock."""
 
     def acquire(self, *, holder: str, ttl: float, force: bool = False) -> LockInfo:
         """Take the lock for `ttl` seconds, or raise LockHeldError naming the holder.
 
-        `force` takes it from a holder that is gone (`--break-lock`)."""
+        `holder` is the runner's identity (`runner_identity`); any other live holder refuses it,
+        whatever its name. `force` takes it from a holder that is gone (`--break-lock`)."""
         ...
 
     def renew(self) -> None:
-        """Extend the lock by its ttl; raise RunbookError if it was lost."""
+        """Extend the lock by its ttl, only if this runner still holds it; raise RunbookError if it was lost."""
         ...
 
     def release(self) -> None:
-        """Give it up (a no-op if it was lost)."""
+        """Give it up, only if this runner still holds it (a no-op if it was lost)."""
         ...
 
 

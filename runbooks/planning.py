@@ -7,11 +7,12 @@ fixed when the plan is made, not when things are already going wrong.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -49,6 +50,8 @@ class Plan:
     steps: tuple[PlannedStep, ...]
     made_at: float
     """Unix time the live state was read."""
+    basis: Mapping[str, Any] = field(default_factory=dict)
+    """What the targets were computed from (`Runbook.basis`), measured when the plan was made."""
 
     @property
     def digest(self) -> str:
@@ -58,6 +61,7 @@ class Plan:
             "env": self.env,
             "params": dict(self.params),
             "steps": [step.to_dict() for step in self.steps],
+            "basis": dict(self.basis),
         }
         return hashlib.sha256(canonical(body).encode()).hexdigest()
 
@@ -73,6 +77,7 @@ class Plan:
             "env": self.env,
             "params": dict(self.params),
             "steps": [step.to_dict() for step in self.steps],
+            "basis": dict(self.basis),
             "madeAt": self.made_at,
             "digest": self.digest,
         }
@@ -85,6 +90,7 @@ class Plan:
             params=dict(raw["params"]),
             steps=tuple(PlannedStep(**step) for step in raw["steps"]),
             made_at=float(raw["madeAt"]),
+            basis=dict(raw.get("basis") or {}),
         )
         if "digest" in raw and raw["digest"] != plan.digest:
             raise ApprovalError(f"saved plan {raw['digest'][:12]} does not match its contents; make a new plan")
@@ -104,13 +110,15 @@ def _read(read: Callable[[], Any], *, attempts: int = 3, delay: float = 0.5) -> 
 
 
 def make_plan(runbook: Runbook, context: Context) -> Plan:
-    """Observe every step and work out its target. Changes nothing."""
+    """Measure the runbook's basis, observe every step and work out its target. Changes nothing."""
+    basis = dict(_read(partial(runbook.basis, context))) if runbook.basis is not None else {}
+    context = dataclasses.replace(context, basis=basis)
     steps = []
     for step in runbook.steps:
         before = _read(partial(step.observe, context))
         after = _read(partial(step.desired, context, before))
         steps.append(PlannedStep(step.name, step.summary, before, after))
-    return Plan(runbook.name, context.env, dict(context.params), tuple(steps), time.time())
+    return Plan(runbook.name, context.env, dict(context.params), tuple(steps), time.time(), basis)
 
 
 def changed_since(runbook: Runbook, context: Context, plan: Plan, *, steps: set[str] | None = None) -> list[str]:

@@ -17,9 +17,13 @@ from runbooks.cloud import AwsCloud
 from runbooks.cluster import Endpoint, KubernetesCluster
 from runbooks.errors import RunbookError
 from runbooks.node_work import PlaybookRunner
-from runbooks.service import ModelServiceClient, Window
+from runbooks.service import MIN_ANSWERS, ModelServiceClient, Window
 
-__all__ = ["Ports"]
+__all__ = ["LONGEST_WINDOW", "Ports"]
+
+LONGEST_WINDOW = 5
+"""A traffic window may stretch to this many times `window_seconds` while it waits for enough
+answers for a p99; past that it is judged on what it has (and a gate calls it inconclusive)."""
 
 
 @dataclass
@@ -68,13 +72,17 @@ class Ports:
             self.service.push_mode(endpoint.url, fields)
 
     def traffic(self, *, fresh: bool = False, max_age: float = 30.0) -> Window:
-        """Requests, errors and latency over the last window, summed over every ready pod.
+        """Requests, errors and latency over the last window, summed over every ready pod: at least
+        `window_seconds`, and longer (up to `LONGEST_WINDOW` of them) until it holds enough answers
+        for a p99 (`service.MIN_ANSWERS`).
 
         Planning reads it once for all steps (`fresh=False` reuses a measurement younger than
         `max_age`); gates always measure anew."""
         cached = self._windows.get("all")
         if not fresh and cached is not None and time.monotonic() - cached[0] < max_age:
             return cached[1]
-        window = self.service.window([e.url for e in self.endpoints()], self.window_seconds, sleep=self.sleep)
+        urls = [e.url for e in self.endpoints()]
+        window = self.service.window(urls, self.window_seconds, sleep=self.sleep, min_answers=MIN_ANSWERS,
+                                     max_seconds=LONGEST_WINDOW * self.window_seconds)  # fmt: skip
         self._windows["all"] = (time.monotonic(), window)
         return window

@@ -17,12 +17,19 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from runbooks import deadlines
+from runbooks.deadlines import call_timeout
 from runbooks.errors import RunbookError, TransientError
 
-__all__ = ["ModelServiceClient", "Scrape", "Window"]
+__all__ = ["MIN_ANSWERS", "OUTCOME_LABELS", "ModelServiceClient", "Scrape", "Window"]
 
-_ANSWERED_EXCLUDES = ("shed", "error")
-"""Outcome labels of requests that got no answer; the rest (model, cache) were answered."""
+OUTCOME_LABELS = ("answered", "shed", "client_error", "server_error")
+"""The `outcome` label of `peakguard_request_seconds`: model_service/metrics.py owns the contract
+(every response counted once, under one of these); this package may not import it, so a test holds
+the two together."""
+MIN_ANSWERS = 100
+"""Answers a window needs before its p99 means anything: with fewer, the 99th percentile is the
+slowest one or two requests (a window lengthens until it has them, see `window`)."""
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,14 @@ class Scrape:
 
     buckets: Mapping[float, float]
     """Cumulative count of answered requests at or under each latency bound (seconds)."""
-    answered: float
     requests: float
-    errors: float
+    """Every response, whatever its outcome."""
+    answered: float
     shed: float
+    """Refused by admission control (429/503 with Retry-After): what clients see as refusals."""
+    server_errors: float
+    client_errors: float
+    """Requests the callers got wrong: no gate or alert counts them against the service."""
 
 
 @dataclass(frozen=True)
@@ -44,17 +55,33 @@ class Window:
     seconds: float
     requests: float
     answered: float
-    errors: float
     shed: float
+    server_errors: float
+    client_errors: float
     buckets: Mapping[float, float]
 
     @property
     def error_rate(self) -> float | None:
-        return self.errors / self.requests if self.requests > 0 else None
+        """Server errors over every response; client errors are the callers'."""
+        return self.server_errors / self.requests if self.requests > 0 else None
+
+    @property
+    def shed_rate(self) -> float | None:
+        """Refusals over every response."""
+        return self.shed / self.requests if self.requests > 0 else None
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def p99_resolved(self) -> bool:
+        return self.answered >= MIN_ANSWERS
+
+    def summary(self) -> dict[str, Any]:
+        """What a gate reports beside its verdict: the sample counts behind the figures."""
+        return {"seconds": round(self.seconds, 2), "requests": self.requests, "answered": self.answered,
+                "shed": self.shed, "serverErrors": self.server_errors, "clientErrors": self.client_errors}  # fmt: skip
 
     def quantile(self, q: float) -> float | None:
         """Like PromQL's histogram_quantile: linear within the bucket; None without answers."""
@@ -76,6 +103,7 @@ class Window:
 class ModelServiceClient:
     def __init__(self, *, token: str, timeout: float = 5.0, transport: httpx.BaseTransport | None = None) -> None:
         self._token = token
+        self._timeout = timeout
         self._http = httpx.Client(timeout=timeout, transport=transport)
 
     def status(self, base_url: str) -> dict[str, Any]:
@@ -92,51 +120,62 @@ class ModelServiceClient:
     def scrape(self, base_url: str) -> Scrape:
         text = self._request("GET", f"{base_url}/metrics", auth=False).text
         buckets: dict[float, float] = {}
-        answered = requests = errors = shed = 0.0
+        counts = dict.fromkeys(OUTCOME_LABELS, 0.0)
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                labels = sample.labels
-                if sample.name == "peakguard_request_seconds_bucket":
-                    if labels.get("outcome") not in _ANSWERED_EXCLUDES:
-                        bound = float(labels["le"])
-                        buckets[bound] = buckets.get(bound, 0.0) + sample.value
-                elif sample.name == "peakguard_request_seconds_count":
-                    requests += sample.value
-                    if labels.get("outcome") not in _ANSWERED_EXCLUDES:
-                        answered += sample.value
-                elif sample.name == "peakguard_errors_total":
-                    errors += sample.value
-                elif sample.name == "peakguard_shed_total":
-                    shed += sample.value
-        return Scrape(buckets=buckets, answered=answered, requests=requests, errors=errors, shed=shed)
+                outcome = sample.labels.get("outcome")
+                if sample.name == "peakguard_request_seconds_bucket" and outcome == "answered":
+                    bound = float(sample.labels["le"])
+                    buckets[bound] = buckets.get(bound, 0.0) + sample.value
+                elif sample.name == "peakguard_request_seconds_count" and outcome is not None:
+                    if outcome not in counts:
+                        raise RunbookError(
+                            f"{base_url}/metrics: outcome {outcome!r} is not one of {', '.join(OUTCOME_LABELS)}; "
+                            "the pod runs a model service of another metrics contract (an older image?)"
+                        )
+                    counts[outcome] += sample.value
+        return Scrape(buckets=buckets, requests=sum(counts.values()), answered=counts["answered"],
+                      shed=counts["shed"], server_errors=counts["server_error"],
+                      client_errors=counts["client_error"])  # fmt: skip
 
     def window(
-        self, base_urls: Sequence[str], seconds: float, *, sleep: Callable[[float], None] = time.sleep
+        self,
+        base_urls: Sequence[str],
+        seconds: float,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        min_answers: int = 0,
+        max_seconds: float | None = None,
     ) -> Window:
-        """Scrape every pod, wait, scrape again: the requests, errors and latencies in between."""
+        """Scrape every pod, wait, scrape again: the requests, errors and latencies in between.
+
+        The window lasts `seconds`, and longer while it has fewer than `min_answers` answers, up to
+        `max_seconds`; never past the current deadline (`runbooks.deadlines`)."""
         if not base_urls:
             raise RunbookError("no ready model-service pods to measure")
         started = time.monotonic()
+        longest = max(seconds, max_seconds or seconds)
         first = {url: self.scrape(url) for url in base_urls}
-        sleep(seconds)
-        second = {url: self.scrape(url) for url in base_urls}
-        elapsed = time.monotonic() - started
-        buckets: dict[float, float] = {}
-        totals = {"requests": 0.0, "answered": 0.0, "errors": 0.0, "shed": 0.0}
-        for url in base_urls:
-            before, after = first[url], second[url]
-            if after.requests < before.requests:
-                before = Scrape({}, 0.0, 0.0, 0.0, 0.0)  # the pod restarted: its counters began again
-            for key in totals:
-                totals[key] += getattr(after, key) - getattr(before, key)
-            for bound, count in after.buckets.items():
-                buckets[bound] = buckets.get(bound, 0.0) + count - before.buckets.get(bound, 0.0)
-        return Window(seconds=elapsed, buckets=buckets, **totals)
+        waited = 0.0
+        while True:
+            step = seconds if waited == 0 else min(seconds, longest - waited)
+            left = deadlines.remaining()
+            if left is not None:
+                # Leave time for the second scrape of every pod within the deadline.
+                step = max(0.0, min(step, left - 1.0))
+            sleep(step)
+            waited += step
+            second = {url: self.scrape(url) for url in base_urls}
+            window = _difference(first, second, time.monotonic() - started)
+            # No request at all in a whole wait: waiting longer will not make a p99 (a quiet service).
+            if window.answered >= min_answers or waited >= longest or step == 0 or window.requests == 0:
+                return window
 
     def _request(self, method: str, url: str, *, auth: bool = True, json: Any = None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self._token}"} if auth else {}
+        timeout = call_timeout(self._timeout, doing=f"{method} {url}")
         try:
-            response = self._http.request(method, url, headers=headers, json=json)
+            response = self._http.request(method, url, headers=headers, json=json, timeout=timeout)
         except httpx.TimeoutException:
             raise TransientError(f"{method} {url}: timed out") from None
         except httpx.HTTPError as exc:
@@ -148,3 +187,17 @@ class ModelServiceClient:
         if response.status_code >= 400:
             raise RunbookError(f"{method} {url}: {response.status_code}: {response.text[:300]}")
         return response
+
+
+def _difference(first: Mapping[str, Scrape], second: Mapping[str, Scrape], seconds: float) -> Window:
+    buckets: dict[float, float] = {}
+    totals = dict.fromkeys(("requests", "answered", "shed", "server_errors", "client_errors"), 0.0)
+    for url, after in second.items():
+        before = first[url]
+        if after.requests < before.requests:
+            before = Scrape({}, 0.0, 0.0, 0.0, 0.0, 0.0)  # the pod restarted: its counters began again
+        for key in totals:
+            totals[key] += getattr(after, key) - getattr(before, key)
+        for bound, count in after.buckets.items():
+            buckets[bound] = buckets.get(bound, 0.0) + count - before.buckets.get(bound, 0.0)
+    return Window(seconds=seconds, buckets=buckets, **totals)

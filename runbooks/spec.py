@@ -53,6 +53,9 @@ class Context:
     note: Callable[[str], None] = _discard_note
     """Journal one line of progress inside a long step (a batch drained, a node removed); set by
     the engine for a run, and shown live."""
+    basis: Mapping[str, Any] = field(default_factory=dict)
+    """What the plan was computed from (`Runbook.basis`), as measured when it was made; empty
+    while the plan's own basis is being measured."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +197,9 @@ class Step:
     """Attempts at `apply` on a TransientError, with backoff."""
     destructive: bool = False
     """Re-check the runbook's trigger before acting: do not act on stale facts."""
+    undo: Callable[[Context, State], str] | None = None
+    """How a person puts it back by hand when the rollback cannot: (context, observed state) -> the
+    object, the field and the value, e.g. `HPA peakguard/model-service-full: spec.minReplicas 2, ...`."""
 
     def __post_init__(self) -> None:
         if self.retries < 1:
@@ -214,8 +220,9 @@ class Runbook:
     health: Gate | None = None
     """Must pass at the end of a run (within `recovery_timeout`, else the run rolls back) and after
     a rollback."""
-    recovery_timeout: float = 60.0
-    """Seconds the health gate may take to pass once every step is done."""
+    recovery_timeout: float | str = 60.0
+    """Seconds the health gate may take to pass once every step is done; or the name of a parameter
+    that gives them."""
     trigger: Gate | None = None
     """The condition that justifies the runbook; must still hold before a destructive step."""
     prod_needs_approval: bool = True
@@ -226,12 +233,19 @@ class Runbook:
     """Lines a plan shows under a step beyond its one-line change: (step name, target) -> lines."""
     epilogue: Callable[[Context], str] | None = None
     """What to tell the operator after a run succeeded (e.g. the stack-config change to commit)."""
+    basis: Callable[[Context], Mapping[str, Any]] | None = None
+    """The facts the plan is computed from, measured once when it is made (the traffic, the
+    capacity serving it): shown with the plan, hashed into it, and given to every step and gate
+    of the run as `context.basis`, so targets come from one measurement and gates can compare
+    with how things were before the run acted."""
 
     def __post_init__(self) -> None:
         names = [step.name for step in self.steps]
         if len(set(names)) != len(names):
             raise ValueError(f"runbook {self.name}: step names must be unique, got {names}")
         params = {param.name for param in self.params}
+        if isinstance(self.recovery_timeout, str) and self.recovery_timeout not in params:
+            raise ValueError(f"runbook {self.name}: its recovery timeout comes from unknown --{self.recovery_timeout}")
         for step in self.steps:
             if isinstance(step.timeout, str) and step.timeout not in params:
                 raise ValueError(

@@ -24,7 +24,8 @@ from infra import facts
 from runbooks.cloud import NodeGroupSize
 from runbooks.cluster import Bounds
 from runbooks.errors import RunbookError
-from runbooks.library.service_gates import ports_of, pressure, recovered
+from runbooks.library import undo
+from runbooks.library.service_gates import REFUSAL_BUDGET, ports_of, signals, within_slo
 from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
 
 __all__ = ["RUNBOOK", "estimate"]
@@ -42,15 +43,21 @@ _ports = ports_of
 
 
 def estimate(context: Context) -> dict[str, Any]:
-    """Replicas the full model needs for the traffic now, and what the pool can hold."""
+    """The plan's basis: replicas the full model needs for the traffic now, what the pool can hold,
+    and what served before the run (for the trigger's re-check).
+
+    Figures given (`--qps`, `--replica-rps`) are used as they are, not measured: in a total outage
+    there are no ready pods to measure, and planning from the figures is what is left."""
     ports = _ports(context)
     service = ports.model_service
-    traffic = ports.traffic()
-    qps = context.params["qps"] if context.params.get("qps") is not None else traffic.rps
+    full = ports.endpoints("full")
+    qps = context.params.get("qps")
+    if qps is None:
+        qps = ports.traffic().rps
     per_replica = context.params.get("replica-rps")
     if per_replica is None:
         measured = []
-        for endpoint in ports.endpoints("full"):
+        for endpoint in full:
             throughput = ports.service.status(endpoint.url).get("admission", {}).get("throughput_rps")
             if isinstance(throughput, (int, float)) and throughput > 0:
                 measured.append(float(throughput))
@@ -75,7 +82,50 @@ def estimate(context: Context) -> dict[str, Any]:
         "replicas": min(needed, capacity),
         "cappedByNodes": needed > capacity,
         "gpusPerNode": gpus_per_node,
+        "readyBefore": len(full),
     }
+
+
+# --- Is the incident still on? ------------------------------------------------------------
+
+OVER_WINDOWS = 3
+"""Windows in a row that must all look calm before a degrading step is skipped: one quiet window
+between bursts is not the end of a surge."""
+OVER_BELOW = 0.7
+"""Hysteresis: the alerts start the incident at 1.0 of a limit; it counts as over only once every
+signal stays under 0.7 of its limit for OVER_WINDOWS windows."""
+_CEILING = 1000.0
+"""A demand reading's ceiling (a fleet that had no ready replica has infinite demand per replica)."""
+
+
+def _incident_on(context: Context) -> Reading:
+    """How far the surge that justified the run is from over, counting the run's own mitigation.
+
+    Demand is judged against the capacity that served before the run (ready replicas then x each
+    one's throughput): the replicas this run added lower p99, not the traffic, so a mitigation that
+    works is not read as the incident ending. The service's own breaker serving the light model is
+    the incident too. And it is over only when every signal stays under OVER_BELOW for
+    OVER_WINDOWS windows (it returns at the first window that says it is not)."""
+    ports = _ports(context)
+    basis = context.basis
+    slo = ports.model_service.slo_p99_ms / 1000
+    before_rps = float(basis.get("readyBefore", 0)) * float(basis.get("replicaRps", 0.0))
+    seen: list[dict[str, Any]] = []
+    score = 0.0
+    for _ in range(OVER_WINDOWS):
+        window = ports.traffic(fresh=True)
+        demand = min(_CEILING, window.rps / before_rps) if before_rps > 0 else _CEILING
+        health = signals(window, slo_seconds=slo, refusal_budget=REFUSAL_BUDGET["normal"]) or {}
+        breaker = [e.pod for e in ports.endpoints("full") if ports.service.status(e.url).get("breaker", {}).get("open")]
+        parts = {"demand": demand, **health, "breakerOpen": 1.0 if breaker else 0.0}
+        score = max(parts.values())
+        seen.append({**{k: round(v, 3) for k, v in parts.items()}, **window.summary(), "breakerOpenOn": breaker})
+        if score >= OVER_BELOW:
+            break
+    raw = {"windows": seen, "capacityBeforeRps": round(before_rps, 2)}
+    query = (f"max(rps / capacity before the run, p99/SLO, server errors/1%, refusals/1%, breaker open) "
+             f"in any of {OVER_WINDOWS} windows")  # fmt: skip
+    return Reading(score, raw=raw, query=query)
 
 
 # --- Steps ------------------------------------------------------------------------------
@@ -107,7 +157,7 @@ def _observe_hpa(context: Context) -> Any:
 
 
 def _desired_hpa(context: Context, before: Any) -> Any:
-    replicas = estimate(context)["replicas"]
+    replicas = context.basis["replicas"]
     low = max(before["min"], replicas)
     return {"min": low, "max": max(before["max"], low)}
 
@@ -148,7 +198,7 @@ def _observe_groups(variant: str) -> Any:
 def _desired_full_groups(context: Context, before: Any) -> Any:
     if not before:
         return before
-    plan = estimate(context)
+    plan = context.basis
     nodes = math.ceil(plan["replicas"] * _ports(context).model_service.gpus_per_replica / plan["gpusPerNode"])
     return _spread(before, nodes)
 
@@ -190,7 +240,7 @@ def _observe_light(context: Context) -> Any:
 def _desired_light(context: Context, before: Any) -> Any:
     if before is None:
         return None
-    wanted = math.ceil(estimate(context)["replicas"] * LIGHT_SHARE)
+    wanted = math.ceil(context.basis["replicas"] * LIGHT_SHARE)
     return {"min": min(before["max"], max(before["min"], wanted)), "max": before["max"]}
 
 
@@ -267,6 +317,13 @@ RUNBOOK = Runbook(
             minimum=1.0,
         ),
         Param(
+            "recovery-timeout",
+            "seconds the service has, once every step is done, to be within its SLO before the run rolls back",
+            kind=float,
+            default=120.0,
+            minimum=1.0,
+        ),
+        Param(
             "replica-rps",
             "requests/s one full-model replica sustains (default: measured by the pods)",
             kind=float,
@@ -284,6 +341,7 @@ RUNBOOK = Runbook(
             verify=Gate("hold is this run's", _hold_is_ours, at_least=1.0),
             restore=lambda context, before: _apply_hold(context, None),
             timeout=30,
+            undo=undo.hold,
         ),
         Step(
             "gpu-node-groups",
@@ -293,6 +351,7 @@ RUNBOOK = Runbook(
             _apply_groups,
             verify=Gate("full pool sized as planned", _groups_as_planned("gpu-node-groups", "full"), at_least=1.0),
             timeout=60,
+            undo=undo.node_groups,
         ),
         Step(
             "hpa-bounds",
@@ -302,6 +361,9 @@ RUNBOOK = Runbook(
             _apply_hpa,
             verify=Gate("new replicas Ready", _capacity_arrived, at_least=1.0),
             timeout="capacity-timeout",
+            undo=lambda context, before: undo.bounds(
+                context, "HorizontalPodAutoscaler", _ports(context).model_service.hpa, before
+            ),
         ),
         Step(
             "light-variant",
@@ -310,6 +372,9 @@ RUNBOOK = Runbook(
             _desired_light,
             _apply_light,
             timeout=30,
+            undo=lambda context, before: undo.bounds(
+                context, "ScaledObject", _ports(context).model_service.scaled_objects.get("light", "light"), before
+            ),
         ),
         Step(
             "mig-node-groups",
@@ -319,6 +384,7 @@ RUNBOOK = Runbook(
             _apply_groups,
             verify=Gate("MIG pool sized as planned", _groups_as_planned("mig-node-groups", "light"), at_least=1.0),
             timeout=60,
+            undo=undo.node_groups,
         ),
         Step(
             "mode",
@@ -329,10 +395,12 @@ RUNBOOK = Runbook(
             verify=Gate("pods confirming the mode", _mode_confirmed, at_least=1.0),
             timeout=60,
             destructive=True,
+            undo=lambda context, before: undo.mode(context, "full", before),
         ),
     ),
-    health=Gate("service within SLO", recovered, at_most=1.0),
-    trigger=Gate("incident still on", pressure, at_least=1.0),
-    recovery_timeout=120.0,
+    health=within_slo("degraded"),
+    trigger=Gate("incident still on", _incident_on, at_least=OVER_BELOW),
+    basis=estimate,
+    recovery_timeout="recovery-timeout",
     poll_interval=2.0,
 )

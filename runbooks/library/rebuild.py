@@ -22,7 +22,8 @@ from typing import Any
 
 from runbooks.cluster import Bounds
 from runbooks.errors import RunbookError
-from runbooks.library.service_gates import ERROR_BUDGET, ports_of, recovered
+from runbooks.library import undo
+from runbooks.library.service_gates import ERROR_BUDGET, ports_of, within_slo
 from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
 
 __all__ = ["NORMAL_MODE", "RUNBOOK"]
@@ -122,6 +123,12 @@ def _fleet_confirms(context: Context) -> Reading:
     return Reading(share, raw=confirmed, query="share of ready full pods serving the version in normal mode")
 
 
+def _undo_promote(context: Context, before: Any) -> str:
+    canary = ports_of(context).model_service.scaled_objects["canary"]
+    put_back = undo.bounds(context, "ScaledObject", canary, {"min": before["canaryMin"]})
+    return f"{undo.mode(context, 'full', before['mode'])}; {put_back}"
+
+
 def _observe_hold(context: Context) -> Any:
     return ports_of(context).cloud.switches.hold()
 
@@ -183,6 +190,7 @@ RUNBOOK = Runbook(
             lambda context, before: {"model_version": context.params["version"]},
             _apply_canary_version,
             timeout=30,
+            undo=lambda context, before: undo.mode(context, "canary", before),
         ),
         Step(
             "canary-up",
@@ -192,6 +200,9 @@ RUNBOOK = Runbook(
             _apply_canary_bounds,
             verify=Gate("canary as good as the fleet", _canary_as_good, at_most=1.0),
             timeout="canary-timeout",
+            undo=lambda context, before: undo.bounds(
+                context, "ScaledObject", ports_of(context).model_service.scaled_objects["canary"], before
+            ),
         ),
         Step(
             "promote",
@@ -201,6 +212,7 @@ RUNBOOK = Runbook(
             _apply_fleet,
             verify=Gate("fleet serving it", _fleet_confirms, at_least=1.0),
             timeout=300,
+            undo=_undo_promote,
         ),
         Step(
             "lift-hold",
@@ -209,6 +221,7 @@ RUNBOOK = Runbook(
             lambda context, before: None,
             _apply_hold,
             timeout=30,
+            undo=undo.hold,
         ),
         Step(
             "infra",
@@ -218,9 +231,13 @@ RUNBOOK = Runbook(
             _apply_infra,
             restore=lambda context, before: None,
             timeout=3600,
+            undo=lambda context, before: (
+                f"Pulumi stack {context.env}: a `pulumi up` is not undone by a runbook; revert the commit it "
+                f"applied and run `pulumi up -s {context.env}`"
+            ),
         ),
     ),
-    health=Gate("service within SLO", recovered, at_most=1.0),
+    health=within_slo("normal"),
     recovery_timeout=120.0,
     poll_interval=2.0,
 )

@@ -35,18 +35,19 @@ from collections.abc import Callable
 from typing import Any
 
 from infra.targets import NodeGroupTarget
+from runbooks.cluster import CORDON_MARK
 from runbooks.driver_fleet import DriverFleet, driver_of, refusals
 from runbooks.errors import RunbookError
 from runbooks.fleet import GenerationPair, PortsFleet, generation_pairs
 from runbooks.in_place_upgrade import upgrade_in_place
-from runbooks.library.service_gates import ports_of, recovered
+from runbooks.library.service_gates import ports_of, within_slo
 from runbooks.node_batches import planned_batches
 from runbooks.node_upgrade import RoundLog, upgrade_group
-from runbooks.spec import Context, Gate, Param, Runbook, Step
+from runbooks.spec import Context, Param, Runbook, Step
 
 __all__ = ["RUNBOOK"]
 
-_SERVICE = Gate("service within its SLO", recovered, at_most=1.0)
+_SERVICE = within_slo("normal")
 
 
 def _selected(context: Context) -> list[GenerationPair]:
@@ -324,6 +325,20 @@ def _restore_drivers(context: Context, before: Any) -> None:
         fleet.begin(group.name)  # our plain cordons lifted; a node given its startup taint back is held
 
 
+def _undo_nodes(context: Context, before: Any) -> str:
+    """What a person lifts by hand when a stop could not: this run's own cordons. Finished batches
+    keep their new nodes (they passed their gates); a node marked `<run> held: why` stays out until
+    someone has looked at it."""
+    groups = ", ".join(group["group"] for group in before.get("groups", [])) or "the selected groups"
+    run = context.run_id or "<run id>"
+    return (
+        f"Nodes of {groups}: spec.unschedulable=false on each node whose annotation {CORDON_MARK} is exactly "
+        f"{run} (list them: kubectl get nodes -o custom-columns=NAME:.metadata.name,BY:.metadata.annotations."
+        f"peakguard\\.io/cordoned-by | grep ' {run}$'; then kubectl uncordon NODE and kubectl annotate node NODE "
+        f"{CORDON_MARK}-); nodes marked '{run} held: ...' stay cordoned until their driver or preflight is checked"
+    )
+
+
 def _explain(step: str, target: Any) -> list[str]:
     if step == "upgrade-drivers":
         skipped = target.get("skipped") or []
@@ -421,6 +436,7 @@ RUNBOOK = Runbook(
             # Not a bound on the move: each wait inside it has its own (drain, node, gate timeouts).
             timeout=7 * 24 * 3600.0,
             retries=1,
+            undo=_undo_nodes,
         ),
         Step(
             "upgrade-drivers",
@@ -431,6 +447,7 @@ RUNBOOK = Runbook(
             restore=_restore_drivers,
             timeout=7 * 24 * 3600.0,
             retries=1,
+            undo=_undo_nodes,
         ),
     ),
     health=_SERVICE,

@@ -1,16 +1,31 @@
-"""Health gates read from the model-service pods' own metrics, shared by the runbooks."""
+"""Health gates read from the model-service pods' own metrics, shared by the runbooks.
+
+They judge what clients see: answered latency (p99 against the SLO), server errors, and refusals
+(sheds: 429/503 from admission control). Client errors are the callers' and count for nothing
+(model_service/metrics.py owns that contract). A window lasts until it holds enough answers for
+its p99 to mean something, and every reading reports the sample counts it was judged on.
+"""
 
 from __future__ import annotations
 
-from runbooks.ports import Ports
-from runbooks.spec import Context, Reading
+from collections.abc import Callable
+from typing import Any, Literal
 
-__all__ = ["ERROR_BUDGET", "SHED_BUDGET", "ports_of", "pressure", "recovered"]
+from runbooks.ports import Ports
+from runbooks.service import MIN_ANSWERS, Window
+from runbooks.spec import Context, Gate, Reading
+
+__all__ = ["ERROR_BUDGET", "REFUSAL_BUDGET", "ServiceMode", "ports_of", "signals", "within_slo"]
 
 ERROR_BUDGET = 0.01
-"""Share of failed requests the service may have and still count as recovered."""
-SHED_BUDGET = 0.05
-"""Share of requests refused by admission that by itself means capacity is short."""
+"""Share of responses that may be server errors while the service counts as recovered (the
+error-rate alert's threshold)."""
+ServiceMode = Literal["normal", "degraded"]
+REFUSAL_BUDGET: dict[ServiceMode, float] = {"normal": 0.01, "degraded": 0.05}
+"""Share of responses the service may refuse (shed) and still count as recovered, per operating
+mode. In normal mode nearly nothing. Degraded (light model, INT8, simple queries answered from
+the table) is how an 8x surge is met, and admission may still refuse a little while new replicas
+warm up: 5%, the shed-rate alert's threshold. A third of clients refused is never 'recovered'."""
 
 
 def ports_of(context: Context) -> Ports:
@@ -19,29 +34,34 @@ def ports_of(context: Context) -> Ports:
     return ports
 
 
-def pressure(context: Context) -> Reading:
-    """How far past its SLO the service is: max of p99/SLO, errors/1%, sheds/5% (1.0 = at the limit)."""
-    ports = ports_of(context)
-    window = ports.traffic(fresh=True)
-    slo = ports.model_service.slo_p99_ms / 1000
-    p99 = window.quantile(0.99)
-    error_rate = window.error_rate
-    if p99 is None or error_rate is None:
-        return Reading(None, raw={"requests": window.requests}, query="no requests in the window")
-    shed_rate = window.shed / window.requests
-    value = max(p99 / slo, error_rate / ERROR_BUDGET, shed_rate / SHED_BUDGET)
-    raw = {"p99": round(p99, 4), "sloSeconds": slo, "errorRate": round(error_rate, 5), "shedRate": round(shed_rate, 5),
-           "requests": window.requests, "seconds": round(window.seconds, 2)}  # fmt: skip
-    return Reading(value, raw=raw, query="max(p99/SLO, errors/1%, shed/5%) over the pods' metrics")
+def signals(window: Window, *, slo_seconds: float, refusal_budget: float) -> dict[str, float] | None:
+    """Each health signal of a window as a share of its limit (1.0 = at the limit); None when the
+    window has no answers, or too few for a p99 (a verdict on it would be noise)."""
+    p99, errors, refused = window.quantile(0.99), window.error_rate, window.shed_rate
+    if p99 is None or errors is None or refused is None or not window.p99_resolved:
+        return None
+    return {"latency": p99 / slo_seconds, "serverErrors": errors / ERROR_BUDGET, "refusals": refused / refusal_budget}
 
 
-def recovered(context: Context) -> Reading:
-    """Served within the SLO: max of p99/SLO and errors/1% (sheds are expected while shedding)."""
-    ports = ports_of(context)
-    window = ports.traffic(fresh=True)
-    slo = ports.model_service.slo_p99_ms / 1000
-    p99, error_rate = window.quantile(0.99), window.error_rate
-    if p99 is None or error_rate is None:
-        return Reading(None, raw={"requests": window.requests}, query="no answered requests in the window")
-    raw = {"p99": round(p99, 4), "sloSeconds": slo, "errorRate": round(error_rate, 5), "requests": window.requests}
-    return Reading(max(p99 / slo, error_rate / ERROR_BUDGET), raw=raw, query="max(p99/SLO, errors/1%)")
+def within_slo(mode: ServiceMode) -> Gate:
+    """Served within the SLO as clients see it: max of p99/SLO, server errors/1%, refusals/budget."""
+    budget = REFUSAL_BUDGET[mode]
+    return Gate(f"service within SLO ({mode} mode)", _judged(budget), at_most=1.0)
+
+
+def _judged(refusal_budget: float) -> Callable[[Context], Reading]:
+    def probe(context: Context) -> Reading:
+        ports = ports_of(context)
+        window = ports.traffic(fresh=True)
+        slo = ports.model_service.slo_p99_ms / 1000
+        found = signals(window, slo_seconds=slo, refusal_budget=refusal_budget)
+        raw: dict[str, Any] = {**window.summary(), "sloSeconds": slo, "refusalBudget": refusal_budget}
+        query = f"max(p99/SLO, server errors/{ERROR_BUDGET:.0%}, refusals/{refusal_budget:.0%}) over the pods' metrics"
+        if found is None:
+            raw["why"] = f"{window.answered:g} answers in {window.seconds:.1f} s; a p99 needs {MIN_ANSWERS}"
+            return Reading(None, raw=raw, query=query)
+        raw.update({key: round(value, 4) for key, value in found.items()})
+        raw["p99Seconds"] = round(window.quantile(0.99) or 0.0, 4)
+        return Reading(max(found.values()), raw=raw, query=query)
+
+    return probe

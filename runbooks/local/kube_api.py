@@ -30,7 +30,8 @@ emulated, each as the Kubernetes API reference describes it:
   pod succeeds without a budget check; a terminating pod counts as no budget's healthy pod.
 
 Played, for tests and drills: `ObjectStore.faults` answers a chosen (method, resource type) with
-a chosen Status (403 Forbidden, 500, 429) to show how runbooks report API errors.
+a chosen Status (403 Forbidden, 500, 429) to show how runbooks report API errors, after a chosen
+delay to play a hung API server.
 
 Not emulated: watches, admission webhooks, server-side apply, field validation, garbage
 collection by owner references. The controllers that make pods and mark them Ready are played
@@ -103,9 +104,14 @@ _INITIAL_STATUS: Mapping[str, Mapping[str, Any]] = {
 class ApiStatus(Exception):  # noqa: N818 (it is the API's Status object, raised)
     """An API error, rendered as a `Status` body with its HTTP code."""
 
-    def __init__(self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self, code: int, reason: str, message: str, details: Mapping[str, Any] | None = None, *, delay: float = 0.0
+    ) -> None:
         super().__init__(message)
         self.code, self.reason, self.message, self.details = code, reason, message, dict(details or {})
+        self.delay = delay
+        """As a played fault: seconds the API hangs before answering with it (a stuck etcd ends in
+        the API server's own 504 Timeout after its request timeout, 60 s by default)."""
 
     def body(self) -> dict[str, Any]:
         return {
@@ -447,10 +453,24 @@ class KubeApi(kmock.KubernetesScaffold):
         if request.resource is None:
             return await super()._handle(request)
         try:
+            fault = self._fault(request)
+            if fault is not None:
+                # Hung without blocking the server: other requests are answered meanwhile.
+                await asyncio.sleep(fault.delay)
+                raise fault
             body, code = self._serve(request)
         except ApiStatus as status:
             return aiohttp.web.json_response(status.body(), status=status.code)
         return aiohttp.web.json_response(body, status=code)
+
+    def _fault(self, request: kmock.Request) -> ApiStatus | None:
+        """The played fault for this request's (method, resource type), if any; a list is used up in order."""
+        assert request.resource is not None
+        method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
+        fault = self.store.faults.get((method, str(request.resource.plural)))
+        if isinstance(fault, list):
+            return fault.pop(0) if fault else None
+        return fault
 
     def _serve(self, request: kmock.Request) -> tuple[Any, int]:
         store = self.store
@@ -462,13 +482,6 @@ class KubeApi(kmock.KubernetesScaffold):
         content_type = request.headers.get("Content-Type", "application/json")
         data = request.data if request.data is not None else (json.loads(request.body) if request.body else None)
         kind = _kind(plural)
-        fault = store.faults.get((method, plural))
-        if isinstance(fault, list):
-            if fault:
-                raise fault.pop(0)
-        elif fault is not None:
-            raise fault
-
         if name is None:
             if method == "GET":
                 items = store.list(plural, namespace, labels=request.params.get("labelSelector", ""),

@@ -11,7 +11,7 @@ import pytest
 
 from infra import observability
 from infra.offline import OfflineRun, Registration
-from model_service.metrics import ServiceMetrics
+from model_service.metrics import OUTCOMES, ServiceMetrics
 
 PROMETHEUS_RULE = "kubernetes:monitoring.coreos.com/v1:PrometheusRule"
 POD_MONITOR = "kubernetes:monitoring.coreos.com/v1:PodMonitor"
@@ -195,13 +195,69 @@ def test_pod_monitor_scrapes_every_variant_on_the_named_port(run: OfflineRun) ->
         assert endpoint["port"] in port_names, deployment.name
 
 
-def test_answered_latency_excludes_sheds_and_errors_not_a_label_the_service_never_sets(
-    run: OfflineRun, dashboard: dict[str, Any]
-) -> None:
-    # The service labels answered requests by what answered (model, cache), never "ok".
-    exprs = [rule["expr"] for rule in _rules(run)]
-    exprs += [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
-    latency = [expr for expr in exprs if "peakguard_request_seconds_bucket" in expr]
-    assert latency
-    assert all('outcome!~"shed|error"' in expr for expr in latency)
-    assert not [expr for expr in exprs if 'outcome="ok"' in expr]
+# --- The metrics contract (model_service/metrics.py) ------------------------------------------
+# Every POST /v1/intent response is counted once in peakguard_request_seconds by outcome; a rate is
+# one outcome over that same count. infra may not import model_service, so these tests hold the two
+# together.
+
+_OUTCOME_SELECTOR = re.compile(r'\boutcome\s*(=~|!~|!=|=)\s*"([^"]*)"')
+
+
+def _rule(run: OfflineRun, signal: str) -> dict[str, Any]:
+    (found,) = [r for r in _rules(run) if r["annotations"]["signal"] == signal]
+    return found
+
+
+def _ratio(expr: str) -> tuple[str, str, float]:
+    """numerator / denominator > threshold, split."""
+    ratio, threshold = expr.rsplit(" > ", 1)
+    numerator, denominator = ratio.split(" / ")
+    return numerator, denominator, float(threshold)
+
+
+def _all_exprs(run: OfflineRun, dashboard: dict[str, Any]) -> list[str]:
+    return [rule["expr"] for rule in _rules(run)] + list(_dashboard_exprs(dashboard))
+
+
+def test_outcomes_selected_are_exactly_those_the_service_sets(run: OfflineRun, dashboard: dict[str, Any]) -> None:
+    selectors = [m for expr in _all_exprs(run, dashboard) for m in _OUTCOME_SELECTOR.findall(expr)]
+    assert selectors
+    # An exact match, never a regex or a negation: a new outcome must not slip into a rate unseen.
+    assert {op for op, _ in selectors} == {"="}
+    assert {value for _, value in selectors} <= set(OUTCOMES)
+
+
+def test_error_rate_alert_is_server_errors_over_all_responses(run: OfflineRun) -> None:
+    namespace = run.config.kubernetes.model_service.namespace
+    rule = _rule(run, "error rate")
+    numerator, denominator, threshold = _ratio(rule["expr"])
+
+    assert numerator == (
+        f'sum(rate(peakguard_request_seconds_count{{namespace="{namespace}",outcome="server_error"}}[5m]))'
+    )
+    assert denominator == f'sum(rate(peakguard_request_seconds_count{{namespace="{namespace}"}}[5m]))'
+    assert threshold == 0.01
+    assert rule["labels"]["severity"] == "critical"
+    assert "server errors" in rule["annotations"]["summary"]
+
+
+def test_shed_rate_alert_is_sheds_over_all_responses(run: OfflineRun) -> None:
+    namespace = run.config.kubernetes.model_service.namespace
+    numerator, denominator, _ = _ratio(_rule(run, "shed rate")["expr"])
+
+    assert numerator == f'sum(rate(peakguard_request_seconds_count{{namespace="{namespace}",outcome="shed"}}[5m]))'
+    assert denominator == f'sum(rate(peakguard_request_seconds_count{{namespace="{namespace}"}}[5m]))'
+
+
+def test_client_errors_page_no_one(run: OfflineRun) -> None:
+    # errors_total counts client errors too (by kind, for the dashboard): no alert may read it.
+    for rule in _rules(run):
+        assert "client_error" not in rule["expr"], rule["alert"]
+        assert "peakguard_errors_total" not in rule["expr"], rule["alert"]
+
+
+def test_latency_is_of_answered_requests_only(run: OfflineRun, dashboard: dict[str, Any]) -> None:
+    latency = [expr for expr in _all_exprs(run, dashboard) if "peakguard_request_seconds_bucket" in expr]
+    assert {_rule(run, signal)["expr"] for signal in ("p50 latency", "p99 latency")} <= set(latency)
+    for expr in latency:
+        assert _OUTCOME_SELECTOR.findall(expr) == [("=", "answered")], expr

@@ -1,15 +1,28 @@
-"""Shared fixtures: the real data sets and a tiny model the tests can afford to build."""
+"""Shared fixtures: the real data sets, a tiny model the tests can afford to build, and the
+service running it over real HTTP (a uvicorn server on 127.0.0.1 and a real client)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import torch
+import uvicorn
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from model_service.artifacts import ModelCard, write_version
 from model_service.classifier import ClassifierConfig, IntentClassifier
+from model_service.modes import OperatingMode
+from model_service.server import Service, ServiceSettings, create_app
+from model_service.service_process import free_port
+from model_service.tracing import Tracing
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -54,3 +67,60 @@ def write_tiny_artifacts(root: Path, version: str = "v1", names: tuple[str, ...]
         )  # fmt: skip
         models.append((model, card))
     return write_version(root, version, models)
+
+
+TOKEN = "s3cret-admin-token"
+
+
+@dataclass
+class Running:
+    url: str
+    service: Service
+    spans: InMemorySpanExporter
+
+    def client(self, **kwargs: object) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def serving(settings: ServiceSettings, *, ready: bool = True) -> Iterator[Running]:
+    """The service on a free port, until the block ends; with `ready`, once /readyz says 200, else
+    once it has answered at all."""
+    spans = InMemorySpanExporter()
+    app = create_app(settings, tracing=Tracing(exporter=spans))
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    with httpx.Client(base_url=url) as client:
+        while True:
+            try:
+                if client.get("/readyz").status_code == 200 or not ready:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.05)
+    try:
+        yield Running(url, app.state.service, spans)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Running]:
+    write_tiny_artifacts(tmp_path / "models")
+    settings = ServiceSettings(
+        artifacts=tmp_path / "models", mode_file=tmp_path / "mode", admin_token=TOKEN, max_chars=200,
+        layer_sample_every=1, mode_poll_interval=0.05, initial_mode=OperatingMode(batch_min=1),
+    )  # fmt: skip
+    (tmp_path / "mode").mkdir()
+    with serving(settings) as service:
+        yield service
+
+
+def ask(client: httpx.Client, text: str = "my card has not arrived", **headers: str) -> httpx.Response:
+    return client.post("/v1/intent", json={"text": text}, headers=headers)

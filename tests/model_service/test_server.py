@@ -3,71 +3,19 @@
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import httpx
 import pytest
-import uvicorn
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from model_service.modes import OperatingMode
-from model_service.server import Service, ServiceSettings, create_app
-from model_service.service_process import free_port
-from model_service.tracing import Tracing
-from tests.model_service.conftest import TINY_INTENTS, write_tiny_artifacts
+from model_service.server import Service, ServiceSettings
+from tests.model_service.conftest import TINY_INTENTS, TOKEN, Running, write_tiny_artifacts
+from tests.model_service.conftest import ask as _ask
 
-TOKEN = "s3cret-admin-token"
 INTENTS = TINY_INTENTS
-
-
-@dataclass
-class Running:
-    url: str
-    service: Service
-    spans: InMemorySpanExporter
-
-    def client(self, **kwargs: object) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def running(tmp_path: Path) -> Iterator[Running]:
-    write_tiny_artifacts(tmp_path / "models")
-    spans = InMemorySpanExporter()
-    settings = ServiceSettings(
-        artifacts=tmp_path / "models", mode_file=tmp_path / "mode", admin_token=TOKEN, max_chars=200,
-        layer_sample_every=1, mode_poll_interval=0.05, initial_mode=OperatingMode(batch_min=1),
-    )  # fmt: skip
-    (tmp_path / "mode").mkdir()
-    app = create_app(settings, tracing=Tracing(exporter=spans))
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    with httpx.Client(base_url=url) as client:
-        while True:
-            try:
-                if client.get("/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "service did not become ready"
-            time.sleep(0.05)
-    yield Running(url, app.state.service, spans)
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def _ask(client: httpx.Client, text: str = "my card has not arrived", **headers: str) -> httpx.Response:
-    return client.post("/v1/intent", json={"text": text}, headers=headers)
 
 
 def test_round_trip_answers_with_intent_confidence_and_model(running: Running) -> None:
@@ -243,10 +191,8 @@ def test_metrics_expose_stages_layers_and_mode(running: Running) -> None:
     assert 'peakguard_layer_seconds_count{layer="head",model="full"}' in metrics
     assert 'peakguard_mode{model="full",precision="fp32",shedding="false"} 1.0' in metrics
     assert "peakguard_ready 1.0" in metrics
-    # Answered requests are labelled by what answered (model, cache); alerts, dashboard and gates select
-    # them as outcome!~"shed|error" (infra/observability.py), so no other outcome may appear.
-    outcomes = set(re.findall(r'peakguard_request_seconds_count\{outcome="([^"]+)"\}', metrics))
-    assert outcomes == {"model"}
+    # The rest of the contract (every outcome, the invariants) is in test_metrics_contract.py.
+    assert 'peakguard_request_seconds_count{outcome="answered",served_by="model"} 3.0' in metrics
 
 
 def test_spans_join_the_callers_trace_stage_by_stage(running: Running) -> None:
@@ -260,6 +206,8 @@ def test_spans_join_the_callers_trace_stage_by_stage(running: Running) -> None:
     assert {"POST /v1/intent", "queue", "batch", "model", "post"} <= names
     request = next(s for s in spans if s.name == "POST /v1/intent")
     assert format(request.context.trace_id, "032x") == trace_id
+    assert request.attributes is not None
+    assert (request.attributes["peakguard.outcome"], request.attributes["peakguard.served_by"]) == ("answered", "model")
     for span in spans:
         if span.name in ("queue", "batch", "model", "post"):
             assert span.parent is not None and span.parent.span_id == request.context.span_id

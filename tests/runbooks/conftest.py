@@ -177,7 +177,8 @@ class InMemoryLock:
     def acquire(self, *, holder: str, ttl: float, force: bool = False) -> LockInfo:
         now = time.time()
         if self.holder is not None and now < self.expires_at and not force:
-            raise LockHeldError(env=self.env, holder=self.holder, since=_iso(self.since), expires=_iso(self.expires_at))
+            raise LockHeldError(env=self.env, holder=self.holder, since=_iso(self.since), expires=_iso(self.expires_at),
+                                seconds_left=self.expires_at - now)  # fmt: skip
         self.holder, self.since, self.ttl, self.expires_at = holder, now, ttl, now + ttl
         self._mine = holder
         self.acquisitions.append((holder, ttl, force))

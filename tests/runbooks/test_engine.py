@@ -26,6 +26,7 @@ from runbooks.errors import (
     RunbookError,
     TransientError,
 )
+from runbooks.locking import run_of
 from runbooks.planning import Approval, make_plan
 from runbooks.spec import Context, Param
 from tests.runbooks.conftest import (
@@ -109,7 +110,11 @@ def test_run_applies_every_step_in_order_and_journals_it(
         ("b", "off", "on"),
     ]
     assert [r["observed"] for r in of_event(outcome.journal, "step_done")] == [5, "on"]
-    assert lock.acquisitions == [(OPERATOR, engine.lock_ttl, False)]
+    # Held by this runner of this run, not by the operator's name.
+    assert [(run_of(holder), ttl, force) for holder, ttl, force in lock.acquisitions] == [
+        (outcome.run_id, engine.lock_ttl, False)
+    ]
+    assert lock.acquisitions[0][0].startswith(f"{OPERATOR}/")
     assert lock.releases == 1
     assert lock.holder is None
 
@@ -350,15 +355,23 @@ def test_a_failing_rollback_step_is_reported_with_what_to_undo_and_the_others_st
     assert [r["step"] for r in of_event(outcome.journal, "rollback_step_done")] == ["c", "a"]
 
 
-def test_rollback_whose_health_gate_never_passes_is_a_failed_rollback(engine_for: EngineFactory, world: World) -> None:
+def test_a_rollback_after_which_the_service_is_unwell_says_so_but_not_that_something_is_left(
+    engine_for: EngineFactory, world: World
+) -> None:
+    """Every step is back as planned: nothing is 'incomplete' and nothing to undo by hand; the
+    reason says the service did not pass its gate (exit 1, not 3)."""
     runbook = toy_runbook(setter("a", "a", to=5, verify=reads("a", at_least=99)), health=reads("errors", at_most=0.01))
     world.values["errors"] = None  # no data: inconclusive, never healthy
     engine = engine_for(runbook, rollback_timeout=0.3)
     outcome = engine.run(*approved_plan(engine))
-    assert outcome.status == "rollback-failed"
+    assert outcome.status == "rolled-back"
     assert world.values["a"] == 2
+    assert "incomplete" not in outcome.reason
+    assert "undo by hand" not in outcome.reason
+    assert "every step was put back, but the health gate did not pass within 0.3 s: errors: no data" in outcome.reason
     (done,) = of_event(outcome.journal, "rollback_done")
     assert done["gate"]["verdict"] == "inconclusive"
+    assert done["failures"] == []
 
 
 def test_losing_the_lock_stops_the_run_before_the_next_step_and_rolls_back(
@@ -483,19 +496,20 @@ def test_break_lock_takes_a_held_lock_and_journals_it(
     outcome = engine.run(*approved_plan(engine), break_lock=True)
     assert outcome.status == "succeeded"
     assert world.values["a"] == 5
-    assert lock.acquisitions == [(OPERATOR, engine.lock_ttl, True)]
+    assert [(run_of(holder), force) for holder, _, force in lock.acquisitions] == [(outcome.run_id, True)]
     (acquired,) = of_event(outcome.journal, "lock_acquired")
-    assert acquired["holder"] == OPERATOR
+    assert acquired["holder"] == lock.acquisitions[0][0]
     assert acquired["broken"] is True
 
 
 def test_a_second_runner_is_refused_while_the_first_holds_the_lock(
     engine_for: EngineFactory, world: World, lock: InMemoryLock
 ) -> None:
+    """Even as the same operator on the same host: the lock is the runner's, not the name's."""
     runbook = toy_runbook(setter("a", "a", to=5), setter("b", "b", to="on"))
     first = engine_for(runbook)
     second = engine_for(runbook)
-    second.operator = "bob@ci"
+    assert first.operator == second.operator
     refusals: list[LockHeldError] = []
 
     def second_runner_tries(_: Any) -> None:
@@ -507,7 +521,7 @@ def test_a_second_runner_is_refused_while_the_first_holds_the_lock(
     plan, approval = approved_plan(first)
     outcome = first.run(plan, approval)
     assert outcome.status == "succeeded"
-    assert [refusal.holder for refusal in refusals] == [OPERATOR]
+    assert [run_of(refusal.holder) for refusal in refusals] == [outcome.run_id]
     assert world.calls("apply", "a") == 1
 
 

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
 
+from runbooks.engine import Engine, Outcome
 from runbooks.errors import LockHeldError, RunbookError
 from runbooks.lease_lock import LEASE_NAME, LeaseLock
 from runbooks.local.kube_api import LocalKubernetes
+from runbooks.locking import run_of, runner_identity
+from runbooks.spec import Context
+from tests.runbooks.conftest import SettableFreeze, World, approved_plan, setter, toy_runbook
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +98,63 @@ def test_of_two_runners_racing_on_the_same_lease_version_one_wins(coordination: 
     with pytest.raises(LockHeldError) as refused:
         loser._replace(stale, {"holderIdentity": "loser", "leaseDurationSeconds": 30}, taking_from="old")
     assert refused.value.holder == "winner"
+
+
+def test_two_runners_of_the_same_operator_on_one_host_never_both_act(coordination: Any, tmp_path: Path) -> None:
+    """The reproduction: the same run started twice at once as `user@host`, through the engine and
+    the Lease. 100 races: every time exactly one acts, the other is refused naming the holder, and
+    the refused runner's exit leaves the holder's lease alone (it never 'loses' its lock)."""
+    for trial in range(100):
+        namespace = f"race-{trial}-{uuid.uuid4().hex[:6]}"
+        world, acted, refused = _race(coordination, namespace, tmp_path / str(trial))
+
+        assert len(acted) == 1 and len(refused) == 1, f"trial {trial}: {len(acted)} acted, {len(refused)} refused"
+        assert acted[0].status == "succeeded", f"trial {trial}: {acted[0].reason}"
+        assert run_of(refused[0]) == acted[0].run_id, "the refusal names the runner that holds it"
+        assert world.calls("apply", "a") == 1
+        assert coordination.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity == ""
+
+
+def _race(coordination: Any, namespace: str, journal_dir: Path) -> tuple[World, list[Outcome], list[str]]:
+    """Two runners, same operator, same plan, started together; what each got."""
+    world = World({"a": 2, "b": "off"})
+    world.before_apply["a"] = lambda _: time.sleep(0.02)  # the other runner tries while this one acts
+    start = threading.Barrier(2)
+    acted: list[Outcome] = []
+    refused: list[str] = []
+
+    def runner() -> None:
+        runbook = toy_runbook(setter("a", "a", to=5), setter("b", "b", to="on"))
+        context = Context(env="dev", params={}, ports=world)
+        lock = _lock(coordination, namespace)
+        engine = Engine(runbook=runbook, context=context, journal_dir=journal_dir, lock=lock, freeze=SettableFreeze(),
+                        operator="oncall@laptop")  # fmt: skip
+        plan = approved_plan(engine)
+        start.wait()
+        try:
+            acted.append(engine.run(*plan))
+        except LockHeldError as exc:
+            refused.append(exc.holder)
+
+    threads = [threading.Thread(target=runner) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    return world, acted, refused
+
+
+def test_a_runner_renews_and_releases_only_its_own_lease(coordination: Any, namespace: str) -> None:
+    """A runner whose lease was taken over (expired, then taken) neither renews nor clears the new holder's."""
+    first = _lock(coordination, namespace)
+    first.acquire(holder=runner_identity(operator="oncall@laptop", run_id="run-1"), ttl=1)
+    time.sleep(1.2)
+    second = _lock(coordination, namespace)
+    taker = runner_identity(operator="oncall@laptop", run_id="run-2")
+    second.acquire(holder=taker, ttl=30)
+
+    with pytest.raises(RunbookError, match="lock lost"):
+        first.renew()
+    first.release()
+
+    assert coordination.read_namespaced_lease(LEASE_NAME, namespace).spec.holder_identity == taker

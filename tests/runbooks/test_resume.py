@@ -207,3 +207,37 @@ def test_the_plan_in_the_journal_pins_the_rollback_target_across_a_resume(
     outcome = engine_for(_three_steps()).resume(journal)
     assert outcome.status == "rolled-back"
     assert (world.values["a"], world.values["b"], world.values["c"]) == (2, "off", 1)
+
+
+def test_resume_waits_out_the_lease_its_own_dead_runner_left_without_break_lock(
+    engine_for: EngineFactory, world: World, lock: InMemoryLock, journal_dir: Path
+) -> None:
+    """kill -9 leaves the runner's lease until it lapses; the same run's resume waits for that (it
+    is at most the lease's duration), where another run's lease would refuse it."""
+    world.before_apply["b"] = _kill
+    journal = _killed_run(engine_for(_three_steps()), journal_dir)
+    del world.before_apply["b"]
+    (acquired,) = of_event(journal.path, "lock_acquired")
+    lock.hold_as(acquired["holder"], ttl=0.4)  # the dead runner's lease, not yet lapsed
+
+    outcome = engine_for(_three_steps(), lock_ttl=1.0).resume(journal)
+
+    assert outcome.status == "succeeded"
+    (waited,) = of_event(journal.path, "lock_waiting")
+    assert waited["holder"] == acquired["holder"]
+    assert waited["seconds"] <= 1.0 + 1.0
+    assert world.values["b"] == "on"
+
+
+def test_resume_is_refused_while_a_live_runner_of_the_same_run_renews_its_lease(
+    engine_for: EngineFactory, world: World, lock: InMemoryLock, journal_dir: Path
+) -> None:
+    world.before_apply["b"] = _kill
+    journal = _killed_run(engine_for(_three_steps()), journal_dir)
+    del world.before_apply["b"]
+    (acquired,) = of_event(journal.path, "lock_acquired")
+    lock.hold_as(acquired["holder"], ttl=300)  # that runner is alive after all
+
+    with pytest.raises(LockHeldError, match=journal.run_id):
+        engine_for(_three_steps(), lock_ttl=0.5).resume(journal)
+    assert world.calls("apply", "b") == 1

@@ -19,7 +19,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,10 @@ class World:
     crash: dict[str, bool]
     journal_dir: Path
     initial_sizes: dict[str, dict[str, int]]
+    quiet: threading.Event = field(default_factory=threading.Event)
+    """Set: the steady traffic stops (the surge is over); cleared: it flows again."""
+    proxy_url: str = ""
+    """The local load balancer in front of the Ready pods (the ALB's part)."""
 
     def ready_backends(self) -> list[tuple[str, str]]:
         """(pod, base URL) of the Ready pods, from the EndpointSlice the controllers keep."""
@@ -90,6 +94,21 @@ class World:
     def runbook(self, action: str, *args: str, env: str = "dev") -> subprocess.CompletedProcess[str]:
         return self.peakguard("runbook", action, "emergency-stop", "--env", env, "--kube-url", self.kubernetes.url,
                               "--window", "1", *args)  # fmt: skip
+
+    def start_runbook(self, action: str, *args: str) -> subprocess.Popen[str]:
+        """`runbook` in the background, its output to a file beside the journals."""
+        return self.start("runbook", action, "emergency-stop", "--env", "dev", "--kube-url", self.kubernetes.url,
+                          "--window", "1", *args)  # fmt: skip
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """`peakguard ARGS` in the background, its output to a file beside the journals."""
+        env = {**os.environ, **self.aws_env, "PEAKGUARD_JOURNAL_DIR": str(self.journal_dir)}
+        self.journal_dir.mkdir(parents=True, exist_ok=True)
+        with (self.journal_dir / f"runner-{uuid.uuid4().hex[:6]}.out").open("w") as log:
+            return subprocess.Popen(
+                [*PEAKGUARD, *args], cwd=PROJECT_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, text=True,
+            )  # fmt: skip
 
     def hpa(self) -> dict[str, int]:
         spec = self.store.get("horizontalpodautoscalers", NAMESPACE, "model-service-full")["spec"]
@@ -160,11 +179,12 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ServePod:
     """One emulated pod's container: `peakguard serve` on the pod's own loopback address."""
 
-    def __init__(self, pod: str, address: str, *, port: int, artifacts: Path, token: str, folder: Path) -> None:
+    def __init__(self, pod: str, address: str, *, port: int, artifacts: Path, token: str, folder: Path,
+                 settings: Mapping[str, Any] | None = None) -> None:  # fmt: skip
         self.address, self.port, self.pod = address, port, pod
         self.mode_dir = folder / pod
         self.mode_dir.mkdir(parents=True)
-        settings = {"artifacts": str(artifacts), "mode_file": str(self.mode_dir), "max_wait": 0.002}
+        settings = {"artifacts": str(artifacts), "mode_file": str(self.mode_dir), "max_wait": 0.002, **(settings or {})}
         self.process = ServiceProcess(settings, host=address, port=port, admin_token=token, ready_timeout=120)
         self.process.start()
 
@@ -185,7 +205,11 @@ class ServePod:
 
 
 @pytest.fixture
-def world(aws: dict[str, str], dev_program: Any, artifacts: Path, tmp_path: Path) -> Iterator[World]:
+def world(
+    request: pytest.FixtureRequest, aws: dict[str, str], dev_program: Any, artifacts: Path, tmp_path: Path
+) -> Iterator[World]:
+    """The environment; `indirect` parametrization passes model-service settings for every pod."""
+    pod_settings: dict[str, Any] = getattr(request, "param", {})
     targets = TargetsDocument.from_dict(dev_program.outputs["targets"])
     client_args = _client_args(aws)
     eks, ssm = boto3.client("eks", **client_args), boto3.client("ssm", **client_args)
@@ -216,7 +240,8 @@ def world(aws: dict[str, str], dev_program: Any, artifacts: Path, tmp_path: Path
     crash: dict[str, bool] = {"new pods": False}
 
     def start_pod(pod: str, template: Mapping[str, Any], address: str) -> ServePod:
-        started = ServePod(pod, address, port=port, artifacts=artifacts, token=token, folder=tmp_path / "pods")
+        started = ServePod(pod, address, port=port, artifacts=artifacts, token=token, folder=tmp_path / "pods",
+                           settings=pod_settings)  # fmt: skip
         pods.append(started)
         if crash["new pods"]:
             # A replica that really breaks: its process dies after starting, before it is Ready.
@@ -245,18 +270,21 @@ DELAYS = Delays(pod_start=2.0, readiness=0.5, config_sync=10.0, tick=0.2)
 
 @contextlib.contextmanager
 def _traffic(world: World) -> Iterator[None]:
-    """About 20 requests a second through the local load balancer (least outstanding requests,
-    registering the pods the EndpointSlice marks Ready), as the ALB would send them."""
+    """About 40 requests a second through the local load balancer (least outstanding requests,
+    registering the pods the EndpointSlice marks Ready), as the ALB would send them: enough that
+    a gate's window of a few seconds holds the 100 answers a p99 needs."""
     stop = threading.Event()
 
     with LorProxy(world.ready_backends, refresh_interval=0.2) as proxy:
+        world.proxy_url = proxy.url
 
         def send() -> None:
             with httpx.Client(base_url=proxy.url, timeout=5) as client:
                 while not stop.is_set():
-                    with contextlib.suppress(httpx.HTTPError):
-                        client.post("/v1/intent", json={"text": "I lost my card, block it"})
-                    stop.wait(0.05)
+                    if not world.quiet.is_set():
+                        with contextlib.suppress(httpx.HTTPError):
+                            client.post("/v1/intent", json={"text": "I lost my card, block it"})
+                    stop.wait(0.02)
 
         thread = threading.Thread(target=send, daemon=True)
         thread.start()

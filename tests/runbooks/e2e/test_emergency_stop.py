@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from typing import Any
 
@@ -13,7 +11,7 @@ import pytest
 from infra.offline import run_offline
 from infra.targets import TargetsDocument, hold_parameter_name, parameter_name
 from runbooks.lease_lock import LEASE_NAME
-from tests.runbooks.e2e.conftest import NAMESPACE, PEAKGUARD, PROJECT_DIR, World, _records
+from tests.runbooks.e2e.conftest import NAMESPACE, PROJECT_DIR, World, _records
 
 # --- Cases ------------------------------------------------------------------------------------
 
@@ -59,11 +57,13 @@ def test_run_raises_capacity_and_holds_pulumi_up(world: World) -> None:
 
 
 def test_when_the_incident_is_over_it_stops_before_degrading_and_puts_everything_back(world: World) -> None:
-    # The service is healthy (p99 far under its 1 s SLO): switching to the light model is not justified.
+    # The service is healthy (p99 far under its 1 s SLO) and the traffic is a small share of what
+    # the fleet carried before the run (40 requests/s against 100): switching to the light model is
+    # not justified.
     before = (world.hpa(), world.sizes(), world.mode())
     modes_before = {json.dumps(mode, sort_keys=True) for mode in world.pod_modes()}
 
-    stopped = world.runbook("run", "--qps", "10", "--replica-rps", "10", "--capacity-timeout", "60")
+    stopped = world.runbook("run", "--qps", "10", "--replica-rps", "100", "--capacity-timeout", "60")
 
     assert stopped.returncode == 1, stopped.stdout + stopped.stderr
     assert "trigger no longer holds before mode" in stopped.stdout
@@ -163,42 +163,16 @@ def test_when_rollback_itself_fails_the_journal_says_what_to_undo_by_hand(world:
 
     assert failed.returncode == 3, failed.stdout + failed.stderr
     undo = {r["step"]: r["undo"] for r in _records(world) if r["event"] == "rollback_step_failed"}
-    assert undo["hpa-bounds"] == 'set it back by hand to {"max":6,"min":1}'
+    # The object, the field and the value, and the command that sets them.
+    assert undo["hpa-bounds"] == (
+        "hpa-bounds: HorizontalPodAutoscaler peakguard/model-service-full: spec.minReplicas=1 spec.maxReplicas=6: "
+        "kubectl -n peakguard patch hpa model-service-full --type merge -p "
+        '\'{"spec": {"minReplicas": 1, "maxReplicas": 6}}\''
+    )
     assert "rollback incomplete" in failed.stdout
+    assert "left to undo by hand: hpa-bounds: HorizontalPodAutoscaler peakguard/model-service-full" in failed.stdout
     assert world.hold() is None, "the other steps were still restored"
     assert world.hpa() == {"min": 2, "max": 6}, "as the journal says: left for a person to undo"
-
-
-def test_a_runner_killed_mid_run_is_resumed_without_redoing_finished_steps(world: World) -> None:
-    env = {**os.environ, **world.aws_env, "PEAKGUARD_JOURNAL_DIR": str(world.journal_dir)}
-    runner = subprocess.Popen(
-        [*PEAKGUARD, "runbook", "run", "emergency-stop", "--env", "dev", "--kube-url", world.kubernetes.url,
-         "--window", "3", *CAPACITY_ONLY],
-        cwd=PROJECT_DIR, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    # Kill it (no chance to clean up) once every step is done and it is verifying recovery.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        journals = list(world.journal_dir.glob("*.jsonl"))
-        if journals and any(r["event"] == "step_skipped" and r["step"] == "mode" for r in _records(world)):
-            break
-        time.sleep(0.05)
-    runner.kill()
-    runner.wait(timeout=30)
-    killed = _records(world)
-    assert not [r for r in killed if r["event"] == "run_finished"], "killed before it finished"
-    run_id = next(world.journal_dir.glob("*.jsonl")).stem
-    # Its lease is still there until it expires; the resuming operator takes it over.
-    resumed = world.peakguard("runbook", "resume", run_id, "--env", "dev", "--kube-url", world.kubernetes.url,
-                              "--window", "1", "--break-lock")  # fmt: skip
-
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    records = _records(world)
-    started = [r["step"] for r in records if r["event"] == "step_started"]
-    assert started == ["incident-hold", "hpa-bounds"], "no finished step was redone"
-    assert records[-2]["event"] == "run_finished"
-    assert records[-2]["status"] == "succeeded"
-    assert world.hpa() == {"min": 2, "max": 6}
 
 
 def test_new_replicas_that_really_break_fail_verification_and_everything_rolls_back_within_30_s(
@@ -244,6 +218,9 @@ def test_an_api_that_keeps_answering_503_fails_the_step_with_the_status_and_roll
 
     assert failed.returncode == 1, failed.stdout + failed.stderr
     assert "patch HPA peakguard/model-service-full to min 2 max 6: 503" in failed.stdout
+    # The last word is that the runner gave up, not a promise of a retry that never came.
+    assert "(gave up after 3 attempts)" in failed.stdout
+    assert "retrying" not in failed.stdout
     assert world.hold() is None
     assert world.hpa() == {"min": 1, "max": 6}
 

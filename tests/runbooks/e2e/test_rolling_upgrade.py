@@ -204,8 +204,9 @@ def upgrade(upgrade_program: OfflineRun, artifacts: Path, tmp_path: Path) -> Ite
 
 @contextlib.contextmanager
 def _traffic(store: Any, traffic: Traffic) -> Iterator[None]:
-    """About 20 requests a second through the local load balancer, each outcome recorded: the status
-    code, or the exception for a request that got no answer (the proxy's own 502/503/504 included)."""
+    """About 40 requests a second through the local load balancer (enough for a gate's window to hold
+    the 100 answers a p99 needs within a few seconds), each outcome recorded: the status code, or the
+    exception for a request that got no answer (the proxy's own 502/503/504 included)."""
     stop = threading.Event()
 
     with LorProxy(lambda: _ready_backends(store), refresh_interval=0.2) as proxy:
@@ -218,7 +219,7 @@ def _traffic(store: Any, traffic: Traffic) -> Iterator[None]:
                     except httpx.HTTPError as exc:
                         outcome = type(exc).__name__
                     traffic.outcomes.append((time.time(), outcome))
-                    stop.wait(0.05)
+                    stop.wait(0.02)
 
         def sample() -> None:
             while not stop.is_set():
