@@ -140,7 +140,7 @@ class ObjectStore:
         self._version = 0
         self.listeners: list[Callable[[str, str, dict[str, Any]], None]] = []
         """Called with (event, plural, object) after every change: ADDED, MODIFIED, DELETED."""
-        self.faults: dict[tuple[str, str], ApiStatus | list[ApiStatus]] = {}
+        self.faults: dict[tuple[str, str], ApiStatus | list[ApiStatus | None]] = {}
         """Injected failures for tests and drills: (HTTP method, plural) -> the Status to answer
         every such request with (e.g. 403 Forbidden), or a list answered once each, in order, after
         which requests succeed again (a conflict, a blip of 503s). Played, not emulated."""
@@ -464,7 +464,8 @@ class KubeApi(kmock.KubernetesScaffold):
         return aiohttp.web.json_response(body, status=code)
 
     def _fault(self, request: kmock.Request) -> ApiStatus | None:
-        """The played fault for this request's (method, resource type), if any; a list is used up in order."""
+        """The played fault for this request's (method, resource type), if any; a list is used up in
+        order, one entry a request, a None entry letting that request through."""
         assert request.resource is not None
         method = str(request.method.value if hasattr(request.method, "value") else request.method).upper()
         fault = self.store.faults.get((method, str(request.resource.plural)))

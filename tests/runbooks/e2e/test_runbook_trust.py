@@ -100,10 +100,21 @@ def test_a_mode_switch_killed_after_it_was_applied_is_rolled_back_when_resumed_a
     """kill -9 once the journal shows `step_applied mode`; the surge ends; `resume` rolls back
     everything, the ConfigMap and the pods' mode included."""
     before, modes_before = _state(world), _pod_modes(world)
+
+    def slow_verification(event: str, plural: str, obj: dict[str, Any]) -> None:
+        # The mode ConfigMap was just written (inside the step's apply): the apply's own read of the
+        # endpoints passes, the verification's first one hangs 5 s, so the kill lands between the
+        # two, after the change and before it is confirmed, every time.
+        if plural == "configmaps" and obj["metadata"]["name"] == "model-service-full-mode" and event == "MODIFIED":
+            world.store.faults[("GET", "endpointslices")] = [None, ApiStatus(504, "Timeout", "etcd slow", delay=5)]
+
+    world.store.listeners.append(slow_verification)
     runner = world.start_runbook("run", *SURGE)
     _wait_for_record(world, runner, lambda r: r["event"] == "step_applied" and r.get("step") == "mode")
+    world.store.listeners.remove(slow_verification)
     runner.send_signal(signal.SIGKILL)
     runner.wait(timeout=30)
+    assert "step_verified" not in _journal_events(world)[-2:], "killed before the mode was confirmed"
     assert world.mode()["model"] == "light", "the mode switch had landed"
     world.quiet.set()  # the surge is over while the runner is dead
 
