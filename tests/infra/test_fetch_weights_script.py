@@ -24,7 +24,7 @@ import pytest
 
 from infra.config import ServiceMode
 from infra.model_workload import fetch_weights_script
-from tests.moto_server import moto_server
+from lab.aws import moto_server
 
 REGION = "us-west-2"
 # Version folders are UTC timestamps, so the newest sorts last.

@@ -4,7 +4,7 @@ The gate runs as a subprocess, as in its pod: it feeds infra/node_scripts/node_p
 `bash -s` (the DaemonSet's command adds only `nsenter` into the host's mount namespace), with the
 expectations the prod `mig` pool's DaemonSet declares (8 A100s, 4 EFA devices, 8 NVMe devices,
 MIG layout all-1g.10gb), against fake nvidia-smi, fi_info, mountpoint and findmnt, and talks HTTP to
-`runbooks.local.kube_api.LocalKubernetes`. Only the API's address, the token and the hardware
+`lab.kube_api.LocalKubernetes`. Only the API's address, the token and the hardware
 commands are replaced; the taint, the annotation and the checks are the real ones.
 """
 
@@ -28,7 +28,7 @@ from infra.facts import GPU_TAINT, PREFLIGHT_TAINT
 from infra.node_preflight import RESULT_ANNOTATION
 from infra.offline import OfflineRun
 from infra.pod_scripts import preflight_gate
-from runbooks.local.kube_api import ApiStatus, LocalKubernetes, ObjectStore
+from lab.kube_api import ApiStatus, LocalKubernetes, ObjectStore
 from tests.infra.conftest import PROJECT_DIR
 from tests.playbooks.conftest import fi_info_efa, gpu_listing
 

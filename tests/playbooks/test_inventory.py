@@ -17,8 +17,8 @@ import ansible_runner
 import boto3
 import pytest
 
-from tests.moto_server import CREDENTIALS as BOTO_CREDENTIALS
-from tests.moto_server import moto_server
+from lab.aws import CREDENTIALS as BOTO_CREDENTIALS
+from lab.aws import moto_server
 
 from .conftest import PLAYBOOKS, VENV_BIN
 

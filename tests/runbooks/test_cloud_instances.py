@@ -9,9 +9,9 @@ from typing import Any
 import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
+from lab.aws import CREDENTIALS, moto_server
 from runbooks.cloud import AwsCloud, instance_id_of
 from runbooks.errors import RunbookError
-from tests.moto_server import CREDENTIALS, moto_server
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """The in-place driver path over the real ports: nodes of an EKS node group played in moto
-(`runbooks/local/node_groups.py`), the local Kubernetes API through the real client, and the
+(`lab/node_groups.py`), the local Kubernetes API through the real client, and the
 runbook's plan refusing what cannot be changed in place.
 
 The seam faked here is the PlaybookRunner port: `PlayedDriverUpgrade` stands for what
@@ -26,7 +26,7 @@ from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog
 from runbooks.node_work import PlaybookResult
 from runbooks.ports import Ports
 from runbooks.spec import Context
-from tests.runbooks.local.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
+from tests.lab.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
 from tests.runbooks.test_fleet import _ports, _preflighted
 from tests.runbooks.test_fleet import three_blue as three_blue  # the fixture
 

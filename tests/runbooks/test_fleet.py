@@ -1,5 +1,5 @@
 """The rolling upgrade's fleet over the real ports, one pool in one AZ: AWS in moto with EKS's node
-groups played (`runbooks/local/node_groups.py`), the local Kubernetes API through the real client.
+groups played (`lab/node_groups.py`), the local Kubernetes API through the real client.
 
 What the property test's in-memory fleet cannot show: removed nodes linger as Node objects, EKS
 applies scaling updates asynchronously, a serving group has a minimum, and a run that stopped is
@@ -13,6 +13,7 @@ from typing import Any
 import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
+from lab.aws import CREDENTIALS
 from runbooks.cloud import AwsCloud
 from runbooks.cluster import KubernetesCluster
 from runbooks.errors import RunbookError
@@ -22,8 +23,7 @@ from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog, upgrade_gr
 from runbooks.ports import Ports
 from runbooks.service import ModelServiceClient
 from runbooks.spec import Context
-from tests.moto_server import CREDENTIALS
-from tests.runbooks.local.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
+from tests.lab.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
 
 GROUP = "full/us-west-2a"
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
 
+from lab.kube_api import LocalKubernetes
 from runbooks.engine import Engine, Outcome
 from runbooks.errors import LockHeldError, RunbookError
 from runbooks.lease_lock import LEASE_NAME, LeaseLock
-from runbooks.local.kube_api import LocalKubernetes
 from runbooks.locking import run_of, runner_identity
 from runbooks.spec import Context
 from tests.runbooks.conftest import SettableFreeze, World, approved_plan, setter, toy_runbook

@@ -10,9 +10,9 @@ import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from infra.targets import freeze_parameter_name, hold_parameter_name
+from lab.aws import CREDENTIALS, moto_server
 from runbooks.errors import RunbookError
 from runbooks.switches import SsmSwitches
-from tests.moto_server import CREDENTIALS, moto_server
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ CAPACITY_ONLY = ("--qps", "10", "--replica-rps", "10", "--model", "full", "--pre
 
 
 def test_a_forbidden_api_call_is_reported_clearly_and_what_was_done_is_rolled_back(world: World) -> None:
-    from runbooks.local.kube_api import ApiStatus
+    from lab.kube_api import ApiStatus
 
     world.store.faults[("PATCH", "horizontalpodautoscalers")] = ApiStatus(
         403, "Forbidden", 'horizontalpodautoscalers.autoscaling "model-service-full" is forbidden: User "runner" '
@@ -149,7 +149,7 @@ def test_a_forbidden_api_call_is_reported_clearly_and_what_was_done_is_rolled_ba
 
 
 def test_when_rollback_itself_fails_the_journal_says_what_to_undo_by_hand(world: World) -> None:
-    from runbooks.local.kube_api import ApiStatus
+    from lab.kube_api import ApiStatus
 
     # Once the HPA is raised, new replicas crash and the API starts refusing HPA patches: the
     # capacity never arrives, and restoring the HPA fails too.
@@ -194,7 +194,7 @@ def test_new_replicas_that_really_break_fail_verification_and_everything_rolls_b
 
 
 def test_a_conflict_and_a_blip_of_503s_are_retried_and_the_run_succeeds(world: World) -> None:
-    from runbooks.local.kube_api import ApiStatus
+    from lab.kube_api import ApiStatus
 
     conflict = ApiStatus(
         409, "Conflict", 'Operation cannot be fulfilled on horizontalpodautoscalers "model-service-full"'
@@ -210,7 +210,7 @@ def test_a_conflict_and_a_blip_of_503s_are_retried_and_the_run_succeeds(world: W
 
 
 def test_an_api_that_keeps_answering_503_fails_the_step_with_the_status_and_rolls_back(world: World) -> None:
-    from runbooks.local.kube_api import ApiStatus
+    from lab.kube_api import ApiStatus
 
     world.store.faults[("PATCH", "horizontalpodautoscalers")] = ApiStatus(503, "ServiceUnavailable", "etcd leader")
 

@@ -31,7 +31,7 @@ def test_a_good_version_goes_out_through_the_canary_and_the_hold_is_lifted(world
     world.ssm().put_parameter(Name=hold_parameter_name("dev"), Value=json.dumps(HOLD), Type="String", Overwrite=True)
     write_tiny_artifacts(artifacts, version="v2")  # uploaded to the artifact store
 
-    done = world.peakguard("runbook", "run", "rebuild", "--env", "dev", "--kube-url", world.kubernetes.url,
+    done = world.peakguard("runbook", "run", "rebuild", "--env", "dev", "--kube-url", world.kube_url,
                            "--window", "2", "--version", "v2", "--canary-timeout", "90")  # fmt: skip
 
     assert done.returncode == 0, done.stdout + done.stderr
@@ -48,7 +48,7 @@ def test_a_canary_that_never_serves_the_version_rolls_everything_back(world: Wor
     broken = artifacts / "v9"
     broken.mkdir()  # a version folder that was never fully uploaded: no manifest, no weights
 
-    failed = world.peakguard("runbook", "run", "rebuild", "--env", "dev", "--kube-url", world.kubernetes.url,
+    failed = world.peakguard("runbook", "run", "rebuild", "--env", "dev", "--kube-url", world.kube_url,
                              "--window", "2", "--version", "v9", "--canary-timeout", "20")  # fmt: skip
 
     assert failed.returncode == 1, failed.stdout + failed.stderr

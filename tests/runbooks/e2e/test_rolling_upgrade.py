@@ -1,5 +1,5 @@
 """rolling-upgrade end to end: the real `peakguard runbook run rolling-upgrade` against AWS in moto and
-the local Kubernetes API, with EKS's node groups played (`runbooks/local/node_groups.py`: instances
+the local Kubernetes API, with EKS's node groups played (`lab/node_groups.py`: instances
 become Nodes that register with the startup taint and lose it after preflight), real model-service
 processes as pods, and steady traffic through the local load balancer.
 
@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,16 +29,12 @@ import httpx
 import pytest
 
 from infra.offline import OfflineRun, run_offline
-from infra.targets import NodeGroupTarget, TargetsDocument, parameter_name
-from model_service.service_process import free_port
+from infra.targets import NodeGroupTarget, TargetsDocument
+from lab.lab import Lab, LabSettings, ServePod
+from lab.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
 from runbooks.cluster import CORDON_MARK
-from runbooks.local.controllers import Controllers
-from runbooks.local.kube_api import LocalKubernetes
-from runbooks.local.lor_proxy import LorProxy
-from runbooks.local.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
 from tests.infra.conftest import PROJECT_DIR, stack_values
-from tests.moto_server import moto_server
-from tests.runbooks.e2e.conftest import _PLURAL, DELAYS, NAMESPACE, PEAKGUARD, ServePod, _b64, _client_args, _wait
+from tests.runbooks.e2e.conftest import DELAYS, NAMESPACE, PEAKGUARD, _wait
 
 NEW_RELEASE = "1.33.4-20251010"
 REPLICAS = 4
@@ -64,24 +59,30 @@ class Traffic:
 
 @dataclass
 class Upgrade:
-    """The world of one test: AWS in moto, the API, the node groups played, pods, traffic."""
+    """The world of one test: the lab with EKS's node groups played, pods, traffic."""
 
-    aws_env: dict[str, str]
-    kubernetes: LocalKubernetes
-    targets: TargetsDocument
-    node_groups: NodeGroups
+    lab: Lab
     crash: dict[str, bool]
     journal_dir: Path
     traffic: Traffic
 
     @property
+    def targets(self) -> TargetsDocument:
+        return self.lab.targets
+
+    @property
+    def node_groups(self) -> NodeGroups:
+        assert self.lab.node_groups is not None
+        return self.lab.node_groups
+
+    @property
     def store(self) -> Any:
-        return self.kubernetes.store
+        return self.lab.store
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, **self.aws_env, "PEAKGUARD_JOURNAL_DIR": str(self.journal_dir)}
+        env = {**os.environ, **self.lab.aws_env, "PEAKGUARD_JOURNAL_DIR": str(self.journal_dir)}
         return subprocess.run(
-            [*PEAKGUARD, "runbook", "run", "rolling-upgrade", "--env", "dev", "--kube-url", self.kubernetes.url,
+            [*PEAKGUARD, "runbook", "run", "rolling-upgrade", "--env", "dev", "--kube-url", self.lab.kube_url,
              *RUN_ARGS, *args],
             cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL,
         )  # fmt: skip
@@ -90,7 +91,7 @@ class Upgrade:
         return [g for g in self.targets.node_groups if g.generation == generation]
 
     def sizes(self, generation: str) -> dict[str, int]:
-        eks = boto3.client("eks", **_client_args(self.aws_env))
+        eks = boto3.client("eks", **self.lab.client_args())
         return {
             group.name: eks.describe_nodegroup(clusterName=self.targets.cluster.name, nodegroupName=group.name)[
                 "nodegroup"
@@ -123,16 +124,6 @@ def _generation_of(store: Any, node: str) -> str:
     return ""
 
 
-def _ready_backends(store: Any) -> list[tuple[str, str]]:
-    found = []
-    for endpoint_slice in store.list("endpointslices", NAMESPACE):
-        port = endpoint_slice["ports"][0]["port"]
-        for endpoint in endpoint_slice["endpoints"]:
-            if endpoint["conditions"]["ready"]:
-                found.append((endpoint["targetRef"]["name"], f"http://{endpoint['addresses'][0]}:{port}"))
-    return sorted(found)
-
-
 @pytest.fixture(scope="module")
 def upgrade_program() -> OfflineRun:
     """The dev stack with a new AMI release declared for the full pool: empty green groups beside blue."""
@@ -143,98 +134,59 @@ def upgrade_program() -> OfflineRun:
 
 @pytest.fixture
 def upgrade(upgrade_program: OfflineRun, artifacts: Path, tmp_path: Path) -> Iterator[Upgrade]:
-    from infra.manifests import manifests
+    """The lab as `pulumi up` left it: blue serving one node of two GPUs per AZ, green declared
+    empty at the new release; four replicas Ready; traffic flowing."""
+    settings = LabSettings(
+        artifacts=artifacts, workdir=tmp_path, program=upgrade_program, delays=DELAYS, max_pods=2 * REPLICAS,
+        replicas=REPLICAS, nodes="node-groups", node_group_delays=NODE_DELAYS, gpus_per_node=GPUS_PER_NODE,
+        incoming_image={"releaseVersion": NEW_RELEASE},
+    )  # fmt: skip
+    crash = {"green": False}
+    with Lab(settings) as lab:
 
-    targets = TargetsDocument.from_dict(upgrade_program.outputs["targets"])
-    with moto_server() as url:
-        # moto's backends are per process, shared by every server: start from an empty account.
-        httpx.post(f"{url}/moto-api/reset").raise_for_status()
-        aws_env = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-west-2", "AWS_ACCESS_KEY_ID": "testing",
-                   "AWS_SECRET_ACCESS_KEY": "testing"}  # fmt: skip
-        client_args = _client_args(aws_env)
-        eks, ssm = boto3.client("eks", **client_args), boto3.client("ssm", **client_args)
-        # AWS as `pulumi up` left it: blue serving one node per AZ, green declared empty at the new release.
-        eks.create_cluster(name=targets.cluster.name, roleArn="arn:aws:iam::123456789012:role/eks",
-                           resourcesVpcConfig={"subnetIds": ["subnet-1"]})  # fmt: skip
-        for group in targets.node_groups:
-            if group.generation is None:
-                continue
-            release = {"releaseVersion": NEW_RELEASE} if not group.serving else {}
-            eks.create_nodegroup(
-                clusterName=targets.cluster.name, nodegroupName=group.name, subnets=["subnet-1"],
-                nodeRole="arn:aws:iam::123456789012:role/node", **release,
-                scalingConfig={"minSize": 0, "desiredSize": 1 if group.serving else 0, "maxSize": 2},
-            )  # fmt: skip
-        ssm.put_parameter(Name=parameter_name("dev"), Value=targets.to_json(), Type="String", Overwrite=True)
+        def crash_on_green(pod: ServePod) -> None:
+            node = lab.store.get("pods", NAMESPACE, pod.pod)["spec"].get("nodeName", "")
+            if crash["green"] and _generation_of(lab.store, node) == "green":
+                # The new image really breaks the model service: its process dies before it is Ready.
+                os.kill(pod.process.pid or 0, signal.SIGKILL)
 
-        token = "local-admin-token-" + uuid.uuid4().hex
-        port = free_port()
-        crash = {"green": False}
-
-        with LocalKubernetes() as kubernetes:
-            store = kubernetes.store
-
-            def start_pod(pod: str, template: Mapping[str, Any], address: str) -> ServePod:
-                started = ServePod(pod, address, port=port, artifacts=artifacts, token=token,
-                                   folder=tmp_path / "pods")  # fmt: skip
-                node = store.get("pods", NAMESPACE, pod)["spec"].get("nodeName", "")
-                if crash["green"] and _generation_of(store, node) == "green":
-                    # The new image really breaks the model service: its process dies before it is Ready.
-                    os.kill(started.process.pid or 0, signal.SIGKILL)
-                return started
-
-            for manifest in manifests(upgrade_program):
-                plural = _PLURAL.get(manifest.kind)
-                if plural is not None:
-                    store.create(plural, manifest.namespace, dict(manifest.body))
-            secret = {"stringData": None, "data": {"token": _b64(token)}}
-            store.patch("secrets", NAMESPACE, "model-service-admin", secret,
-                        content_type="application/merge-patch+json")  # fmt: skip
-            store.patch("horizontalpodautoscalers", NAMESPACE, "model-service-full",
-                        {"spec": {"minReplicas": REPLICAS}}, content_type="application/merge-patch+json")  # fmt: skip
-            with (
-                NodeGroups(store, targets, aws=client_args, delays=NODE_DELAYS, gpus_per_node=GPUS_PER_NODE) as played,
-                Controllers(store, backends=start_pod, delays=DELAYS, max_pods=2 * REPLICAS, nodes=()),
-            ):
-                _wait(lambda: len(_ready_backends(store)) == REPLICAS, timeout=180)
-                traffic = Traffic()
-                with _traffic(store, traffic):
-                    yield Upgrade(aws_env, kubernetes, targets, played, crash, tmp_path / "journal", traffic)
+        lab.on_pod_started.append(crash_on_green)
+        traffic = Traffic()
+        with _traffic(lab, traffic):
+            yield Upgrade(lab, crash, tmp_path / "journal", traffic)
 
 
 @contextlib.contextmanager
-def _traffic(store: Any, traffic: Traffic) -> Iterator[None]:
-    """About 40 requests a second through the local load balancer (enough for a gate's window to hold
+def _traffic(lab: Lab, traffic: Traffic) -> Iterator[None]:
+    """About 40 requests a second through the lab's load balancer (enough for a gate's window to hold
     the 100 answers a p99 needs within a few seconds), each outcome recorded: the status code, or the
     exception for a request that got no answer (the proxy's own 502/503/504 included)."""
     stop = threading.Event()
 
-    with LorProxy(lambda: _ready_backends(store), refresh_interval=0.2) as proxy:
-
-        def send() -> None:
-            with httpx.Client(base_url=proxy.url, timeout=5) as client:
-                while not stop.is_set():
-                    try:
-                        outcome = str(client.post("/v1/intent", json={"text": "I lost my card, block it"}).status_code)
-                    except httpx.HTTPError as exc:
-                        outcome = type(exc).__name__
-                    traffic.outcomes.append((time.time(), outcome))
-                    stop.wait(0.02)
-
-        def sample() -> None:
+    def send() -> None:
+        with httpx.Client(base_url=lab.proxy_url, timeout=5) as client:
             while not stop.is_set():
-                traffic.ready.append((time.time(), len(_ready_backends(store))))
-                stop.wait(0.2)
+                try:
+                    outcome = str(client.post("/v1/intent", json={"text": "I lost my card, block it"}).status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                traffic.outcomes.append((time.time(), outcome))
+                stop.wait(0.02)
 
-        threads = [threading.Thread(target=send, daemon=True), threading.Thread(target=sample, daemon=True)]
+    def sample() -> None:
+        while not stop.is_set():
+            traffic.ready.append((time.time(), len(lab.ready_backends())))
+            stop.wait(0.2)
+
+    threads = [threading.Thread(target=send, daemon=True), threading.Thread(target=sample, daemon=True)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
         for thread in threads:
-            thread.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(timeout=10)
+            thread.join(timeout=10)
 
 
 def _at(record: Mapping[str, Any]) -> float:
@@ -263,7 +215,7 @@ def test_every_node_moves_to_the_new_generation_and_no_request_fails(upgrade: Up
         g.name for g in upgrade.groups("green")
     }
     _wait(lambda: upgrade.pod_generations() == ["green"] * REPLICAS, timeout=30)
-    _wait(lambda: len(_ready_backends(upgrade.store)) == REPLICAS, timeout=60)
+    _wait(lambda: len(upgrade.lab.ready_backends()) == REPLICAS, timeout=60)
     sent = upgrade.traffic.outcomes
     failed = upgrade.traffic.failures()
     assert len(sent) > 5 * seconds, "the load generator kept sending throughout"

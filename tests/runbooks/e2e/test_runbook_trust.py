@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from infra.targets import hold_parameter_name
-from runbooks.local.kube_api import ApiStatus
+from lab.kube_api import ApiStatus
 from tests.runbooks.e2e.conftest import PEAKGUARD, PROJECT_DIR, World, _records, _wait
 
 SURGE = ("--qps", "2", "--replica-rps", "1", "--capacity-timeout", "60")
@@ -119,7 +119,7 @@ def test_a_mode_switch_killed_after_it_was_applied_is_rolled_back_when_resumed_a
     world.quiet.set()  # the surge is over while the runner is dead
 
     run_id = next(world.journal_dir.glob("*.jsonl")).stem
-    resumed = world.start("runbook", "resume", run_id, "--env", "dev", "--kube-url", world.kubernetes.url,
+    resumed = world.start("runbook", "resume", run_id, "--env", "dev", "--kube-url", world.kube_url,
                           "--window", "1", "--break-lock")  # fmt: skip
     _after_the_stop_traffic_returns(world, resumed)
 
@@ -274,7 +274,7 @@ def test_a_plan_without_a_region_says_how_to_give_one_without_a_traceback(world:
     env = {k: v for k, v in {**os.environ, **world.aws_env}.items() if k not in ("AWS_DEFAULT_REGION", "AWS_REGION")}
     env.update(AWS_CONFIG_FILE=str(tmp_path / "none"), PEAKGUARD_JOURNAL_DIR=str(world.journal_dir))
     planned = subprocess.run(
-        [*PEAKGUARD, "runbook", "plan", "emergency-stop", "--env", "dev", "--kube-url", world.kubernetes.url],
+        [*PEAKGUARD, "runbook", "plan", "emergency-stop", "--env", "dev", "--kube-url", world.kube_url],
         cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
 
@@ -312,7 +312,7 @@ def test_killed_at_every_step_boundary_and_resumed_it_ends_as_an_uninterrupted_r
         runner.send_signal(signal.SIGKILL)
         runner.wait(timeout=30)
         run_id = _newest_run(world)
-        resumed = world.peakguard("runbook", "resume", run_id, "--env", "dev", "--kube-url", world.kubernetes.url,
+        resumed = world.peakguard("runbook", "resume", run_id, "--env", "dev", "--kube-url", world.kube_url,
                                   "--window", "1", "--break-lock")  # fmt: skip
 
         where = f"killed after {boundary['event']} {boundary['step']} ({index + 1} of {len(boundaries)})"

@@ -1,6 +1,6 @@
 """The local Kubernetes API, spoken to by the real official client, against the Kubernetes API reference.
 
-Each behaviour the module docstring of `runbooks.local.kube_api` names is exercised here through
+Each behaviour the module docstring of `lab.kube_api` names is exercised here through
 `kubernetes.client` with `Configuration().host` pointed at one `LocalKubernetes` per module; every
 test works in a namespace of its own, so tests share the server but not the objects.
 """
@@ -19,7 +19,7 @@ import pytest
 from kubernetes import client  # type: ignore[import-untyped]
 from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped]
 
-from runbooks.local.kube_api import LocalKubernetes
+from lab.kube_api import LocalKubernetes
 
 # --- Server, client and namespaces ----------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""moto in server mode on 127.0.0.1, for every test that needs AWS (real HTTP, real boto3)."""
+"""AWS for the lab and the tests: moto in server mode on 127.0.0.1 (real HTTP, real boto3)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,12 @@ CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing
 
 
 @contextmanager
-def moto_server() -> Iterator[str]:
-    """A fresh moto server on a free port; its endpoint URL. Stopped on exit, whatever happened."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+def moto_server(*, port: int = 0) -> Iterator[str]:
+    """A moto server on `port` (0: a free one); its endpoint URL. Stopped on exit, whatever happened.
+
+    moto keeps its state per process, not per server: a caller that needs an empty account resets
+    it (`POST /moto-api/reset`)."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     try:

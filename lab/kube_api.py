@@ -35,7 +35,7 @@ delay to play a hung API server.
 
 Not emulated: watches, admission webhooks, server-side apply, field validation, garbage
 collection by owner references. The controllers that make pods and mark them Ready are played
-separately (`runbooks/local/controllers.py`), with realistic delays.
+separately (`lab/controllers.py`), with realistic delays.
 """
 
 from __future__ import annotations
@@ -611,8 +611,10 @@ def _count(value: Any, total: int, *, round_up: bool) -> int:
 class LocalKubernetes:
     """The API served on 127.0.0.1 from its own thread and event loop. Use as a context manager."""
 
-    def __init__(self, store: ObjectStore | None = None) -> None:
+    def __init__(self, store: ObjectStore | None = None, *, port: int = 0) -> None:
+        """`port`: where to listen on 127.0.0.1 (0: a free port)."""
         self.store = store or ObjectStore()
+        self._port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="local-kubernetes", daemon=True)
         self._server: Any = None
@@ -632,7 +634,7 @@ class LocalKubernetes:
         handler = KubeApi(strict=False)
         handler.store = self.store
         self._handler = handler
-        self._server = kmock.Server(handler)
+        self._server = kmock.Server(handler, port=self._port or None)
         await self._server.__aenter__()
         return str(self._server.url).rstrip("/")
 

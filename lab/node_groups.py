@@ -64,7 +64,7 @@ from infra.facts import (
     PREFLIGHT_TAINT,
 )
 from infra.targets import NodeGroupTarget, TargetsDocument
-from runbooks.local.kube_api import ApiStatus, ObjectStore
+from lab.kube_api import ApiStatus, ObjectStore
 
 __all__ = ["NODE_GROUP_LABEL", "NodeGroupDelays", "NodeGroups"]
 

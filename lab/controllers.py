@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from infra.facts import GPU_RESOURCE
-from runbooks.local.kube_api import ApiStatus, ObjectStore
+from lab.kube_api import ApiStatus, ObjectStore
 
 __all__ = ["Backend", "BackendFactory", "Controllers", "Delays"]
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
 
-from runbooks.local.controllers import Controllers, Delays
-from runbooks.local.kube_api import LocalKubernetes
+from lab.controllers import Controllers, Delays
+from lab.kube_api import LocalKubernetes
 
 NS = "peakguard"
 FAST = Delays(pod_start=0.3, readiness=0.2, config_sync=1.0, tick=0.05)

@@ -24,12 +24,12 @@ from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
 
 from infra.facts import GPU_TAINT, PREFLIGHT_TAINT
 from infra.targets import ClusterTarget, NodeGroupTarget, TargetsDocument
+from lab.aws import CREDENTIALS, moto_server
+from lab.controllers import Controllers, Delays
+from lab.kube_api import LocalKubernetes
+from lab.lor_proxy import LorProxy
+from lab.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
 from runbooks.cloud import instance_id_of
-from runbooks.local.controllers import Controllers, Delays
-from runbooks.local.kube_api import LocalKubernetes
-from runbooks.local.lor_proxy import LorProxy
-from runbooks.local.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
-from tests.moto_server import CREDENTIALS, moto_server
 
 NS = "peakguard"
 REGION = "us-west-2"

@@ -19,7 +19,7 @@ import aiohttp.web
 import httpx
 import pytest
 
-from runbooks.local.lor_proxy import Backend, LorProxy
+from lab.lor_proxy import Backend, LorProxy
 
 _TIMEOUT = httpx.Timeout(10.0)
 
@@ -288,7 +288,7 @@ def test_a_failing_source_keeps_the_targets_listed_before(
         return [a.backend]
 
     with (
-        caplog.at_level(logging.WARNING, logger="runbooks.local.lor_proxy"),
+        caplog.at_level(logging.WARNING, logger="lab.lor_proxy"),
         LorProxy(flaky, refresh_interval=0.05) as proxy,
         httpx.Client(timeout=_TIMEOUT) as http,
     ):
