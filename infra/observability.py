@@ -12,152 +12,16 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Literal
 
 import pulumi
 import pulumi_kubernetes as k8s
 
+from infra.alerts import ALERTS, RUNBOOKS, Alert, alert_rules
 from infra.config import ModelServiceConfig
 
 __all__ = ["ALERTS", "RUNBOOKS", "Alert", "Observability", "ObservabilityArgs", "alert_rules", "dashboard_json"]
 
-RUNBOOKS = ("emergency-stop", "rebuild", "rolling-upgrade", "predictive-scale", "chaos-drill")
-"""The peakguard runbooks an alert may point at (`peakguard runbook list`; shared/DESIGN.md)."""
-
-Severity = Literal["critical", "warning"]
-
-
-@dataclass(frozen=True)
-class Alert:
-    name: str
-    signal: str
-    """Which of the seed's signals it watches."""
-    expr: str
-    """PromQL; `{ns}` is the model-service namespace, `{slo}` the p99 SLO in seconds."""
-    for_: str
-    severity: Severity
-    runbook: str
-    summary: str
-
-
-# Every POST /v1/intent response is counted once in peakguard_request_seconds, labelled by outcome
-# (answered, shed, client_error, server_error) and served_by: the contract in model_service/metrics.py
-# (this package may not import it; tests/infra pins the labels to it). So each rate below is one
-# outcome over the same count, and client errors, the caller's fault, are in no numerator.
-_REQUESTS = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}"}}[2m]))'
-_SERVER_ERRORS = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}",outcome="server_error"}}[5m]))'
-_SHED = 'sum(rate(peakguard_request_seconds_count{{namespace="{ns}",outcome="shed"}}[5m]))'
-_ANSWERED_LATENCY = 'sum by (le) (rate(peakguard_request_seconds_bucket{{namespace="{ns}",outcome="answered"}}[2m]))'
-ALERTS: tuple[Alert, ...] = (
-    Alert(
-        "ModelServiceTrafficSurge", "qps",
-        f"{_REQUESTS} > 3 * {_REQUESTS.replace('[2m]', '[2m] offset 1h')}",
-        "2m", "warning", "emergency-stop",
-        "Requests per second are more than 3x what they were an hour ago.",
-    ),
-    Alert(
-        "ModelServiceP50LatencyHigh", "p50 latency",
-        f"histogram_quantile(0.5, {_ANSWERED_LATENCY}) > {{slo}} / 2",
-        "5m", "warning", "emergency-stop",
-        "Median latency is above half the p99 SLO: the whole fleet is slowing, not a tail.",
-    ),
-    Alert(
-        "ModelServiceP99LatencyHigh", "p99 latency",
-        f"histogram_quantile(0.99, {_ANSWERED_LATENCY}) > {{slo}}",
-        "2m", "critical", "emergency-stop",
-        "p99 latency is above the SLO.",
-    ),
-    Alert(
-        "ModelServiceErrorRateHigh", "error rate",
-        f'{_SERVER_ERRORS} / {_REQUESTS.replace("[2m]", "[5m]")} > 0.01',
-        "2m", "critical", "emergency-stop",
-        "More than 1% of responses are server errors (5xx other than sheds; client errors do not count).",
-    ),
-    Alert(
-        "ModelServiceShedRateHigh", "shed rate",
-        f'{_SHED} / {_REQUESTS.replace("[2m]", "[5m]")} > 0.05',
-        "5m", "warning", "emergency-stop",
-        "Admission control refuses more than 5% of requests: capacity is short.",
-    ),
-    Alert(
-        "ModelServiceQueueDeep", "queue depth",
-        'avg(peakguard_queue_depth{{namespace="{ns}"}}) > 64',
-        "2m", "warning", "emergency-stop",
-        "Requests are waiting for batches on average per pod beyond 64.",
-    ),
-    Alert(
-        "ModelServiceBatchesFull", "batch size",
-        'histogram_quantile(0.5, sum by (le) (rate(peakguard_batch_size_bucket{{namespace="{ns}"}}[5m]))) >= 120',
-        "5m", "warning", "emergency-stop",
-        "Half the batches are at the 128 ceiling: the GPUs are saturated.",
-    ),
-    Alert(
-        "GpuUtilisationHigh", "GPU utilisation",
-        "avg(DCGM_FI_DEV_GPU_UTIL) > 90",
-        "10m", "warning", "emergency-stop",
-        "GPUs average above 90% busy for 10 minutes.",
-    ),
-    Alert(
-        "GpuMemoryNearlyFull", "GPU memory",
-        "max(DCGM_FI_DEV_FB_USED / (DCGM_FI_DEV_FB_USED + DCGM_FI_DEV_FB_FREE)) > 0.9",
-        "5m", "critical", "emergency-stop",
-        "A GPU's memory is over 90% used: the next large batch may run out (the seed's OOMs).",
-    ),
-    Alert(
-        "ModelServiceOomKilled", "OOM kills",
-        'max by (pod) (kube_pod_container_status_last_terminated_reason{{namespace="{ns}",reason="OOMKilled"}})'
-        " * on (pod) group_left () max by (pod) "
-        '(increase(kube_pod_container_status_restarts_total{{namespace="{ns}"}}[10m])) > 0',
-        "0m", "critical", "emergency-stop",
-        "A model-service container was OOM-killed in the last 10 minutes.",
-    ),
-    Alert(
-        "ModelServicePodRestarting", "pod restarts",
-        'increase(kube_pod_container_status_restarts_total{{namespace="{ns}"}}[15m]) > 2',
-        "0m", "warning", "rebuild",
-        "A model-service container restarted more than twice in 15 minutes.",
-    ),
-    Alert(
-        "NodeNotReady", "node NotReady",
-        'kube_node_status_condition{{condition="Ready",status="true"}} == 0',
-        "2m", "critical", "rolling-upgrade",
-        "A node has not been Ready for 2 minutes.",
-    ),
-    Alert(
-        "ModelServiceHpaAtMax", "HPA at max",
-        'kube_horizontalpodautoscaler_status_current_replicas{{namespace="{ns}"}}'
-        ' >= kube_horizontalpodautoscaler_spec_max_replicas{{namespace="{ns}"}}',
-        "5m", "critical", "emergency-stop",
-        "The HPA is at its maximum: it cannot add replicas; raise the bounds or degrade.",
-    ),
-    Alert(
-        "ModelServiceBreakerOpen", "circuit breaker",
-        'max(peakguard_breaker_open{{namespace="{ns}"}}) == 1',
-        "5m", "warning", "emergency-stop",
-        "A pod's circuit breaker has served the light model for 5 minutes.",
-    ),
-)  # fmt: skip
-
-
-def alert_rules(env: str, namespace: str, slo_seconds: float) -> list[dict[str, Any]]:
-    """The alerting rules, rendered for one environment."""
-    rules = []
-    for alert in ALERTS:
-        rules.append(
-            {
-                "alert": alert.name,
-                "expr": alert.expr.format(ns=namespace, slo=f"{slo_seconds:g}"),
-                "for": alert.for_,
-                "labels": {"severity": alert.severity, "service": "model-service", "env": env},
-                "annotations": {
-                    "summary": alert.summary,
-                    "signal": alert.signal,
-                    "runbook": alert.runbook,
-                    "runbook_command": f"peakguard runbook plan {alert.runbook} --env {env}",
-                },
-            }
-        )
-    return rules
+# The alerts themselves are Pulumi-free (infra/alerts.py): the drill evaluates the same rules.
 
 
 def dashboard_json() -> str:
