@@ -31,19 +31,23 @@ at most `max_in_flight` requests are open at once (arrivals beyond that are coun
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
 import aiohttp
 
-__all__ = ["SAMPLE_QUERIES", "LoadReport", "LoadSpec", "percentile", "poisson_schedule", "run_load", "run_load_sync"]
+__all__ = [
+    "SAMPLE_QUERIES", "LoadReport", "LoadSpec", "Phase", "Request", "percentile", "phased_schedule", "poisson_schedule",
+    "run_load", "run_load_sync", "run_phases",
+]  # fmt: skip
 
 SHED_STATUSES = (429, 503)
 _UNITS = {"rps": "requests per second", "duration": "seconds", "timeout": "seconds"}
@@ -220,74 +224,182 @@ class _Tally:
         )  # fmt: skip
 
 
-async def run_load(spec: LoadSpec) -> LoadReport:
-    schedule = poisson_schedule(spec.rps, spec.duration, spec.seed)
-    rng = random.Random(spec.seed + 1)  # noqa: S311
-    bodies = [json.dumps({"text": rng.choice(list(spec.texts))}).encode() for _ in schedule]
-    report = _Tally()
+@dataclass(frozen=True)
+class _Done:
+    """How one request ended, as the driver saw it."""
+
+    scheduled: float
+    sent: float
+    done: float
+    status: int | None
+    """None: no answer (a connection error, a timeout, cancelled at the end)."""
+    retry_after: bool
+    body: bytes
+
+
+async def _drive(url: str, arrivals: Sequence[tuple[float, bytes, Any]], *, timeout: float, max_in_flight: int,
+                 on_sent: Callable[[Any, float], None], on_done: Callable[[Any, _Done], None],
+                 on_dropped: Callable[[Any], None], stop_after: float) -> None:  # fmt: skip
+    """Send each (offset, body, tag) at its offset from now, whatever the server does; report each
+    one's end to `on_done`. Nothing is awaited past `stop_after` seconds from the start."""
     in_flight = 0
-    connector = aiohttp.TCPConnector(limit=spec.max_in_flight, force_close=False)
-    timeout = aiohttp.ClientTimeout(total=spec.timeout)
+    connector = aiohttp.TCPConnector(limit=max_in_flight, force_close=False)
     headers = {"Content-Type": "application/json"}
 
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as session:
 
-        async def one(scheduled: float, body: bytes, counted: bool) -> None:
+        async def one(scheduled: float, body: bytes, tag: Any) -> None:
             nonlocal in_flight
             sent = time.perf_counter()
-            if counted:  # the lag is taken here, when the request starts, not when its task was made
-                report.send_lags.append(max(0.0, sent - scheduled))
+            on_sent(tag, max(0.0, sent - scheduled))  # the lag is taken when the request starts
+            status: int | None = None
+            retry_after, answer = False, b""
             try:
-                async with session.post(spec.url, data=body, headers=headers) as response:
-                    await response.read()
+                async with session.post(url, data=body, headers=headers) as response:
+                    answer = await response.read()
                     status, retry_after = response.status, "Retry-After" in response.headers
             except (TimeoutError, aiohttp.ClientError, OSError, asyncio.CancelledError) as exc:
-                if counted:
-                    report.transport_errors += 1
+                on_done(tag, _Done(scheduled, sent, time.perf_counter(), None, False, b""))
                 if isinstance(exc, asyncio.CancelledError):
                     raise
                 return
             finally:
                 in_flight -= 1
-            done = time.perf_counter()
-            if not counted:
-                return
-            report.statuses[str(status)] += 1
-            if status == 200:
-                report.latencies.append(done - scheduled)
-                report.latencies_from_send.append(done - sent)
-            elif status in SHED_STATUSES and retry_after:
-                report.shed += 1
-            elif status >= 500:
-                report.errors_5xx += 1
+            on_done(tag, _Done(scheduled, sent, time.perf_counter(), status, retry_after, answer))
 
         tasks: set[asyncio.Task[None]] = set()
         start = time.perf_counter()
-        for offset, body in zip(schedule, bodies, strict=True):
+        for offset, body, tag in arrivals:
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            counted = offset >= spec.warmup
-            if in_flight >= spec.max_in_flight:
-                report.dropped_by_generator += counted
+            if in_flight >= max_in_flight:
+                on_dropped(tag)
                 continue
-            scheduled = start + offset
-            report.sent += counted
             in_flight += 1
-            task = asyncio.create_task(one(scheduled, body, counted))
+            task = asyncio.create_task(one(start + offset, body, tag))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-        # Stragglers get until duration + timeout; the session's own timeout normally ends them first.
-        # One yield first, so that every task has started and will count its own outcome if cancelled
+        # Stragglers get until stop_after; the session's own timeout normally ends them first. One
+        # yield first, so that every task has started and will count its own outcome if cancelled
         # (a task cancelled before its first step never runs, and its request would go uncounted).
         await asyncio.sleep(0)
-        remaining = start + spec.duration + spec.timeout - time.perf_counter()
+        remaining = start + stop_after - time.perf_counter()
         if tasks:
             _, pending = await asyncio.wait(set(tasks), timeout=max(0.0, remaining))
             for task in pending:
-                task.cancel()  # counted as transport errors by the task itself
+                task.cancel()  # reported as no answer by the task itself
             await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def run_load(spec: LoadSpec) -> LoadReport:
+    schedule = poisson_schedule(spec.rps, spec.duration, spec.seed)
+    rng = random.Random(spec.seed + 1)  # noqa: S311
+    arrivals = [(offset, json.dumps({"text": rng.choice(list(spec.texts))}).encode(), offset >= spec.warmup)
+                for offset in schedule]  # fmt: skip
+    report = _Tally()
+
+    def sent(counted: bool, lag: float) -> None:
+        if counted:
+            report.sent += 1
+            report.send_lags.append(lag)
+
+    def done(counted: bool, end: _Done) -> None:
+        if not counted:
+            return
+        if end.status is None:
+            report.transport_errors += 1
+            return
+        report.statuses[str(end.status)] += 1
+        if end.status == 200:
+            report.latencies.append(end.done - end.scheduled)
+            report.latencies_from_send.append(end.done - end.sent)
+        elif end.status in SHED_STATUSES and end.retry_after:
+            report.shed += 1
+        elif end.status >= 500:
+            report.errors_5xx += 1
+
+    def dropped(counted: bool) -> None:
+        report.dropped_by_generator += counted
+
+    await _drive(spec.url, arrivals, timeout=spec.timeout, max_in_flight=spec.max_in_flight, on_sent=sent,
+                 on_done=done, on_dropped=dropped, stop_after=spec.duration + spec.timeout)  # fmt: skip
     return report.freeze(spec)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stretch of a load profile: `rps` Poisson arrivals for `seconds`."""
+
+    name: str
+    seconds: float
+    rps: float
+
+
+@dataclass(frozen=True)
+class Request:
+    """One request of a phased run, as its client saw it."""
+
+    at: float
+    """Scheduled send time, seconds from the run's start."""
+    phase: str
+    outcome: str
+    """`answered` (200), `shed` (429/503 with Retry-After), `failed` (any other status, or no answer
+    within the timeout: a connection error, a reset, a timeout) or `dropped` (never sent: the
+    generator's in-flight bound)."""
+    status: int
+    """The HTTP status; 0 when there was none."""
+    latency: float | None
+    """Seconds from the scheduled send to the answer (answered only): coordinated omission charged."""
+    lag: float
+    """Seconds the generator sent it late."""
+    served_by: str = ""
+    """What answered an answered request, as the service says: model or cache."""
+
+
+def phased_schedule(phases: Sequence[Phase], seed: int) -> list[tuple[float, str]]:
+    """(offset from the start, phase name) of every arrival: each phase's own Poisson schedule, in turn."""
+    arrivals, start = [], 0.0
+    for index, phase in enumerate(phases):
+        arrivals += [
+            (start + offset, phase.name) for offset in poisson_schedule(phase.rps, phase.seconds, seed + index)
+        ]
+        start += phase.seconds
+    return arrivals
+
+
+async def run_phases(url: str, phases: Sequence[Phase], texts: Sequence[str], *, record: Callable[[Request], None],
+                     seed: int = 0, timeout: float = 30.0, max_in_flight: int = 4096) -> None:  # fmt: skip
+    """Open-loop load whose rate changes by phase (steady, a surge, back); every request's end goes
+    to `record` as it happens, so a caller can watch the run live. It stops by itself."""
+    if not phases or not texts:
+        raise ValueError("a phased run needs at least one phase and one query text")
+    rng = random.Random(seed + 1)  # noqa: S311
+    arrivals = [(offset, json.dumps({"text": rng.choice(list(texts))}).encode(), name)
+                for offset, name in phased_schedule(phases, seed)]  # fmt: skip
+
+    def sent(tag: Any, lag: float) -> None:
+        """The lag is in each Request (sent minus scheduled)."""
+
+    def done(tag: Any, end: _Done) -> None:
+        at = end.scheduled - started
+        if end.status == 200:
+            served_by = ""
+            with contextlib.suppress(ValueError, AttributeError):
+                served_by = str(json.loads(end.body).get("served_by", ""))
+            record(Request(at, tag, "answered", 200, end.done - end.scheduled, end.sent - end.scheduled, served_by))
+        elif end.status is not None and end.status in SHED_STATUSES and end.retry_after:
+            record(Request(at, tag, "shed", end.status, None, end.sent - end.scheduled))
+        else:
+            record(Request(at, tag, "failed", end.status or 0, None, end.sent - end.scheduled))
+
+    def dropped(tag: Any) -> None:
+        record(Request(time.perf_counter() - started, tag, "dropped", 0, None, 0.0))
+
+    started = time.perf_counter()
+    total = sum(phase.seconds for phase in phases)
+    await _drive(url, arrivals, timeout=timeout, max_in_flight=max_in_flight, on_sent=sent, on_done=done,
+                 on_dropped=dropped, stop_after=total + timeout)  # fmt: skip
 
 
 def run_load_sync(spec: LoadSpec) -> LoadReport:

@@ -8,6 +8,7 @@ import json
 import statistics
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from model_service.load_generator import LoadSpec, percentile, poisson_schedule, run_load_sync
+from model_service.load_generator import (
+    LoadSpec,
+    Phase,
+    percentile,
+    phased_schedule,
+    poisson_schedule,
+    run_load_sync,
+    run_phases,
+)
+from model_service.load_generator import Request as Sent
 from model_service.service_process import free_port
 from peakguard.cli import main
 
@@ -214,3 +224,32 @@ def test_the_command_refuses_an_empty_texts_file(tmp_path: Path, capsys: Any) ->
 def test_the_command_refuses_a_bad_rate(capsys: Any) -> None:
     assert main(["load", "--url", "http://127.0.0.1:1/", "--rps", "-3", "--duration", "1"]) == 2
     assert "rps must be a positive number" in capsys.readouterr().err
+
+
+def test_a_phased_run_changes_rate_by_phase_and_records_every_request_as_it_ends(
+    server: tuple[str, dict[str, Any]],
+) -> None:
+    """The drill's traffic: steady, a surge at 4x, back; every arrival recorded once, by phase and outcome."""
+    url, _ = server
+    phases = (Phase("steady", 1.0, 50), Phase("surge", 1.0, 200), Phase("after", 1.0, 50))
+    seen: list[Sent] = []
+
+    asyncio.run(run_phases(url, phases, ["ok", "shed", "boom"], record=seen.append, seed=7))
+
+    expected = phased_schedule(phases, 7)
+    assert len(seen) == len(expected), "every arrival ends up recorded exactly once"
+    by_phase = Counter(request.phase for request in seen)
+    assert by_phase == Counter(name for _, name in expected)
+    assert by_phase["surge"] > 2.5 * by_phase["steady"]
+    assert {request.outcome for request in seen} == {"answered", "shed", "failed"}
+    assert all(request.latency is not None and request.latency > 0 for request in seen if request.outcome == "answered")
+    assert all(request.status == 500 for request in seen if request.outcome == "failed")
+    assert sorted(request.at for request in seen) == pytest.approx(sorted(at for at, _ in expected), abs=0.05)
+
+
+def test_a_phased_run_counts_a_request_that_never_answers_as_failed(server: tuple[str, dict[str, Any]]) -> None:
+    url, _ = server
+    seen: list[Sent] = []
+    asyncio.run(run_phases(url, (Phase("steady", 0.5, 20),), ["hang"], record=seen.append, timeout=1.0))
+    assert seen
+    assert {(request.outcome, request.status) for request in seen} == {("failed", 0)}
