@@ -99,7 +99,10 @@ class IntentClassifier(nn.Module):
         self.head = nn.Linear(config.hidden, config.num_labels)
 
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(batch, seq) ids and mask -> (batch, hidden) sentence embeddings."""
+        """(batch, seq) ids and mask -> (batch, hidden) sentence embeddings. A sequence longer than the
+        model has positions for is cut to them (the tokenizer's own limit may be the longer one)."""
+        limit = self.position_embeddings.num_embeddings
+        input_ids, attention_mask = input_ids[:, :limit], attention_mask[:, :limit]
         mask = attention_mask.bool()
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(positions)[None] + self.type_embedding

@@ -22,6 +22,20 @@ def test_logits_per_text_and_padding_does_not_change_them(tiny_model: IntentClas
     assert torch.allclose(batched[0], alone[0], atol=1e-5)
 
 
+def test_a_sequence_longer_than_the_models_positions_is_cut_to_them(tiny_model: IntentClassifier) -> None:
+    """The tokenizer may keep more tokens (64) than a small model has positions (32): it answers, on
+    the positions it has, instead of failing every long query with an IndexError (a 500)."""
+    positions = tiny_model.config.max_positions
+    ids = torch.arange(1, 2 * positions + 1).unsqueeze(0)
+    mask = torch.ones_like(ids)
+
+    with torch.no_grad():
+        long = tiny_model(ids, mask)
+        cut = tiny_model(ids[:, :positions], mask[:, :positions])
+
+    assert torch.equal(long, cut)
+
+
 def test_dense_config_has_no_experts_and_moe_adds_their_parameters() -> None:
     dense = IntentClassifier(tiny_config(num_experts=0))
     moe = IntentClassifier(tiny_config(num_experts=8))
