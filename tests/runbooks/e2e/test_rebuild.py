@@ -63,3 +63,29 @@ def test_a_canary_that_never_serves_the_version_rolls_everything_back(world: Wor
     assert world.hold() == HOLD, "the emergency's hold stands"
     _wait(lambda: _canary_replicas(world) == 0, timeout=30)
     print(f"\nrebuild: canary never served v9; rolled back in {finished['rollback_seconds']:.2f} s")
+
+
+def test_after_an_emergency_the_canary_is_judged_against_the_slo_not_the_degraded_fleet(
+    world: World, artifacts: Path
+) -> None:
+    """The fleet degraded by emergency-stop answers repeated queries from its answer table in about a
+    millisecond; the canary runs normal mode (the model for every query) and must not be refused for
+    being slower than that: it is held to the SLO."""
+    import httpx
+
+    degraded = {"model": "light", "precision": "int8", "shedding": True}
+    for url in world.ready_pods():
+        httpx.put(
+            f"{url}/admin/mode", json=degraded, headers={"Authorization": f"Bearer {world.token}"}
+        ).raise_for_status()
+    write_tiny_artifacts(artifacts, version="v3")
+
+    done = world.peakguard("runbook", "run", "rebuild", "--env", "dev", "--kube-url", world.kube_url,
+                           "--window", "2", "--version", "v3", "--canary-timeout", "90")  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    (verified,) = [r for r in _records(world) if r["event"] == "step_verified" and r["step"] == "canary-up"]
+    assert verified["gate"]["raw"]["judgedAgainst"].startswith(
+        "the SLO: the fleet runs degraded on model-service-full-"
+    )
+    assert world.mode()["model"] == "full", "promoted in normal mode"
