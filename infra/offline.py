@@ -10,6 +10,7 @@ the tests and the offline policy check all read an `OfflineRun`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import json
@@ -345,6 +346,8 @@ def run_offline(
     logger.setLevel(logging.INFO)
     messages = _Messages()
     logger.addHandler(messages)
+    # Pulumi's mocks need a current event loop; an earlier asyncio.run() in this thread leaves none.
+    asyncio.set_event_loop(asyncio.new_event_loop())
     pulumi.runtime.set_mocks(answers, project=PROJECT, stack=env, preview=preview, monitor=monitor, logger=logger)
     pulumi.runtime.set_all_config({key: _engine_form(value) for key, value in values.items()})
 

@@ -31,14 +31,76 @@ def register(commands: Any) -> None:
     actions = parser.add_subparsers(dest="lab_action", metavar="ACTION", required=True)
     up = actions.add_parser("up", help="stand the lab up and keep it up until Ctrl-C")
     up.add_argument("--env", default="dev", choices=("dev", "staging", "prod"), help="stack config to seed from")
-    up.add_argument("--artifacts", type=Path, required=True,
-                    help="model versions the pods serve (what `peakguard train --out` wrote)")  # fmt: skip
+    up.add_argument(
+        "--artifacts",
+        type=Path,
+        required=True,
+        help="model versions the pods serve (what `peakguard train --out` wrote)",
+    )
     up.add_argument("--replicas", type=int, default=1, help="Ready full-model replicas to start with (default 1)")
     up.add_argument("--max-pods", type=int, default=4, help="pods beyond this stay Pending (each is a process)")
-    for name, default, what in (("aws-port", 0, "moto"), ("kube-port", 0, "the Kubernetes API"),
-                                ("proxy-port", 0, "the load balancer")):  # fmt: skip
+    for name, default, what in (
+        ("aws-port", 0, "moto"),
+        ("kube-port", 0, "the Kubernetes API"),
+        ("proxy-port", 0, "the load balancer"),
+    ):
         up.add_argument(f"--{name}", type=int, default=default, help=f"port of {what} on 127.0.0.1 (0: a free one)")
     up.set_defaults(handler=_up)
+
+    drill = commands.add_parser(
+        "drill",
+        help="the incident drill: the seed's 8x surge on the real service in the lab, mitigated by the runbooks",
+        description=(
+            "Run the seed's incident on this machine: the real model service in the lab (see `peakguard lab`), "
+            "calibrated (its unloaded p99 and the rate it sustains), steady traffic of real banking77 queries, then "
+            "a surge to 8x the sustainable rate. The cluster's own alert rules are evaluated by a real Prometheus "
+            "(their windows scaled by k) and, when one pages, `peakguard runbook run emergency-stop --yes` runs as "
+            "the on-call would run it; once the surge is over and calm, `rebuild` takes the fleet back to normal. "
+            "The report says what clients saw, when the alert fired and how long each stage of the mitigation took."
+        ),
+    )
+    kinds = drill.add_subparsers(dest="drill_kind", metavar="DRILL", required=True)
+    surge = kinds.add_parser("surge", help="steady load, an 8x surge held, then back", description=drill.description)
+    surge.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="the data sets (banking77/ inside); default $PEAKGUARD_DATA, else ../shared/data",
+    )
+    surge.add_argument(
+        "--artifacts",
+        type=Path,
+        default=None,
+        help="trained models to serve (peakguard train --out); default: quick models, made once",
+    )
+    surge.add_argument("--cache", type=Path, default=Path(".peakguard-cache"), help="where quick models are kept")
+    surge.add_argument("--out", type=Path, default=Path("drill-out"), help="journals, logs, Prometheus data")
+    surge.add_argument("--json", type=Path, default=None, help="write every number of the report here")
+    surge.add_argument("--plot", type=Path, default=None, help="write the plot here (PNG)")
+    surge.add_argument("--no-autopilot", action="store_true", help="the same surge with nobody acting")
+    surge.add_argument(
+        "--fault",
+        default=None,
+        choices=("replica", "node", "zone", "cold", "slow-layer", "bad-step"),
+        help="a fault at the surge's peak",
+    )
+    surge.add_argument("--steady", type=float, default=30.0, help="seconds of steady traffic first (default 30)")
+    surge.add_argument("--surge", type=float, default=90.0, help="seconds the surge is held (default 90)")
+    surge.add_argument("--after", type=float, default=60.0, help="seconds of steady traffic after it (default 60)")
+    surge.add_argument("--factor", type=float, default=8.0, help="the surge as a multiple of the sustainable rate")
+    surge.add_argument(
+        "--max-surge-rps",
+        type=float,
+        default=None,
+        help="a ceiling on the surge (the generator and the lab's load balancer share one process); reported",
+    )
+    surge.add_argument(
+        "--k",
+        type=float,
+        default=0.05,
+        help="time scale of the alert rules: every for:, range and offset times k (default 0.05)",
+    )
+    surge.set_defaults(handler=_drill)
 
 
 def _up(args: argparse.Namespace) -> int:
@@ -48,13 +110,23 @@ def _up(args: argparse.Namespace) -> int:
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
     if not args.artifacts.is_dir():
-        print(f"peakguard lab: --artifacts {args.artifacts} is not a folder of model versions "
-              "(make one with `peakguard train --out DIR`)", file=sys.stderr)  # fmt: skip
+        print(
+            f"peakguard lab: --artifacts {args.artifacts} is not a folder of model versions "
+            "(make one with `peakguard train --out DIR`)",
+            file=sys.stderr,
+        )
         return 2
     with tempfile.TemporaryDirectory(prefix="peakguard-lab-") as workdir, _sigterm_as_interrupt():
-        settings = LabSettings(artifacts=args.artifacts, workdir=Path(workdir), env=args.env, replicas=args.replicas,
-                               max_pods=args.max_pods, aws_port=args.aws_port, kube_port=args.kube_port,
-                               proxy_port=args.proxy_port)  # fmt: skip
+        settings = LabSettings(
+            artifacts=args.artifacts,
+            workdir=Path(workdir),
+            env=args.env,
+            replicas=args.replicas,
+            max_pods=args.max_pods,
+            aws_port=args.aws_port,
+            kube_port=args.kube_port,
+            proxy_port=args.proxy_port,
+        )
         try:
             with Lab(settings) as lab:
                 exports = " ".join(f"{key}={value}" for key, value in sorted(lab.aws_env.items()))
@@ -76,6 +148,48 @@ def _up(args: argparse.Namespace) -> int:
         except LabError as exc:
             print(f"peakguard lab: {exc}", file=sys.stderr)
             return 2
+    return 0
+
+
+def _drill(args: argparse.Namespace) -> int:
+    import os
+
+    from lab.drill import DrillError, DrillSettings, run
+    from lab.drill_report import plot, render, report, write_json
+    from lab.lab import LabError
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    data = args.data or Path(os.environ.get("PEAKGUARD_DATA") or Path.cwd().parent / "shared" / "data")
+    try:
+        settings = DrillSettings(
+            data=data,
+            out=args.out,
+            cache=args.cache,
+            artifacts=args.artifacts,
+            steady_seconds=args.steady,
+            surge_seconds=args.surge,
+            after_seconds=args.after,
+            surge_factor=args.factor,
+            max_surge_rps=args.max_surge_rps,
+            time_scale=args.k,
+            autopilot=not args.no_autopilot,
+            fault=args.fault,
+        )
+        timeline = run(settings, log=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("drill stopped: every process and port it started is stopped", file=sys.stderr)
+        return 130
+    except (DrillError, LabError) as exc:
+        print(f"peakguard drill: {exc}", file=sys.stderr)
+        return 2
+    numbers = report(timeline, settings)
+    print("\n" + render(numbers))
+    if args.json:
+        write_json(numbers, args.json)
+        print(f"report: {args.json}")
+    if args.plot:
+        plot(timeline, numbers, args.plot)
+        print(f"plot: {args.plot}")
     return 0
 
 

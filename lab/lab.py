@@ -91,20 +91,35 @@ class LabSettings:
     """0: any free port."""
     ready_timeout: float = 180.0
     """Seconds the first replicas may take to be Ready."""
+    warm_spares: int = 0
+    """Serving processes started ahead, handed to the next pods the controllers start. On a cluster
+    a new pod starts on a node of its own; here it would load its models on the cores the serving
+    pods need (at a surge, exactly when they need them), so the lab can start them warm. Their
+    steady share of the cores remains: scaling out adds no capacity on one machine."""
 
 
 class ServePod:
     """One emulated pod's container: `peakguard serve` on the pod's own loopback address."""
 
-    def __init__(self, pod: str, address: str, *, port: int, artifacts: Path, token: str, folder: Path,
-                 settings: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        pod: str,
+        address: str,
+        *,
+        port: int,
+        artifacts: Path,
+        token: str,
+        folder: Path,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
         self.address, self.port, self.pod = address, port, pod
         self.url = f"http://{address}:{port}"
         self.mode_dir = folder / pod
         self.mode_dir.mkdir(parents=True)
         serve = {"artifacts": str(artifacts), "mode_file": str(self.mode_dir), "max_wait": 0.002, **(settings or {})}
-        self.process = ServiceProcess(serve, host=address, port=port, admin_token=token, ready_timeout=120,
-                                      log_dir=folder)  # fmt: skip
+        self.process = ServiceProcess(
+            serve, host=address, port=port, admin_token=token, ready_timeout=120, log_dir=folder
+        )
         self.process.start()
 
     def ready(self) -> bool:
@@ -133,6 +148,8 @@ class Lab:
         self.pods: list[ServePod] = []
         self.on_pod_started: list[Callable[[ServePod], None]] = []
         """Called with each pod's container once its process started (tests break some on purpose)."""
+        self._pod_port = free_port()
+        self._spares: dict[str, ServePod] = {}
         self.aws_env: dict[str, str] = {}
         self.targets: TargetsDocument
         self.kubernetes: LocalKubernetes
@@ -145,16 +162,23 @@ class Lab:
 
     def __enter__(self) -> Lab:
         settings = self.settings
-        for name, port in (("--aws-port", settings.aws_port), ("--kube-port", settings.kube_port),
-                           ("--proxy-port", settings.proxy_port)):  # fmt: skip
+        for name, port in (
+            ("--aws-port", settings.aws_port),
+            ("--kube-port", settings.kube_port),
+            ("--proxy-port", settings.proxy_port),
+        ):
             _refuse_if_taken(name, port)
         program = settings.program or run_offline(settings.env, project_dir=settings.project_dir)
         self.targets = TargetsDocument.from_dict(program.outputs["targets"])
         try:
             url = self._stack.enter_context(moto_server(port=settings.aws_port))
-            self.aws_env = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": _REGION, "AWS_REGION": _REGION,
-                            "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
-                            "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"]}  # fmt: skip
+            self.aws_env = {
+                "AWS_ENDPOINT_URL": url,
+                "AWS_DEFAULT_REGION": _REGION,
+                "AWS_REGION": _REGION,
+                "AWS_ACCESS_KEY_ID": CREDENTIALS["aws_access_key_id"],
+                "AWS_SECRET_ACCESS_KEY": CREDENTIALS["aws_secret_access_key"],
+            }
             self._seed_aws()
             self.kubernetes = self._stack.enter_context(LocalKubernetes(port=settings.kube_port))
             self._seed_kubernetes(program)
@@ -165,8 +189,12 @@ class Lab:
                 )
                 self.node_groups = self._stack.enter_context(players)
             self.controllers = self._stack.enter_context(self._controllers())
-            self._wait(lambda: len(self.ready_backends()) >= settings.replicas, settings.ready_timeout,
-                       f"{settings.replicas} Ready model-service replica(s)")  # fmt: skip
+            self._wait(
+                lambda: len(self.ready_backends()) >= settings.replicas,
+                settings.ready_timeout,
+                f"{settings.replicas} Ready model-service replica(s)",
+            )
+            self._start_spares()
             self.proxy = self._stack.enter_context(
                 LorProxy(self.ready_backends, refresh_interval=0.2, port=settings.proxy_port)
             )
@@ -221,8 +249,9 @@ class Lab:
         eks: Any = boto3.client("eks", **self.client_args())
         ssm: Any = boto3.client("ssm", **self.client_args())
         cluster = self.targets.cluster.name
-        eks.create_cluster(name=cluster, roleArn="arn:aws:iam::123456789012:role/eks",
-                           resourcesVpcConfig={"subnetIds": ["subnet-1"]})  # fmt: skip
+        eks.create_cluster(
+            name=cluster, roleArn="arn:aws:iam::123456789012:role/eks", resourcesVpcConfig={"subnetIds": ["subnet-1"]}
+        )
         played = self.settings.nodes == "node-groups"
         for group in self.targets.node_groups:
             if group.generation is None or (not played and group.pool != "full"):
@@ -230,10 +259,14 @@ class Lab:
             # One node an AZ serving; an incoming generation declared empty at its image.
             desired = 1 if group.serving else 0
             incoming = {} if group.serving else dict(self.settings.incoming_image)
-            eks.create_nodegroup(clusterName=cluster, nodegroupName=group.name, subnets=["subnet-1"],
-                                 nodeRole="arn:aws:iam::123456789012:role/node",
-                                 scalingConfig={"minSize": 0, "desiredSize": desired, "maxSize": 2},
-                                 **incoming)  # fmt: skip
+            eks.create_nodegroup(
+                clusterName=cluster,
+                nodegroupName=group.name,
+                subnets=["subnet-1"],
+                nodeRole="arn:aws:iam::123456789012:role/node",
+                scalingConfig={"minSize": 0, "desiredSize": desired, "maxSize": 2},
+                **incoming,
+            )
         env = self.settings.env
         ssm.put_parameter(Name=parameter_name(env), Value=self.targets.to_json(), Type="String", Overwrite=True)
         for name in (hold_parameter_name(env), freeze_parameter_name(env)):
@@ -249,27 +282,63 @@ class Lab:
         secret = {"stringData": None, "data": {"token": base64.b64encode(self.token.encode()).decode()}}
         store.patch("secrets", NAMESPACE, "model-service-admin", secret, content_type="application/merge-patch+json")
         if self.settings.replicas > 1:
-            store.patch("horizontalpodautoscalers", NAMESPACE, "model-service-full",
-                        {"spec": {"minReplicas": self.settings.replicas}},
-                        content_type="application/merge-patch+json")  # fmt: skip
+            store.patch(
+                "horizontalpodautoscalers",
+                NAMESPACE,
+                "model-service-full",
+                {"spec": {"minReplicas": self.settings.replicas}},
+                content_type="application/merge-patch+json",
+            )
+
+    def _start_spares(self) -> None:
+        """Warm serving processes on the addresses the controllers give the next pods."""
+        first = 2 + len(self.pods)
+        for address in (f"127.0.0.{first + n}" for n in range(self.settings.warm_spares)):
+            self._spares[address] = self._serve_pod(f"spare-{address}", address)
+        self._wait(
+            lambda: all(spare.ready() for spare in self._spares.values()),
+            self.settings.ready_timeout,
+            f"{self.settings.warm_spares} warm spare(s)",
+        )
+
+    def _serve_pod(self, pod: str, address: str) -> ServePod:
+        settings = self.settings
+        started = ServePod(
+            pod,
+            address,
+            port=self._pod_port,
+            artifacts=settings.artifacts,
+            token=self.token,
+            folder=settings.workdir / "pods",
+            settings=settings.pod_settings,
+        )
+        self.pods.append(started)
+        return started
 
     def _controllers(self) -> Controllers:
         settings = self.settings
-        port = free_port()
 
         def start_pod(pod: str, template: Mapping[str, Any], address: str) -> ServePod:
-            started = ServePod(pod, address, port=port, artifacts=settings.artifacts, token=self.token,
-                               folder=settings.workdir / "pods", settings=settings.pod_settings)  # fmt: skip
-            self.pods.append(started)
+            started = self._spares.pop(address, None)
+            if started is not None:
+                started.pod = pod
+            else:
+                started = self._serve_pod(pod, address)
             for hook in self.on_pod_started:
                 hook(started)
             return started
 
         if settings.nodes == "node-groups":
-            return Controllers(self.store, backends=start_pod, delays=settings.delays, max_pods=settings.max_pods,
-                               nodes=())  # fmt: skip
-        return Controllers(self.store, backends=start_pod, delays=settings.delays, max_pods=settings.max_pods,
-                           node_labels={"peakguard.io/pool": "full"})  # fmt: skip
+            return Controllers(
+                self.store, backends=start_pod, delays=settings.delays, max_pods=settings.max_pods, nodes=()
+            )
+        return Controllers(
+            self.store,
+            backends=start_pod,
+            delays=settings.delays,
+            max_pods=settings.max_pods,
+            node_labels={"peakguard.io/pool": "full"},
+        )
 
     @staticmethod
     def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:

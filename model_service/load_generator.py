@@ -239,9 +239,11 @@ class _Done:
 
 async def _drive(url: str, arrivals: Sequence[tuple[float, bytes, Any]], *, timeout: float, max_in_flight: int,
                  on_sent: Callable[[Any, float], None], on_done: Callable[[Any, _Done], None],
-                 on_dropped: Callable[[Any], None], stop_after: float) -> None:  # fmt: skip
+                 on_dropped: Callable[[Any], None], stop_after: float,
+                 stop_when: Callable[[], bool] | None = None) -> None:  # fmt: skip
     """Send each (offset, body, tag) at its offset from now, whatever the server does; report each
-    one's end to `on_done`. Nothing is awaited past `stop_after` seconds from the start."""
+    one's end to `on_done`. Nothing is awaited past `stop_after` seconds from the start; no arrival
+    is sent once `stop_when()` says so (those still open finish)."""
     in_flight = 0
     connector = aiohttp.TCPConnector(limit=max_in_flight, force_close=False)
     headers = {"Content-Type": "application/json"}
@@ -273,6 +275,8 @@ async def _drive(url: str, arrivals: Sequence[tuple[float, bytes, Any]], *, time
             delay = start + offset - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if stop_when is not None and stop_when():
+                break
             if in_flight >= max_in_flight:
                 on_dropped(tag)
                 continue
@@ -369,9 +373,11 @@ def phased_schedule(phases: Sequence[Phase], seed: int) -> list[tuple[float, str
 
 
 async def run_phases(url: str, phases: Sequence[Phase], texts: Sequence[str], *, record: Callable[[Request], None],
-                     seed: int = 0, timeout: float = 30.0, max_in_flight: int = 4096) -> None:  # fmt: skip
+                     seed: int = 0, timeout: float = 30.0, max_in_flight: int = 4096,
+                     stop_when: Callable[[], bool] | None = None) -> None:  # fmt: skip
     """Open-loop load whose rate changes by phase (steady, a surge, back); every request's end goes
-    to `record` as it happens, so a caller can watch the run live. It stops by itself."""
+    to `record` as it happens, so a caller can watch the run live. It stops by itself, at the end of
+    its last phase or, earlier, once `stop_when()` says so."""
     if not phases or not texts:
         raise ValueError("a phased run needs at least one phase and one query text")
     rng = random.Random(seed + 1)  # noqa: S311
@@ -399,7 +405,7 @@ async def run_phases(url: str, phases: Sequence[Phase], texts: Sequence[str], *,
     started = time.perf_counter()
     total = sum(phase.seconds for phase in phases)
     await _drive(url, arrivals, timeout=timeout, max_in_flight=max_in_flight, on_sent=sent, on_done=done,
-                 on_dropped=dropped, stop_after=total + timeout)  # fmt: skip
+                 on_dropped=dropped, stop_after=total + timeout, stop_when=stop_when)  # fmt: skip
 
 
 def run_load_sync(spec: LoadSpec) -> LoadReport:

@@ -1,0 +1,516 @@
+"""The incident drill: the seed's 8x surge against the real model service in the lab, detected by
+the cluster's own alert rules and mitigated by peakguard's runbooks as an on-call engineer runs them.
+
+One run, in order:
+1. models: `--artifacts` (trained), or quick ones made once and cached (model_service.quick_models);
+2. calibration: one serving process measures its unloaded p99 and the rate it sustains (p99 within
+   3x unloaded, the benchmark's definition); the lab's SLO is that 3x, admission's budget 2x, and
+   "8x" is eight times the sustainable rate;
+3. the lab for the environment (lab.lab), its stack config's SLO set to the measured one, and a real
+   Prometheus (lab.prometheus) scraping its pods and evaluating the cluster's alert rules with every
+   window scaled by k;
+4. open-loop traffic of real banking77 queries through the lab's load balancer: steady at half the
+   sustainable rate, the surge at 8x within a second, held, then back;
+5. the autopilot: when an alert whose runbook is emergency-stop fires, `peakguard runbook run
+   emergency-stop --yes` runs (the same CLI, engine, lock and journal as on call); once the surge
+   is over and nothing has fired for a while, `rebuild` takes the fleet back to normal mode;
+6. a fault, if asked for, at the surge's peak;
+7. the report (lab.drill_report): what clients saw, when the alert fired, how long each stage of
+   the mitigation took, the runbooks' journals, the scraped series per pod.
+
+One machine is not a cluster: replicas are processes sharing these cores, so scaling out adds no
+capacity here; degrading (light model, INT8, the answer table) does. The report says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
+from lab.lab import NAMESPACE, Lab, LabSettings
+from lab.prometheus import Firing, Prometheus
+from model_service.benchmark import sustainable_rate, unloaded_p99
+from model_service.load_generator import Phase, Request, run_phases
+from model_service.service_process import ServiceProcess
+
+__all__ = ["FAULTS", "DrillError", "DrillSettings", "Timeline", "run"]
+
+FAULTS = ("replica", "node", "zone", "cold", "slow-layer", "bad-step")
+Log = Callable[[str], None]
+
+
+class DrillError(RuntimeError):
+    """The drill cannot run as asked; the message names the input and the fix."""
+
+
+@dataclass(frozen=True)
+class DrillSettings:
+    data: Path
+    """The public data sets (banking77/ inside): `$PEAKGUARD_DATA`, fetched by `.ci/fetch_data`."""
+    out: Path
+    """Where the run's journals, Prometheus data, logs and report go."""
+    cache: Path
+    """Where quick models are kept between runs."""
+    artifacts: Path | None = None
+    """Trained models to serve instead of quick ones."""
+    env: str = "dev"
+    steady_seconds: float = 30.0
+    surge_seconds: float = 90.0
+    after_seconds: float = 60.0
+    after_max_seconds: float = 240.0
+    """The after phase goes on, past `after_seconds`, while the autopilot still has work (rebuild
+    needs traffic to compare its canary with), up to this."""
+    surge_factor: float = 8.0
+    """The surge, as a multiple of the sustainable rate (the seed's 8x)."""
+    max_surge_rps: float | None = None
+    """A ceiling on the surge: the load generator and the lab's load balancer share one process, and a
+    fast model's 8x can be more than they offer on 2 cores. The report says when it capped the surge."""
+    steady_share: float = 0.5
+    """Steady traffic, as a share of the sustainable rate."""
+    time_scale: float = 0.05
+    """k: every alert's `for:`, range and offset times this (2 minutes become 6 s)."""
+    autopilot: bool = True
+    fault: str | None = None
+    seed: int = 0
+    calibration_seconds: float = 5.0
+    """Length of the unloaded run and of each step of the sustainable-rate search."""
+    max_pods: int = 5
+    """Pods the lab can run: the replicas emergency-stop plans (its capacity estimate) and rebuild's
+    canary beside them; each beyond the first is a warm spare process until a pod takes it."""
+    quiet_before_rebuild: float = 10.0
+    """Seconds without a firing alert, after the surge, before `rebuild` runs."""
+    window: float | None = None
+    """The runbooks' `--window` (a gate's window lasts at least this and up to five times it, for the
+    100 answers a p99 needs); default: long enough that five of them hold 150 steady-phase requests."""
+
+    def __post_init__(self) -> None:
+        if self.fault is not None and self.fault not in FAULTS:
+            raise DrillError(f"--fault {self.fault!r} is not one of {', '.join(FAULTS)}")
+        for name in ("steady_seconds", "surge_seconds", "after_seconds", "surge_factor", "time_scale"):
+            if getattr(self, name) <= 0:
+                raise DrillError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+@dataclass
+class Timeline:
+    """What happened, as it happened; the report is computed from it."""
+
+    started: float = 0.0
+    """Unix time the traffic began."""
+    phases: list[Phase] = field(default_factory=list)
+    requests: list[Request] = field(default_factory=list)
+    alerts: dict[str, float] = field(default_factory=dict)
+    """Alert name -> Unix time it was first seen firing."""
+    runbooks: list[dict[str, Any]] = field(default_factory=list)
+    """Each runbook run: name, command, started, ended, exit status, journal, output."""
+    events: list[tuple[float, str]] = field(default_factory=list)
+    """(Unix time, what happened): faults, decisions, notes."""
+    calibration: dict[str, Any] = field(default_factory=dict)
+    models: str = ""
+    series: dict[str, Any] = field(default_factory=dict)
+    """Scraped series per pod, from Prometheus, at the end."""
+    autopilot_done: threading.Event = field(default_factory=threading.Event)
+    """Set once the autopilot has nothing more to do (or there is none)."""
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def note(self, text: str) -> None:
+        with self.lock:
+            self.events.append((time.time(), text))
+
+    def phase_start(self, name: str) -> float:
+        offset = 0.0
+        for phase in self.phases:
+            if phase.name == name:
+                return self.started + offset
+            offset += phase.seconds
+        raise KeyError(name)
+
+
+def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
+    """Run the drill; the timeline it leaves (lab.drill_report turns it into numbers)."""
+    timeline = Timeline()
+    settings.out.mkdir(parents=True, exist_ok=True)
+    texts = _queries(settings.data)
+    models = _models(settings, log)
+    timeline.models = _models_line(models)
+    log(f"models: {timeline.models}")
+    timeline.calibration = _calibrate(models, texts, settings, log)
+    slo, budget = timeline.calibration["slo_seconds"], timeline.calibration["latency_budget_seconds"]
+    sustainable = timeline.calibration["sustainable_rps"]
+    surge_rps = settings.surge_factor * sustainable
+    if settings.max_surge_rps is not None and surge_rps > settings.max_surge_rps:
+        timeline.calibration["surge_capped_from_rps"] = surge_rps
+        log(f"surge capped at {settings.max_surge_rps:.0f} rps (8x would be {surge_rps:.0f})")
+        surge_rps = settings.max_surge_rps
+    timeline.phases = [
+        Phase("steady", settings.steady_seconds, settings.steady_share * sustainable),
+        Phase("surge", settings.surge_seconds, surge_rps),
+        Phase("after", max(settings.after_seconds, settings.after_max_seconds), settings.steady_share * sustainable),
+    ]
+    program = _program(settings.env, slo)
+    lab_settings = LabSettings(
+        artifacts=models,
+        workdir=settings.out / "lab",
+        env=settings.env,
+        program=program,
+        pod_settings={"latency_budget": budget},
+        max_pods=settings.max_pods,
+        warm_spares=settings.max_pods - 1,
+    )
+    log(f"lab: standing up {settings.env} (SLO p99 {slo * 1000:.0f} ms, admission budget {budget * 1000:.0f} ms)")
+    with (
+        _sigterm_as_interrupt(),
+        Lab(lab_settings) as lab,
+        Prometheus(
+            settings.out / "prometheus",
+            env=settings.env,
+            namespace=NAMESPACE,
+            slo_seconds=slo,
+            time_scale=settings.time_scale,
+        ) as prometheus,
+    ):
+        stop = threading.Event()
+        threads = [threading.Thread(target=_follow_pods, args=(lab, prometheus, stop), daemon=True)]
+        if settings.autopilot:
+            threads.append(
+                threading.Thread(target=_autopilot, args=(lab, prometheus, settings, timeline, stop, log), daemon=True)
+            )
+        else:
+            timeline.autopilot_done.set()
+            threads.append(threading.Thread(target=_watch_loop, args=(prometheus, timeline, stop), daemon=True))
+        if settings.fault is not None:
+            threads.append(threading.Thread(target=_fault, args=(lab, settings, timeline, stop, log), daemon=True))
+        for thread in threads:
+            thread.start()
+        progress = threading.Thread(target=_progress, args=(timeline, stop, log), daemon=True)
+        try:
+            timeline.started = time.time()
+            progress.start()
+            asyncio.run(
+                run_phases(
+                    f"{lab.proxy_url}/v1/intent",
+                    timeline.phases,
+                    texts,
+                    record=timeline.requests.append,
+                    seed=settings.seed,
+                    timeout=10,
+                    stop_when=lambda: _enough(timeline, settings),
+                )
+            )
+            _finish_runbooks(timeline, stop)
+        finally:
+            stop.set()
+            for thread in [*threads, progress]:
+                thread.join(timeout=30)
+        timeline.series = _series(prometheus, timeline)
+    return timeline
+
+
+# --- Preparation --------------------------------------------------------------------------------
+
+
+def _queries(data: Path) -> list[str]:
+    from model_service.datasets import DatasetError, load_banking77
+
+    folder = data / "banking77"
+    if not (folder / "test.csv").is_file():
+        raise DrillError(
+            f"no banking77 data under {data} (expected {folder / 'test.csv'}): set PEAKGUARD_DATA or pass "
+            "--data, or download the data sets with `.ci/fetch_data DIR`"
+        )
+    try:
+        return list(load_banking77(folder).test.texts)
+    except DatasetError as exc:
+        raise DrillError(str(exc)) from None
+
+
+def _models(settings: DrillSettings, log: Log) -> Path:
+    if settings.artifacts is not None:
+        if not settings.artifacts.is_dir():
+            raise DrillError(f"--artifacts {settings.artifacts} is not a folder of model versions (peakguard train)")
+        return settings.artifacts
+    from model_service import quick_models
+
+    started = time.monotonic()
+    root = quick_models.prepare(settings.data, settings.cache, log=log)
+    log(f"models ready in {time.monotonic() - started:.0f} s")
+    return root
+
+
+def _models_line(root: Path) -> str:
+    """Which models serve, and how good they are, so nobody mistakes a quick model for a trained one."""
+    from model_service.artifacts import ModelCard, newest_version
+
+    folder = root / newest_version(root)
+    parts = []
+    for name in ("full", "light"):
+        path = folder / f"{name}.json"
+        card = ModelCard.from_json(path.read_text(), source=str(path))
+        recipe = card.training.get("recipe", "trained")
+        accuracy = card.metrics.get("test_accuracy")
+        shown = f"{100 * accuracy:.1f}% on banking77's test split" if isinstance(accuracy, float) else "no accuracy"
+        parts.append(f"{name} ({recipe}): {shown}")
+    return f"{'; '.join(parts)} (version {folder.name})"
+
+
+def _calibrate(models: Path, texts: list[str], settings: DrillSettings, log: Log) -> dict[str, Any]:
+    """The benchmark's definitions, measured on serving processes of this machine: the unloaded p99
+    (the median of three runs, after a warm-up: one noisy run would move the SLO), then, with
+    admission's budget at 2x that, the rate sustained with p99 within 3x, confirmed over a longer run."""
+    log("calibration: one serving process, unloaded p99, then the rate it sustains")
+    seconds, seed = settings.calibration_seconds, settings.seed
+    serve = {"artifacts": str(models), "max_wait": 0.002}
+    with ServiceProcess(serve, ready_timeout=180, log_dir=settings.out) as probe:
+        unloaded_p99(probe.url, texts, seconds=seconds, seed=seed)  # warm-up: thread pools, allocator
+        runs = sorted(unloaded_p99(probe.url, texts, seconds=seconds, seed=seed + n)[0] for n in range(3))
+    baseline = runs[1]
+    slo, budget = 3.0 * baseline, 2.0 * baseline
+    with ServiceProcess({**serve, "latency_budget": budget}, ready_timeout=180, log_dir=settings.out) as probe:
+        unloaded_p99(probe.url, texts, seconds=seconds, seed=seed)
+        sustainable, steps = sustainable_rate(
+            probe.url,
+            texts,
+            slo=slo,
+            start_rps=5.0,
+            step_seconds=seconds,
+            seed=seed,
+            log=log,
+            confirm_seconds=2 * seconds,
+        )
+    shown = ", ".join(f"{r * 1000:.0f}" for r in runs)
+    surge = settings.surge_factor * sustainable
+    log(
+        f"calibration: unloaded p99 {baseline * 1000:.1f} ms (runs {shown}), sustains {sustainable:.0f} rps; "
+        f"surge {settings.surge_factor:g}x = {surge:.0f} rps"
+    )
+    return {
+        "unloaded_p99_seconds": baseline,
+        "unloaded_p99_runs_seconds": runs,
+        "slo_seconds": slo,
+        "latency_budget_seconds": budget,
+        "sustainable_rps": sustainable,
+        "steps": steps,
+    }
+
+
+def _program(env: str, slo: float) -> OfflineRun:
+    """The Pulumi program for `env` with the SLO this machine was measured to meet (the alerts and
+    the runbooks' gates read it from there, as they would from a real stack's config)."""
+    values = load_stack_file(find_project_dir(), env)
+    kubernetes = dict(values.get("peakguard:kubernetes") or {})
+    kubernetes["modelService"] = {
+        **(kubernetes.get("modelService") or {}),
+        "sloP99Milliseconds": max(10, round(slo * 1000)),
+    }
+    return run_offline(env, overrides={"peakguard:kubernetes": kubernetes})
+
+
+# --- While it runs ------------------------------------------------------------------------------
+
+
+def _enough(timeline: Timeline, settings: DrillSettings) -> bool:
+    """The traffic may end: the after phase has lasted its minimum and the autopilot is done."""
+    after = timeline.phase_start("after")
+    return time.time() >= after + settings.after_seconds and timeline.autopilot_done.is_set()
+
+
+def _follow_pods(lab: Lab, prometheus: Prometheus, stop: threading.Event) -> None:
+    """Prometheus scrapes the Ready pods, as the PodMonitor makes it do in the cluster."""
+    known: list[tuple[str, str]] = []
+    while not stop.is_set():
+        with contextlib.suppress(Exception):
+            now = lab.ready_backends()
+            if now != known:
+                prometheus.set_targets(now)
+                known = now
+        stop.wait(0.5)
+
+
+def _watch(prometheus: Prometheus, timeline: Timeline) -> list[Firing]:
+    """Record when each alert is first seen firing; the alerts firing now."""
+    firing: list[Firing] = []
+    with contextlib.suppress(Exception):
+        firing = prometheus.firing()
+    with timeline.lock:
+        for alert in firing:
+            timeline.alerts.setdefault(alert.name, time.time())
+    return firing
+
+
+def _watch_loop(prometheus: Prometheus, timeline: Timeline, stop: threading.Event) -> None:
+    while not stop.is_set():
+        _watch(prometheus, timeline)
+        stop.wait(1.0)
+
+
+def _autopilot(
+    lab: Lab, prometheus: Prometheus, settings: DrillSettings, timeline: Timeline, stop: threading.Event, log: Log
+) -> None:
+    """What the on-call does when paged: run the runbook the alert names, then rebuild once calm."""
+    mitigated = rebuilt = False
+    quiet_since: float | None = None
+    while not stop.is_set():
+        firing = _watch(prometheus, timeline)
+        now = time.time()
+        paging = [alert for alert in firing if alert.annotations.get("runbook") == "emergency-stop"]
+        if paging and not mitigated:
+            names = ", ".join(sorted({alert.name for alert in paging}))
+            timeline.note(f"paged: {names}; running emergency-stop")
+            log(f"autopilot: {names} firing; running emergency-stop")
+            _runbook(lab, settings, timeline, "emergency-stop", "--capacity-timeout", "120", "--recovery-timeout", "60")
+            mitigated = True
+            continue
+        quiet_since = (quiet_since or now) if not firing else None
+        calm = quiet_since is not None and now - quiet_since >= settings.quiet_before_rebuild
+        if mitigated and not rebuilt and calm and now >= timeline.phase_start("after"):
+            version = _served_version(lab)
+            timeline.note(f"calm for {settings.quiet_before_rebuild:g} s after the surge; running rebuild")
+            log("autopilot: the surge is over and nothing fires; running rebuild (back to normal mode)")
+            _runbook(lab, settings, timeline, "rebuild", "--version", version, "--canary-timeout", "120")
+            rebuilt = True
+            timeline.autopilot_done.set()
+        elif not mitigated and now >= timeline.phase_start("after") + settings.after_seconds:
+            timeline.autopilot_done.set()  # nothing paged: nothing to take back
+        stop.wait(1.0)
+
+
+def _served_version(lab: Lab) -> str:
+    from model_service.artifacts import newest_version
+
+    return newest_version(lab.settings.artifacts)
+
+
+def _runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *args: str) -> None:
+    """`peakguard runbook run NAME --yes` as the on-call would type it; waits for it to end."""
+    journals = settings.out / "journal"
+    command = [
+        sys.executable,
+        "-m",
+        "peakguard",
+        "runbook",
+        "run",
+        name,
+        "--env",
+        settings.env,
+        "--kube-url",
+        lab.kube_url,
+        "--window",
+        f"{_window(settings, timeline):g}",
+        "--yes",
+        "--operator",
+        "drill-autopilot",
+        *args,
+    ]
+    env = lab.command_env(os.environ) | {"PEAKGUARD_JOURNAL_DIR": str(journals)}
+    before = set(journals.glob("*.jsonl")) if journals.is_dir() else set()
+    entry: dict[str, Any] = {"runbook": name, "command": " ".join(command[2:]), "started": time.time()}
+    with timeline.lock:
+        timeline.runbooks.append(entry)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603
+    journal = sorted(set(journals.glob("*.jsonl")) - before)
+    entry.update(
+        ended=time.time(),
+        exit=done.returncode,
+        output=done.stdout + done.stderr,
+        journal=str(journal[0]) if journal else None,
+    )
+
+
+def _window(settings: DrillSettings, timeline: Timeline) -> float:
+    """The runbooks' traffic window: given, or sized so that the steady rate fills a p99's sample."""
+    if settings.window is not None:
+        return settings.window
+    steady = timeline.phases[0].rps
+    return round(min(20.0, max(2.0, 150 / (5 * steady))), 1)
+
+
+def _finish_runbooks(timeline: Timeline, stop: threading.Event) -> None:
+    """The traffic has ended; a runbook still running is let finish (bounded by its own timeouts)."""
+    deadline = time.time() + 300
+    while time.time() < deadline and any("ended" not in entry for entry in timeline.runbooks):
+        time.sleep(0.5)
+
+
+def _fault(lab: Lab, settings: DrillSettings, timeline: Timeline, stop: threading.Event, log: Log) -> None:
+    """The fault at the surge's peak (its middle)."""
+    peak = timeline.phase_start("surge") + settings.surge_seconds / 2
+    while not stop.is_set() and time.time() < peak:
+        stop.wait(0.2)
+    if stop.is_set():
+        return
+    fault = settings.fault
+    timeline.note(f"fault: {fault}")
+    log(f"fault: {fault}")
+    if fault == "replica":
+        pods = lab.ready_backends()
+        victim = next((pod for pod in lab.pods if pods and pod.pod == pods[0][0]), None)
+        if victim is not None:
+            os.kill(victim.process.pid or 0, signal.SIGKILL)
+            timeline.note(f"killed {victim.pod}'s serving process")
+
+
+def _progress(timeline: Timeline, stop: threading.Event, log: Log) -> None:
+    """One line a few seconds: where the run is, what clients see, what fires, what runs."""
+    while not stop.wait(5.0):
+        now = time.time()
+        recent = [r for r in list(timeline.requests) if timeline.started + r.at >= now - 5]
+        answered = sorted(r.latency for r in recent if r.latency is not None)
+        p99 = answered[int(0.99 * (len(answered) - 1))] * 1000 if answered else float("nan")
+        shed = sum(r.outcome == "shed" for r in recent)
+        failed = sum(r.outcome in ("failed", "dropped") for r in recent)
+        phase = _phase_at(timeline, now - timeline.started)
+        running = [entry["runbook"] for entry in timeline.runbooks if "ended" not in entry]
+        rates = f"{len(recent) / 5:6.0f} req/s  answered {len(answered) / 5:5.0f}/s  shed {shed / 5:5.0f}/s"
+        doing = f"running {running[0]}" if running else ""
+        log(
+            f"[{now - timeline.started:5.0f} s] {phase:6} {rates}  failed {failed}  p99 {p99:6.0f} ms  "
+            f"alerts {len(timeline.alerts)}  {doing}"
+        )
+
+
+def _phase_at(timeline: Timeline, offset: float) -> str:
+    for phase in timeline.phases:
+        if offset < phase.seconds:
+            return phase.name
+        offset -= phase.seconds
+    return "done"
+
+
+def _series(prometheus: Prometheus, timeline: Timeline) -> dict[str, Any]:
+    """The scraped series per pod, so a run can be diagnosed later."""
+    end = time.time()
+    queries = {
+        "responses_per_second_by_outcome": "sum by (pod, outcome) (rate(peakguard_request_seconds_count[5s]))",
+        "in_flight": "peakguard_in_flight_requests",
+        "queue_depth": "peakguard_queue_depth",
+        "breaker_open": "peakguard_breaker_open",
+        "mode": "peakguard_mode",
+    }
+    found: dict[str, Any] = {}
+    for name, expr in queries.items():
+        with contextlib.suppress(Exception):
+            found[name] = prometheus.query_range(expr, timeline.started, end, 1.0)
+    return found
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
