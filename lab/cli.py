@@ -84,9 +84,14 @@ def register(commands: Any) -> None:
         choices=("replica", "node", "zone", "cold", "slow-layer", "bad-step"),
         help="a fault at the surge's peak",
     )
-    surge.add_argument("--steady", type=float, default=30.0, help="seconds of steady traffic first (default 30)")
-    surge.add_argument("--surge", type=float, default=90.0, help="seconds the surge is held (default 90)")
-    surge.add_argument("--after", type=float, default=60.0, help="seconds of steady traffic after it (default 60)")
+    surge.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first (default 20)")
+    surge.add_argument("--surge", type=float, default=60.0, help="seconds the surge is held (default 60)")
+    surge.add_argument(
+        "--after",
+        type=float,
+        default=30.0,
+        help="seconds of steady traffic after it at least; longer while a runbook still needs traffic (default 30)",
+    )
     surge.add_argument("--factor", type=float, default=8.0, help="the surge as a multiple of the sustainable rate")
     surge.add_argument(
         "--max-surge-rps",
