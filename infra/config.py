@@ -324,6 +324,18 @@ class ModelServiceConfig:
         return self.pre_stop_seconds + self.max_request_seconds
 
     @property
+    def idle_timeout_seconds(self) -> int:
+        """The ALB closes a connection idle this long, on either side: longer than the longest request."""
+        return self.max_request_seconds + 5
+
+    @property
+    def keep_alive_seconds(self) -> int:
+        """The service keeps an idle connection open longer than the ALB does, so the ALB closes it:
+        a target that closes first races the ALB, which answers 502 to a request it sent on the closing
+        connection (AWS: "Edit attributes for your Application Load Balancer", Connection idle timeout)."""
+        return self.idle_timeout_seconds + 15
+
+    @property
     def termination_grace_seconds(self) -> int:
         """Longer than preStop plus the longest request, and than the ALB's deregistration delay."""
         return self.deregistration_delay_seconds + 15

@@ -339,6 +339,8 @@ class ModelWorkload(pulumi.ComponentResource):
                         _MODELS_DIR,
                         "--mode-file",
                         _MODE_DIR,
+                        "--keep-alive",
+                        str(config.keep_alive_seconds),
                     ],
                     ports=[k8s.core.v1.ContainerPortArgs(name="http", container_port=PORT, protocol="TCP")],
                     env=[
@@ -562,7 +564,7 @@ class ModelWorkload(pulumi.ComponentResource):
             "alb.ingress.kubernetes.io/unhealthy-threshold-count": "2",
             "alb.ingress.kubernetes.io/success-codes": "200",
             "alb.ingress.kubernetes.io/load-balancer-attributes": (
-                f"idle_timeout.timeout_seconds={config.max_request_seconds + 5}"
+                f"idle_timeout.timeout_seconds={config.idle_timeout_seconds}"
             ),
         }
         if ingress.certificate_arn:

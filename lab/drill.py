@@ -95,6 +95,11 @@ class DrillSettings:
     100 answers a p99 needs); default: long enough that five of them hold 150 steady-phase requests."""
 
     def __post_init__(self) -> None:
+        # Absolute, since the pods, Prometheus and the runbooks each run with a working directory of their own.
+        for name in ("data", "out", "cache", "artifacts"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, Path(value).resolve())
         if self.fault is not None and self.fault not in FAULTS:
             raise DrillError(f"--fault {self.fault!r} is not one of {', '.join(FAULTS)}")
         for name in ("steady_seconds", "surge_seconds", "after_seconds", "surge_factor", "time_scale"):
@@ -120,6 +125,8 @@ class Timeline:
     models: str = ""
     series: dict[str, Any] = field(default_factory=dict)
     """Scraped series per pod, from Prometheus, at the end."""
+    balancer_errors: dict[str, int] = field(default_factory=dict)
+    """The load balancer's own error answers by status and cause, at the end."""
     autopilot_done: threading.Event = field(default_factory=threading.Event)
     """Set once the autopilot has nothing more to do (or there is none)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -214,6 +221,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
             for thread in [*threads, progress]:
                 thread.join(timeout=30)
         timeline.series = _series(prometheus, timeline)
+        timeline.balancer_errors = lab.proxy.errors()
     return timeline
 
 

@@ -81,6 +81,7 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "answered_plus_shed_equals_sent": answered + shed == sent,
         "answered_from_table": sum(r.served_by == "cache" for r in requests),
         "failed_by_status": dict(Counter(str(r.status) for r in requests if r.outcome in ("failed", "dropped"))),
+        "balancer_errors": timeline.balancer_errors,
         "generator_lag_p99_ms": _percentile_ms([r.lag for r in requests if r.outcome != "dropped"], 99),
         "runbooks": [{key: value for key, value in entry.items() if key != "output"} for entry in timeline.runbooks],
         "timeline": [{"t_s": round(at - timeline.started, 2), "what": what} for at, what in sorted(timeline.events)],
@@ -174,6 +175,9 @@ def render(numbers: dict[str, Any]) -> str:
         f"({numbers['answered_from_table']} from the answer table), {numbers['requests_shed']} shed with Retry-After, "
         f"{numbers['requests_failed']} failed (5xx, timeouts, resets)",
     ]
+    if numbers["balancer_errors"]:
+        causes = ", ".join(f"{count} x {cause}" for cause, count in sorted(numbers["balancer_errors"].items()))
+        lines.append(f"  the load balancer's own errors: {causes}")
     for name in ("before", "during", "during_mitigated", "after"):
         if name in numbers["windows"]:
             window = numbers["windows"][name]

@@ -111,6 +111,7 @@ class ServePod:
         token: str,
         folder: Path,
         settings: Mapping[str, Any] | None = None,
+        keep_alive: float | None = None,
     ) -> None:
         self.address, self.port, self.pod = address, port, pod
         self.url = f"http://{address}:{port}"
@@ -118,7 +119,7 @@ class ServePod:
         self.mode_dir.mkdir(parents=True)
         serve = {"artifacts": str(artifacts), "mode_file": str(self.mode_dir), "max_wait": 0.002, **(settings or {})}
         self.process = ServiceProcess(
-            serve, host=address, port=port, admin_token=token, ready_timeout=120, log_dir=folder
+            serve, host=address, port=port, admin_token=token, ready_timeout=120, log_dir=folder, keep_alive=keep_alive
         )
         self.process.start()
 
@@ -170,6 +171,7 @@ class Lab:
             _refuse_if_taken(name, port)
         program = settings.program or run_offline(settings.env, project_dir=settings.project_dir)
         self.targets = TargetsDocument.from_dict(program.outputs["targets"])
+        self._idle_timeout, self._keep_alive = _connection_timeouts(program)
         try:
             url = self._stack.enter_context(moto_server(port=settings.aws_port))
             self.aws_env = {
@@ -196,7 +198,9 @@ class Lab:
             )
             self._start_spares()
             self.proxy = self._stack.enter_context(
-                LorProxy(self.ready_backends, refresh_interval=0.2, port=settings.proxy_port)
+                LorProxy(
+                    self.ready_backends, refresh_interval=0.2, idle_timeout=self._idle_timeout, port=settings.proxy_port
+                )
             )
         except BaseException:
             self._stack.close()
@@ -311,6 +315,7 @@ class Lab:
             token=self.token,
             folder=settings.workdir / "pods",
             settings=settings.pod_settings,
+            keep_alive=self._keep_alive,
         )
         self.pods.append(started)
         return started
@@ -347,6 +352,24 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(f"the lab did not reach {what} within {timeout:.0f} s")
             time.sleep(0.1)
+
+
+def _connection_timeouts(program: OfflineRun) -> tuple[float, float | None]:
+    """(the ALB's idle timeout, the full pods' `--keep-alive`) as the program declares them: the
+    proxy and the pods race over idle connections exactly as the ALB and the pods would."""
+    idle, keep_alive = 60.0, None  # the ALB's default; serve's default
+    for manifest in manifests(program):
+        if manifest.kind == "Ingress":
+            annotations = manifest.body.get("metadata", {}).get("annotations", {})
+            text = annotations.get("alb.ingress.kubernetes.io/load-balancer-attributes", "")
+            attributes = dict(item.split("=", 1) for item in text.split(",") if "=" in item)
+            idle = float(attributes.get("idle_timeout.timeout_seconds", idle))
+        if manifest.kind == "Deployment" and manifest.body["metadata"]["name"] == "model-service-full":
+            containers = manifest.body["spec"]["template"]["spec"]["containers"]
+            args: list[str] = next((c.get("args", []) for c in containers if c["name"] == "model-service"), [])
+            if "--keep-alive" in args:
+                keep_alive = float(args[args.index("--keep-alive") + 1])
+    return idle, keep_alive
 
 
 def _refuse_if_taken(flag: str, port: int) -> None:

@@ -9,6 +9,10 @@ documentation describes it:
 - registration follows readiness: `backends()` (the caller derives the ready targets from
   EndpointSlices) is polled every `refresh_interval` seconds; a target no longer listed gets no
   new requests, but the requests it already has finish (deregistration delay, without a limit);
+- the connection idle timeout (`idle_timeout`, the ALB's `idle_timeout.timeout_seconds`): a
+  connection to a target idle this long is closed by the proxy; a target that closes idle
+  connections sooner races it, and a request sent on a connection the target is closing gets 502,
+  as AWS documents for the ALB;
 - no registered target: 503 at once; a target that refuses or drops the connection: 502; a
   target that does not answer within `request_timeout`: 504 — each with a JSON body
   `{"error": ...}` that names the target, where there is one;
@@ -78,12 +82,16 @@ class LorProxy:
         *,
         refresh_interval: float = 0.5,
         request_timeout: float = 30.0,
+        idle_timeout: float = 60.0,
         port: int = 0,
     ) -> None:
         if refresh_interval <= 0:
             raise ValueError(f"refresh_interval must be > 0 seconds, got {refresh_interval}")
         if request_timeout <= 0:
             raise ValueError(f"request_timeout must be > 0 seconds, got {request_timeout}")
+        if idle_timeout <= 0:
+            raise ValueError(f"idle_timeout must be > 0 seconds, got {idle_timeout}")
+        self._idle_timeout = idle_timeout
         self._backends_source = backends
         self._refresh_interval = refresh_interval
         self._request_timeout = request_timeout
@@ -93,6 +101,7 @@ class LorProxy:
         self._lock = threading.Lock()
         self._outstanding: dict[str, int] = {}
         self._served: dict[str, int] = {}
+        self._errors: dict[str, int] = {}
         self._targets: list[Backend] = []
         self._turn = itertools.count()
         self._loop = asyncio.new_event_loop()
@@ -133,6 +142,16 @@ class LorProxy:
         with self._lock:
             return dict(self._served)
 
+    def errors(self) -> dict[str, int]:
+        """The proxy's own error answers so far, by status and cause ("502 ServerDisconnectedError"):
+        what an ALB's access log says in its error reason, so that a 502 can be told from a 504."""
+        with self._lock:
+            return dict(self._errors)
+
+    def _count_error(self, cause: str) -> None:
+        with self._lock:
+            self._errors[cause] = self._errors.get(cause, 0) + 1
+
     # --- Lifecycle (on the loop thread) ---------------------------------------------------------
 
     async def _start(self) -> str:
@@ -140,7 +159,7 @@ class LorProxy:
         # (Set-Cookie belongs to the client), no default headers added, no connection limit.
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self._request_timeout),
-            connector=aiohttp.TCPConnector(limit=0),
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=self._idle_timeout),
             cookie_jar=aiohttp.DummyCookieJar(),
             auto_decompress=False,
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
@@ -208,6 +227,7 @@ class LorProxy:
     async def _forward(self, request: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
         target = self._pick()
         if target is None:
+            self._count_error("503 no ready targets")
             return _error(503, "no ready targets")
         pod, base = target
         try:
@@ -239,6 +259,8 @@ class LorProxy:
                     status=upstream.status, reason=upstream.reason, headers=answer_headers, body=content
                 )
         except TimeoutError:
+            self._count_error("504 TimeoutError")
             return _error(504, f"target {pod} ({base}) did not answer within {self._request_timeout} s")
         except aiohttp.ClientError as error:
+            self._count_error(f"502 {type(error).__name__}")
             return _error(502, f"target {pod} ({base}) failed: {type(error).__name__}: {error}")

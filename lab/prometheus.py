@@ -62,14 +62,14 @@ class Prometheus:
 
     def __init__(self, folder: Path, *, env: str, namespace: str, slo_seconds: float, time_scale: float = 1.0,
                  interval: float = 1.0) -> None:  # fmt: skip
-        self.folder = folder
+        self.folder = folder.resolve()  # Prometheus resolves file_sd paths against its config's folder
         self.namespace = namespace
         self.time_scale = time_scale
         self.interval = interval
         self.rules = alert_rules(env, namespace, slo_seconds, time_scale=time_scale)
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
-        self._targets = folder / "targets.json"
+        self._targets = self.folder / "targets.json"
         self._binary = find_prometheus()
 
     def __enter__(self) -> Prometheus:

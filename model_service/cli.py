@@ -107,6 +107,12 @@ def _train_quick(args: argparse.Namespace) -> int:
     return 0
 
 
+KEEP_ALIVE_SECONDS = 75.0
+"""Longer than an ALB's default idle timeout (60 s): AWS recommends that the target's keep-alive exceed
+the load balancer's idle timeout, or the balancer may answer 502 (Elastic Load Balancing, "Edit
+attributes for your Application Load Balancer", Connection idle timeout). uvicorn's own default is 5 s."""
+
+
 def register_serve(commands: Any) -> None:
     parser = commands.add_parser(
         "serve",
@@ -127,6 +133,18 @@ def register_serve(commands: Any) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a pod)")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--keep-alive",
+        type=float,
+        default=KEEP_ALIVE_SECONDS,
+        metavar="SECONDS",
+        help=(
+            f"how long an idle client connection stays open (default {KEEP_ALIVE_SECONDS:g}). Behind a load "
+            "balancer make it longer than the balancer's idle timeout (an ALB's is 60 s by default), so that the "
+            "balancer closes idle connections, not the service: otherwise the balancer can send a request on a "
+            "connection the service is closing and answer 502"
+        ),
+    )
     parser.set_defaults(handler=_serve)
 
 
@@ -135,6 +153,9 @@ def _serve(args: argparse.Namespace) -> int:
 
     from model_service.settings import SettingsError, load_settings
 
+    if args.keep_alive <= 0:
+        print(f"peakguard serve: --keep-alive must be > 0 seconds, got {args.keep_alive:g}", file=sys.stderr)
+        return 2
     try:
         settings = load_settings(args.config, artifacts=args.artifacts, version=args.version, mode_file=args.mode_file)
     except SettingsError as exc:
@@ -142,7 +163,14 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from model_service.server import create_app
 
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="info", access_log=False)
+    uvicorn.run(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        access_log=False,
+        timeout_keep_alive=args.keep_alive,
+    )
     return 0
 
 

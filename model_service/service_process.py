@@ -52,8 +52,10 @@ class ServiceProcess:
         host: str = "127.0.0.1",
         port: int | None = None,
         admin_token: str | None = None,
+        keep_alive: float | None = None,
     ) -> None:
         """`settings`: the serve settings file's fields (model_service.server.ServiceSettings).
+        `keep_alive`: `peakguard serve --keep-alive`, seconds (None: serve's default).
         `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free.
         `host`: a loopback address; emulated pods each get their own (127.0.0.2, ...) and share a port."""
         self.settings = dict(settings)
@@ -61,6 +63,7 @@ class ServiceProcess:
         self.ready_timeout = ready_timeout
         self.admin_token = admin_token or secrets.token_urlsafe(24)
         self.host = host
+        self.keep_alive = keep_alive
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
         self._folder = Path(tempfile.mkdtemp(prefix="peakguard-serve-", dir=log_dir))
@@ -86,6 +89,8 @@ class ServiceProcess:
             env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
         command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--host", self.host,
                    "--port", str(self.port)]  # fmt: skip
+        if self.keep_alive is not None:
+            command += ["--keep-alive", str(self.keep_alive)]
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         if self.cpus:

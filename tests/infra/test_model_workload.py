@@ -375,6 +375,16 @@ def test_ingress_routes_by_least_outstanding_requests_without_slow_start(run: Of
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
 
 
+def test_the_service_keeps_idle_connections_open_longer_than_the_alb(run: OfflineRun) -> None:
+    # Otherwise the service closes a connection the ALB is about to reuse, and the ALB answers 502
+    # (found by the drill: a surge's pooled connections went idle together when it ended).
+    text = _ingress(run).inputs["metadata"]["annotations"]["alb.ingress.kubernetes.io/load-balancer-attributes"]
+    idle = int(dict(item.split("=", 1) for item in text.split(","))["idle_timeout.timeout_seconds"])
+    for variant, deployment in _deployments(run).items():
+        args = _main_container(deployment)["args"]
+        assert float(args[args.index("--keep-alive") + 1]) > idle, variant
+
+
 def test_ingress_exposes_only_the_public_api(run: OfflineRun) -> None:
     (service,) = run.of_type(SERVICE)
     port_names = {p["name"] for p in service.inputs["spec"]["ports"]}

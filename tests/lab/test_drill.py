@@ -46,7 +46,7 @@ def test_a_short_drill_pages_mitigates_and_loses_nothing(tmp_path: Path, monkeyp
     assert numbers["time_to_mitigate_s"] is not None
     assert set(numbers["mitigation_stages_s"]) == {"decide", "capacity", "mode", "verify"}
     # Nothing lost: every request was answered or deliberately shed (429/503 with Retry-After).
-    assert numbers["requests_failed"] == 0, numbers["failed_by_status"]
+    assert numbers["requests_failed"] == 0, (numbers["failed_by_status"], numbers["balancer_errors"])
     assert numbers["answered_plus_shed_equals_sent"]
     assert numbers["requests_total"] > 0
     # The fleet is back in normal mode: rebuild ran once the surge was over.

@@ -81,6 +81,7 @@ class _Target:
                 "query": request.query_string,
                 "body": (await request.read()).decode(),
                 "headers": {name.lower(): value for name, value in request.headers.items()},
+                "peer_port": request.transport.get_extra_info("peername")[1] if request.transport else None,
             }
             response = aiohttp.web.json_response(echo, status=int(request.query.get("status", "200")))
             response.headers["X-Served-By"] = self.pod
@@ -164,6 +165,7 @@ def test_no_ready_targets_answers_503_at_once() -> None:
     assert response.json() == {"error": "no ready targets"}
     assert elapsed < 0.5
     assert proxy.served() == {}
+    assert proxy.errors() == {"503 no ready targets": 1}
 
 
 def test_refused_connection_answers_502_naming_the_pod() -> None:
@@ -174,6 +176,7 @@ def test_refused_connection_answers_502_naming_the_pod() -> None:
     assert "pod-dead" in response.json()["error"]
     assert proxy.served() == {"pod-dead": 1}
     assert proxy.outstanding() == {"pod-dead": 0}
+    assert proxy.errors() == {"502 ClientConnectorError": 1}
 
 
 def test_target_slower_than_the_timeout_answers_504_naming_the_pod(targets: list[_Target]) -> None:
@@ -191,6 +194,25 @@ def test_target_slower_than_the_timeout_answers_504_naming_the_pod(targets: list
     assert "pod-a" in response.json()["error"]
     assert elapsed < 2.0
     assert proxy.served() == {"pod-a": 1}
+    assert proxy.errors() == {"504 TimeoutError": 1}
+
+
+@pytest.mark.parametrize(("idle_timeout", "reused"), [(0.3, False), (60.0, True)])
+def test_a_target_connection_idle_past_the_idle_timeout_is_closed(
+    targets: list[_Target], idle_timeout: float, reused: bool
+) -> None:
+    # As the ALB's idle timeout: the proxy, not the target, should be the one to close idle
+    # connections, so the target's keep-alive must be longer (the pods' --keep-alive).
+    with (
+        LorProxy(lambda: [targets[0].backend], idle_timeout=idle_timeout) as proxy,
+        httpx.Client(timeout=_TIMEOUT) as http,
+    ):
+        first = http.get(f"{proxy.url}/one").json()["peer_port"]
+        time.sleep(1.0)
+        second = http.get(f"{proxy.url}/two").json()["peer_port"]
+
+    assert (first == second) is reused
+    assert proxy.errors() == {}
 
 
 # --- Routing --------------------------------------------------------------------------------------
@@ -333,3 +355,5 @@ def test_rejects_non_positive_intervals() -> None:
         LorProxy(lambda: [], refresh_interval=0)
     with pytest.raises(ValueError, match="request_timeout must be > 0 seconds, got -1"):
         LorProxy(lambda: [], request_timeout=-1)
+    with pytest.raises(ValueError, match="idle_timeout must be > 0 seconds, got 0"):
+        LorProxy(lambda: [], idle_timeout=0)

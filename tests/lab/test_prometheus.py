@@ -58,8 +58,9 @@ def test_time_scale_shortens_every_window_and_wait_alike() -> None:
 
 
 def test_a_real_prometheus_fires_the_p99_alert_on_a_slow_pod_and_not_on_a_fast_one(
-    pod: ServiceProcess, tmp_path: Path
+    pod: ServiceProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # the slow one's folder is relative, as `make demo`'s drill-out is
     stop = threading.Event()
 
     def traffic() -> None:
@@ -72,7 +73,7 @@ def test_a_real_prometheus_fires_the_p99_alert_on_a_slow_pod_and_not_on_a_fast_o
     sender.start()
     try:
         # An SLO of 0.1 ms no answer meets, and one of 10 s every answer meets; windows of 5% (6 s for 2m).
-        with Prometheus(tmp_path / "slow", env="dev", namespace="peakguard", slo_seconds=0.0001,
+        with Prometheus(Path("slow"), env="dev", namespace="peakguard", slo_seconds=0.0001,
                         time_scale=0.05) as slow, Prometheus(tmp_path / "fast", env="dev", namespace="peakguard",
                                                              slo_seconds=10.0, time_scale=0.05) as fast:  # fmt: skip
             for prometheus in (slow, fast):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -50,3 +52,26 @@ def test_a_service_whose_models_are_missing_is_never_ready(tmp_path: Path) -> No
         service.start()
     assert service.rss_bytes() == 0  # stopped, nothing left running
     assert not service.log_path.parent.exists()
+
+
+def _healthz_on(connection: http.client.HTTPConnection) -> int:
+    connection.request("GET", "/healthz")
+    response = connection.getresponse()
+    response.read()
+    return response.status
+
+
+def test_keep_alive_decides_how_long_an_idle_connection_stays_open(tmp_path: Path) -> None:
+    # Behind an ALB the service must close idle connections later than the ALB does (--keep-alive).
+    folder = write_tiny_artifacts(tmp_path / "models")
+    with ServiceProcess({"artifacts": str(folder.parent)}, log_dir=tmp_path, keep_alive=2.0) as service:
+        connection = http.client.HTTPConnection(service.host, service.port, timeout=10)
+        assert _healthz_on(connection) == 200
+        opened = connection.sock
+        time.sleep(0.5)
+        assert _healthz_on(connection) == 200
+        assert connection.sock is opened  # still the same connection
+        time.sleep(3.0)  # past 2 s, short of uvicorn's own default of 5 s
+        opened.settimeout(0.5)
+        assert opened.recv(1) == b""  # the service closed it already
+        connection.close()
