@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ALERTS", "RUNBOOKS", "Alert", "alert_rules", "scaled_duration"]
+__all__ = ["ALERTS", "RUNBOOKS", "Alert", "alert_rules", "detection_bound", "scaled_duration"]
 
 RUNBOOKS = ("emergency-stop", "rebuild", "rolling-upgrade", "predictive-scale", "chaos-drill")
 """The peakguard runbooks an alert may point at (`peakguard runbook list`; shared/DESIGN.md)."""
@@ -169,6 +169,26 @@ def scaled_duration(text: str, factor: float) -> str:
     if total == 0:
         return "0s"
     return f"{max(1, round(total * factor))}s"
+
+
+def detection_bound(name: str, *, time_scale: float = 1.0, evaluation_interval: float = 60.0) -> float:
+    """Seconds after a step change in its signal by which alert `name` fires at the latest: its longest
+    range fills with the new rate, its `for:` holds, and one more evaluation sees it (all scaled by
+    `time_scale`, as `alert_rules` scales them). A rule that compares with an `offset` past is bounded
+    the same way: the past stays as it was."""
+    alert = next((a for a in ALERTS if a.name == name), None)
+    if alert is None:
+        raise KeyError(f"no alert named {name!r}; the alerts are {', '.join(a.name for a in ALERTS)}")
+    longest_range = max((_seconds(text) for text in re.findall(r"\[(\w+)\]", alert.expr)), default=0)
+    if time_scale == 1.0:
+        return _seconds(alert.for_) + longest_range + evaluation_interval
+    # As the rules get them: each window scaled and rounded to whole seconds.
+    waits = _seconds(scaled_duration(alert.for_, time_scale))
+    return waits + _seconds(scaled_duration(f"{longest_range}s", time_scale)) + evaluation_interval
+
+
+def _seconds(text: str) -> int:
+    return sum(int(number) * _SECONDS[unit] for number, unit in _DURATION.findall(text))
 
 
 def _scaled_expr(expr: str, factor: float) -> str:

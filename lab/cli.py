@@ -81,8 +81,13 @@ def register(commands: Any) -> None:
     surge.add_argument(
         "--fault",
         default=None,
-        choices=("replica", "node", "zone", "cold", "slow-layer", "bad-step"),
-        help="a fault at the surge's peak",
+        choices=("replica", "node", "zone", "cold", "bad-step"),
+        help=(
+            "break something (lab/drill_faults.py): replica (kill a serving process at the surge's peak), node "
+            "(a node NotReady at the peak), zone (every node of a zone NotReady at the peak), cold (no warm "
+            "spares: replicas added during the surge load their models cold), bad-step (rebuild's first ConfigMap "
+            "patch refused: it rolls back, timed, then runs again)"
+        ),
     )
     surge.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first (default 20)")
     surge.add_argument("--surge", type=float, default=60.0, help="seconds the surge is held (default 60)")
@@ -98,6 +103,13 @@ def register(commands: Any) -> None:
         type=float,
         default=None,
         help="a ceiling on the surge (the generator and the lab's load balancer share one process); reported",
+    )
+    surge.add_argument(
+        "--max-pods",
+        type=int,
+        default=5,
+        help="pods the lab may run, each a serving process on these cores: the full model's HPA maximum is one "
+        "less (rebuild's canary needs the last); at least 3 (default 5)",
     )
     surge.add_argument(
         "--k",
@@ -177,6 +189,7 @@ def _drill(args: argparse.Namespace) -> int:
             surge_factor=args.factor,
             max_surge_rps=args.max_surge_rps,
             time_scale=args.k,
+            max_pods=args.max_pods,
             autopilot=not args.no_autopilot,
             fault=args.fault,
         )

@@ -120,9 +120,11 @@ class Controllers:
 
     def __init__(self, store: ObjectStore, *, backends: BackendFactory, delays: Delays | None = None,
                  max_pods: int = 8, nodes: tuple[str, ...] = ("local-node-1", "local-node-2"),
-                 node_labels: Mapping[str, str] | None = None, node_gpus: int = 8) -> None:  # fmt: skip
-        """`nodes` are created Ready, untainted, with `node_labels` and `node_gpus` GPUs each; pass
-        none when another player (node_groups.py) registers the nodes."""
+                 node_labels: Mapping[str, str] | None = None, node_gpus: int = 8,
+                 zones: tuple[str, ...] = ()) -> None:  # fmt: skip
+        """`nodes` are created Ready, untainted, with `node_labels` and `node_gpus` GPUs each, and the
+        `zones` in turn as their `topology.kubernetes.io/zone`; pass no nodes when another player
+        (node_groups.py) registers them."""
         self.store = store
         self.delays = delays or Delays()
         self.max_pods = max_pods
@@ -137,9 +139,12 @@ class Controllers:
         store.listeners.append(self._on_change)
         # A kubelet is here to finish deletions: deleted pods terminate gracefully.
         store.graceful_pod_deletion = True
-        for node in nodes:
+        for index, node in enumerate(nodes):
+            labels = {**(node_labels or {}), "kubernetes.io/hostname": node}
+            if zones:
+                labels["topology.kubernetes.io/zone"] = zones[index % len(zones)]
             body = {
-                "metadata": {"name": node, "labels": {**(node_labels or {}), "kubernetes.io/hostname": node}},
+                "metadata": {"name": node, "labels": labels},
                 "spec": {},
                 "status": {"conditions": [{"type": "Ready", "status": "True"}],
                            "capacity": {GPU_RESOURCE: str(node_gpus)}, "allocatable": {GPU_RESOURCE: str(node_gpus)}},

@@ -14,7 +14,8 @@ One run, in order:
 5. the autopilot: when an alert whose runbook is emergency-stop fires, `peakguard runbook run
    emergency-stop --yes` runs (the same CLI, engine, lock and journal as on call); once the surge
    is over and nothing has fired for a while, `rebuild` takes the fleet back to normal mode;
-6. a fault, if asked for, at the surge's peak;
+6. a fault, if asked for (lab.drill_faults: a killed replica, a lost node or zone, cold replicas,
+   a runbook step that fails), at the moment it belongs to;
 7. the report (lab.drill_report): what clients saw, when the alert fired, how long each stage of
    the mitigation took, the runbooks' journals, the scraped series per pod.
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -37,7 +39,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.facts import HEADROOM
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
+from lab.drill_faults import FAULTS, WHEN, inject
 from lab.lab import NAMESPACE, Lab, LabSettings
 from lab.prometheus import Firing, Prometheus
 from model_service.benchmark import sustainable_rate, unloaded_p99
@@ -45,8 +49,6 @@ from model_service.load_generator import Phase, Request, run_phases
 from model_service.service_process import ServiceProcess
 
 __all__ = ["FAULTS", "DrillError", "DrillSettings", "Timeline", "run"]
-
-FAULTS = ("replica", "node", "zone", "cold", "slow-layer", "bad-step")
 Log = Callable[[str], None]
 
 
@@ -86,8 +88,9 @@ class DrillSettings:
     calibration_seconds: float = 5.0
     """Length of the unloaded run and of each step of the sustainable-rate search."""
     max_pods: int = 5
-    """Pods the lab can run: the replicas emergency-stop plans (its capacity estimate) and rebuild's
-    canary beside them; each beyond the first is a warm spare process until a pod takes it."""
+    """Pods the lab can run: the full model's replicas (its HPA maximum is all but one, so
+    emergency-stop's plan fits) and rebuild's canary beside them; each beyond the first is a warm
+    spare process until a pod takes it."""
     quiet_before_rebuild: float = 10.0
     """Seconds without a firing alert, after the surge, before `rebuild` runs."""
     window: float | None = None
@@ -102,6 +105,13 @@ class DrillSettings:
                 object.__setattr__(self, name, Path(value).resolve())
         if self.fault is not None and self.fault not in FAULTS:
             raise DrillError(f"--fault {self.fault!r} is not one of {', '.join(FAULTS)}")
+        if self.max_pods < 3:
+            raise DrillError(
+                f"max-pods must be at least 3 (the first replica, one the runbook adds, rebuild's canary), "
+                f"got {self.max_pods}"
+            )
+        if self.fault == "bad-step" and not self.autopilot:
+            raise DrillError("--fault bad-step breaks a step of the autopilot's rebuild: drop --no-autopilot")
         for name in ("steady_seconds", "surge_seconds", "after_seconds", "surge_factor", "time_scale"):
             if getattr(self, name) <= 0:
                 raise DrillError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -125,6 +135,8 @@ class Timeline:
     models: str = ""
     series: dict[str, Any] = field(default_factory=dict)
     """Scraped series per pod, from Prometheus, at the end."""
+    evaluation_interval: float = 1.0
+    """Seconds between Prometheus's rule evaluations (and scrapes)."""
     balancer_errors: dict[str, int] = field(default_factory=dict)
     """The load balancer's own error answers by status and cause, at the end."""
     autopilot_done: threading.Event = field(default_factory=threading.Event)
@@ -165,7 +177,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         Phase("surge", settings.surge_seconds, surge_rps),
         Phase("after", max(settings.after_seconds, settings.after_max_seconds), settings.steady_share * sustainable),
     ]
-    program = _program(settings.env, slo)
+    program = _program(settings.env, slo, settings.max_pods)
     lab_settings = LabSettings(
         artifacts=models,
         workdir=settings.out / "lab",
@@ -187,6 +199,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
             time_scale=settings.time_scale,
         ) as prometheus,
     ):
+        timeline.evaluation_interval = prometheus.interval
         stop = threading.Event()
         threads = [threading.Thread(target=_follow_pods, args=(lab, prometheus, stop), daemon=True)]
         if settings.autopilot:
@@ -196,7 +209,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         else:
             timeline.autopilot_done.set()
             threads.append(threading.Thread(target=_watch_loop, args=(prometheus, timeline, stop), daemon=True))
-        if settings.fault is not None:
+        if settings.fault is not None and WHEN[settings.fault] != "before-rebuild":
             threads.append(threading.Thread(target=_fault, args=(lab, settings, timeline, stop, log), daemon=True))
         for thread in threads:
             thread.start()
@@ -312,14 +325,20 @@ def _calibrate(models: Path, texts: list[str], settings: DrillSettings, log: Log
     }
 
 
-def _program(env: str, slo: float) -> OfflineRun:
-    """The Pulumi program for `env` with the SLO this machine was measured to meet (the alerts and
-    the runbooks' gates read it from there, as they would from a real stack's config)."""
+def _program(env: str, slo: float, max_pods: int) -> OfflineRun:
+    """The Pulumi program for `env` with the SLO this machine was measured to meet and the replicas
+    it can run (the alerts, the HPA and the runbooks' plans read them from there, as they would from
+    a real stack's config): the full model's HPA may grow to every pod but the canary's, and the
+    expected peak is what that maximum holds with the headroom rule's 30%."""
     values = load_stack_file(find_project_dir(), env)
     kubernetes = dict(values.get("peakguard:kubernetes") or {})
+    most = max(1, max_pods - 1)
     kubernetes["modelService"] = {
         **(kubernetes.get("modelService") or {}),
         "sloP99Milliseconds": max(10, round(slo * 1000)),
+        "minReplicas": 1,
+        "maxReplicas": most,
+        "expectedPeakReplicas": max(1, math.floor(most / float(HEADROOM))),
     }
     return run_offline(env, overrides={"peakguard:kubernetes": kubernetes})
 
@@ -367,6 +386,7 @@ def _autopilot(
 ) -> None:
     """What the on-call does when paged: run the runbook the alert names, then rebuild once calm."""
     mitigated = rebuilt = False
+    attempts = 0
     quiet_since: float | None = None
     while not stop.is_set():
         firing = _watch(prometheus, timeline)
@@ -374,10 +394,15 @@ def _autopilot(
         paging = [alert for alert in firing if alert.annotations.get("runbook") == "emergency-stop"]
         if paging and not mitigated:
             names = ", ".join(sorted({alert.name for alert in paging}))
-            timeline.note(f"paged: {names}; running emergency-stop")
-            log(f"autopilot: {names} firing; running emergency-stop")
-            _runbook(lab, settings, timeline, "emergency-stop", "--capacity-timeout", "120", "--recovery-timeout", "60")
-            mitigated = True
+            again = " again, after its rollback" if attempts else ""
+            timeline.note(f"paged: {names}; running emergency-stop{again}")
+            log(f"autopilot: {names} firing; running emergency-stop{again}")
+            exit_status = _runbook(
+                lab, settings, timeline, "emergency-stop", "--capacity-timeout", "120", "--recovery-timeout", "60"
+            )
+            attempts += 1
+            # A run that rolled back is run once more, as the on-call would once the cause is fixed.
+            mitigated = exit_status == 0 or attempts >= _EMERGENCY_STOP_ATTEMPTS
             continue
         quiet_since = (quiet_since or now) if not firing else None
         calm = quiet_since is not None and now - quiet_since >= settings.quiet_before_rebuild
@@ -385,12 +410,22 @@ def _autopilot(
             version = _served_version(lab)
             timeline.note(f"calm for {settings.quiet_before_rebuild:g} s after the surge; running rebuild")
             log("autopilot: the surge is over and nothing fires; running rebuild (back to normal mode)")
-            _runbook(lab, settings, timeline, "rebuild", "--version", version, "--canary-timeout", "120")
+            undo = _strike(lab, settings, timeline, log) if settings.fault == "bad-step" else None
+            rebuild = ("rebuild", "--version", version, "--canary-timeout", "120")
+            if _runbook(lab, settings, timeline, *rebuild) != 0:
+                if undo is not None:
+                    undo()
+                timeline.note("rebuild did not finish; running it again")
+                log("autopilot: rebuild did not finish; running it again")
+                _runbook(lab, settings, timeline, *rebuild)
             rebuilt = True
             timeline.autopilot_done.set()
         elif not mitigated and now >= timeline.phase_start("after") + settings.after_seconds:
             timeline.autopilot_done.set()  # nothing paged: nothing to take back
         stop.wait(1.0)
+
+
+_EMERGENCY_STOP_ATTEMPTS = 2
 
 
 def _served_version(lab: Lab) -> str:
@@ -399,8 +434,8 @@ def _served_version(lab: Lab) -> str:
     return newest_version(lab.settings.artifacts)
 
 
-def _runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *args: str) -> None:
-    """`peakguard runbook run NAME --yes` as the on-call would type it; waits for it to end."""
+def _runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *args: str) -> int:
+    """`peakguard runbook run NAME --yes` as the on-call would type it; waits for it to end; its exit status."""
     journals = settings.out / "journal"
     command = [
         sys.executable,
@@ -433,6 +468,7 @@ def _runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *
         output=done.stdout + done.stderr,
         journal=str(journal[0]) if journal else None,
     )
+    return done.returncode
 
 
 def _window(settings: DrillSettings, timeline: Timeline) -> float:
@@ -451,21 +487,32 @@ def _finish_runbooks(timeline: Timeline, stop: threading.Event) -> None:
 
 
 def _fault(lab: Lab, settings: DrillSettings, timeline: Timeline, stop: threading.Event, log: Log) -> None:
-    """The fault at the surge's peak (its middle)."""
-    peak = timeline.phase_start("surge") + settings.surge_seconds / 2
-    while not stop.is_set() and time.time() < peak:
-        stop.wait(0.2)
-    if stop.is_set():
+    """The fault, when it strikes (the surge's start or its peak), and taken back when the surge ends."""
+    assert settings.fault is not None
+    surge = timeline.phase_start("surge")
+    strike = surge if WHEN[settings.fault] == "surge-start" else surge + settings.surge_seconds / 2
+    if not _wait_until(strike, stop):
         return
-    fault = settings.fault
-    timeline.note(f"fault: {fault}")
-    log(f"fault: {fault}")
-    if fault == "replica":
-        pods = lab.ready_backends()
-        victim = next((pod for pod in lab.pods if pods and pod.pod == pods[0][0]), None)
-        if victim is not None:
-            os.kill(victim.process.pid or 0, signal.SIGKILL)
-            timeline.note(f"killed {victim.pod}'s serving process")
+    undo = _strike(lab, settings, timeline, log)
+    if undo is not None and _wait_until(timeline.phase_start("after"), stop):
+        undo()
+
+
+def _strike(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> Callable[[], None] | None:
+    assert settings.fault is not None
+
+    def note(text: str) -> None:
+        timeline.note(text)
+        log(text)
+
+    return inject(settings.fault, lab, note)
+
+
+def _wait_until(moment: float, stop: threading.Event) -> bool:
+    """Wait for the Unix time `moment`; False if the drill stopped first."""
+    while not stop.is_set() and time.time() < moment:
+        stop.wait(0.2)
+    return not stop.is_set()
 
 
 def _progress(timeline: Timeline, stop: threading.Event, log: Log) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from infra.alerts import detection_bound
 from lab.drill import DrillSettings, Timeline
 from model_service.load_generator import Request
 
@@ -36,7 +37,9 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
     surge_start = timeline.phase_start("surge")
     after_start = timeline.phase_start("after")
     alert_at = min(timeline.alerts.values(), default=None)
+    first_alert = min(timeline.alerts, key=timeline.alerts.__getitem__, default=None)
     mitigation = _mitigation(timeline, alert_at)
+    rollbacks = _rollbacks(timeline)
     verified_at = mitigation.get("verified_at")
     windows = {
         "before": _stats([r for r in requests if r.phase == "steady"]),
@@ -63,13 +66,17 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "phases": [{"name": p.name, "seconds": p.seconds, "offered_rps": round(p.rps, 1)} for p in timeline.phases],
         "time_scale_k": k,
         "time_to_detect_s": _seconds(alert_at, surge_start),
+        "detect_bound_s": None
+        if first_alert is None
+        else detection_bound(first_alert, time_scale=k, evaluation_interval=timeline.evaluation_interval),
         "first_alerts": {
             name: round(at - surge_start, 1) for name, at in sorted(timeline.alerts.items(), key=lambda item: item[1])
         },
         "time_to_mitigate_s": mitigation.get("total_s"),
         "mitigation_stages_s": mitigation.get("stages"),
         "mitigation_status": mitigation.get("status"),
-        "rollback_s": mitigation.get("rollback_s"),
+        "rollback_s": rollbacks[0]["rollback_s"] if rollbacks else None,
+        "rollbacks": rollbacks,
         "p50_ms": {name: window["p50_ms"] for name, window in windows.items()},
         "p99_ms": {name: window["p99_ms"] for name, window in windows.items()},
         "windows": windows,
@@ -94,10 +101,12 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
 def _mitigation(timeline: Timeline, alert_at: float | None) -> dict[str, Any]:
     """Stages of the emergency-stop run, from its journal: decide (alert to its first step), capacity
     (node groups and HPA until the replicas are Ready), mode, verify (the recovery gate)."""
-    entry = next((e for e in timeline.runbooks if e["runbook"] == "emergency-stop"), None)
-    if entry is None or not entry.get("journal"):
+    attempts = [e for e in timeline.runbooks if e["runbook"] == "emergency-stop" and e.get("journal")]
+    if not attempts:
         return {}
-    records = [json.loads(line) for line in Path(entry["journal"]).read_text().splitlines() if line.strip()]
+    # The run that verified the recovery, if one did; stages count from the alert all the same.
+    entry = next((e for e in attempts if e.get("exit") == 0), attempts[-1])
+    records = _journal(entry)
     at = {(r["event"], r.get("step")): _unix(r["at"]) for r in records}
     finished = next((r for r in records if r["event"] == "run_finished"), None)
     verified = next((r for r in records if r["event"] == "run_verified"), None)
@@ -126,8 +135,37 @@ def _mitigation(timeline: Timeline, alert_at: float | None) -> dict[str, Any]:
         "total_s": _seconds(verified_at, start),
         "stages": stages,
         "verified_at": verified_at,
-        "rollback_s": finished.get("rollback_seconds") if finished else None,
+        "attempts": len(attempts),
     }
+
+
+def _journal(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    text = Path(entry["journal"]).read_text() if entry.get("journal") else ""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def _rollbacks(timeline: Timeline) -> list[dict[str, Any]]:
+    """Each runbook run that rolled back: from its failure to the end of its rollback, and whether
+    the health gate after the rollback passed (the service verified healthy again)."""
+    found = []
+    for entry in timeline.runbooks:
+        records = _journal(entry)
+        done = next((r for r in records if r["event"] == "rollback_done"), None)
+        if done is None:
+            continue
+        finished = next((r for r in records if r["event"] == "run_finished"), {})
+        gate = done.get("gate") or {}
+        found.append(
+            {
+                "runbook": entry["runbook"],
+                "status": finished.get("status", "unfinished"),
+                "reason": finished.get("reason"),
+                "rollback_s": round(float(done["seconds"]), 1),
+                "healthy_after": gate.get("verdict") == "pass" if gate else None,
+                "journal": entry.get("journal"),
+            }
+        )
+    return found
 
 
 def _stats(requests: Sequence[Request]) -> dict[str, Any]:
@@ -187,13 +225,20 @@ def render(numbers: dict[str, Any]) -> str:
             )
     if numbers["autopilot"]:
         lines.append(
-            f"alert: first fired {numbers['time_to_detect_s']} s after the surge began "
-            f"(k = {numbers['time_scale_k']:g}): {numbers['first_alerts']}"
+            f"alert: first fired {numbers['time_to_detect_s']} s after the surge began (bound: k x (for + range) "
+            f"+ one evaluation = {numbers['detect_bound_s']} s, k = {numbers['time_scale_k']:g}): "
+            f"{numbers['first_alerts']}"
         )
         lines.append(
             f"emergency-stop: {numbers['mitigation_status']}, mitigation verified {numbers['time_to_mitigate_s']} s "
             f"after the alert; stages {numbers['mitigation_stages_s']}"
         )
+        for rollback in numbers["rollbacks"]:
+            healthy = {True: "verified healthy", False: "NOT verified healthy", None: "no health gate"}
+            lines.append(
+                f"{rollback['runbook']}: {rollback['status']} in {rollback['rollback_s']} s after its failure, "
+                f"{healthy[rollback['healthy_after']]} after ({rollback['reason']})"
+            )
         ratio = numbers["mitigated_p99_over_before"]
         if ratio is not None:
             lines.append(f"after mitigation, admitted p99 is {ratio:.2f}x the pre-surge p99 (goal <= 3x)")

@@ -77,8 +77,9 @@ class LabSettings:
     replicas: int = 1
     """Ready full-model replicas to start with (the HPA's minimum is raised to it)."""
     nodes: Literal["fixed", "node-groups"] = "fixed"
-    """`fixed`: two Ready nodes of the full pool, always there. `node-groups`: GPU nodes are the EKS
-    node groups' instances (blue serving one node an AZ, an incoming generation empty), played."""
+    """`fixed`: two Ready nodes of the full pool, in its AZs in turn, there unless made NotReady
+    (`controllers.set_node_ready`). `node-groups`: GPU nodes are the EKS node groups' instances
+    (blue serving one node an AZ, an incoming generation empty), played."""
     node_group_delays: NodeGroupDelays = field(default_factory=NodeGroupDelays)
     gpus_per_node: int | None = None
     """With `node-groups`: allocatable GPUs of every node, instead of its instance type's."""
@@ -227,6 +228,18 @@ class Lab:
     def proxy_url(self) -> str:
         return self.proxy.url
 
+    def zones(self) -> tuple[str, ...]:
+        """The AZs the full pool serves from (with fixed nodes, one node each in turn)."""
+        return tuple(
+            sorted(
+                {
+                    group.availability_zone
+                    for group in self.targets.node_groups
+                    if group.pool == "full" and group.serving and group.availability_zone
+                }
+            )
+        )
+
     def client_args(self) -> dict[str, Any]:
         """Keyword arguments for `boto3.client` against the lab's AWS."""
         return {"endpoint_url": self.aws_env["AWS_ENDPOINT_URL"], "region_name": _REGION, **CREDENTIALS}
@@ -305,6 +318,15 @@ class Lab:
             f"{self.settings.warm_spares} warm spare(s)",
         )
 
+    def drop_spares(self) -> int:
+        """Stop the warm spare processes (how many there were): the next pods start cold."""
+        spares = list(self._spares.values())
+        self._spares.clear()
+        for spare in spares:
+            spare.stop()
+            self.pods.remove(spare)
+        return len(spares)
+
     def _serve_pod(self, pod: str, address: str) -> ServePod:
         settings = self.settings
         started = ServePod(
@@ -343,6 +365,7 @@ class Lab:
             delays=settings.delays,
             max_pods=settings.max_pods,
             node_labels={"peakguard.io/pool": "full"},
+            zones=self.zones(),
         )
 
     @staticmethod

@@ -14,7 +14,7 @@ import httpx
 import pytest
 import yaml
 
-from infra.alerts import ALERTS, alert_rules
+from infra.alerts import ALERTS, alert_rules, detection_bound
 from lab.prometheus import Prometheus, find_prometheus
 from model_service.service_process import ServiceProcess
 from tests.model_service.conftest import write_tiny_artifacts
@@ -55,6 +55,17 @@ def test_time_scale_shortens_every_window_and_wait_alike() -> None:
     full = _rule("ModelServiceP99LatencyHigh")
     assert full["for"] == "2m"
     assert "[2m]" in full["expr"]
+
+
+def test_the_detection_bound_is_for_plus_the_longest_range_plus_an_evaluation() -> None:
+    # p99: for 2m over a [2m] rate; shed rate: for 5m over [5m] rates.
+    assert detection_bound("ModelServiceP99LatencyHigh") == 120 + 120 + 60
+    assert detection_bound("ModelServiceShedRateHigh", evaluation_interval=30) == 300 + 300 + 30
+    # Scaled as the rules are: 0.05 x 2m = 6 s each, rounded to whole seconds like the rules.
+    assert detection_bound("ModelServiceP99LatencyHigh", time_scale=0.05, evaluation_interval=1) == 6 + 6 + 1
+    assert detection_bound("ModelServiceP99LatencyHigh", time_scale=0.01, evaluation_interval=1) == 1 + 1 + 1
+    with pytest.raises(KeyError, match="no alert named 'Nope'"):
+        detection_bound("Nope")
 
 
 def test_a_real_prometheus_fires_the_p99_alert_on_a_slow_pod_and_not_on_a_fast_one(

@@ -7,9 +7,10 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -53,13 +54,19 @@ def tiny_model() -> IntentClassifier:
 TINY_INTENTS = ("card_arrival", "top_up", "exchange_rate", "lost_card", "refund")
 
 
-def write_tiny_artifacts(root: Path, version: str = "v1", names: tuple[str, ...] = ("full", "light")) -> Path:
+def write_tiny_artifacts(
+    root: Path, version: str = "v1", names: tuple[str, ...] = ("full", "light"), full: Mapping[str, Any] | None = None
+) -> Path:
     """A version folder of tiny untrained models over the real MiniLM vocabulary, as `peakguard
-    train` lays it out (full has experts, the others are dense), that never hand over."""
+    train` lays it out (full has experts, the others are dense), that never hand over. `full`:
+    config changes that make the full model bigger (slower) than the tiny one."""
     torch.manual_seed(11)
     models = []
     for name in names:
-        model = IntentClassifier(tiny_config(vocab_size=30522, num_experts=8 if name == "full" else 0)).eval()
+        changes = {"vocab_size": 30522, "num_experts": 8 if name == "full" else 0}
+        if name == "full":
+            changes |= dict(full or {})
+        model = IntentClassifier(tiny_config(**changes)).eval()
         card = ModelCard(
             name=name, version=version, created="2026-11-25T00:00:00+00:00", config=model.config,
             intents=TINY_INTENTS, handover_threshold=-1e9, parameters=model.parameter_count(),

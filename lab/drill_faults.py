@@ -1,0 +1,132 @@
+"""The drill's faults: what each one breaks in the lab, when, and how it is taken back.
+
+`--fault NAME` picks one. Each is what went wrong, or could have, in the seed's incident:
+
+- `replica`: at the surge's peak, one Ready pod's serving process is killed (SIGKILL): its
+  requests in flight fail, and it leaves the load balancer once its readiness goes;
+- `node`: at the peak, the node of a Ready pod stops reporting (NotReady): its pods go unready and
+  leave the EndpointSlices; it comes back when the surge ends;
+- `zone`: at the peak, every node of that pod's zone goes NotReady at once (an AZ outage); the
+  zone comes back when the surge ends. The report says what the remaining zones held;
+- `cold`: as the surge begins, the warm spare processes are stopped, so every replica the
+  runbooks add loads its models on the cores the serving pods need (the seed's cold nodes);
+- `bad-step`: as rebuild starts (after the surge), its first ConfigMap patch is refused (403, as a
+  missing RBAC verb is): the step fails, the run rolls back to the degraded fleet, and rollback's
+  health gate verifies that fleet; the autopilot then runs rebuild again, as the on-call would
+  once the cause is fixed. (Needs the autopilot.)
+
+Faults act through the lab's own seams (the controllers' node status, the Kubernetes API's played
+faults, the pods' processes), never through the runbooks: peakguard meets them as it would on a
+cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+
+from lab.kube_api import ApiStatus
+from lab.lab import Lab
+
+__all__ = ["FAULTS", "WHEN", "inject"]
+
+Note = Callable[[str], None]
+Undo = Callable[[], None]
+
+WHEN = {"replica": "peak", "node": "peak", "zone": "peak", "cold": "surge-start", "bad-step": "before-rebuild"}
+"""When each fault strikes: the surge's peak (its middle), its start (before the page, since it changes
+what the runbooks meet), or just before the autopilot runs rebuild."""
+
+_ZONE_LABEL = "topology.kubernetes.io/zone"
+
+
+def _kill_replica(lab: Lab, note: Note) -> Undo | None:
+    ready = {pod for pod, _ in lab.ready_backends()}
+    victim = next((pod for pod in lab.pods if pod.pod in ready and pod.process.pid), None)
+    if victim is None:
+        note("fault replica: no Ready pod to kill")
+        return None
+    os.kill(victim.process.pid or 0, signal.SIGKILL)
+    note(f"fault replica: killed {victim.pod}'s serving process")
+    return None
+
+
+def _node_of_a_ready_pod(lab: Lab) -> str | None:
+    ready = {pod for pod, _ in lab.ready_backends()}
+    for pod in lab.store.list("pods", "peakguard"):
+        if pod["metadata"]["name"] in ready and pod.get("spec", {}).get("nodeName"):
+            return str(pod["spec"]["nodeName"])
+    return None
+
+
+def _nodes_not_ready(lab: Lab, nodes: list[str], note: Note, what: str) -> Undo:
+    for node in nodes:
+        lab.controllers.set_node_ready(node, False)
+    note(f"{what}: {', '.join(nodes)} NotReady")
+
+    def undo() -> None:
+        for node in nodes:
+            lab.controllers.set_node_ready(node, True)
+        note(f"{what} over: {', '.join(nodes)} Ready again")
+
+    return undo
+
+
+def _lose_node(lab: Lab, note: Note) -> Undo | None:
+    node = _node_of_a_ready_pod(lab)
+    if node is None:
+        note("fault node: no Ready pod's node found")
+        return None
+    return _nodes_not_ready(lab, [node], note, "fault node")
+
+
+def _lose_zone(lab: Lab, note: Note) -> Undo | None:
+    node = _node_of_a_ready_pod(lab)
+    if node is None:
+        note("fault zone: no Ready pod's node found")
+        return None
+    nodes = {n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in lab.store.list("nodes")}
+    zone = nodes[node].get(_ZONE_LABEL)
+    if zone is None:
+        return _nodes_not_ready(lab, [node], note, "fault zone (nodes without zones: one node)")
+    lost = sorted(name for name, labels in nodes.items() if labels.get(_ZONE_LABEL) == zone)
+    kept = sorted({labels.get(_ZONE_LABEL, "") for labels in nodes.values()} - {zone})
+    note(f"fault zone: {zone} goes away; {', '.join(kept) or 'no zone'} remain")
+    return _nodes_not_ready(lab, lost, note, f"fault zone {zone}")
+
+
+def _start_cold(lab: Lab, note: Note) -> Undo | None:
+    stopped = lab.drop_spares()
+    note(f"fault cold: {stopped} warm spare process(es) stopped; replicas added from now on start cold")
+    return None
+
+
+def _break_a_step(lab: Lab, note: Note) -> Undo | None:
+    refusal = ApiStatus(
+        403,
+        "Forbidden",
+        'configmaps is forbidden: User "drill-autopilot" cannot patch resource "configmaps" in API group "" '
+        'in the namespace "peakguard" (played by the drill: --fault bad-step)',
+    )
+    lab.store.faults[("PATCH", "configmaps")] = [refusal]
+    note("fault bad-step: the next ConfigMap patch will be refused (403)")
+
+    def undo() -> None:
+        lab.store.faults.pop(("PATCH", "configmaps"), None)
+
+    return undo
+
+
+FAULTS: dict[str, Callable[[Lab, Note], Undo | None]] = {
+    "replica": _kill_replica,
+    "node": _lose_node,
+    "zone": _lose_zone,
+    "cold": _start_cold,
+    "bad-step": _break_a_step,
+}
+
+
+def inject(name: str, lab: Lab, note: Note) -> Undo | None:
+    """Break `name` in `lab` now; what takes it back, if anything does."""
+    return FAULTS[name](lab, note)
