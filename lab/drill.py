@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from infra.config import ConfigError
 from infra.facts import HEADROOM
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
 from lab.drill_faults import FAULTS, WHEN, inject
@@ -93,11 +94,15 @@ class DrillSettings:
     spare process until a pod takes it."""
     quiet_before_rebuild: float = 10.0
     """Seconds without a firing alert, after the surge, before `rebuild` runs."""
+    project_dir: Path | None = None
+    """The checkout holding Pulumi.yaml (the program the lab is seeded from): default, the current
+    directory or a parent, else the checkout this code runs from."""
     window: float | None = None
     """The runbooks' `--window` (a gate's window lasts at least this and up to five times it, for the
     100 answers a p99 needs); default: long enough that five of them hold 150 steady-phase requests."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "project_dir", _project_dir(self.project_dir))
         # Absolute, since the pods, Prometheus and the runbooks each run with a working directory of their own.
         for name in ("data", "out", "cache", "artifacts"):
             value = getattr(self, name)
@@ -115,6 +120,18 @@ class DrillSettings:
         for name in ("steady_seconds", "surge_seconds", "after_seconds", "surge_factor", "time_scale"):
             if getattr(self, name) <= 0:
                 raise DrillError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+
+
+def _project_dir(given: Path | None) -> Path:
+    """Found before anything is measured: minutes of calibration must not end in "no Pulumi.yaml"."""
+    tried = [given] if given is not None else [Path.cwd(), Path(__file__).resolve().parent]
+    for start in tried:
+        with contextlib.suppress(ConfigError):
+            return find_project_dir(start)
+    raise DrillError(
+        f"no Pulumi.yaml in {' or '.join(str(p) for p in tried)} or their parents: run the drill from the peakguard "
+        "checkout (the lab is seeded from its Pulumi program)"
+    )
 
 
 @dataclass
@@ -177,7 +194,8 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         Phase("surge", settings.surge_seconds, surge_rps),
         Phase("after", max(settings.after_seconds, settings.after_max_seconds), settings.steady_share * sustainable),
     ]
-    program = _program(settings.env, slo, settings.max_pods)
+    assert settings.project_dir is not None  # resolved by DrillSettings
+    program = _program(settings.project_dir, settings.env, slo, settings.max_pods)
     lab_settings = LabSettings(
         artifacts=models,
         workdir=settings.out / "lab",
@@ -325,12 +343,12 @@ def _calibrate(models: Path, texts: list[str], settings: DrillSettings, log: Log
     }
 
 
-def _program(env: str, slo: float, max_pods: int) -> OfflineRun:
+def _program(project_dir: Path, env: str, slo: float, max_pods: int) -> OfflineRun:
     """The Pulumi program for `env` with the SLO this machine was measured to meet and the replicas
     it can run (the alerts, the HPA and the runbooks' plans read them from there, as they would from
     a real stack's config): the full model's HPA may grow to every pod but the canary's, and the
     expected peak is what that maximum holds with the headroom rule's 30%."""
-    values = load_stack_file(find_project_dir(), env)
+    values = load_stack_file(project_dir, env)
     kubernetes = dict(values.get("peakguard:kubernetes") or {})
     most = max(1, max_pods - 1)
     kubernetes["modelService"] = {
@@ -340,7 +358,7 @@ def _program(env: str, slo: float, max_pods: int) -> OfflineRun:
         "maxReplicas": most,
         "expectedPeakReplicas": max(1, math.floor(most / float(HEADROOM))),
     }
-    return run_offline(env, overrides={"peakguard:kubernetes": kubernetes})
+    return run_offline(env, project_dir=project_dir, overrides={"peakguard:kubernetes": kubernetes})
 
 
 # --- While it runs ------------------------------------------------------------------------------
@@ -460,7 +478,9 @@ def _runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *
     entry: dict[str, Any] = {"runbook": name, "command": " ".join(command[2:]), "started": time.time()}
     with timeline.lock:
         timeline.runbooks.append(entry)
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)  # noqa: S603
+    done = subprocess.run(  # noqa: S603
+        command, env=env, cwd=settings.project_dir, capture_output=True, text=True, timeout=900, check=False
+    )
     journal = sorted(set(journals.glob("*.jsonl")) - before)
     entry.update(
         ended=time.time(),

@@ -1,0 +1,46 @@
+"""What the drill refuses before it measures anything, and what it finds on its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lab.drill import DrillError, DrillSettings
+from tests.infra.conftest import PROJECT_DIR
+
+
+def _settings(tmp_path: Path, **changes: object) -> DrillSettings:
+    return DrillSettings(data=tmp_path / "data", out=Path("out"), cache=Path("cache"), **changes)  # type: ignore[arg-type]
+
+
+def test_outside_the_checkout_it_finds_the_program_it_runs_from_and_makes_folders_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no Pulumi.yaml here or above
+
+    settings = _settings(tmp_path)
+
+    assert settings.project_dir == PROJECT_DIR.resolve()
+    assert settings.out == tmp_path.resolve() / "out" and settings.cache == tmp_path.resolve() / "cache"
+
+
+def test_a_project_dir_without_the_program_is_refused_up_front(tmp_path: Path) -> None:
+    with pytest.raises(DrillError, match=r"no Pulumi.yaml in .* run the drill from the peakguard checkout"):
+        _settings(tmp_path, project_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"fault": "slow-layer"}, "--fault 'slow-layer' is not one of replica, node, zone, cold, bad-step"),
+        ({"fault": "bad-step", "autopilot": False}, "bad-step breaks a step of the autopilot's rebuild"),
+        ({"max_pods": 2}, "max-pods must be at least 3"),
+        ({"surge_seconds": 0}, "surge-seconds must be positive"),
+    ],
+)
+def test_settings_that_cannot_work_are_refused_naming_the_fix(
+    tmp_path: Path, changes: dict[str, object], message: str
+) -> None:
+    with pytest.raises(DrillError, match=message):
+        _settings(tmp_path, **changes)
