@@ -152,6 +152,8 @@ class Timeline:
     models: str = ""
     series: dict[str, Any] = field(default_factory=dict)
     """Scraped series per pod, from Prometheus, at the end."""
+    fault: dict[str, Any] = field(default_factory=dict)
+    """The fault's effect: when it struck (Unix time), Ready replicas just before and a few seconds after."""
     evaluation_interval: float = 1.0
     """Seconds between Prometheus's rule evaluations (and scrapes)."""
     balancer_errors: dict[str, int] = field(default_factory=dict)
@@ -514,8 +516,15 @@ def _fault(lab: Lab, settings: DrillSettings, timeline: Timeline, stop: threadin
     if not _wait_until(strike, stop):
         return
     undo = _strike(lab, settings, timeline, log)
+    if _wait_until(time.time() + _FAULT_SETTLES, stop):
+        with contextlib.suppress(Exception):  # the lab's API is busy at the peak; the figure is then missing
+            timeline.fault["ready_after"] = len(lab.ready_backends())
     if undo is not None and _wait_until(timeline.phase_start("after"), stop):
         undo()
+
+
+_FAULT_SETTLES = 3.0
+"""Seconds after a fault before its effect on the Ready replicas is counted (readiness and slices follow it)."""
 
 
 def _strike(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> Callable[[], None] | None:
@@ -525,6 +534,9 @@ def _strike(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> 
         timeline.note(text)
         log(text)
 
+    with contextlib.suppress(Exception):
+        timeline.fault["ready_before"] = len(lab.ready_backends())
+    timeline.fault["at"] = time.time()
     return inject(settings.fault, lab, note)
 
 

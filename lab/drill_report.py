@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.alerts import detection_bound
+from infra.facts import HEADROOM
 from lab.drill import DrillSettings, Timeline
 from model_service.load_generator import Request
 
@@ -61,6 +62,7 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "models": timeline.models,
         "autopilot": settings.autopilot,
         "fault": settings.fault,
+        "fault_effect": _fault_effect(timeline, settings),
         "calibration": {key: value for key, value in timeline.calibration.items() if key != "steps"}
         | {"ramp": timeline.calibration.get("steps", [])},
         "phases": [{"name": p.name, "seconds": p.seconds, "offered_rps": round(p.rps, 1)} for p in timeline.phases],
@@ -137,6 +139,32 @@ def _mitigation(timeline: Timeline, alert_at: float | None) -> dict[str, Any]:
         "verified_at": verified_at,
         "attempts": len(attempts),
     }
+
+
+def _fault_effect(timeline: Timeline, settings: DrillSettings) -> dict[str, Any] | None:
+    """What the fault took and what clients saw for the rest of the surge; for a lost node or zone, the
+    share of the fleet it took against the headroom rule (a fleet sized at 1.3x its expected peak)."""
+    if not timeline.fault.get("at"):
+        return None
+    at = timeline.fault["at"]
+    surge_end = timeline.phase_start("after")
+    rest = [r for r in timeline.requests if r.phase == "surge" and at <= timeline.started + r.at < surge_end]
+    stats = _stats(rest)
+    slo_ms = timeline.calibration["slo_seconds"] * 1000
+    effect: dict[str, Any] = {
+        "at_s": round(at - timeline.started, 1),
+        "ready_before": timeline.fault.get("ready_before"),
+        "ready_after": timeline.fault.get("ready_after"),
+        "rest_of_surge": stats,
+        "within_slo_after": None if stats["p99_ms"] is None else stats["p99_ms"] <= slo_ms,
+    }
+    before, after = effect["ready_before"], effect["ready_after"]
+    if settings.fault in ("node", "zone") and before and after is not None:
+        lost = (before - after) / before
+        left = (1 - lost) * float(HEADROOM)  # of the expected peak
+        effect |= {"lost_share": round(lost, 3), "left_of_expected_peak": round(left, 3),
+                   "missing_of_expected_peak": round(max(0.0, 1 - left), 3)}  # fmt: skip
+    return effect
 
 
 def _journal(entry: dict[str, Any]) -> list[dict[str, Any]]:
@@ -244,10 +272,32 @@ def render(numbers: dict[str, Any]) -> str:
             lines.append(f"after mitigation, admitted p99 is {ratio:.2f}x the pre-surge p99 (goal <= 3x)")
     else:
         lines.append(f"no autopilot: alerts fired {numbers['first_alerts']} and nobody acted")
+    effect = numbers["fault_effect"]
+    if effect is not None:
+        lines.append(_fault_line(numbers["fault"], effect))
     for entry in numbers["runbooks"]:
         lines.append(f"  {entry['runbook']}: exit {entry.get('exit')}, journal {entry.get('journal')}")
     lines.append(numbers["one_machine"])
     return "\n".join(lines)
+
+
+def _fault_line(fault: str, effect: dict[str, Any]) -> str:
+    rest = effect["rest_of_surge"]
+    p99 = "-" if rest["p99_ms"] is None else f"{rest['p99_ms']:.0f} ms"
+    slo = {True: "within the SLO", False: "NOT within the SLO", None: "no answers to judge"}[effect["within_slo_after"]]
+    line = (
+        f"fault {fault} at {effect['at_s']} s: Ready replicas {effect['ready_before']} -> {effect['ready_after']}; "
+        f"the rest of the surge: p99 {p99} ({slo}), {rest['answered']} answered, {rest['shed']} shed, "
+        f"{rest['failed']} failed"
+    )
+    if "lost_share" in effect:
+        line += (
+            f"; it took {effect['lost_share']:.0%} of the fleet: a fleet sized by the headroom rule (1.3x its expected "
+            f"peak) keeps {effect['left_of_expected_peak']:.0%} of that peak"
+        )
+        if effect["missing_of_expected_peak"] > 0:
+            line += f", {effect['missing_of_expected_peak']:.0%} short of it"
+    return line
 
 
 def write_json(numbers: dict[str, Any], path: Path) -> None:
