@@ -81,10 +81,11 @@ def register(commands: Any) -> None:
     surge.add_argument(
         "--fault",
         default=None,
-        choices=("replica", "node", "zone", "cold", "bad-step"),
+        choices=("replica", "node", "zone", "slow-layer", "cold", "bad-step"),
         help=(
             "break something (lab/drill_faults.py): replica (kill a serving process at the surge's peak), node "
-            "(a node NotReady at the peak), zone (every node of a zone NotReady at the peak), cold (no warm "
+            "(a node NotReady at the peak), zone (every node of a zone NotReady at the peak), slow-layer (one "
+            "layer of one replica sleeps an SLO before every batch, from the peak to the surge's end), cold (no warm "
             "spares: replicas added during the surge load their models cold), bad-step (rebuild's first ConfigMap "
             "patch refused: it rolls back, timed, then runs again)"
         ),

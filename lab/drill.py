@@ -203,7 +203,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         workdir=settings.out / "lab",
         env=settings.env,
         program=program,
-        pod_settings={"latency_budget": budget},
+        pod_settings={"latency_budget": budget, "chaos": settings.fault == "slow-layer"},
         max_pods=settings.max_pods,
         warm_spares=settings.max_pods - 1,
     )
@@ -519,8 +519,11 @@ def _fault(lab: Lab, settings: DrillSettings, timeline: Timeline, stop: threadin
     if _wait_until(time.time() + _FAULT_SETTLES, stop):
         with contextlib.suppress(Exception):  # the lab's API is busy at the peak; the figure is then missing
             timeline.fault["ready_after"] = len(lab.ready_backends())
-    if undo is not None and _wait_until(timeline.phase_start("after"), stop):
-        undo()
+    if _wait_until(timeline.phase_start("after"), stop):
+        with contextlib.suppress(Exception):
+            timeline.fault["served_after"] = lab.proxy.served()
+        if undo is not None:
+            undo()
 
 
 _FAULT_SETTLES = 3.0
@@ -537,7 +540,9 @@ def _strike(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> 
     with contextlib.suppress(Exception):
         timeline.fault["ready_before"] = len(lab.ready_backends())
     timeline.fault["at"] = time.time()
-    return inject(settings.fault, lab, note)
+    with contextlib.suppress(Exception):
+        timeline.fault["served_before"] = lab.proxy.served()
+    return inject(settings.fault, lab, note, slo_seconds=timeline.calibration["slo_seconds"], detail=timeline.fault)
 
 
 def _wait_until(moment: float, stop: threading.Event) -> bool:

@@ -8,6 +8,10 @@
   leave the EndpointSlices; it comes back when the surge ends;
 - `zone`: at the peak, every node of that pod's zone goes NotReady at once (an AZ outage); the
   zone comes back when the surge ends. The report says what the remaining zones held;
+- `slow-layer`: at the peak, one layer of every model in one Ready pod sleeps an SLO's worth before
+  it runs (`PUT /admin/chaos`; the drill's pods have the `chaos` setting on): a replica that is
+  slow but alive, as a throttled GPU is. The load balancer should send it little; it ends when
+  the surge ends;
 - `cold`: as the surge begins, the warm spare processes are stopped, so every replica the
   runbooks add loads its models on the cores the serving pods need (the seed's cold nodes);
 - `bad-step`: as rebuild starts (after the surge), its first ConfigMap patch is refused (403, as a
@@ -22,9 +26,14 @@ cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
 
 from lab.kube_api import ApiStatus
 from lab.lab import Lab
@@ -34,16 +43,34 @@ __all__ = ["FAULTS", "WHEN", "inject"]
 Note = Callable[[str], None]
 Undo = Callable[[], None]
 
-WHEN = {"replica": "peak", "node": "peak", "zone": "peak", "cold": "surge-start", "bad-step": "before-rebuild"}
+WHEN = {
+    "replica": "peak",
+    "node": "peak",
+    "zone": "peak",
+    "slow-layer": "peak",
+    "cold": "surge-start",
+    "bad-step": "before-rebuild",
+}
 """When each fault strikes: the surge's peak (its middle), its start (before the page, since it changes
 what the runbooks meet), or just before the autopilot runs rebuild."""
 
 _ZONE_LABEL = "topology.kubernetes.io/zone"
 
 
-def _kill_replica(lab: Lab, note: Note) -> Undo | None:
-    ready = {pod for pod, _ in lab.ready_backends()}
-    victim = next((pod for pod in lab.pods if pod.pod in ready and pod.process.pid), None)
+@dataclass(frozen=True)
+class Strike:
+    """What a fault acts on and reports to."""
+
+    lab: Lab
+    note: Note
+    slo_seconds: float
+    detail: dict[str, Any]
+
+
+def _kill_replica(strike: Strike) -> Undo | None:
+    lab, note = strike.lab, strike.note
+    ready = [pod for pod, _ in lab.ready_backends()]  # the first, as slow-layer picks it
+    victim = next((pod for pod in lab.pods if ready and pod.pod == ready[0] and pod.process.pid), None)
     if victim is None:
         note("fault replica: no Ready pod to kill")
         return None
@@ -73,7 +100,8 @@ def _nodes_not_ready(lab: Lab, nodes: list[str], note: Note, what: str) -> Undo:
     return undo
 
 
-def _lose_node(lab: Lab, note: Note) -> Undo | None:
+def _lose_node(strike: Strike) -> Undo | None:
+    lab, note = strike.lab, strike.note
     node = _node_of_a_ready_pod(lab)
     if node is None:
         note("fault node: no Ready pod's node found")
@@ -81,7 +109,8 @@ def _lose_node(lab: Lab, note: Note) -> Undo | None:
     return _nodes_not_ready(lab, [node], note, "fault node")
 
 
-def _lose_zone(lab: Lab, note: Note) -> Undo | None:
+def _lose_zone(strike: Strike) -> Undo | None:
+    lab, note = strike.lab, strike.note
     node = _node_of_a_ready_pod(lab)
     if node is None:
         note("fault zone: no Ready pod's node found")
@@ -96,13 +125,42 @@ def _lose_zone(lab: Lab, note: Note) -> Undo | None:
     return _nodes_not_ready(lab, lost, note, f"fault zone {zone}")
 
 
-def _start_cold(lab: Lab, note: Note) -> Undo | None:
+def _slow_a_layer(strike: Strike) -> Undo | None:
+    lab, note = strike.lab, strike.note
+    # An SLO's worth a batch: this replica alone could never answer within it.
+    seconds = strike.slo_seconds
+    ready = lab.ready_backends()
+    if not ready:
+        note("fault slow-layer: no Ready pod to slow")
+        return None
+    pod, url = ready[0]
+    auth = {"authorization": f"Bearer {lab.token}"}
+    layer = "block0"
+    answer = httpx.put(f"{url}/admin/chaos", json={"slow_layer": {"layer": layer, "seconds": seconds}}, headers=auth,
+                       timeout=10)  # fmt: skip
+    if answer.status_code != 200:
+        note(f"fault slow-layer: {pod} refused it ({answer.status_code}: {answer.text})")
+        return None
+    strike.detail["pod"] = pod
+    note(f"fault slow-layer: {pod}'s {layer} sleeps {seconds * 1000:.0f} ms before every batch")
+
+    def undo() -> None:
+        with contextlib.suppress(httpx.HTTPError):
+            httpx.put(f"{url}/admin/chaos", json={"slow_layer": None}, headers=auth, timeout=10)
+        note(f"fault slow-layer over: {pod} at full speed again")
+
+    return undo
+
+
+def _start_cold(strike: Strike) -> Undo | None:
+    lab, note = strike.lab, strike.note
     stopped = lab.drop_spares()
     note(f"fault cold: {stopped} warm spare process(es) stopped; replicas added from now on start cold")
     return None
 
 
-def _break_a_step(lab: Lab, note: Note) -> Undo | None:
+def _break_a_step(strike: Strike) -> Undo | None:
+    lab, note = strike.lab, strike.note
     refusal = ApiStatus(
         403,
         "Forbidden",
@@ -118,15 +176,17 @@ def _break_a_step(lab: Lab, note: Note) -> Undo | None:
     return undo
 
 
-FAULTS: dict[str, Callable[[Lab, Note], Undo | None]] = {
+FAULTS: dict[str, Callable[[Strike], Undo | None]] = {
     "replica": _kill_replica,
     "node": _lose_node,
     "zone": _lose_zone,
+    "slow-layer": _slow_a_layer,
     "cold": _start_cold,
     "bad-step": _break_a_step,
 }
 
 
-def inject(name: str, lab: Lab, note: Note) -> Undo | None:
-    """Break `name` in `lab` now; what takes it back, if anything does."""
-    return FAULTS[name](lab, note)
+def inject(name: str, lab: Lab, note: Note, *, slo_seconds: float, detail: dict[str, Any] | None = None) -> Undo | None:
+    """Break `name` in `lab` now; what takes it back, if anything does. A slow layer sleeps `slo_seconds`;
+    `detail` gets what the fault picked (the slowed pod)."""
+    return FAULTS[name](Strike(lab, note, slo_seconds, {} if detail is None else detail))

@@ -158,6 +158,16 @@ def _fault_effect(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]
         "rest_of_surge": stats,
         "within_slo_after": None if stats["p99_ms"] is None else stats["p99_ms"] <= slo_ms,
     }
+    slowed = timeline.fault.get("pod")
+    served_before, served_after = timeline.fault.get("served_before"), timeline.fault.get("served_after")
+    if slowed and served_before is not None and served_after is not None:
+        # What least-outstanding-requests did with a slow replica (round robin would give it 1/n).
+        taken = {pod: served_after.get(pod, 0) - served_before.get(pod, 0) for pod in served_after}
+        total = sum(taken.values())
+        serving = [pod for pod, count in taken.items() if count > 0]
+        if total > 0 and serving:
+            effect |= {"slowed_pod": slowed, "slowed_share": round(taken.get(slowed, 0) / total, 3),
+                       "even_share": round(1 / len(serving), 3)}  # fmt: skip
     before, after = effect["ready_before"], effect["ready_after"]
     if settings.fault in ("node", "zone") and before and after is not None:
         lost = (before - after) / before
@@ -290,6 +300,11 @@ def _fault_line(fault: str, effect: dict[str, Any]) -> str:
         f"the rest of the surge: p99 {p99} ({slo}), {rest['answered']} answered, {rest['shed']} shed, "
         f"{rest['failed']} failed"
     )
+    if "slowed_share" in effect:
+        line += (
+            f"; the slowed pod {effect['slowed_pod']} got {effect['slowed_share']:.0%} of the requests after it "
+            f"(an even share, as round robin gives, would be {effect['even_share']:.0%})"
+        )
     if "lost_share" in effect:
         line += (
             f"; it took {effect['lost_share']:.0%} of the fleet: a fleet sized by the headroom rule (1.3x its expected "

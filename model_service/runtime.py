@@ -90,6 +90,8 @@ class ModelRuntime:
         self._local = threading.local()
         self._switching_to: str | None = None
         self._lock = threading.Lock()
+        self._layer_delays: dict[str, float] = {}
+        """Chaos (a drill's slow layer): seconds added before a layer runs, by layer label, every model."""
         self.version = version
         self._variants = self._load(version)
         self.ready = False
@@ -104,9 +106,47 @@ class ModelRuntime:
             int8 = quantize_int8(model, device=self.device)
             model = model.to(self.device)
             self._hook_layers(name, model)
+            for module in (model, int8):
+                self._hook_delays(module)
             variants[(name, "fp32")] = _Variant(model, card)
             variants[(name, "int8")] = _Variant(int8, card)
         return variants
+
+    def _hook_delays(self, model: nn.Module) -> None:
+        blocks = getattr(model, "block_list", [])
+        layers = [*((f"block{i}", block) for i, block in enumerate(blocks)), ("head", getattr(model, "head", None))]
+        for label, module in layers:
+            if module is None:
+                continue
+
+            def delay(_module: nn.Module, _inputs: object, label: str = label) -> None:
+                seconds = self._layer_delays.get(label)
+                if seconds:
+                    self._synchronize()
+                    time.sleep(seconds)
+
+            module.register_forward_pre_hook(delay)
+
+    def layers(self) -> list[str]:
+        """The layer labels every model has (block0.., head), as the per-layer metrics name them."""
+        blocks = min(len(getattr(v.module, "block_list", [])) for v in self._variants.values())
+        return [*(f"block{i}" for i in range(blocks)), "head"]
+
+    def slow_layer(self, layer: str | None, seconds: float = 0.0) -> None:
+        """Chaos for drills: every model's `layer` sleeps `seconds` before it runs, on every batch, until
+        called with None. The layer-time metrics see it, as they would a throttled or faulty GPU."""
+        if layer is None:
+            self._layer_delays = {}
+            return
+        if layer not in self.layers():
+            raise ValueError(f"no layer {layer!r}; the layers are {', '.join(self.layers())}")
+        if not 0 < seconds <= 10:
+            raise ValueError(f"seconds must be in (0, 10], got {seconds}")
+        self._layer_delays = {layer: seconds}
+
+    @property
+    def slowed(self) -> dict[str, float]:
+        return dict(self._layer_delays)
 
     def _hook_layers(self, name: str, model: IntentClassifier) -> None:
         layers: list[tuple[str, nn.Module]] = [(f"block{i}", block) for i, block in enumerate(model.block_list)]

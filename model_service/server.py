@@ -6,7 +6,8 @@ while the models run on their own threads. Endpoints:
 - `POST /v1/intent` `{"text": ...}` -> intent, confidence, hand-over flag, which model answered;
 - `GET /healthz` (the process lives), `GET /readyz` (weights loaded and warm-up done);
 - `GET /metrics` (Prometheus);
-- `GET /admin/status`, `PUT /admin/mode` (bearer token; runbooks push modes here).
+- `GET /admin/status`, `PUT /admin/mode` (bearer token; runbooks push modes here);
+  `PUT /admin/chaos` (a slow layer), only where the `chaos` setting is on (drills).
 """
 
 from __future__ import annotations
@@ -71,6 +72,9 @@ class ServiceSettings:
     """Seconds between reads of the mode file."""
     device: str = "auto"
     """Where the models run: cpu, cuda, cuda:N, or auto (cuda when torch sees a GPU)."""
+    chaos: bool = False
+    """Accept `PUT /admin/chaos` (a slow layer, for drills). Off in the image's pods: a drill's lab
+    turns it on for its own processes."""
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
@@ -367,6 +371,7 @@ class Service:
             },
             "queue": {name: {"depth": b.depth, "in_flight": b.in_flight} for name, b in self.batchers.items()},
             "cache_entries": len(self.cache),
+            "chaos": {"slow_layers": runtime.slowed} if runtime and self.settings.chaos else None,
             "handover_threshold": {m: runtime.card(m).handover_threshold for m in ("full", "light")}
             if runtime
             else None,
@@ -425,5 +430,32 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
         except ModeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse({"mode": service.modes.mode.to_dict(), "revision": service.modes.status()["revision"]})
+
+    @app.put("/admin/chaos")
+    async def admin_chaos(request: Request) -> Response:
+        """`{"slow_layer": {"layer": "block1", "seconds": 0.05}}` slows that layer of every model on this
+        process; `{"slow_layer": null}` ends it. Only with the `chaos` setting (drills)."""
+        if (refusal := service.authorised(request)) is not None:
+            return refusal
+        if not settings.chaos:
+            return JSONResponse({"error": "chaos is off for this process (setting chaos: true turns it on)"}, 403)
+        if service.runtime is None:
+            return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
+        try:
+            raw = json.loads(await request.body())
+            slow = raw["slow_layer"]
+            if slow is None:
+                service.runtime.slow_layer(None)
+            else:
+                service.runtime.slow_layer(str(slow["layer"]), float(slow["seconds"]))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return JSONResponse({"error": f"body is not JSON ({exc})"}, status_code=400)
+        except (KeyError, TypeError) as exc:
+            return JSONResponse(
+                {"error": f'body must be {{"slow_layer": {{"layer": ..., "seconds": ...}}}} or null ({exc!r})'}, 422
+            )
+        except ValueError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=422)
+        return JSONResponse({"slow_layers": service.runtime.slowed})
 
     return app

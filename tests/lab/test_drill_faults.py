@@ -25,7 +25,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     artifacts = root / "models"
     write_tiny_artifacts(artifacts)
     settings = LabSettings(artifacts=artifacts, workdir=root / "lab", delays=DELAYS, replicas=2, max_pods=3,
-                           warm_spares=1)  # fmt: skip
+                           warm_spares=1, pod_settings={"chaos": True})  # fmt: skip
     with Lab(settings) as started:
         yield started
 
@@ -58,7 +58,7 @@ def test_every_fault_is_offered_by_the_cli_and_has_its_moment() -> None:
     for name in FAULTS:
         assert parser.parse_args(["drill", "surge", "--fault", name]).fault == name
     with pytest.raises(SystemExit):
-        parser.parse_args(["drill", "surge", "--fault", "slow-layer"])  # not built: refused, not ignored
+        parser.parse_args(["drill", "surge", "--fault", "gpu-fire"])
     assert set(WHEN) == set(FAULTS)
 
 
@@ -73,7 +73,7 @@ def test_node_takes_one_node_and_its_pods_out_until_undone(lab: Lab) -> None:
     notes: list[str] = []
     before = {pod for pod, _ in lab.ready_backends()}
 
-    undo = inject("node", lab, notes.append)
+    undo = inject("node", lab, notes.append, slo_seconds=0.3)
 
     assert undo is not None
     (lost,) = set(_nodes(lab)) - _ready_nodes(lab)
@@ -88,7 +88,7 @@ def test_node_takes_one_node_and_its_pods_out_until_undone(lab: Lab) -> None:
 
 def test_zone_takes_every_node_of_one_zone(lab: Lab) -> None:
     notes: list[str] = []
-    undo = inject("zone", lab, notes.append)
+    undo = inject("zone", lab, notes.append, slo_seconds=0.3)
 
     assert undo is not None
     lost = set(_nodes(lab)) - _ready_nodes(lab)
@@ -101,7 +101,7 @@ def test_zone_takes_every_node_of_one_zone(lab: Lab) -> None:
 
 def test_bad_step_refuses_exactly_the_next_config_map_patch(lab: Lab) -> None:
     api = k8s_client.CoreV1Api(k8s_client.ApiClient(k8s_client.Configuration(host=lab.kube_url)))
-    undo = inject("bad-step", lab, lambda _: None)
+    undo = inject("bad-step", lab, lambda _: None, slo_seconds=0.3)
     name = next(cm["metadata"]["name"] for cm in lab.store.list("configmaps", NAMESPACE))
 
     with pytest.raises(k8s_client.ApiException) as refused:
@@ -115,11 +115,31 @@ def test_bad_step_refuses_exactly_the_next_config_map_patch(lab: Lab) -> None:
     assert ("PATCH", "configmaps") not in lab.store.faults
 
 
+def test_slow_layer_slows_one_ready_pod_until_undone(lab: Lab) -> None:
+    detail: dict[str, object] = {}
+    undo = inject("slow-layer", lab, lambda _: None, slo_seconds=0.3, detail=detail)
+
+    urls = dict(lab.ready_backends())
+    slowed = str(detail["pod"])
+    auth = {"authorization": f"Bearer {lab.token}"}
+    chaos = {
+        pod: httpx.get(f"{url}/admin/status", headers=auth, timeout=10).json()["chaos"] for pod, url in urls.items()
+    }
+    assert chaos[slowed] == {"slow_layers": {"block0": 0.3}}
+    assert all(state == {"slow_layers": {}} for pod, state in chaos.items() if pod != slowed)
+    started = time.perf_counter()
+    httpx.post(f"{urls[slowed]}/v1/intent", json={"text": "my card is lost"}, timeout=10).raise_for_status()
+    assert time.perf_counter() - started >= 0.3
+    assert undo is not None
+    undo()
+    assert httpx.get(f"{urls[slowed]}/admin/status", headers=auth, timeout=10).json()["chaos"] == {"slow_layers": {}}
+
+
 def test_cold_leaves_no_warm_spare(lab: Lab) -> None:
     spares = [pod for pod in lab.pods if pod.pod.startswith("spare-")]
     assert spares, "the fixture starts one warm spare"
 
-    assert inject("cold", lab, lambda _: None) is None
+    assert inject("cold", lab, lambda _: None, slo_seconds=0.3) is None
 
     assert not [pod for pod in lab.pods if pod.pod.startswith("spare-")]
     assert all(spare.process.pid is None or not Path(f"/proc/{spare.process.pid}").exists() for spare in spares)
@@ -130,7 +150,7 @@ def test_replica_kills_a_ready_pods_process(lab: Lab) -> None:
     (pod, url), *_ = lab.ready_backends()
     notes: list[str] = []
 
-    assert inject("replica", lab, notes.append) is None
+    assert inject("replica", lab, notes.append, slo_seconds=0.3) is None
 
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{url}/healthz", timeout=5)

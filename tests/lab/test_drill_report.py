@@ -79,6 +79,19 @@ def test_a_zone_the_headroom_covers_is_not_called_short(tmp_path: Path) -> None:
     assert "short of it" not in render(numbers)
 
 
+def test_a_slowed_pod_s_share_of_the_requests_is_set_beside_an_even_one(tmp_path: Path) -> None:
+    timeline = _timeline(surge_latency=0.2, fault_at=15.0, ready=(3, 3))
+    timeline.fault |= {"pod": "b", "served_before": {"a": 100, "b": 100, "c": 100},
+                       "served_after": {"a": 500, "b": 120, "c": 480}}  # fmt: skip
+
+    numbers = report(timeline, _settings(tmp_path, fault="slow-layer"))
+
+    assert numbers["fault_effect"]["slowed_share"] == pytest.approx(20 / 800, abs=0.001)
+    assert numbers["fault_effect"]["even_share"] == pytest.approx(0.333, abs=0.001)
+    assert "the slowed pod b got 2% of the requests" in render(numbers)
+    assert "lost_share" not in numbers["fault_effect"]
+
+
 def test_no_fault_no_fault_line(tmp_path: Path) -> None:
     numbers = report(_timeline(surge_latency=0.2), _settings(tmp_path))
     assert numbers["fault_effect"] is None

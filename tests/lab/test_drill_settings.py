@@ -33,7 +33,7 @@ def test_a_project_dir_without_the_program_is_refused_up_front(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"fault": "slow-layer"}, "--fault 'slow-layer' is not one of replica, node, zone, cold, bad-step"),
+        ({"fault": "gpu-fire"}, "--fault 'gpu-fire' is not one of replica, node, zone, slow-layer, cold, bad-step"),
         ({"fault": "bad-step", "autopilot": False}, "bad-step breaks a step of the autopilot's rebuild"),
         ({"max_pods": 2}, "max-pods must be at least 3"),
         ({"surge_seconds": 0}, "surge-seconds must be positive"),

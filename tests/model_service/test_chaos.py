@@ -1,0 +1,95 @@
+"""The drills' slow layer: `PUT /admin/chaos` on a process whose `chaos` setting is on, over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from model_service.modes import OperatingMode
+from model_service.server import ServiceSettings
+from tests.model_service.conftest import TOKEN, Running, serving, write_tiny_artifacts
+from tests.model_service.conftest import ask as _ask
+
+AUTH = {"authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture
+def chaotic(tmp_path: Path) -> Iterator[Running]:
+    write_tiny_artifacts(tmp_path / "models")
+    settings = ServiceSettings(artifacts=tmp_path / "models", admin_token=TOKEN, chaos=True, layer_sample_every=1,
+                               initial_mode=OperatingMode(batch_min=1))  # fmt: skip
+    with serving(settings) as service:
+        yield service
+
+
+def _median_latency(client: httpx.Client, n: int = 7) -> float:
+    seconds = []
+    for _ in range(n):
+        started = time.perf_counter()
+        assert _ask(client).status_code == 200
+        seconds.append(time.perf_counter() - started)
+    return sorted(seconds)[n // 2]
+
+
+def test_a_slowed_layer_slows_every_answer_and_its_layer_metric_until_ended(chaotic: Running) -> None:
+    with chaotic.client() as client:
+        before = _median_latency(client)
+        slowed = client.put("/admin/chaos", json={"slow_layer": {"layer": "block1", "seconds": 0.2}}, headers=AUTH)
+        during = _median_latency(client)
+        light = client.put("/admin/mode", json={"model": "light", "precision": "int8"}, headers=AUTH)
+        during_light = _median_latency(client)
+        status = client.get("/admin/status", headers=AUTH).json()
+        ended = client.put("/admin/chaos", json={"slow_layer": None}, headers=AUTH)
+        after = _median_latency(client)
+        metrics = client.get("/metrics").text
+
+    assert slowed.status_code == 200 and slowed.json() == {"slow_layers": {"block1": 0.2}}
+    assert during >= before + 0.2
+    assert light.status_code == 200 and during_light >= 0.2  # every model and precision of this process
+    assert status["chaos"] == {"slow_layers": {"block1": 0.2}}
+    assert ended.json() == {"slow_layers": {}}
+    assert after < 0.2
+    # The layer-time histogram saw it (fp32 batches are timed layer by layer).
+    sums = [line for line in metrics.splitlines() if line.startswith("peakguard_layer_seconds_sum")]
+    (block1,) = [line for line in sums if 'model="full"' in line and "block1" in line]
+    assert float(block1.rsplit(" ", 1)[1]) >= 0.2 * 5
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"slow_layer": {"layer": "block9", "seconds": 0.1}}, 422, "no layer 'block9'; the layers are block0, block1"),
+        ({"slow_layer": {"layer": "head", "seconds": 60}}, 422, "seconds must be in (0, 10]"),
+        ({"slow": 1}, 422, 'body must be {"slow_layer"'),
+    ],
+)
+def test_a_wrong_chaos_request_is_refused_naming_what_is_wrong(
+    chaotic: Running, body: dict[str, object], status: int, message: str
+) -> None:
+    with chaotic.client() as client:
+        refused = client.put("/admin/chaos", json=body, headers=AUTH)
+
+    assert refused.status_code == status
+    assert message in refused.json()["error"]
+
+
+def test_without_the_setting_chaos_is_refused(running: Running) -> None:
+    with running.client() as client:
+        refused = client.put("/admin/chaos", json={"slow_layer": {"layer": "block0", "seconds": 1}}, headers=AUTH)
+        status = client.get("/admin/status", headers=AUTH).json()
+        started = time.perf_counter()
+        _ask(client)
+        took = time.perf_counter() - started
+
+    assert refused.status_code == 403 and "chaos is off" in refused.json()["error"]
+    assert status["chaos"] is None
+    assert took < 1.0
+
+
+def test_chaos_needs_the_admin_token(chaotic: Running) -> None:
+    with chaotic.client() as client:
+        assert client.put("/admin/chaos", json={"slow_layer": None}).status_code == 401
