@@ -18,6 +18,10 @@ from tests.model_service.conftest import write_tiny_artifacts
 
 ZONE = "topology.kubernetes.io/zone"
 
+# A lab of three serving processes: beside another lab (the e2e runbooks) on two cores it moved their
+# gates' p99 (CI: rolling-upgrade's gate found no data); so it runs after them, on its own.
+pytestmark = pytest.mark.alone
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
