@@ -171,20 +171,22 @@ def scaled_duration(text: str, factor: float) -> str:
     return f"{max(1, round(total * factor))}s"
 
 
-def detection_bound(name: str, *, time_scale: float = 1.0, evaluation_interval: float = 60.0) -> float:
-    """Seconds after a step change in its signal by which alert `name` fires at the latest: its longest
-    range fills with the new rate, its `for:` holds, and one more evaluation sees it (all scaled by
-    `time_scale`, as `alert_rules` scales them). A rule that compares with an `offset` past is bounded
-    the same way: the past stays as it was."""
+def detection_bound(
+    name: str, *, time_scale: float = 1.0, evaluation_interval: float = 60.0, scrape_interval: float = 0.0
+) -> float:
+    """Seconds after a step change in its signal by which alert `name` fires at the latest: one scrape
+    brings the change in, its longest range fills with it, its `for:` holds, and one more evaluation
+    sees it (windows scaled by `time_scale`, as `alert_rules` scales them). A rule that compares with
+    an `offset` past is bounded the same way: the past stays as it was."""
     alert = next((a for a in ALERTS if a.name == name), None)
     if alert is None:
         raise KeyError(f"no alert named {name!r}; the alerts are {', '.join(a.name for a in ALERTS)}")
     longest_range = max((_seconds(text) for text in re.findall(r"\[(\w+)\]", alert.expr)), default=0)
     if time_scale == 1.0:
-        return _seconds(alert.for_) + longest_range + evaluation_interval
+        return _seconds(alert.for_) + longest_range + evaluation_interval + scrape_interval
     # As the rules get them: each window scaled and rounded to whole seconds.
     waits = _seconds(scaled_duration(alert.for_, time_scale))
-    return waits + _seconds(scaled_duration(f"{longest_range}s", time_scale)) + evaluation_interval
+    return waits + _seconds(scaled_duration(f"{longest_range}s", time_scale)) + evaluation_interval + scrape_interval
 
 
 def _seconds(text: str) -> int:

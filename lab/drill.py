@@ -231,11 +231,12 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
             threads.append(threading.Thread(target=_watch_loop, args=(prometheus, timeline, stop), daemon=True))
         if settings.fault is not None and WHEN[settings.fault] != "before-rebuild":
             threads.append(threading.Thread(target=_fault, args=(lab, settings, timeline, stop, log), daemon=True))
+        # Every thread times itself from the traffic's start: set before any of them runs.
+        timeline.started = time.time()
         for thread in threads:
             thread.start()
         progress = threading.Thread(target=_progress, args=(timeline, stop, log), daemon=True)
         try:
-            timeline.started = time.time()
             progress.start()
             asyncio.run(
                 run_phases(
@@ -435,9 +436,10 @@ def _autopilot(
             if _runbook(lab, settings, timeline, *rebuild) != 0:
                 if undo is not None:
                     undo()
-                timeline.note("rebuild did not finish; running it again")
-                log("autopilot: rebuild did not finish; running it again")
-                _runbook(lab, settings, timeline, *rebuild)
+                if not stop.is_set():  # the drill is ending: no second run against a lab going away
+                    timeline.note("rebuild did not finish; running it again")
+                    log("autopilot: rebuild did not finish; running it again")
+                    _runbook(lab, settings, timeline, *rebuild)
             rebuilt = True
             timeline.autopilot_done.set()
         elif not mitigated and now >= timeline.phase_start("after") + settings.after_seconds:
@@ -542,7 +544,12 @@ def _strike(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> 
     timeline.fault["at"] = time.time()
     with contextlib.suppress(Exception):
         timeline.fault["served_before"] = lab.proxy.served()
-    return inject(settings.fault, lab, note, slo_seconds=timeline.calibration["slo_seconds"], detail=timeline.fault)
+    try:
+        return inject(settings.fault, lab, note, slo_seconds=timeline.calibration["slo_seconds"], detail=timeline.fault)
+    except Exception as error:  # noqa: BLE001 (a fault that fails is reported, never a dead thread)
+        timeline.fault["failed"] = f"{type(error).__name__}: {error}"
+        note(f"fault {settings.fault} could not be applied: {type(error).__name__}: {error}")
+        return None
 
 
 def _wait_until(moment: float, stop: threading.Event) -> bool:

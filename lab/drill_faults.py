@@ -127,8 +127,8 @@ def _lose_zone(strike: Strike) -> Undo | None:
 
 def _slow_a_layer(strike: Strike) -> Undo | None:
     lab, note = strike.lab, strike.note
-    # An SLO's worth a batch: this replica alone could never answer within it.
-    seconds = strike.slo_seconds
+    # An SLO's worth a batch: this replica alone could never answer within it (the service takes <= 10 s).
+    seconds = min(strike.slo_seconds, 10.0)
     ready = lab.ready_backends()
     if not ready:
         note("fault slow-layer: no Ready pod to slow")
@@ -136,8 +136,13 @@ def _slow_a_layer(strike: Strike) -> Undo | None:
     pod, url = ready[0]
     auth = {"authorization": f"Bearer {lab.token}"}
     layer = "block0"
-    answer = httpx.put(f"{url}/admin/chaos", json={"slow_layer": {"layer": layer, "seconds": seconds}}, headers=auth,
-                       timeout=10)  # fmt: skip
+    try:
+        answer = httpx.put(
+            f"{url}/admin/chaos", json={"slow_layer": {"layer": layer, "seconds": seconds}}, headers=auth, timeout=10
+        )
+    except httpx.HTTPError as error:
+        note(f"fault slow-layer: {pod} did not take it ({type(error).__name__}: {error})")
+        return None
     if answer.status_code != 200:
         note(f"fault slow-layer: {pod} refused it ({answer.status_code}: {answer.text})")
         return None

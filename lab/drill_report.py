@@ -70,7 +70,12 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "time_to_detect_s": _seconds(alert_at, surge_start),
         "detect_bound_s": None
         if first_alert is None
-        else detection_bound(first_alert, time_scale=k, evaluation_interval=timeline.evaluation_interval),
+        else detection_bound(
+            first_alert,
+            time_scale=k,
+            evaluation_interval=timeline.evaluation_interval,
+            scrape_interval=timeline.evaluation_interval,
+        ),
         "first_alerts": {
             name: round(at - surge_start, 1) for name, at in sorted(timeline.alerts.items(), key=lambda item: item[1])
         },
@@ -144,8 +149,8 @@ def _mitigation(timeline: Timeline, alert_at: float | None) -> dict[str, Any]:
 def _fault_effect(timeline: Timeline, settings: DrillSettings) -> dict[str, Any] | None:
     """What the fault took and what clients saw for the rest of the surge; for a lost node or zone, the
     share of the fleet it took against the headroom rule (a fleet sized at 1.3x its expected peak)."""
-    if not timeline.fault.get("at"):
-        return None
+    if not timeline.fault.get("at") or settings.fault == "bad-step":
+        return None  # bad-step strikes at rebuild, after the surge: its figures are the rollback's
     at = timeline.fault["at"]
     surge_end = timeline.phase_start("after")
     rest = [r for r in timeline.requests if r.phase == "surge" and at <= timeline.started + r.at < surge_end]
@@ -164,7 +169,8 @@ def _fault_effect(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]
         # What least-outstanding-requests did with a slow replica (round robin would give it 1/n).
         taken = {pod: served_after.get(pod, 0) - served_before.get(pod, 0) for pod in served_after}
         total = sum(taken.values())
-        serving = [pod for pod, count in taken.items() if count > 0]
+        # Pods that served then, and the slowed one even if it got nothing.
+        serving = {pod for pod, count in taken.items() if count > 0} | {slowed}
         if total > 0 and serving:
             effect |= {"slowed_pod": slowed, "slowed_share": round(taken.get(slowed, 0) / total, 3),
                        "even_share": round(1 / len(serving), 3)}  # fmt: skip
@@ -264,7 +270,7 @@ def render(numbers: dict[str, Any]) -> str:
     if numbers["autopilot"]:
         lines.append(
             f"alert: first fired {numbers['time_to_detect_s']} s after the surge began (bound: k x (for + range) "
-            f"+ one evaluation = {numbers['detect_bound_s']} s, k = {numbers['time_scale_k']:g}): "
+            f"+ one scrape + one evaluation = {numbers['detect_bound_s']} s, k = {numbers['time_scale_k']:g}): "
             f"{numbers['first_alerts']}"
         )
         lines.append(

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -152,6 +153,7 @@ class Lab:
         """Called with each pod's container once its process started (tests break some on purpose)."""
         self._pod_port = free_port()
         self._spares: dict[str, ServePod] = {}
+        self._spares_lock = threading.Lock()  # the controllers take spares while a drill may drop them
         self.aws_env: dict[str, str] = {}
         self.targets: TargetsDocument
         self.kubernetes: LocalKubernetes
@@ -320,8 +322,9 @@ class Lab:
 
     def drop_spares(self) -> int:
         """Stop the warm spare processes (how many there were): the next pods start cold."""
-        spares = list(self._spares.values())
-        self._spares.clear()
+        with self._spares_lock:
+            spares = list(self._spares.values())
+            self._spares.clear()
         for spare in spares:
             spare.stop()
             self.pods.remove(spare)
@@ -346,7 +349,8 @@ class Lab:
         settings = self.settings
 
         def start_pod(pod: str, template: Mapping[str, Any], address: str) -> ServePod:
-            started = self._spares.pop(address, None)
+            with self._spares_lock:
+                started = self._spares.pop(address, None)
             if started is not None:
                 started.pod = pod
             else:

@@ -77,6 +77,8 @@ class ServiceSettings:
     turns it on for its own processes."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.chaos, bool):  # a settings file's "false" must not turn it on
+            raise ValueError(f"chaos must be true or false, got {self.chaos!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
 

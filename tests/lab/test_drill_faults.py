@@ -142,11 +142,16 @@ def test_slow_layer_slows_one_ready_pod_until_undone(lab: Lab) -> None:
 def test_cold_leaves_no_warm_spare(lab: Lab) -> None:
     spares = [pod for pod in lab.pods if pod.pod.startswith("spare-")]
     assert spares, "the fixture starts one warm spare"
+    pids = [spare.process.pid for spare in spares]
+    assert all(pids)
 
     assert inject("cold", lab, lambda _: None, slo_seconds=0.3) is None
 
     assert not [pod for pod in lab.pods if pod.pod.startswith("spare-")]
-    assert all(spare.process.pid is None or not Path(f"/proc/{spare.process.pid}").exists() for spare in spares)
+    # Stopped: each process is gone (or a zombie its parent has not reaped yet).
+    for pid in pids:
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text(), pid
 
 
 def test_replica_kills_a_ready_pods_process(lab: Lab) -> None:

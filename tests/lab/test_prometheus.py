@@ -64,6 +64,7 @@ def test_the_detection_bound_is_for_plus_the_longest_range_plus_an_evaluation() 
     # Scaled as the rules are: 0.05 x 2m = 6 s each, rounded to whole seconds like the rules.
     assert detection_bound("ModelServiceP99LatencyHigh", time_scale=0.05, evaluation_interval=1) == 6 + 6 + 1
     assert detection_bound("ModelServiceP99LatencyHigh", time_scale=0.01, evaluation_interval=1) == 1 + 1 + 1
+    assert detection_bound("ModelServiceP99LatencyHigh", evaluation_interval=30, scrape_interval=5) == 240 + 30 + 5
     with pytest.raises(KeyError, match="no alert named 'Nope'"):
         detection_bound("Nope")
 

@@ -48,7 +48,7 @@ def test_a_slowed_layer_slows_every_answer_and_its_layer_metric_until_ended(chao
         metrics = client.get("/metrics").text
 
     assert slowed.status_code == 200 and slowed.json() == {"slow_layers": {"block1": 0.2}}
-    assert during >= before + 0.2
+    assert during >= 0.2 and during - before >= 0.15
     assert light.status_code == 200 and during_light >= 0.2  # every model and precision of this process
     assert status["chaos"] == {"slow_layers": {"block1": 0.2}}
     assert ended.json() == {"slow_layers": {}}

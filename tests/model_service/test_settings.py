@@ -51,6 +51,7 @@ def test_the_token_comes_from_a_file_named_in_the_environment(tmp_path: Path, mo
         ("artifacts: /m\nadmin_token: hunter2\n", "admin_token does not belong in a file"),
         ("latency_budget: 1\n", "artifacts is required"),
         ("artifacts: /m\ndevice: gpu\n", "device 'gpu' is not one of auto, cpu, cuda"),
+        ("artifacts: /m\nchaos: 'false'\n", "chaos must be true or false, got 'false'"),
         ("artifacts: /m\ninitial_mode: {model: huge}\n", "model"),
         ("- just\n- a list\n", "must hold a mapping"),
         ("artifacts: [unclosed\n", "not valid yaml"),
