@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError
-from infra.facts import HEADROOM
+from infra.facts import HEADROOM, INSTANCE_TYPES
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
 from lab.drill_faults import FAULTS, WHEN, inject
 from lab.lab import NAMESPACE, Lab, LabSettings
@@ -198,6 +198,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
     ]
     assert settings.project_dir is not None  # resolved by DrillSettings
     program = _program(settings.project_dir, settings.env, slo, settings.max_pods)
+    (full_pool,) = [pool for pool in program.config.gpu_pools if pool.name == "full"]
     lab_settings = LabSettings(
         artifacts=models,
         workdir=settings.out / "lab",
@@ -206,6 +207,11 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         pod_settings={"latency_budget": budget, "chaos": settings.fault == "slow-layer"},
         max_pods=settings.max_pods,
         warm_spares=settings.max_pods - 1,
+        # emergency-stop plans min(replicas needed, what the node groups can grow to) and raises the
+        # HPA to it: the node groups' maxSize (one replica a node) is the full replicas the lab can run,
+        # shared by the AZs; each node has GPUs for every pod, the canary's too.
+        node_group_max_size=math.ceil((settings.max_pods - 1) / max(1, len(full_pool.availability_zones))),
+        gpus_per_node=full_pool.instance.gpus * settings.max_pods,
     )
     log(f"lab: standing up {settings.env} (SLO p99 {slo * 1000:.0f} ms, admission budget {budget * 1000:.0f} ms)")
     with (
@@ -354,12 +360,15 @@ def _program(project_dir: Path, env: str, slo: float, max_pods: int) -> OfflineR
     values = load_stack_file(project_dir, env)
     kubernetes = dict(values.get("peakguard:kubernetes") or {})
     most = max(1, max_pods - 1)
+    pool = (values.get("peakguard:gpuPools") or {}).get("full", {})
     kubernetes["modelService"] = {
         **(kubernetes.get("modelService") or {}),
         "sloP99Milliseconds": max(10, round(slo * 1000)),
         "minReplicas": 1,
         "maxReplicas": most,
         "expectedPeakReplicas": max(1, math.floor(most / float(HEADROOM))),
+        # One replica a node, so that the node groups' sizes in the lab are its replicas (see _lab_capacity).
+        "gpusPerReplica": INSTANCE_TYPES[pool["instanceType"]].gpus,
     }
     return run_offline(env, project_dir=project_dir, overrides={"peakguard:kubernetes": kubernetes})
 

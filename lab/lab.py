@@ -83,7 +83,10 @@ class LabSettings:
     (blue serving one node an AZ, an incoming generation empty), played."""
     node_group_delays: NodeGroupDelays = field(default_factory=NodeGroupDelays)
     gpus_per_node: int | None = None
-    """With `node-groups`: allocatable GPUs of every node, instead of its instance type's."""
+    """Allocatable GPUs of every node, instead of its instance type's (`fixed`: 8)."""
+    node_group_max_size: int = 2
+    """Each GPU node group's maxSize in EKS (moto): what the runbooks read as the most nodes the pool
+    can grow to, so what their capacity plans are capped by."""
     incoming_image: Mapping[str, str] = field(default_factory=dict)
     """With `node-groups`: what an incoming generation's node groups are declared at in EKS, e.g.
     `{"releaseVersion": "1.33.4-20251010"}` (the stack config's `next`)."""
@@ -283,7 +286,7 @@ class Lab:
                 nodegroupName=group.name,
                 subnets=["subnet-1"],
                 nodeRole="arn:aws:iam::123456789012:role/node",
-                scalingConfig={"minSize": 0, "desiredSize": desired, "maxSize": 2},
+                scalingConfig={"minSize": 0, "desiredSize": desired, "maxSize": self.settings.node_group_max_size},
                 **incoming,
             )
         env = self.settings.env
@@ -369,6 +372,7 @@ class Lab:
             delays=settings.delays,
             max_pods=settings.max_pods,
             node_labels={"peakguard.io/pool": "full"},
+            node_gpus=settings.gpus_per_node or 8,
             zones=self.zones(),
         )
 
