@@ -108,9 +108,10 @@ def register(commands: Any) -> None:
     surge.add_argument(
         "--max-pods",
         type=int,
-        default=5,
+        default=3,
         help="pods the lab may run, each a serving process on these cores: the full model's HPA maximum is one "
-        "less (rebuild's canary needs the last); at least 3 (default 5)",
+        "less (rebuild's canary needs the last); at least 3 (default 3: with 5, four full-model processes on 2 "
+        "cores timed out thousands of requests while the runbook scaled out)",
     )
     surge.add_argument(
         "--k",

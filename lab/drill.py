@@ -88,7 +88,7 @@ class DrillSettings:
     seed: int = 0
     calibration_seconds: float = 5.0
     """Length of the unloaded run and of each step of the sustainable-rate search."""
-    max_pods: int = 5
+    max_pods: int = 3
     """Pods the lab can run: the full model's replicas (its HPA maximum is all but one, so
     emergency-stop's plan fits) and rebuild's canary beside them; each beyond the first is a warm
     spare process until a pod takes it."""
