@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +121,7 @@ def register(commands: Any) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     from lab.lab import Lab, LabError, LabSettings
+    from runbooks.engine import sigterm_as_interrupt
 
     # moto's server logs every request it serves (werkzeug); that is noise on the user's terminal.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
@@ -135,7 +133,7 @@ def _up(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    with tempfile.TemporaryDirectory(prefix="peakguard-lab-") as workdir, _sigterm_as_interrupt():
+    with tempfile.TemporaryDirectory(prefix="peakguard-lab-") as workdir, sigterm_as_interrupt():
         settings = LabSettings(
             artifacts=args.artifacts,
             workdir=Path(workdir),
@@ -211,13 +209,3 @@ def _drill(args: argparse.Namespace) -> int:
         plot(timeline, numbers, args.plot)
         print(f"plot: {args.plot}")
     return 0
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM takes the lab down as Ctrl-C does (the `with Lab` block cleans up either way)."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

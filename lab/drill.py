@@ -29,12 +29,11 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from lab.prometheus import Firing, Prometheus
 from model_service.benchmark import sustainable_rate, unloaded_p99
 from model_service.load_generator import Phase, Request, run_phases
 from model_service.service_process import ServiceProcess
+from runbooks.engine import sigterm_as_interrupt
 
 __all__ = ["FAULTS", "DrillError", "DrillSettings", "Timeline", "run"]
 Log = Callable[[str], None]
@@ -215,7 +215,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
     )
     log(f"lab: standing up {settings.env} (SLO p99 {slo * 1000:.0f} ms, admission budget {budget * 1000:.0f} ms)")
     with (
-        _sigterm_as_interrupt(),
+        sigterm_as_interrupt(),
         Lab(lab_settings) as lab,
         Prometheus(
             settings.out / "prometheus",
@@ -610,15 +610,3 @@ def _series(prometheus: Prometheus, timeline: Timeline) -> dict[str, Any]:
         with contextlib.suppress(Exception):
             found[name] = prometheus.query_range(expr, timeline.started, end, 1.0)
     return found
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)

@@ -101,28 +101,31 @@ def _nodes_not_ready(lab: Lab, nodes: list[str], note: Note, what: str) -> Undo:
 
 
 def _lose_node(strike: Strike) -> Undo | None:
-    lab, note = strike.lab, strike.note
-    node = _node_of_a_ready_pod(lab)
-    if node is None:
-        note("fault node: no Ready pod's node found")
-        return None
-    return _nodes_not_ready(lab, [node], note, "fault node")
+    return _lose_nodes(strike, zone=False)
 
 
 def _lose_zone(strike: Strike) -> Undo | None:
+    return _lose_nodes(strike, zone=True)
+
+
+def _lose_nodes(strike: Strike, *, zone: bool) -> Undo | None:
+    """The node of a Ready pod NotReady, or with `zone` every node of its zone."""
     lab, note = strike.lab, strike.note
+    fault = "zone" if zone else "node"
     node = _node_of_a_ready_pod(lab)
     if node is None:
-        note("fault zone: no Ready pod's node found")
+        note(f"fault {fault}: no Ready pod's node found")
         return None
+    if not zone:
+        return _nodes_not_ready(lab, [node], note, "fault node")
     nodes = {n["metadata"]["name"]: n["metadata"].get("labels", {}) for n in lab.store.list("nodes")}
-    zone = nodes[node].get(_ZONE_LABEL)
-    if zone is None:
+    name = nodes[node].get(_ZONE_LABEL)
+    if name is None:
         return _nodes_not_ready(lab, [node], note, "fault zone (nodes without zones: one node)")
-    lost = sorted(name for name, labels in nodes.items() if labels.get(_ZONE_LABEL) == zone)
-    kept = sorted({labels.get(_ZONE_LABEL, "") for labels in nodes.values()} - {zone})
-    note(f"fault zone: {zone} goes away; {', '.join(kept) or 'no zone'} remain")
-    return _nodes_not_ready(lab, lost, note, f"fault zone {zone}")
+    lost = sorted(n for n, labels in nodes.items() if labels.get(_ZONE_LABEL) == name)
+    kept = sorted({labels.get(_ZONE_LABEL, "") for labels in nodes.values()} - {name})
+    note(f"fault zone: {name} goes away; {', '.join(kept) or 'no zone'} remain")
+    return _nodes_not_ready(lab, lost, note, f"fault zone {name}")
 
 
 def _slow_a_layer(strike: Strike) -> Undo | None:

@@ -20,7 +20,7 @@ from typing import Any
 from infra.alerts import detection_bound
 from infra.facts import HEADROOM
 from lab.drill import DrillSettings, Timeline
-from model_service.load_generator import Request
+from model_service.load_generator import Request, percentile
 
 __all__ = ["plot", "render", "report", "write_json"]
 
@@ -225,13 +225,8 @@ def _stats(requests: Sequence[Request]) -> dict[str, Any]:
 
 
 def _percentile_ms(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return round((ordered[low] + (ordered[high] - ordered[low]) * (rank - low)) * 1000, 1)
+    seconds = percentile(values, q)
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def _seconds(end: float | None, start: float | None) -> float | None:

@@ -34,7 +34,7 @@ from typing import Any, Literal
 import boto3
 import httpx
 
-from infra.manifests import manifests
+from infra.manifests import Manifest, manifests
 from infra.offline import OfflineRun, run_offline
 from infra.targets import TargetsDocument, freeze_parameter_name, hold_parameter_name, parameter_name
 from lab.aws import CREDENTIALS, moto_server
@@ -177,7 +177,8 @@ class Lab:
             _refuse_if_taken(name, port)
         program = settings.program or run_offline(settings.env, project_dir=settings.project_dir)
         self.targets = TargetsDocument.from_dict(program.outputs["targets"])
-        self._idle_timeout, self._keep_alive = _connection_timeouts(program)
+        objects = manifests(program)
+        self._idle_timeout, self._keep_alive = _connection_timeouts(objects)
         try:
             url = self._stack.enter_context(moto_server(port=settings.aws_port))
             self.aws_env = {
@@ -189,7 +190,7 @@ class Lab:
             }
             self._seed_aws()
             self.kubernetes = self._stack.enter_context(LocalKubernetes(port=settings.kube_port))
-            self._seed_kubernetes(program)
+            self._seed_kubernetes(objects)
             if settings.nodes == "node-groups":
                 delays, gpus = settings.node_group_delays, settings.gpus_per_node
                 players = NodeGroups(
@@ -295,9 +296,9 @@ class Lab:
             with contextlib.suppress(ssm.exceptions.ParameterNotFound):
                 ssm.delete_parameter(Name=name)
 
-    def _seed_kubernetes(self, program: OfflineRun) -> None:
+    def _seed_kubernetes(self, objects: list[Manifest]) -> None:
         store = self.store
-        for manifest in manifests(program):
+        for manifest in objects:
             plural = _PLURAL.get(manifest.kind)
             if plural is not None:
                 store.create(plural, manifest.namespace, dict(manifest.body))
@@ -385,11 +386,11 @@ class Lab:
             time.sleep(0.1)
 
 
-def _connection_timeouts(program: OfflineRun) -> tuple[float, float | None]:
+def _connection_timeouts(objects: list[Manifest]) -> tuple[float, float | None]:
     """(the ALB's idle timeout, the full pods' `--keep-alive`) as the program declares them: the
     proxy and the pods race over idle connections exactly as the ALB and the pods would."""
     idle, keep_alive = 60.0, None  # the ALB's default; serve's default
-    for manifest in manifests(program):
+    for manifest in objects:
         if manifest.kind == "Ingress":
             annotations = manifest.body.get("metadata", {}).get("annotations", {})
             text = annotations.get("alb.ingress.kubernetes.io/load-balancer-attributes", "")

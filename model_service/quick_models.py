@@ -196,7 +196,7 @@ def prepare(data_dir: Path, cache_dir: Path, *, log: Log = print, recipe: QuickR
 
 
 def summary(root: Path) -> str:
-    """One line on the quick models under artifact root `root`, for the drill to print."""
+    """One line on the quick models under artifact root `root`, for `peakguard train --quick` to print."""
     folder = root / newest_version(root)
     parts = []
     for name in ("full", "light"):

@@ -75,10 +75,12 @@ class ModelRuntime:
         layer_sample_every: int = 20,
         on_layer_time: Callable[[str, str, float], None] | None = None,
         device: str = "auto",
+        chaos: bool = False,
     ) -> None:
         """Load `root/version`. `layer_sample_every`: time each layer on one batch in this many
         (forward hooks cost a little, so not on every batch); `on_layer_time(model, layer, s)`.
-        `device`: cpu, cuda[:n], or auto (cuda when torch sees a GPU)."""
+        `device`: cpu, cuda[:n], or auto (cuda when torch sees a GPU). `chaos`: layers can be slowed
+        (`slow_layer`, for drills); without it no delay hook is on the forward path at all."""
         self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
         self.root = root
         self.encoder = encoder or TextEncoder()
@@ -90,6 +92,7 @@ class ModelRuntime:
         self._local = threading.local()
         self._switching_to: str | None = None
         self._lock = threading.Lock()
+        self._chaos = chaos
         self._layer_delays: dict[str, float] = {}
         """Chaos (a drill's slow layer): seconds added before a layer runs, by layer label, every model."""
         self.version = version
@@ -106,8 +109,9 @@ class ModelRuntime:
             int8 = quantize_int8(model, device=self.device)
             model = model.to(self.device)
             self._hook_layers(name, model)
-            for module in (model, int8):
-                self._hook_delays(module)
+            if self._chaos:
+                for module in (model, int8):
+                    self._hook_delays(module)
             variants[(name, "fp32")] = _Variant(model, card)
             variants[(name, "int8")] = _Variant(int8, card)
         return variants
@@ -135,6 +139,8 @@ class ModelRuntime:
     def slow_layer(self, layer: str | None, seconds: float = 0.0) -> None:
         """Chaos for drills: every model's `layer` sleeps `seconds` before it runs, on every batch, until
         called with None. The layer-time metrics see it, as they would a throttled or faulty GPU."""
+        if not self._chaos:
+            raise ValueError("this runtime was loaded without chaos: no layer can be slowed")
         if layer is None:
             self._layer_delays = {}
             return

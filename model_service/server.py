@@ -173,6 +173,7 @@ class Service:
                 self.version_to_serve(),
                 layer_sample_every=self.settings.layer_sample_every,
                 device=self.settings.device,
+                chaos=self.settings.chaos,
                 on_layer_time=lambda model, layer, s: self.metrics.layer_seconds.labels(model, layer).observe(s),
             )
             runtime.warm_up()

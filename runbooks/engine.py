@@ -38,7 +38,7 @@ from runbooks.locking import FreezeSource, Heartbeat, Lock, LockInfo, run_of, ru
 from runbooks.planning import Approval, Plan, PlannedStep, canonical, changed_since
 from runbooks.spec import Context, Gate, Judgement, Runbook, Step
 
-__all__ = ["Engine", "Outcome", "Reporter"]
+__all__ = ["Engine", "Outcome", "Reporter", "sigterm_as_interrupt"]
 
 Status = Literal["succeeded", "rolled-back", "rollback-failed", "stopped"]
 Reporter = Callable[[dict[str, Any]], None]
@@ -98,7 +98,7 @@ class Engine:
         self._write(journal, "run_started", runbook=self.runbook.name, env=self.context.env, operator=self.operator,
                     plan=plan.to_dict(), approval=approval.to_dict())  # fmt: skip
         try:
-            with _sigterm_interrupts(), self._guard(journal, override_freeze=override_freeze,
+            with sigterm_as_interrupt(), self._guard(journal, override_freeze=override_freeze,
                                                     break_lock=break_lock) as heartbeat:  # fmt: skip
                 drift = changed_since(self.runbook, self.context, plan)
                 if drift:
@@ -138,7 +138,7 @@ class Engine:
         done = {r["step"] for r in events if r["event"] == "step_done"}
         started = self.clock()
         self._write(journal, "run_resumed", operator=self.operator, done=sorted(done))
-        with _sigterm_interrupts(), self._guard(journal, override_freeze=override_freeze,
+        with sigterm_as_interrupt(), self._guard(journal, override_freeze=override_freeze,
                                                 break_lock=break_lock) as heartbeat:  # fmt: skip
             rolling_back = journal.last("rollback_started")
             if rolling_back is not None:
@@ -425,7 +425,7 @@ class _Guard:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts() -> Iterator[None]:
+def sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a pod or CI stopping the runner) rolls back like Ctrl-C, instead of killing mid-step."""
     if threading.current_thread() is not threading.main_thread():
         yield

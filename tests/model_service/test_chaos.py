@@ -86,6 +86,10 @@ def test_without_the_setting_chaos_is_refused(running: Running) -> None:
         took = time.perf_counter() - started
 
     assert refused.status_code == 403 and "chaos is off" in refused.json()["error"]
+    runtime = running.service.runtime
+    assert runtime is not None
+    with pytest.raises(ValueError, match="loaded without chaos"):  # no delay hook is even on the forward path
+        runtime.slow_layer("block0", 1.0)
     assert status["chaos"] is None
     assert took < 1.0
 
