@@ -52,7 +52,8 @@ def register(commands: Any) -> None:
             "calibrated (its unloaded p99 and the rate it sustains), steady traffic of real banking77 queries, then "
             "a surge to 8x the sustainable rate. The cluster's own alert rules are evaluated by a real Prometheus "
             "(their windows scaled by k) and, when one pages, `peakguard runbook run emergency-stop --yes` runs as "
-            "the on-call would run it; once the surge is over and calm, `rebuild` takes the fleet back to normal. "
+            "the on-call would run it; once the surge is over and calm, `rebuild` takes the fleet back to normal, "
+            "then `rolling-upgrade` moves the full pool's nodes to the next AMI release under steady load. "
             "The report says what clients saw, when the alert fired and how long each stage of the mitigation took."
         ),
     )
@@ -75,6 +76,11 @@ def register(commands: Any) -> None:
     surge.add_argument("--json", type=Path, default=None, help="write every number of the report here")
     surge.add_argument("--plot", type=Path, default=None, help="write the plot here (PNG)")
     surge.add_argument("--no-autopilot", action="store_true", help="the same surge with nobody acting")
+    surge.add_argument(
+        "--no-upgrade",
+        action="store_true",
+        help="after rebuild, skip rolling-upgrade (the full pool's nodes to the next AMI release, under steady load)",
+    )
     surge.add_argument(
         "--fault",
         default=None,
@@ -191,6 +197,7 @@ def _drill(args: argparse.Namespace) -> int:
             time_scale=args.k,
             max_pods=args.max_pods,
             autopilot=not args.no_autopilot,
+            upgrade=not args.no_upgrade,
             fault=args.fault,
         )
         timeline = run(settings, log=lambda line: print(line, flush=True))

@@ -13,7 +13,9 @@ One run, in order:
    sustainable rate, the surge at 8x within a second, held, then back;
 5. the autopilot: when an alert whose runbook is emergency-stop fires, `peakguard runbook run
    emergency-stop --yes` runs (the same CLI, engine, lock and journal as on call); once the surge
-   is over and nothing has fired for a while, `rebuild` takes the fleet back to normal mode;
+   is over and nothing has fired for a while, `rebuild` takes the fleet back to normal mode, then
+   `rolling-upgrade` moves the full pool's nodes to the next AMI release under the steady load
+   (the lab's GPU nodes are the EKS node groups' instances, played: lab.node_groups);
 6. a fault, if asked for (lab.drill_faults: a killed replica, a lost node or zone, cold replicas,
    a runbook step that fails), at the moment it belongs to;
 7. the report (lab.drill_report): what clients saw, when the alert fired, how long each stage of
@@ -39,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.config import ConfigError
-from infra.facts import HEADROOM, INSTANCE_TYPES
+from infra.facts import GENERATION_LABEL, HEADROOM, INSTANCE_TYPES, POOL_LABEL
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
 from lab.drill_faults import FAULTS, WHEN, inject
 from lab.lab import NAMESPACE, Lab, LabSettings
@@ -49,8 +51,12 @@ from model_service.load_generator import Phase, Request, run_phases
 from model_service.service_process import ServiceProcess
 from runbooks.engine import sigterm_as_interrupt
 
-__all__ = ["FAULTS", "DrillError", "DrillSettings", "Timeline", "run"]
+__all__ = ["FAULTS", "NEXT_RELEASE", "DrillError", "DrillSettings", "Timeline", "run"]
 Log = Callable[[str], None]
+
+NEXT_RELEASE = "1.33.4-20251010"
+"""The EKS-optimized AMI release the drill's stack config declares as the full pool's next
+generation (`gpuPools.full.next.releaseVersion`; the dev cluster is 1.33), for rolling-upgrade."""
 
 
 class DrillError(RuntimeError):
@@ -71,7 +77,7 @@ class DrillSettings:
     steady_seconds: float = 30.0
     surge_seconds: float = 90.0
     after_seconds: float = 60.0
-    after_max_seconds: float = 240.0
+    after_max_seconds: float = 360.0
     """The after phase goes on, past `after_seconds`, while the autopilot still has work (rebuild
     needs traffic to compare its canary with), up to this."""
     surge_factor: float = 8.0
@@ -97,6 +103,8 @@ class DrillSettings:
     project_dir: Path | None = None
     """The checkout holding Pulumi.yaml (the program the lab is seeded from): default, the current
     directory or a parent, else the checkout this code runs from."""
+    upgrade: bool = True
+    """With the autopilot: after rebuild, `rolling-upgrade` to `NEXT_RELEASE` under the steady load."""
     window: float | None = None
     """The runbooks' `--window` (a gate's window lasts at least this and up to five times it, for the
     100 answers a p99 needs); default: long enough that five of them hold 150 steady-phase requests."""
@@ -152,6 +160,8 @@ class Timeline:
     models: str = ""
     series: dict[str, Any] = field(default_factory=dict)
     """Scraped series per pod, from Prometheus, at the end."""
+    upgrade: dict[str, Any] = field(default_factory=dict)
+    """The full pool's Ready nodes by generation before and after rolling-upgrade."""
     fault: dict[str, Any] = field(default_factory=dict)
     """The fault's effect: when it struck (Unix time), Ready replicas just before and a few seconds after."""
     evaluation_interval: float = 1.0
@@ -207,6 +217,10 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         pod_settings={"latency_budget": budget, "chaos": settings.fault == "slow-layer"},
         max_pods=settings.max_pods,
         warm_spares=settings.max_pods - 1,
+        # The GPU nodes are the node groups' instances: blue serving one an AZ, the next generation
+        # declared empty, as `pulumi up` leaves a stack whose config declares `next`.
+        nodes="node-groups",
+        incoming_image={"releaseVersion": NEXT_RELEASE},
         # emergency-stop plans min(replicas needed, what the node groups can grow to) and raises the
         # HPA to it: the node groups' maxSize (one replica a node) is the full replicas the lab can run,
         # shared by the AZs; each node has GPUs for every pod, the canary's too.
@@ -356,11 +370,14 @@ def _program(project_dir: Path, env: str, slo: float, max_pods: int) -> OfflineR
     """The Pulumi program for `env` with the SLO this machine was measured to meet and the replicas
     it can run (the alerts, the HPA and the runbooks' plans read them from there, as they would from
     a real stack's config): the full model's HPA may grow to every pod but the canary's, and the
-    expected peak is what that maximum holds with the headroom rule's 30%."""
+    expected peak is what that maximum holds with the headroom rule's 30%. The full pool declares
+    its next generation, for rolling-upgrade."""
     values = load_stack_file(project_dir, env)
     kubernetes = dict(values.get("peakguard:kubernetes") or {})
     most = max(1, max_pods - 1)
-    pool = (values.get("peakguard:gpuPools") or {}).get("full", {})
+    pools = dict(values.get("peakguard:gpuPools") or {})
+    pool = pools.get("full", {})
+    pools["full"] = {**pool, "next": {"releaseVersion": NEXT_RELEASE}}
     kubernetes["modelService"] = {
         **(kubernetes.get("modelService") or {}),
         "sloP99Milliseconds": max(10, round(slo * 1000)),
@@ -370,7 +387,8 @@ def _program(project_dir: Path, env: str, slo: float, max_pods: int) -> OfflineR
         # One replica a node, so that the node groups' sizes in the lab are its replicas (see _lab_capacity).
         "gpusPerReplica": INSTANCE_TYPES[pool["instanceType"]].gpus,
     }
-    return run_offline(env, project_dir=project_dir, overrides={"peakguard:kubernetes": kubernetes})
+    overrides = {"peakguard:kubernetes": kubernetes, "peakguard:gpuPools": pools}
+    return run_offline(env, project_dir=project_dir, overrides=overrides)
 
 
 # --- While it runs ------------------------------------------------------------------------------
@@ -442,14 +460,18 @@ def _autopilot(
             log("autopilot: the surge is over and nothing fires; running rebuild (back to normal mode)")
             undo = _strike(lab, settings, timeline, log) if settings.fault == "bad-step" else None
             rebuild = ("rebuild", "--version", version, "--canary-timeout", "120")
-            if _runbook(lab, settings, timeline, *rebuild) != 0:
+            normal = _runbook(lab, settings, timeline, *rebuild) == 0
+            if not normal:
                 if undo is not None:
                     undo()
                 if not stop.is_set():  # the drill is ending: no second run against a lab going away
                     timeline.note("rebuild did not finish; running it again")
                     log("autopilot: rebuild did not finish; running it again")
-                    _runbook(lab, settings, timeline, *rebuild)
+                    normal = _runbook(lab, settings, timeline, *rebuild) == 0
             rebuilt = True
+            # Nodes are changed only on a fleet back to normal, as a change freeze would have it.
+            if settings.upgrade and normal and not stop.is_set():
+                _upgrade(lab, settings, timeline, log)
             timeline.autopilot_done.set()
         elif not mitigated and now >= timeline.phase_start("after") + settings.after_seconds:
             timeline.autopilot_done.set()  # nothing paged: nothing to take back
@@ -457,6 +479,32 @@ def _autopilot(
 
 
 _EMERGENCY_STOP_ATTEMPTS = 2
+
+
+def _upgrade(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> None:
+    """rolling-upgrade to the next generation, under the after phase's steady load."""
+    timeline.note(f"fleet back to normal; running rolling-upgrade to {NEXT_RELEASE}")
+    log(f"autopilot: the fleet is back to normal; running rolling-upgrade to {NEXT_RELEASE} under steady load")
+    timeline.upgrade["before"] = _generations(lab)
+    bounds = ("--drain-timeout", "60", "--node-timeout", "120", "--gate-timeout", "60", "--poll", "0.5")
+    _runbook(lab, settings, timeline, "rolling-upgrade", "--to", NEXT_RELEASE, *bounds)
+    # A removed node's instance ends, then its Node goes (lab.node_groups): read once that settled.
+    deadline = time.monotonic() + 10
+    while len(_generations(lab)) > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    timeline.upgrade["after"] = _generations(lab)
+
+
+def _generations(lab: Lab) -> dict[str, int]:
+    """The full pool's Ready nodes, by generation."""
+    found: dict[str, int] = {}
+    with contextlib.suppress(Exception):
+        for node in lab.store.list("nodes", labels=f"{POOL_LABEL}=full"):
+            conditions = (node.get("status") or {}).get("conditions", [])
+            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+                generation = node["metadata"].get("labels", {}).get(GENERATION_LABEL, "")
+                found[generation] = found.get(generation, 0) + 1
+    return dict(sorted(found.items()))
 
 
 def _served_version(lab: Lab) -> str:

@@ -47,6 +47,9 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "during": _stats([r for r in requests if r.phase == "surge"]),
         "after": _stats([r for r in requests if r.phase == "after"]),
     }
+    upgrade = _upgrade(timeline)
+    if upgrade is not None:
+        windows["during_upgrade"] = upgrade.pop("traffic")
     if verified_at is not None:
         windows["during_mitigated"] = _stats(
             [r for r in requests if r.phase == "surge" and timeline.started + r.at >= verified_at]
@@ -84,6 +87,7 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "mitigation_status": mitigation.get("status"),
         "rollback_s": rollbacks[0]["rollback_s"] if rollbacks else None,
         "rollbacks": rollbacks,
+        "upgrade": upgrade,
         "p50_ms": {name: window["p50_ms"] for name, window in windows.items()},
         "p99_ms": {name: window["p99_ms"] for name, window in windows.items()},
         "windows": windows,
@@ -143,6 +147,26 @@ def _mitigation(timeline: Timeline, alert_at: float | None) -> dict[str, Any]:
         "stages": stages,
         "verified_at": verified_at,
         "attempts": len(attempts),
+    }
+
+
+def _upgrade(timeline: Timeline) -> dict[str, Any] | None:
+    """The rolling-upgrade run under steady load: how long it took, the full pool's Ready nodes by
+    generation before and after, and what clients saw while it ran (`traffic`)."""
+    entry = next((e for e in timeline.runbooks if e["runbook"] == "rolling-upgrade"), None)
+    if entry is None:
+        return None
+    ended = entry.get("ended", math.inf)
+    during = [r for r in timeline.requests if entry["started"] <= timeline.started + r.at <= ended]
+    traffic = _stats(during)
+    slo_ms = timeline.calibration["slo_seconds"] * 1000
+    return {
+        "exit": entry.get("exit"),
+        "seconds": _seconds(entry.get("ended"), entry["started"]),
+        "nodes_before": timeline.upgrade.get("before"),
+        "nodes_after": timeline.upgrade.get("after"),
+        "within_slo": None if traffic["p99_ms"] is None else traffic["p99_ms"] <= slo_ms,
+        "traffic": traffic,
     }
 
 
@@ -255,7 +279,7 @@ def render(numbers: dict[str, Any]) -> str:
     if numbers["balancer_errors"]:
         causes = ", ".join(f"{count} x {cause}" for cause, count in sorted(numbers["balancer_errors"].items()))
         lines.append(f"  the load balancer's own errors: {causes}")
-    for name in ("before", "during", "during_mitigated", "after"):
+    for name in ("before", "during", "during_mitigated", "after", "during_upgrade"):
         if name in numbers["windows"]:
             window = numbers["windows"][name]
             lines.append(
@@ -281,6 +305,15 @@ def render(numbers: dict[str, Any]) -> str:
         ratio = numbers["mitigated_p99_over_before"]
         if ratio is not None:
             lines.append(f"after mitigation, admitted p99 is {ratio:.2f}x the pre-surge p99 (goal <= 3x)")
+        upgrade = numbers["upgrade"]
+        if upgrade is not None:
+            window = numbers["windows"]["during_upgrade"]
+            slo = {True: "within the SLO", False: "NOT within the SLO", None: "no answers to judge"}
+            lines.append(
+                f"rolling-upgrade: exit {upgrade['exit']} in {upgrade['seconds']} s; the full pool's Ready nodes "
+                f"{upgrade['nodes_before']} -> {upgrade['nodes_after']}; meanwhile p99 {ms(window['p99_ms'])} "
+                f"({slo[upgrade['within_slo']]}), {window['failed']} of {window['requests']} requests failed"
+            )
     else:
         lines.append(f"no autopilot: alerts fired {numbers['first_alerts']} and nobody acted")
     effect = numbers["fault_effect"]

@@ -2,7 +2,8 @@
 alert rules in a real Prometheus paging, emergency-stop run as the on-call runs it, verified rather
 than rolled back, and nothing lost (every request answered or deliberately shed). It runs with
 `--fault bad-step`: rebuild's first attempt fails a step and must roll back, timed, to a fleet its
-health gate verifies; the second must succeed."""
+health gate verifies; the second must succeed. Then rolling-upgrade moves the full pool's nodes to
+the next generation under the steady load, losing nothing."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ def test_a_short_drill_pages_mitigates_rolls_back_a_bad_step_and_loses_nothing(
     write_tiny_artifacts(artifacts, full=FULL)
     settings = DrillSettings(
         data=DATA, out=tmp_path / "out", cache=tmp_path / "cache", artifacts=artifacts,
-        steady_seconds=8, surge_seconds=25, after_seconds=5, after_max_seconds=90, calibration_seconds=3,
+        steady_seconds=8, surge_seconds=25, after_seconds=5, after_max_seconds=240, calibration_seconds=3,
         max_pods=3, max_surge_rps=300, fault="bad-step",
     )  # fmt: skip
 
@@ -64,7 +65,7 @@ def test_a_short_drill_pages_mitigates_rolls_back_a_bad_step_and_loses_nothing(
     # Rebuild's bad step rolled back within 30 s to a fleet verified healthy; the second rebuild
     # took the fleet back to normal mode.
     assert [(entry["runbook"], entry["exit"]) for entry in numbers["runbooks"]] == [
-        ("emergency-stop", 0), ("rebuild", 1), ("rebuild", 0)
+        ("emergency-stop", 0), ("rebuild", 1), ("rebuild", 0), ("rolling-upgrade", 0)
     ]  # fmt: skip
     (rollback,) = numbers["rollbacks"]
     assert rollback["runbook"] == "rebuild" and rollback["status"] == "rolled-back", rollback
@@ -74,6 +75,11 @@ def test_a_short_drill_pages_mitigates_rolls_back_a_bad_step_and_loses_nothing(
     after_rps = numbers["phases"][2]["offered_rps"]
     assert numbers["rollback_s"] is not None, rollback
     assert numbers["rollback_s"] <= max(30.0, 100 / after_rps + 10), (rollback, after_rps)
+    # Then every node of the full pool moved to the next generation, under steady load, nothing lost.
+    upgrade = numbers["upgrade"]
+    assert upgrade["nodes_before"] == {"blue": 2} and upgrade["nodes_after"] == {"green": 2}, upgrade
+    during = numbers["windows"]["during_upgrade"]
+    assert during["requests"] > 0 and during["failed"] == 0, during
     # The files a person reads afterwards.
     written = json.loads((tmp_path / "report.json").read_text())
     assert {"time_to_detect_s", "time_to_mitigate_s", "p50_ms", "p99_ms", "requests_total", "requests_failed",

@@ -96,3 +96,32 @@ def test_no_fault_no_fault_line(tmp_path: Path) -> None:
     numbers = report(_timeline(surge_latency=0.2), _settings(tmp_path))
     assert numbers["fault_effect"] is None
     assert "fault" not in render(numbers)
+
+
+def test_rolling_upgrade_is_judged_on_the_requests_sent_while_it_ran(tmp_path: Path) -> None:
+    timeline = _timeline(surge_latency=0.2)
+    # after: a request every 0.2 s from 20 s; the upgrade ran from 22 s to 26 s, and one slow answer
+    # (over the 300 ms SLO) fell in it.
+    timeline.runbooks.append({"runbook": "rolling-upgrade", "started": STARTED + 22.0, "ended": STARTED + 26.0,
+                              "exit": 0, "journal": None})  # fmt: skip
+    slow = next(n for n, r in enumerate(timeline.requests) if r.phase == "after" and r.at >= 24.0)
+    timeline.requests[slow] = Request(at=timeline.requests[slow].at, phase="after", outcome="answered", status=200,
+                                      latency=0.9, lag=0.001, served_by="model")  # fmt: skip
+    timeline.upgrade = {"before": {"blue": 2}, "after": {"green": 2}}
+
+    numbers = report(timeline, _settings(tmp_path))
+
+    upgrade, during = numbers["upgrade"], numbers["windows"]["during_upgrade"]
+    assert (upgrade["exit"], upgrade["seconds"]) == (0, 4.0)
+    assert (upgrade["nodes_before"], upgrade["nodes_after"]) == ({"blue": 2}, {"green": 2})
+    assert during["requests"] == 21 and during["failed"] == 0
+    assert during["p99_ms"] > 300 and upgrade["within_slo"] is False
+    assert numbers["p99_ms"]["during_upgrade"] == during["p99_ms"]
+    assert "rolling-upgrade: exit 0 in 4.0 s" in render(numbers) and "NOT within the SLO" in render(numbers)
+
+
+def test_no_rolling_upgrade_no_upgrade_figures(tmp_path: Path) -> None:
+    numbers = report(_timeline(surge_latency=0.2), _settings(tmp_path))
+
+    assert numbers["upgrade"] is None and "during_upgrade" not in numbers["windows"]
+    assert "rolling-upgrade" not in render(numbers)
