@@ -93,8 +93,8 @@ def register(commands: Any) -> None:
             "patch refused: it rolls back, timed, then runs again)"
         ),
     )
-    surge.add_argument("--steady", type=float, default=20.0, help="seconds of steady traffic first (default 20)")
-    surge.add_argument("--surge", type=float, default=60.0, help="seconds the surge is held (default 60)")
+    surge.add_argument("--steady", type=float, default=15.0, help="seconds of steady traffic first (default 15)")
+    surge.add_argument("--surge", type=float, default=55.0, help="seconds the surge is held (default 55)")
     surge.add_argument(
         "--after",
         type=float,
@@ -105,8 +105,9 @@ def register(commands: Any) -> None:
     surge.add_argument(
         "--max-surge-rps",
         type=float,
-        default=None,
-        help="a ceiling on the surge (the generator and the lab's load balancer share one process); reported",
+        default=300.0,
+        help="a ceiling on the surge: the generator and the lab's load balancer share one process, and at 456 "
+        "rps they stalled here; the report says when it capped the surge (default 300)",
     )
     surge.add_argument(
         "--max-pods",

@@ -45,6 +45,7 @@ from infra.facts import GENERATION_LABEL, HEADROOM, INSTANCE_TYPES, POOL_LABEL
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
 from lab.drill_faults import FAULTS, WHEN, inject
 from lab.lab import NAMESPACE, Lab, LabSettings
+from lab.node_groups import NodeGroupDelays
 from lab.prometheus import Firing, Prometheus
 from model_service.benchmark import sustainable_rate, unloaded_p99
 from model_service.load_generator import Phase, Request, run_phases
@@ -57,6 +58,8 @@ Log = Callable[[str], None]
 NEXT_RELEASE = "1.33.4-20251010"
 """The EKS-optimized AMI release the drill's stack config declares as the full pool's next
 generation (`gpuPools.full.next.releaseVersion`; the dev cluster is 1.33), for rolling-upgrade."""
+_NODE_DELAYS = NodeGroupDelays(scaling=1.0, join=1.5, preflight=1.0, tick=0.2)
+"""EKS's minutes as seconds (an update, a boot, the preflight checks): waited for, never skipped."""
 
 
 class DrillError(RuntimeError):
@@ -82,9 +85,10 @@ class DrillSettings:
     needs traffic to compare its canary with), up to this."""
     surge_factor: float = 8.0
     """The surge, as a multiple of the sustainable rate (the seed's 8x)."""
-    max_surge_rps: float | None = None
+    max_surge_rps: float | None = 300.0
     """A ceiling on the surge: the load generator and the lab's load balancer share one process, and a
-    fast model's 8x can be more than they offer on 2 cores. The report says when it capped the surge."""
+    fast model's 8x can be more than they offer on 2 cores (offered 456 rps, they stalled for 30 s and
+    3205 requests timed out; 300 rps held in the CI drill). The report says when it capped the surge."""
     steady_share: float = 0.5
     """Steady traffic, as a share of the sustainable rate."""
     time_scale: float = 0.05
@@ -92,13 +96,13 @@ class DrillSettings:
     autopilot: bool = True
     fault: str | None = None
     seed: int = 0
-    calibration_seconds: float = 5.0
+    calibration_seconds: float = 4.0
     """Length of the unloaded run and of each step of the sustainable-rate search."""
     max_pods: int = 3
     """Pods the lab can run: the full model's replicas (its HPA maximum is all but one, so
     emergency-stop's plan fits) and rebuild's canary beside them; each beyond the first is a warm
     spare process until a pod takes it."""
-    quiet_before_rebuild: float = 10.0
+    quiet_before_rebuild: float = 6.0
     """Seconds without a firing alert, after the surge, before `rebuild` runs."""
     project_dir: Path | None = None
     """The checkout holding Pulumi.yaml (the program the lab is seeded from): default, the current
@@ -216,11 +220,14 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         program=program,
         pod_settings={"latency_budget": budget, "chaos": settings.fault == "slow-layer"},
         max_pods=settings.max_pods,
-        warm_spares=settings.max_pods - 1,
+        # Warm spares for the pods emergency-stop and rebuild add and, with the upgrade, for the full
+        # replicas rolling-upgrade moves to new nodes: on a cluster each loads on a node of its own.
+        warm_spares=(settings.max_pods - 1) * (2 if settings.upgrade and settings.autopilot else 1),
         # The GPU nodes are the node groups' instances: blue serving one an AZ, the next generation
         # declared empty, as `pulumi up` leaves a stack whose config declares `next`.
         nodes="node-groups",
         incoming_image={"releaseVersion": NEXT_RELEASE},
+        node_group_delays=_NODE_DELAYS,
         # emergency-stop plans min(replicas needed, what the node groups can grow to) and raises the
         # HPA to it: the node groups' maxSize (one replica a node) is the full replicas the lab can run,
         # shared by the AZs; each node has GPUs for every pod, the canary's too.
