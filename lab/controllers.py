@@ -399,7 +399,8 @@ class Controllers:
             template = self.store.get("deployments", pod.namespace, pod.deployment)["spec"]["template"]
             with self._lock:
                 address = f"127.0.0.{self._next_address}"
-                self._next_address = self._next_address % 250 + 2
+                # 127.0.0.2 to .251 in turn (the lab's warm spares wait on the next ones).
+                self._next_address = (self._next_address - 1) % 250 + 2
             backend = self._backends(pod.name, template, address)
         except Exception:  # noqa: BLE001 (a pod that cannot start stays Pending, as with a crash loop)
             pod.starting = False

@@ -58,7 +58,7 @@ Log = Callable[[str], None]
 NEXT_RELEASE = "1.33.4-20251010"
 """The EKS-optimized AMI release the drill's stack config declares as the full pool's next
 generation (`gpuPools.full.next.releaseVersion`; the dev cluster is 1.33), for rolling-upgrade."""
-_NODE_DELAYS = NodeGroupDelays(scaling=1.0, join=1.5, preflight=1.0, tick=0.2)
+_NODE_DELAYS = NodeGroupDelays(scaling=1.0, join=1.5, preflight=1.0, tick=0.5)
 """EKS's minutes as seconds (an update, a boot, the preflight checks): waited for, never skipped."""
 
 
@@ -174,6 +174,8 @@ class Timeline:
     """The load balancer's own error answers by status and cause, at the end."""
     autopilot_done: threading.Event = field(default_factory=threading.Event)
     """Set once the autopilot has nothing more to do (or there is none)."""
+    traffic_over: threading.Event = field(default_factory=threading.Event)
+    """Set when the load generator stopped: no runbook starts after it (its gates would judge silence)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def note(self, text: str) -> None:
@@ -203,7 +205,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
     surge_rps = settings.surge_factor * sustainable
     if settings.max_surge_rps is not None and surge_rps > settings.max_surge_rps:
         timeline.calibration["surge_capped_from_rps"] = surge_rps
-        log(f"surge capped at {settings.max_surge_rps:.0f} rps (8x would be {surge_rps:.0f})")
+        log(f"surge capped at {settings.max_surge_rps:.0f} rps ({settings.surge_factor:g}x would be {surge_rps:.0f})")
         surge_rps = settings.max_surge_rps
     timeline.phases = [
         Phase("steady", settings.steady_seconds, settings.steady_share * sustainable),
@@ -247,16 +249,19 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         ) as prometheus,
     ):
         timeline.evaluation_interval = prometheus.interval
-        _warm_up(lab, timeline, texts, settings, log)
         stop = threading.Event()
-        threads = [threading.Thread(target=_follow_pods, args=(lab, prometheus, stop), daemon=True)]
+        following = threading.Thread(target=_follow_pods, args=(lab, prometheus, stop), daemon=True)
+        following.start()  # Prometheus scrapes the pods from the warm-up on
+        _warm_up(lab, timeline, texts, settings, log)
+        warm_up_errors = lab.proxy.errors()
+        # Alerts are recorded as they fire even while the autopilot waits for a runbook.
+        threads = [threading.Thread(target=_watch_loop, args=(prometheus, timeline, stop), daemon=True)]
         if settings.autopilot:
             threads.append(
                 threading.Thread(target=_autopilot, args=(lab, prometheus, settings, timeline, stop, log), daemon=True)
             )
         else:
             timeline.autopilot_done.set()
-            threads.append(threading.Thread(target=_watch_loop, args=(prometheus, timeline, stop), daemon=True))
         if settings.fault is not None and WHEN[settings.fault] != "before-rebuild":
             threads.append(threading.Thread(target=_fault, args=(lab, settings, timeline, stop, log), daemon=True))
         # Every thread times itself from the traffic's start: set before any of them runs.
@@ -277,13 +282,20 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
                     stop_when=lambda: _enough(timeline, settings),
                 )
             )
+            timeline.traffic_over.set()
             _finish_runbooks(timeline, stop)
         finally:
+            timeline.traffic_over.set()
             stop.set()
-            for thread in [*threads, progress]:
+            for thread in [*threads, following, progress]:
                 thread.join(timeout=30)
         timeline.series = _series(prometheus, timeline)
-        timeline.balancer_errors = lab.proxy.errors()
+        errors = lab.proxy.errors()
+        timeline.balancer_errors = {
+            cause: errors[cause] - warm_up_errors.get(cause, 0)
+            for cause in errors
+            if errors[cause] > warm_up_errors.get(cause, 0)
+        }
     return timeline
 
 
@@ -409,11 +421,16 @@ def _warm_up(lab: Lab, timeline: Timeline, texts: list[str], settings: DrillSett
     answers: list[str] = []
     warm_up = Phase("warm-up", _WARM_UP_SECONDS, timeline.phases[0].rps)
     url = f"{lab.proxy_url}/v1/intent"
-    asyncio.run(run_phases(url, [warm_up], texts, record=lambda r: answers.append(r.outcome), seed=settings.seed + 7))
+    record = answers.append
+
+    asyncio.run(
+        run_phases(url, [warm_up], texts, record=lambda r: record(r.outcome), seed=settings.seed + 7, timeout=10)
+    )
     log(f"warm-up: {answers.count('answered')} of {len(answers)} answered in {_WARM_UP_SECONDS:g} s, not counted")
 
 
 _WARM_UP_SECONDS = 4.0
+"""Long enough for every pod's first batches and a few of Prometheus's scrapes; short against the drill."""
 
 
 def _enough(timeline: Timeline, settings: DrillSettings) -> bool:
@@ -476,7 +493,7 @@ def _autopilot(
             continue
         quiet_since = (quiet_since or now) if not firing else None
         calm = quiet_since is not None and now - quiet_since >= settings.quiet_before_rebuild
-        if mitigated and not rebuilt and calm and now >= timeline.phase_start("after"):
+        if mitigated and not rebuilt and calm and now >= timeline.phase_start("after") and _flowing(timeline):
             version = _served_version(lab)
             timeline.note(f"calm for {settings.quiet_before_rebuild:g} s after the surge; running rebuild")
             log("autopilot: the surge is over and nothing fires; running rebuild (back to normal mode)")
@@ -486,13 +503,13 @@ def _autopilot(
             if not normal:
                 if undo is not None:
                     undo()
-                if not stop.is_set():  # the drill is ending: no second run against a lab going away
+                if _flowing(timeline):  # the drill is ending: no second run against a lab going away
                     timeline.note("rebuild did not finish; running it again")
                     log("autopilot: rebuild did not finish; running it again")
                     normal = _runbook(lab, settings, timeline, *rebuild) == 0
             rebuilt = True
             # Nodes are changed only on a fleet back to normal, as a change freeze would have it.
-            if settings.upgrade and normal and not stop.is_set():
+            if settings.upgrade and normal and _flowing(timeline):
                 _upgrade(lab, settings, timeline, log)
             timeline.autopilot_done.set()
         elif not mitigated and now >= timeline.phase_start("after") + settings.after_seconds:
@@ -503,8 +520,20 @@ def _autopilot(
 _EMERGENCY_STOP_ATTEMPTS = 2
 
 
+def _flowing(timeline: Timeline) -> bool:
+    """Traffic still flows, for a runbook whose gates judge it (the after phase may have run out)."""
+    return not timeline.traffic_over.is_set()
+
+
 def _upgrade(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) -> None:
-    """rolling-upgrade to the next generation, under the after phase's steady load."""
+    """rolling-upgrade to the next generation, under the after phase's steady load; not on a fleet
+    short of Ready replicas (a fault's dead replica is not restarted in the lab), whose gate could
+    only fail."""
+    short = _replicas_short(lab)
+    if short is not None:
+        timeline.note(f"rolling-upgrade not run: {short}")
+        log(f"autopilot: rolling-upgrade not run: {short}")
+        return
     timeline.note(f"fleet back to normal; running rolling-upgrade to {NEXT_RELEASE}")
     log(f"autopilot: the fleet is back to normal; running rolling-upgrade to {NEXT_RELEASE} under steady load")
     timeline.upgrade["before"] = _generations(lab)
@@ -512,20 +541,34 @@ def _upgrade(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) ->
     _runbook(lab, settings, timeline, "rolling-upgrade", "--to", NEXT_RELEASE, *bounds)
     # A removed node's instance ends, then its Node goes (lab.node_groups): read once that settled.
     deadline = time.monotonic() + 10
-    while len(_generations(lab)) > 1 and time.monotonic() < deadline:
+    while len(_generations(lab) or {}) > 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     timeline.upgrade["after"] = _generations(lab)
 
 
-def _generations(lab: Lab) -> dict[str, int]:
-    """The full pool's Ready nodes, by generation."""
+def _replicas_short(lab: Lab) -> str | None:
+    """Why the full fleet is not whole (fewer Ready replicas than it wants), or None."""
+    deployment = lab.store.get("deployments", NAMESPACE, _FULL_DEPLOYMENT)
+    wanted = int(deployment.get("spec", {}).get("replicas") or 0)
+    ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+    return None if ready >= wanted else f"{_FULL_DEPLOYMENT} has {ready} of {wanted} replicas Ready"
+
+
+_FULL_DEPLOYMENT = "model-service-full"
+
+
+def _generations(lab: Lab) -> dict[str, int] | None:
+    """The full pool's Ready nodes, by generation; None if the lab could not say."""
     found: dict[str, int] = {}
-    with contextlib.suppress(Exception):
-        for node in lab.store.list("nodes", labels=f"{POOL_LABEL}=full"):
-            conditions = (node.get("status") or {}).get("conditions", [])
-            if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
-                generation = node["metadata"].get("labels", {}).get(GENERATION_LABEL, "")
-                found[generation] = found.get(generation, 0) + 1
+    try:
+        nodes = lab.store.list("nodes", labels=f"{POOL_LABEL}=full")
+    except Exception:  # noqa: BLE001 (a figure that could not be read is None, never 0)
+        return None
+    for node in nodes:
+        conditions = (node.get("status") or {}).get("conditions", [])
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            generation = node["metadata"].get("labels", {}).get(GENERATION_LABEL, "")
+            found[generation] = found.get(generation, 0) + 1
     return dict(sorted(found.items()))
 
 

@@ -271,7 +271,8 @@ def render(numbers: dict[str, Any]) -> str:
         f"models: {numbers['models']}",
         f"calibration: unloaded p99 {numbers['calibration']['unloaded_p99_seconds'] * 1000:.0f} ms, sustains "
         f"{numbers['calibration']['sustainable_rps']:.0f} rps; phases "
-        + ", ".join(f"{p['name']} {p['offered_rps']:.0f} rps x {p['seconds']:.0f} s" for p in numbers["phases"]),
+        + ", ".join(f"{p['name']} {p['offered_rps']:.0f} rps x {p['seconds']:.0f} s" for p in numbers["phases"])
+        + _capped(numbers["calibration"]),
         f"requests: {numbers['requests_total']} sent, {numbers['requests_answered']} answered "
         f"({numbers['answered_from_table']} from the answer table), {numbers['requests_shed']} shed with Retry-After, "
         f"{numbers['requests_failed']} failed (5xx, timeouts, resets)",
@@ -309,8 +310,9 @@ def render(numbers: dict[str, Any]) -> str:
         if upgrade is not None:
             window = numbers["windows"]["during_upgrade"]
             slo = {True: "within the SLO", False: "NOT within the SLO", None: "no answers to judge"}
+            ended = "unfinished" if upgrade["seconds"] is None else f"exit {upgrade['exit']} in {upgrade['seconds']} s"
             lines.append(
-                f"rolling-upgrade: exit {upgrade['exit']} in {upgrade['seconds']} s; the full pool's Ready nodes "
+                f"rolling-upgrade: {ended}; the full pool's Ready nodes "
                 f"{upgrade['nodes_before']} -> {upgrade['nodes_after']}; meanwhile p99 {ms(window['p99_ms'])} "
                 f"({slo[upgrade['within_slo']]}), {window['failed']} of {window['requests']} requests failed"
             )
@@ -323,6 +325,11 @@ def render(numbers: dict[str, Any]) -> str:
         lines.append(f"  {entry['runbook']}: exit {entry.get('exit')}, journal {entry.get('journal')}")
     lines.append(numbers["one_machine"])
     return "\n".join(lines)
+
+
+def _capped(calibration: dict[str, Any]) -> str:
+    capped = calibration.get("surge_capped_from_rps")
+    return "" if capped is None else f" (the surge capped from {capped:.0f} rps: more than the generator offers)"
 
 
 def _fault_line(fault: str, effect: dict[str, Any]) -> str:

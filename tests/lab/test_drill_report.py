@@ -125,3 +125,14 @@ def test_no_rolling_upgrade_no_upgrade_figures(tmp_path: Path) -> None:
 
     assert numbers["upgrade"] is None and "during_upgrade" not in numbers["windows"]
     assert "rolling-upgrade" not in render(numbers)
+
+
+def test_a_capped_surge_says_so_and_an_unfinished_upgrade_is_not_given_an_exit(tmp_path: Path) -> None:
+    timeline = _timeline(surge_latency=0.2)
+    timeline.calibration["surge_capped_from_rps"] = 456.0
+    timeline.runbooks.append({"runbook": "rolling-upgrade", "started": STARTED + 22.0})
+
+    text = render(report(timeline, _settings(tmp_path)))
+
+    assert "the surge capped from 456 rps" in text
+    assert "rolling-upgrade: unfinished;" in text
