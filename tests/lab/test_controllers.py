@@ -111,7 +111,7 @@ def test_the_hpa_minimum_becomes_ready_endpoints_after_the_pod_delays(cluster: A
 
 
 def test_raising_the_bounds_through_the_real_client_adds_pods(cluster: Any) -> None:
-    kubernetes, _, _ = cluster
+    kubernetes, _, started = cluster
     configuration = client.Configuration()
     configuration.host = kubernetes.url
     autoscaling = client.AutoscalingV2Api(client.ApiClient(configuration))
@@ -119,6 +119,8 @@ def test_raising_the_bounds_through_the_real_client_adds_pods(cluster: Any) -> N
     autoscaling.patch_namespaced_horizontal_pod_autoscaler("model-service-full", NS, {"spec": {"minReplicas": 3}})
 
     _wait(lambda: len(_ready_endpoints(kubernetes)) == 3)
+    # Pods take the loopback addresses in turn: the lab's warm spares wait on the next ones.
+    assert sorted(b.address for b in started) == ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
 
 
 def test_a_backend_that_breaks_makes_its_pod_unready_and_leaves_the_slice(cluster: Any) -> None:
