@@ -83,6 +83,13 @@ class AdmissionController:
         wait = self.estimated_wait(queued + in_flight, batch_max)
         if queued >= self.max_queue:
             return Decision(False, 503, self._retry_after(wait), f"queue full ({queued} waiting)", wait)
+        if queued + in_flight == 0:
+            # An idle replica admits, whatever its estimate: with nothing ahead, refusing protects no
+            # one, and the cost model learns only from batches that run. Without this, a replica
+            # whose batches were slow for a while (the drill's slow-layer fault) refused everything
+            # for minutes after they were fast again, and a least-outstanding-requests balancer sent
+            # it more than its share, since a refusal is the quickest answer.
+            return Decision(admit=True, estimated_wait=wait)
         if wait > self.latency_budget:
             return Decision(
                 False, 429, self._retry_after(wait),

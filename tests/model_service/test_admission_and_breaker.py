@@ -36,6 +36,19 @@ def test_refuses_with_429_and_retry_after_when_the_budget_would_be_missed() -> N
     assert far.retry_after == 7  # ceil(6.56 s estimated - 0.5 s budget)
 
 
+def test_an_idle_replica_admits_whatever_its_estimate_and_learns_it_is_fast_again() -> None:
+    controller = AdmissionController(latency_budget=0.4, max_queue=10_000, min_batches=2, window=8)
+    for size in (1, 2) * 4:
+        controller.observe(size, 0.6 + 0.01 * size)  # a slowed layer: 0.6 s a batch, over the budget
+
+    assert not controller.decide(queued=0, in_flight=1).admit, "a request waiting behind a slow batch is refused"
+    idle = controller.decide(queued=0, in_flight=0)
+    assert idle.admit and idle.estimated_wait > 0.4, "nothing ahead: admitted, its estimate still slow"
+    for size in (1, 2) * 4:  # what the admitted requests' batches then show: fast again
+        controller.observe(size, 0.02 * size)
+    assert controller.decide(queued=3, in_flight=1).admit
+
+
 def test_bigger_batches_drain_a_queue_sooner() -> None:
     controller = AdmissionController(min_batches=2)
     controller.observe(1, 0.02)
