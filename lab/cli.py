@@ -72,7 +72,13 @@ def register(commands: Any) -> None:
         help="trained models to serve (peakguard train --out); default: quick models, made once",
     )
     surge.add_argument("--cache", type=Path, default=Path(".peakguard-cache"), help="where quick models are kept")
-    surge.add_argument("--out", type=Path, default=Path("drill-out"), help="journals, logs, Prometheus data")
+    surge.add_argument(
+        "--out",
+        type=Path,
+        default=Path("drill-out"),
+        help="journals, logs, Prometheus data; each run replaces the last run's lab/ and prometheus/ there, "
+        "journals stay (default drill-out)",
+    )
     surge.add_argument("--json", type=Path, default=None, help="write every number of the report here")
     surge.add_argument("--plot", type=Path, default=None, help="write the plot here (PNG)")
     surge.add_argument("--no-autopilot", action="store_true", help="the same surge with nobody acting")

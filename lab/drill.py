@@ -31,6 +31,7 @@ import asyncio
 import contextlib
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -195,6 +196,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
     """Run the drill; the timeline it leaves (lab.drill_report turns it into numbers)."""
     timeline = Timeline()
     settings.out.mkdir(parents=True, exist_ok=True)
+    _clear_scratch(settings.out)
     texts = _queries(settings.data)
     models = _models(settings, log)
     timeline.models = _models_line(models)
@@ -300,6 +302,17 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
 
 
 # --- Preparation --------------------------------------------------------------------------------
+
+
+def _clear_scratch(out: Path) -> None:
+    """Remove the last run's lab (pods' mode files and logs) and Prometheus data from `out`: a pod of
+    this run must not start on another run's mode files (and `make demo` twice failed on them).
+    The journals stay: each run's are named for it."""
+    for scratch in _SCRATCH:
+        shutil.rmtree(out / scratch, ignore_errors=True)
+
+
+_SCRATCH = ("lab", "prometheus")
 
 
 def _queries(data: Path) -> list[str]:

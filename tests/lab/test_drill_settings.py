@@ -44,3 +44,18 @@ def test_settings_that_cannot_work_are_refused_naming_the_fix(
 ) -> None:
     with pytest.raises(DrillError, match=message):
         _settings(tmp_path, **changes)
+
+
+def test_a_new_run_starts_without_the_last_run_s_pods_and_keeps_its_journals(tmp_path: Path) -> None:
+    from lab.drill import _clear_scratch
+
+    (tmp_path / "lab" / "pods" / "spare-127.0.0.3").mkdir(parents=True)
+    (tmp_path / "lab" / "pods" / "spare-127.0.0.3" / "mode.json").write_text('{"model": "light"}')
+    (tmp_path / "prometheus" / "data").mkdir(parents=True)
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / "dev-rebuild-1.jsonl").write_text("{}\n")
+
+    _clear_scratch(tmp_path)
+
+    assert not (tmp_path / "lab").exists() and not (tmp_path / "prometheus").exists()
+    assert (tmp_path / "journal" / "dev-rebuild-1.jsonl").read_text() == "{}\n"
