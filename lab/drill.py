@@ -48,7 +48,7 @@ from lab.drill_faults import FAULTS, WHEN, inject
 from lab.lab import NAMESPACE, Lab, LabSettings
 from lab.node_groups import NodeGroupDelays
 from lab.prometheus import Firing, Prometheus
-from model_service.benchmark import sustainable_rate, unloaded_p99
+from model_service.benchmark import UNLOADED_RPS, sustainable_rate, unloaded_p99
 from model_service.load_generator import Phase, Request, run_phases
 from model_service.service_process import ServiceProcess
 from runbooks.engine import sigterm_as_interrupt
@@ -377,7 +377,8 @@ def _calibrate(models: Path, texts: list[str], settings: DrillSettings, log: Log
             probe.url,
             texts,
             slo=slo,
-            start_rps=5.0,
+            # The unloaded p99, the SLO's base, is measured at 10 rps: the search starts there.
+            start_rps=UNLOADED_RPS,
             step_seconds=seconds,
             seed=seed,
             log=log,

@@ -36,7 +36,7 @@ from model_service.pretrained import TextEncoder
 from model_service.quantization import quantize_int8
 from model_service.service_process import ServiceProcess
 
-__all__ = ["SEED_MATRIX", "BenchSettings", "render", "run"]
+__all__ = ["SEED_MATRIX", "UNLOADED_RPS", "BenchSettings", "render", "run", "sustainable_rate", "unloaded_p99"]
 
 Log = Callable[[str], None]
 
@@ -235,9 +235,13 @@ def _sustains(report: dict[str, Any], rps: float, slo: float) -> bool:
     return _p99(report) <= slo and refused <= 0.01 * sent and report["completed_ok"] >= 0.98 * sent
 
 
+UNLOADED_RPS = 10.0
+"""The rate the unloaded p99 is measured at."""
+
+
 def unloaded_p99(url: str, texts: Sequence[str], *, seconds: float, seed: int = 0) -> tuple[float, dict[str, Any]]:
-    """p99 seconds at 10 requests a second (the baseline the SLO is a multiple of), and the run's report."""
-    unloaded = _load(url, 10, seconds, texts, seed, timeout=10)
+    """p99 seconds at `UNLOADED_RPS` (the baseline the SLO is a multiple of), and the run's report."""
+    unloaded = _load(url, UNLOADED_RPS, seconds, texts, seed, timeout=10)
     return _p99(unloaded), unloaded
 
 
