@@ -177,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
 def register_bench(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: `peakguard bench model`",
+        help="benchmarks: `peakguard bench model`, `peakguard bench profile`",
         description="Benchmarks that measure, print their figures and write JSON.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -204,6 +204,24 @@ def register_bench(commands: Any) -> None:
     model.add_argument("--overload-seconds", type=float, default=20.0, help="length of each overload run")
     model.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
     model.set_defaults(handler=_bench_model)
+    profile = kinds.add_parser(
+        "profile",
+        help="where one batch's time goes: per part of every block and per operator, FP32 and INT8",
+        description=(
+            "Time one model's forward on a batch of real queries, FP32 and INT8 side by side: the tokenizer, each "
+            "block's attention, MoE gating, dispatch and expert GEMMs, the rest of the block, the head and the "
+            "embeddings (forward hooks; medians), and the operators that spend the most of their own CPU time "
+            "(torch.profiler). Prints a table and writes JSON; rerun it before and after a change to the model."
+        ),
+    )
+    profile.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
+    profile.add_argument("--version", default="", help="version folder to profile (default: the newest)")
+    profile.add_argument("--model", default="full", help="which model of the version (default full)")
+    profile.add_argument("--batch", type=int, default=32, help="queries in the batch (default 32)")
+    profile.add_argument("--repeats", type=int, default=20, help="timed forwards per precision (default 20)")
+    profile.add_argument("--data", type=Path, help="data folder with banking77/ for real queries (default: samples)")
+    profile.add_argument("--json", type=Path, help="write the profile here (atomically)")
+    profile.set_defaults(handler=_bench_profile)
 
 
 def _bench_model(args: argparse.Namespace) -> int:
@@ -220,6 +238,27 @@ def _bench_model(args: argparse.Namespace) -> int:
         report = run(settings, log=lambda line: print(line, flush=True))
     except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError) as exc:
         print(f"peakguard bench model: {exc}", file=sys.stderr)
+        return 2
+    print(render(report))
+    if args.json:
+        write_json(report, args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _bench_profile(args: argparse.Namespace) -> int:
+    from model_service.artifacts import ArtifactError
+    from model_service.batch_profile import ProfileSettings, render, run
+    from model_service.reports import write_json
+
+    try:
+        settings = ProfileSettings(
+            artifacts=args.artifacts, version=args.version, model=args.model, batch=args.batch,
+            repeats=args.repeats, data=args.data,
+        )  # fmt: skip
+        report = run(settings, log=lambda line: print(line, flush=True))
+    except (ArtifactError, FileNotFoundError, ValueError) as exc:
+        print(f"peakguard bench profile: {exc}", file=sys.stderr)
         return 2
     print(render(report))
     if args.json:
