@@ -103,6 +103,8 @@ def test_every_response_is_counted_once_under_its_outcome(
         service.admission.latency_budget = 0.001
         for _ in range(8):
             service.admission.observe(batch_size=1, seconds=1.0)
+        for batcher in service.batchers.values():
+            batcher.in_flight = 1  # a batch is running: an idle replica would admit (admission.py)
         shed = ask(client, "asked while overloaded")
         after = _scrape(client)
 

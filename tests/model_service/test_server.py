@@ -137,6 +137,8 @@ def test_overload_is_refused_at_once_with_retry_after(running: Running) -> None:
     admission.latency_budget = 0.001
     for _ in range(8):
         admission.observe(batch_size=1, seconds=1.0)  # one request per second
+    for batcher in running.service.batchers.values():
+        batcher.in_flight = 1  # a batch is running: an idle replica would admit (admission.py)
 
     with running.client() as client:
         started = time.monotonic()
