@@ -59,6 +59,11 @@ Log = Callable[[str], None]
 NEXT_RELEASE = "1.33.4-20251010"
 """The EKS-optimized AMI release the drill's stack config declares as the full pool's next
 generation (`gpuPools.full.next.releaseVersion`; the dev cluster is 1.33), for rolling-upgrade."""
+_POD_THREADS = 1
+"""Torch threads of every serving process, the calibration's too: replicas here share the
+machine's cores (on a cluster each has its own device), and two full-model replicas with a thread
+a core each oversubscribed them: the CI drill's fleet of two, back in normal mode, ran at p99 twice
+the SLO calibrated on one two-thread process, and rebuild's health gate failed."""
 _NODE_DELAYS = NodeGroupDelays(scaling=1.0, join=1.5, preflight=1.0, tick=0.5)
 """EKS's minutes as seconds (an update, a boot, the preflight checks): waited for, never skipped."""
 
@@ -224,6 +229,7 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
         program=program,
         pod_settings={"latency_budget": budget, "chaos": settings.fault == "slow-layer"},
         max_pods=settings.max_pods,
+        pod_threads=_POD_THREADS,
         # Warm spares for the pods emergency-stop and rebuild add and, with the upgrade, for the full
         # replicas rolling-upgrade moves to new nodes: on a cluster each loads on a node of its own.
         warm_spares=(settings.max_pods - 1) * (2 if settings.upgrade and settings.autopilot else 1),
@@ -366,12 +372,13 @@ def _calibrate(models: Path, texts: list[str], settings: DrillSettings, log: Log
     log("calibration: one serving process, unloaded p99, then the rate it sustains")
     seconds, seed = settings.calibration_seconds, settings.seed
     serve = {"artifacts": str(models), "max_wait": 0.002}
-    with ServiceProcess(serve, ready_timeout=180, log_dir=settings.out) as probe:
+    probe_args: dict[str, Any] = {"ready_timeout": 180, "log_dir": settings.out, "threads": _POD_THREADS}
+    with ServiceProcess(serve, **probe_args) as probe:
         unloaded_p99(probe.url, texts, seconds=seconds, seed=seed)  # warm-up: thread pools, allocator
         runs = sorted(unloaded_p99(probe.url, texts, seconds=seconds, seed=seed + n)[0] for n in range(3))
     baseline = runs[1]
     slo, budget = 3.0 * baseline, 2.0 * baseline
-    with ServiceProcess({**serve, "latency_budget": budget}, ready_timeout=180, log_dir=settings.out) as probe:
+    with ServiceProcess({**serve, "latency_budget": budget}, **probe_args) as probe:
         unloaded_p99(probe.url, texts, seconds=seconds, seed=seed)
         sustainable, steps = sustainable_rate(
             probe.url,

@@ -101,6 +101,9 @@ class LabSettings:
     a new pod starts on a node of its own; here it would load its models on the cores the serving
     pods need (at a surge, exactly when they need them), so the lab can start them warm. Their
     steady share of the cores remains: scaling out adds no capacity on one machine."""
+    pod_threads: int | None = None
+    """Each pod's torch threads (None: torch's default, one a core). Several replica processes on
+    these cores each with a thread a core oversubscribe them."""
 
 
 class ServePod:
@@ -117,6 +120,7 @@ class ServePod:
         folder: Path,
         settings: Mapping[str, Any] | None = None,
         keep_alive: float | None = None,
+        threads: int | None = None,
     ) -> None:
         self.address, self.port, self.pod = address, port, pod
         self.url = f"http://{address}:{port}"
@@ -124,7 +128,14 @@ class ServePod:
         self.mode_dir.mkdir(parents=True)
         serve = {"artifacts": str(artifacts), "mode_file": str(self.mode_dir), "max_wait": 0.002, **(settings or {})}
         self.process = ServiceProcess(
-            serve, host=address, port=port, admin_token=token, ready_timeout=120, log_dir=folder, keep_alive=keep_alive
+            serve,
+            host=address,
+            port=port,
+            admin_token=token,
+            ready_timeout=120,
+            log_dir=folder,
+            keep_alive=keep_alive,
+            threads=threads,
         )
         self.process.start()
 
@@ -345,6 +356,7 @@ class Lab:
             folder=settings.workdir / "pods",
             settings=settings.pod_settings,
             keep_alive=self._keep_alive,
+            threads=settings.pod_threads,
         )
         self.pods.append(started)
         return started

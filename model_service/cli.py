@@ -193,12 +193,11 @@ def register_bench(commands: Any) -> None:
             "optimisation matrix beside ours and writes everything as JSON. About 5 minutes on 2 cores."
         ),
     )
-    model.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
-    model.add_argument("--version", default="", help="version folder to measure (default: the newest)")
+    _version_arguments(model)
     model.add_argument(
         "--data", type=Path, help="data folder with banking77/: the TF-IDF baseline and real query texts for the load"
     )
-    model.add_argument("--json", type=Path, help="write the full report here (atomically)")
+    model.add_argument("--json", type=Path, help="write the report here (atomically)")
     model.add_argument("--repeats", type=int, default=20, help="timed repetitions per model variant")
     model.add_argument("--no-service", action="store_true", help="models only: skip the HTTP service under load")
     model.add_argument("--overload-seconds", type=float, default=20.0, help="length of each overload run")
@@ -214,20 +213,34 @@ def register_bench(commands: Any) -> None:
             "(torch.profiler). Prints a table and writes JSON; rerun it before and after a change to the model."
         ),
     )
-    profile.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
-    profile.add_argument("--version", default="", help="version folder to profile (default: the newest)")
+    _version_arguments(profile)
     profile.add_argument("--model", default="full", help="which model of the version (default full)")
     profile.add_argument("--batch", type=int, default=32, help="queries in the batch (default 32)")
     profile.add_argument("--repeats", type=int, default=20, help="timed forwards per precision (default 20)")
     profile.add_argument("--data", type=Path, help="data folder with banking77/ for real queries (default: samples)")
-    profile.add_argument("--json", type=Path, help="write the profile here (atomically)")
+    profile.add_argument("--json", type=Path, help="write the report here (atomically)")
     profile.set_defaults(handler=_bench_profile)
+
+
+def _version_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
+    parser.add_argument("--version", default="", help="version folder (default: the newest)")
+
+
+def _print_and_write(text: str, report: dict[str, Any], path: Path | None) -> int:
+    """A bench's last words: its table, and its JSON where asked."""
+    from model_service.reports import write_json
+
+    print(text)
+    if path:
+        write_json(report, path)
+        print(f"wrote {path}")
+    return 0
 
 
 def _bench_model(args: argparse.Namespace) -> int:
     from model_service.artifacts import ArtifactError
     from model_service.benchmark import BenchSettings, render, run
-    from model_service.reports import write_json
     from model_service.service_process import ServiceStartError
 
     settings = BenchSettings(
@@ -239,17 +252,12 @@ def _bench_model(args: argparse.Namespace) -> int:
     except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError) as exc:
         print(f"peakguard bench model: {exc}", file=sys.stderr)
         return 2
-    print(render(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return _print_and_write(render(report), report, args.json)
 
 
 def _bench_profile(args: argparse.Namespace) -> int:
     from model_service.artifacts import ArtifactError
     from model_service.batch_profile import ProfileSettings, render, run
-    from model_service.reports import write_json
 
     try:
         settings = ProfileSettings(
@@ -260,11 +268,7 @@ def _bench_profile(args: argparse.Namespace) -> int:
     except (ArtifactError, FileNotFoundError, ValueError) as exc:
         print(f"peakguard bench profile: {exc}", file=sys.stderr)
         return 2
-    print(render(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    return 0
+    return _print_and_write(render(report), report, args.json)
 
 
 def register_load(commands: Any) -> None:

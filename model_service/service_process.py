@@ -53,8 +53,10 @@ class ServiceProcess:
         port: int | None = None,
         admin_token: str | None = None,
         keep_alive: float | None = None,
+        threads: int | None = None,
     ) -> None:
         """`settings`: the serve settings file's fields (model_service.server.ServiceSettings).
+        `threads`: torch's thread pool (OMP/MKL), when `cpus` does not size it; None: torch's default.
         `keep_alive`: `peakguard serve --keep-alive`, seconds (None: serve's default).
         `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free.
         `host`: a loopback address; emulated pods each get their own (127.0.0.2, ...) and share a port."""
@@ -64,6 +66,7 @@ class ServiceProcess:
         self.admin_token = admin_token or secrets.token_urlsafe(24)
         self.host = host
         self.keep_alive = keep_alive
+        self.threads = threads
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
         self._folder = Path(tempfile.mkdtemp(prefix="peakguard-serve-", dir=log_dir))
@@ -84,9 +87,9 @@ class ServiceProcess:
         config = self._folder / "serve.json"
         config.write_text(json.dumps(self.settings, default=str))
         env = dict(os.environ, PEAKGUARD_ADMIN_TOKEN=self.admin_token, PYTHONUNBUFFERED="1")
-        if self.cpus:
-            threads = str(len(self.cpus))
-            env |= {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads}
+        threads = len(self.cpus) if self.cpus else self.threads
+        if threads:
+            env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--host", self.host,
                    "--port", str(self.port)]  # fmt: skip
         if self.keep_alive is not None:
