@@ -9,6 +9,10 @@ router and the experts (sorting slots by expert, gathering, `index_add_`). Hooks
 per call; the report gives the unhooked forward beside the hooked one, so that cost is visible.
 Operators come from `torch.profiler` over the same forwards, by their own (self) CPU time.
 
+INT8 by parts is torch's dynamic quantization (hooks need torch modules); the INT8 the service
+runs on CPU is ONNX Runtime's (`model_service.onnx_int8`), given beside it whole and by ONNX
+operator type from ORT's own profiler.
+
 The server under load (event loop, JSON, admission, batcher, model thread) is not profiled here.
 """
 
@@ -26,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_service import onnx_int8
 from model_service.artifacts import ArtifactError, load_model, newest_version
 from model_service.classifier import IntentClassifier
 from model_service.load_generator import SAMPLE_QUERIES
@@ -75,7 +80,7 @@ def run(settings: ProfileSettings, *, log: Log = print) -> dict[str, Any]:
     ids, mask = encoded.input_ids, encoded.attention_mask
     log(f"{settings.model} model {version}: batch {settings.batch} x {ids.shape[1]} tokens, {settings.repeats} repeats")
     precisions: dict[str, Any] = {}
-    variants: list[tuple[str, nn.Module]] = [("fp32", model.eval()), ("int8", quantize_int8(model))]
+    variants: list[tuple[str, nn.Module]] = [("fp32", model.eval()), ("int8", quantize_int8(model, backend="torch"))]
     for precision, module in variants:
         with torch.inference_mode():
             module(ids, mask)  # warm-up: first calls allocate and pick kernels
@@ -90,6 +95,12 @@ def run(settings: ProfileSettings, *, log: Log = print) -> dict[str, Any]:
             "top_operators": ops,
         }
         log(f"{precision}: forward {plain * 1000:.2f} ms ({hooked * 1000:.2f} ms with hooks)")
+    served = onnx_int8.build(model, key=card.weights_sha256)
+    with torch.inference_mode():
+        served(ids, mask)
+        served_s = _median(partial(served, ids, mask), settings.repeats)
+    operators = onnx_int8.operator_times(served, ids, mask, settings.repeats)
+    log(f"int8 (onnxruntime, served): forward {served_s * 1000:.2f} ms")
     return {
         "model": settings.model,
         "version": version,
@@ -100,6 +111,10 @@ def run(settings: ProfileSettings, *, log: Log = print) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "tokenizer_ms": round(tokenizer_s * 1000, 3),
         "precisions": precisions,
+        "int8_onnxruntime": {
+            "forward_ms": round(served_s * 1000, 3),
+            "operators_ms": dict(list(operators.items())[: settings.top_ops]),
+        },
     }
 
 
@@ -220,12 +235,14 @@ def _operators(
 def render(report: dict[str, Any]) -> str:
     """Parts side by side (FP32 | INT8), then each precision's top operators."""
     fp32, int8 = report["precisions"]["fp32"], report["precisions"]["int8"]
+    served = report["int8_onnxruntime"]
     lines = [
         f"{report['model']} model {report['version']} ({report['parameters']:,} parameters), batch {report['batch']} x "
         f"{report['tokens']} tokens, {report['threads']} threads, medians of {report['repeats']}",
         f"tokenizer (the batch's {report['batch']} texts): {report['tokenizer_ms']:.2f} ms",
-        f"forward: FP32 {fp32['forward_ms']:.2f} ms, INT8 {int8['forward_ms']:.2f} ms "
-        f"(with the profile's hooks: {fp32['forward_hooked_ms']:.2f} / {int8['forward_hooked_ms']:.2f} ms)",
+        f"forward: FP32 {fp32['forward_ms']:.2f} ms, INT8 (torch) {int8['forward_ms']:.2f} ms "
+        f"(with the profile's hooks: {fp32['forward_hooked_ms']:.2f} / {int8['forward_hooked_ms']:.2f} ms), "
+        f"INT8 (onnxruntime, served) {served['forward_ms']:.2f} ms",
         f"{'part':24} {'FP32 ms':>9} {'share':>6}   {'INT8 ms':>9} {'share':>6}",
     ]
     for name, seconds in fp32["parts_ms"].items():
@@ -241,4 +258,7 @@ def render(report: dict[str, Any]) -> str:
                 f"  {op['operator']:50} {op['self_ms_per_forward']:9.3f} ms {op['self_share']:6.1%}  "
                 f"x{op['calls_per_forward']:g}"
             )
+    lines.append("INT8 in onnxruntime (served on CPU), kernel time per forward by operator type:")
+    for op, ms in served["operators_ms"].items():
+        lines.append(f"  {op:50} {ms:9.3f} ms {ms / served['forward_ms']:6.1%}")
     return "\n".join(lines)

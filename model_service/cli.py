@@ -225,6 +225,26 @@ def register_bench(commands: Any) -> None:
 def _version_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
     parser.add_argument("--version", default="", help="version folder (default: the newest)")
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        help="threads for the model timings, torch's and ONNX Runtime's (default: torch's, one per usable core); "
+        "a serving process in the drill runs 1",
+    )
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _use_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def _print_and_write(text: str, report: dict[str, Any], path: Path | None) -> int:
@@ -247,6 +267,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         artifacts=args.artifacts, version=args.version, data=args.data, repeats=args.repeats,
         service=not args.no_service, overload_seconds=args.overload_seconds, step_seconds=args.step_seconds,
     )  # fmt: skip
+    _use_threads(args.threads)
     try:
         report = run(settings, log=lambda line: print(line, flush=True))
     except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError) as exc:
@@ -259,6 +280,7 @@ def _bench_profile(args: argparse.Namespace) -> int:
     from model_service.artifacts import ArtifactError
     from model_service.batch_profile import ProfileSettings, render, run
 
+    _use_threads(args.threads)
     try:
         settings = ProfileSettings(
             artifacts=args.artifacts, version=args.version, model=args.model, batch=args.batch,

@@ -2,11 +2,16 @@
 
 Each token goes to the `top_k` experts its router scores highest; their outputs are mixed with
 the router probabilities renormalised over the chosen experts only (so they sum to 1 per token).
-Dispatch sorts token slots by expert and runs each expert once on all of its tokens: a loop over
-the experts, never over samples or tokens. In training a capacity factor caps how many tokens an
-expert takes (overflow slots are dropped, the usual Switch/GShard trade) and a load-balancing
-loss keeps the router from collapsing onto a few experts. At inference nothing is dropped:
-a request's answer must not depend on which other requests share its batch.
+Dispatch runs each expert once on all of its tokens: a loop over the experts, never over samples
+or tokens. In training a capacity factor caps how many tokens an expert takes (overflow slots are
+dropped, the usual Switch/GShard trade) and a load-balancing loss keeps the router from
+collapsing onto a few experts. At inference nothing is dropped: a request's answer must not
+depend on which other requests share its batch.
+
+Dispatch is written with gathers only (no scatter, no sort, no Python number taken from a
+tensor), so the same forward exports to ONNX with data-dependent token counts: the INT8 path on
+CPU runs it in ONNX Runtime (`model_service.onnx_int8`). An exported `index_add_` became a
+ScatterElements over an index expanded to every hidden unit, 15% of that graph's time.
 """
 
 from __future__ import annotations
@@ -121,45 +126,35 @@ class MixtureOfExperts(nn.Module):
         padding out of routing, capacity and the load-balancing loss."""
         shape = x.shape
         flat = x.reshape(-1, shape[-1])
-        out = torch.zeros_like(flat)
-        if token_mask is not None:
-            positions = token_mask.reshape(-1).nonzero(as_tuple=True)[0]
-            tokens = flat[positions]
-        else:
-            positions = None
-            tokens = flat
+        real = None if token_mask is None else token_mask.reshape(-1)
+        tokens = flat if real is None else flat.index_select(0, real.nonzero().squeeze(-1))
 
         routing = route(self.router(tokens), self.top_k)
-        # One slot per (token, choice); sort slots by expert so each expert sees a contiguous run.
-        slot_expert = routing.experts.reshape(-1)
-        slot_token = torch.arange(tokens.shape[0], device=x.device).repeat_interleave(self.top_k)
-        slot_weight = routing.weights.reshape(-1)
-        order = slot_expert.argsort(stable=True)
-        slot_expert, slot_token, slot_weight = slot_expert[order], slot_token[order], slot_weight[order]
-        counts = torch.bincount(slot_expert, minlength=self.num_experts).tolist()
-
-        mixed = torch.zeros_like(tokens)
-        capacity = self.capacity(tokens.shape[0]) if self.training else None
-        dropped = 0
-        start = 0
-        for expert_index, count in enumerate(counts):
-            if count == 0:
-                continue
-            end = start + count
-            taken = end if capacity is None else start + min(count, capacity)
-            dropped += end - taken
-            chosen = slot_token[start:taken]
-            expert_out = self.expert_list[expert_index](tokens[chosen])
-            mixed.index_add_(0, chosen, expert_out * slot_weight[start:taken, None].to(expert_out.dtype))
-            start = end
+        # member[t, e] is 1 when token t goes to expert e; rank[t, e] is t's place among e's tokens.
+        member = F.one_hot(routing.experts, self.num_experts).sum(dim=1)
+        rank = member.cumsum(dim=0) - 1
+        if self.training:
+            member = member * (rank < self.capacity(tokens.shape[0]))
+        counts = member.sum(dim=0)
+        outputs = [
+            expert(tokens.index_select(0, member[:, index].nonzero().squeeze(-1)))
+            for index, expert in enumerate(self.expert_list)
+        ]
+        # The experts' outputs one after another; each (token, choice) slot reads its row back.
+        stacked = torch.cat(outputs)
+        kept = member.gather(1, routing.experts)
+        row = (rank + (counts.cumsum(dim=0) - counts)).gather(1, routing.experts) * kept  # a dropped slot reads row 0
+        weights = (routing.weights * kept).unsqueeze(-1).to(stacked.dtype)
+        mixed = (stacked.index_select(0, row.reshape(-1)).reshape(*row.shape, -1) * weights).sum(dim=1)
 
         if self.training:
             self.aux_loss = load_balancing_loss(routing, self.num_experts)
-            self.dropped_slots = dropped
+            self.dropped_slots = int(kept.numel() - kept.sum())
         else:
             self.aux_loss = torch.zeros((), device=x.device)
             self.dropped_slots = 0
-        if positions is None:
+        if real is None:
             return mixed.reshape(shape)
-        out[positions] = mixed
-        return out.reshape(shape)
+        # Back to every position, padding as zeros: a gather from the real tokens' rows and one zero row.
+        source = torch.where(real, real.long().cumsum(dim=0) - 1, tokens.shape[0])
+        return torch.cat([mixed, mixed.new_zeros(1, shape[-1])]).index_select(0, source).reshape(shape)

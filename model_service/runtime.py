@@ -105,8 +105,8 @@ class ModelRuntime:
         variants: dict[tuple[str, str], _Variant] = {}
         for name in ("full", "light"):
             model, card = load_model(folder, name)
-            # INT8 from the CPU copy: dynamic quantization on CPU, torchao weight-only on CUDA.
-            int8 = quantize_int8(model, device=self.device)
+            # INT8 from the CPU copy: ONNX Runtime on CPU, torchao weight-only on CUDA.
+            int8 = quantize_int8(model, device=self.device, key=card.weights_sha256)
             model = model.to(self.device)
             self._hook_layers(name, model)
             if self._chaos:
@@ -117,11 +117,19 @@ class ModelRuntime:
         return variants
 
     def _hook_delays(self, model: nn.Module) -> None:
-        blocks = getattr(model, "block_list", [])
-        layers = [*((f"block{i}", block) for i, block in enumerate(blocks)), ("head", getattr(model, "head", None))]
+        if not hasattr(model, "block_list"):
+            # A compiled graph (INT8 in ONNX Runtime) has no layers to hook: the slowed layer's delay
+            # comes before the whole forward, the same seconds on every batch.
+            def delay_all(_module: nn.Module, _inputs: object) -> None:
+                seconds = sum(self._layer_delays.values())
+                if seconds:
+                    time.sleep(seconds)
+
+            model.register_forward_pre_hook(delay_all)
+            return
+        blocks: list[nn.Module] = getattr(model, "block_list")  # noqa: B009 (an IntentClassifier's or a quantized copy's)
+        layers = [*((f"block{i}", block) for i, block in enumerate(blocks)), ("head", getattr(model, "head"))]  # noqa: B009
         for label, module in layers:
-            if module is None:
-                continue
 
             def delay(_module: nn.Module, _inputs: object, label: str = label) -> None:
                 seconds = self._layer_delays.get(label)
@@ -133,7 +141,8 @@ class ModelRuntime:
 
     def layers(self) -> list[str]:
         """The layer labels every model has (block0.., head), as the per-layer metrics name them."""
-        blocks = min(len(getattr(v.module, "block_list", [])) for v in self._variants.values())
+        # FP32 variants only: an INT8 graph in ONNX Runtime has no layers of its own.
+        blocks = min(len(getattr(v.module, "block_list", [])) for (_, p), v in self._variants.items() if p == "fp32")
         return [*(f"block{i}" for i in range(blocks)), "head"]
 
     def slow_layer(self, layer: str | None, seconds: float = 0.0) -> None:

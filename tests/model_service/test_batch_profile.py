@@ -58,6 +58,11 @@ def test_the_full_model_shows_gating_dispatch_and_experts_in_both_precisions(art
     assert "quantized::linear_dynamic" not in operators["fp32"]
     assert report["tokenizer_ms"] > 0
     assert "block0.dispatch" in render(report)
+    # The INT8 the service runs: ORT's quantized GEMMs carry its time, by ORT's own profiler.
+    served = report["int8_onnxruntime"]
+    assert served["forward_ms"] > 0
+    assert "DynamicQuantizeMatMul" in served["operators_ms"] and "Gemm" not in served["operators_ms"]
+    assert "INT8 in onnxruntime" in render(report)
 
 
 def test_a_dense_model_has_a_feed_forward_part_and_no_gating(artifacts: Path) -> None:
@@ -75,3 +80,26 @@ def test_the_command_names_a_missing_artifact_root(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert "nothing is not a folder of model versions" in done.stderr
+
+
+def test_threads_set_what_the_profile_runs_and_records(artifacts: Path, tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "peakguard", "bench", "profile", "--artifacts", str(artifacts), "--batch", "2",
+         "--repeats", "2", "--threads", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    assert '"threads": 1' in out.read_text()
+    assert "1 threads" in done.stdout
+
+
+def test_zero_threads_is_refused_by_name(artifacts: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "peakguard", "bench", "profile", "--artifacts", str(artifacts), "--threads", "0"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 2
+    assert "--threads: must be at least 1, got 0" in done.stderr

@@ -52,7 +52,9 @@ def test_models_only_run_reports_every_figure_and_the_seed_matrix(tmp_path: Path
     report = run(BenchSettings(artifacts=tmp_path / "models", repeats=2, service=False), log=lambda _: None)
 
     assert set(report) >= REQUIRED
-    assert set(report["latency_ms_batch"]) == {"full", "full_int8", "light", "light_int8", "pruned", "pruned_int8"}
+    assert set(report["latency_ms_batch"]) == {
+        "full", "full_int8", "full_int8_torch", "light", "light_int8", "pruned", "pruned_int8"
+    }  # fmt: skip
     assert all(value > 0 for value in report["latency_ms_batch"].values())
     assert report["accuracy"]["full"] == 0.9 and report["accuracy"]["full_int8"] == 0.89
     assert abs(report["int8_accuracy_loss_pts"] - 1.0) < 1e-9

@@ -67,10 +67,10 @@ def test_pruning_everything_or_nothing_is_refused(tiny_model: IntentClassifier, 
         prune_features(tiny_model, count)
 
 
-def test_int8_copy_quantizes_every_linear_and_agrees_with_fp32(tiny_model: IntentClassifier) -> None:
+def test_torch_int8_copy_quantizes_every_linear_and_agrees_with_fp32(tiny_model: IntentClassifier) -> None:
     ids, mask = _inputs()
 
-    quantized = quantize_int8(tiny_model)
+    quantized = quantize_int8(tiny_model, backend="torch")
 
     from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
 
@@ -89,7 +89,8 @@ def test_int8_of_a_trained_moe_model_can_be_taken_after_training_steps(tiny_mode
     (tiny_model(ids, mask).sum() + tiny_model.aux_loss()).backward()
     tiny_model.eval()
 
-    quantize_int8(tiny_model)  # a model that trained must still deep-copy
+    quantize_int8(tiny_model, backend="torch")  # a model that trained must still deep-copy
+    quantize_int8(tiny_model)  # and still export
 
 
 def test_unknown_device_is_refused_by_name(tiny_model: IntentClassifier) -> None:
@@ -100,3 +101,8 @@ def test_unknown_device_is_refused_by_name(tiny_model: IntentClassifier) -> None
 def test_cuda_without_torchao_names_what_is_missing(tiny_model: IntentClassifier) -> None:
     with pytest.raises(QuantizationUnavailableError, match="needs torchao"):
         quantize_int8(tiny_model, device="cuda")
+
+
+def test_unknown_cpu_backend_is_refused_by_name(tiny_model: IntentClassifier) -> None:
+    with pytest.raises(QuantizationUnavailableError, match="no INT8 backend 'openvino'"):
+        quantize_int8(tiny_model, backend="openvino")  # type: ignore[arg-type]
