@@ -18,6 +18,7 @@ run adapts to whatever machine it is on; both factors are printed with the resul
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import platform
 import statistics
@@ -32,7 +33,7 @@ from torch import nn
 
 from model_service.artifacts import ArtifactError, ModelCard, load_model, newest_version, read_manifest
 from model_service.datasets import IntentData, load_banking77
-from model_service.load_generator import SAMPLE_QUERIES, LoadSpec, run_load_sync
+from model_service.load_generator import P99_MIN_SAMPLES, SAMPLE_QUERIES, LoadSpec, invalid_because, run_load_sync
 from model_service.pretrained import TextEncoder
 from model_service.quantization import quantize_int8
 from model_service.service_process import ServiceProcess
@@ -60,19 +61,24 @@ class BenchSettings:
     """Data folder (banking77/): the TF-IDF baseline and realistic request texts. Optional."""
     batch: int = 32
     repeats: int = 20
-    """Timed repetitions per model variant (interleaved)."""
+    """Timed forwards per model variant (interleaved) in each repetition."""
+    repetitions: int = 3
+    """Whole runs (models, then the service); each figure is reported as their median and min-max."""
     service: bool = True
     """Also measure the HTTP service under load (a few minutes)."""
+    confirm_samples: int = P99_MIN_SAMPLES
+    """Answers the confirm of the sustainable rate is long enough for (a shorter one is judged invalid)."""
     overload_factor: float = 8.0
     slo_factor: float = 3.0
     """The service's SLO: p99 within this multiple of its unloaded p99."""
     budget_factor: float = 2.0
     """Admission latency budget as a multiple of the unloaded p99 (under the SLO, leaving room for HTTP)."""
-    unloaded_seconds: float = 10.0
-    """Length of the unloaded run (10 requests/s) that sets the p99 baseline."""
+    unloaded_seconds: float = 215.0
+    """Length of the unloaded run (10 requests/s) that sets the p99 baseline: 2000 answers and a margin."""
     step_seconds: float = 8.0
-    """Length of each step of the sustainable-rate search."""
-    overload_seconds: float = 20.0
+    """Length of each step of the sustainable-rate search; the rate found is confirmed for 2000 answers."""
+    overload_seconds: float = 120.0
+    """Length of each overload run: batches of one answer about 18/s here, 2000 answers take 110 s."""
     start_rps: float = 10.0
     seed: int = 0
 
@@ -188,42 +194,58 @@ def _models(folder: Path, settings: BenchSettings, texts: Sequence[str], log: Lo
         "batching_model_ratio": one / batched,
         "batch_of_one_agreement": agreement,
     }
-    matrix = [
-        ("quantization", latency["full_int8"], accuracy["full_int8"]),
-        ("distillation", latency["light"], accuracy["light"]),
-    ]
     if "pruned" in cards:
-        matrix.append(("structured pruning", latency["pruned"], accuracy["pruned"]))
         report["pruned_speedup"] = latency["full"] / latency["pruned"]
-    report["seed_matrix"] = [
+    return report
+
+
+def _seed_matrix(figures: dict[str, dict[str, Any]], accuracy: dict[str, float], batch: int) -> list[dict[str, Any]]:
+    """The seed's optimisation matrix beside ours, from the figures' medians."""
+    latency = {name.removeprefix("latency_ms_batch."): figure["median"] for name, figure in figures.items()
+               if name.startswith("latency_ms_batch.")}  # fmt: skip
+    matrix = [("quantization", "full_int8"), ("distillation", "light")]
+    if "pruned" in latency:
+        matrix.append(("structured pruning", "pruned"))
+    rows = [
         {
             "optimisation": name,
-            "latency_change_pct": 100 * (seconds / latency["full"] - 1),
-            "accuracy_change_pts": 100 * (acc - accuracy["full"]),
+            "latency_change_pct": 100 * (latency[variant] / latency["full"] - 1),
+            "accuracy_change_pts": 100 * (accuracy[variant] - accuracy["full"]),
             "seed_latency_change_pct": SEED_MATRIX[name][0],
             "seed_accuracy_change_pts": SEED_MATRIX[name][1],
-            "measured_as": f"full model FP32 vs this, median forward at batch {settings.batch}",
+            "measured_as": f"full model FP32 vs this, median forward at batch {batch}",
         }
-        for name, seconds, acc in matrix
+        for name, variant in matrix
     ]
-    report["seed_matrix"].append(
+    rows.append(
         {
             "optimisation": "dynamic batching",
-            "latency_change_pct": 100 * (batched / one - 1),
-            "accuracy_change_pts": 100 * (agreement - 1),
+            "latency_change_pct": 100 * (1 / figures["batching_model_ratio"]["median"] - 1),
+            "accuracy_change_pts": 100 * (figures["batch_of_one_agreement"]["median"] - 1),
             "seed_latency_change_pct": SEED_MATRIX["dynamic batching"][0],
             "seed_accuracy_change_pts": SEED_MATRIX["dynamic batching"][1],
-            "measured_as": f"model time per query, batches of one vs of {settings.batch}; accuracy change is "
+            "measured_as": f"model time per query, batches of one vs of {batch}; accuracy change is "
             "the share of answers that differ",
         }
     )
-    return report
+    return rows
 
 
 def _load(url: str, rps: float, seconds: float, texts: Sequence[str], seed: int, *, timeout: float) -> dict[str, Any]:
     spec = LoadSpec(url=f"{url}/v1/intent", rps=rps, duration=seconds, texts=texts, timeout=timeout, seed=seed,
                     warmup=min(1.0, seconds / 4))  # fmt: skip
     return run_load_sync(spec).to_dict()
+
+
+def _measure(service: ServiceProcess, rps: float, seconds: float, texts: Sequence[str], seed: int, *,
+             timeout: float) -> dict[str, Any]:  # fmt: skip
+    """One load run against `service`, with what decides its figures: the breaker's state before and
+    after (open means the light model answered), what answered, and why its figures are invalid."""
+    before = service.status()["breaker"]["open"]
+    report = _load(service.url, rps, seconds, texts, seed, timeout=timeout)
+    report["breaker_open"] = {"before": before, "after": service.status()["breaker"]["open"]}
+    report["invalid_because"] = invalid_because(report)
+    return report
 
 
 def _p99(report: dict[str, Any]) -> float:
@@ -253,7 +275,7 @@ def unloaded_p99(url: str, texts: Sequence[str], *, seconds: float, seed: int = 
 
 def sustainable_rate(
     url: str, texts: Sequence[str], *, slo: float, start_rps: float, step_seconds: float, seed: int = 0,
-    log: Log = print, confirm_seconds: float = 0.0,
+    log: Log = print, confirm_seconds: float = 0.0, confirm_samples: int = 0,
 ) -> tuple[float, list[dict[str, Any]]]:  # fmt: skip
     """The highest rate the service sustains (p99 within `slo`, under 1% refused, nearly everything
     answered), rising by half each step from `start_rps`; and the steps. "8x" is eight times this.
@@ -261,14 +283,19 @@ def sustainable_rate(
     With `confirm_seconds`, the rate found is run again for that long, and stepped down once if it does
     not hold: one lucky short step on a noisy machine must not set a surge the service could never
     take, and one noisy stretch of the machine must not halve it again and again (seen in the drill:
-    three confirms in a row failing at rates the service took alone with p99 at a third of its SLO)."""
+    three confirms in a row failing at rates the service took alone with p99 at a third of its SLO).
+    `confirm_samples` lengthens the confirm until that many answers are expected, so its p99 is
+    one a report may quote; each step says why its figures are invalid, if they are."""
     sustainable, steps, rps = 0.0, [], start_rps
 
     def step(rate: float, seconds: float, what: str) -> bool:
         report = _load(url, rate, seconds, texts, seed, timeout=10)
         ok = _sustains(report, rate, slo)
+        needed = P99_MIN_SAMPLES if what == "confirm" else 0
         steps.append({"rps": rate, "sustained": ok, "p99_ms": report["latency_ms"]["p99"], "seconds": seconds,
-                      "throughput_rps": report["throughput_rps"], "shed": report["shed"], "kind": what})  # fmt: skip
+                      "throughput_rps": report["throughput_rps"], "shed": report["shed"], "kind": what,
+                      "answers": report["completed_ok"], "send_lag_p99_ms": report["send_lag_ms"]["p99"],
+                      "invalid_because": invalid_because(report, min_samples=needed)})  # fmt: skip
         log(f"  {rate:7.1f} rps ({what}): p99 {report['latency_ms']['p99']} ms, {report['throughput_rps']:.1f} "
             f"answered/s, {report['shed']} shed -> {'sustained' if ok else 'over'}")  # fmt: skip
         return ok
@@ -277,28 +304,34 @@ def sustainable_rate(
         if not step(rps, step_seconds, "search"):
             break
         sustainable, rps = rps, rps * 1.5
-    if confirm_seconds > 0 and sustainable >= start_rps and not step(sustainable, confirm_seconds, "confirm"):
+    confirm = max(confirm_seconds, confirm_samples / max(sustainable, 1e-9) * 1.1 + 1 if confirm_samples else 0)
+    if confirm > 0 and sustainable >= start_rps and not step(sustainable, confirm, "confirm"):
         sustainable /= 1.5
     if sustainable < start_rps:
         raise RuntimeError(f"the service did not sustain even {start_rps} rps; see {steps}")
     return sustainable, steps
 
 
-def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: Log) -> dict[str, Any]:
+def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: Log, seed: int) -> dict[str, Any]:
     cpus = sorted(os.sched_getaffinity(0))
     pinned = len(cpus) >= 2
     server_cpus, generator_cpus = ({cpus[0]}, set(cpus[1:])) if pinned else (None, None)
     base = {"artifacts": str(folder.parent), "version": folder.name}
     own_affinity = set(cpus)
-    report: dict[str, Any] = {"pinned": pinned, "server_cpus": sorted(server_cpus or []),
-                              "generator_cpus": sorted(generator_cpus or [])}  # fmt: skip
+    report: dict[str, Any] = {
+        "pinned": pinned,
+        "cores": {
+            "server: event loop, admission, batcher, model thread": sorted(server_cpus or cpus),
+            "load generator": sorted(generator_cpus or cpus),
+        },
+    }
     if generator_cpus:
         os.sched_setaffinity(0, generator_cpus)
     try:
         with ServiceProcess(base | {"admission": False}, cpus=server_cpus) as unprotected:
-            log(f"unloaded: 10 requests/s for {settings.unloaded_seconds:.0f} s")
-            baseline, unloaded = unloaded_p99(unprotected.url, texts, seconds=settings.unloaded_seconds,
-                                              seed=settings.seed)  # fmt: skip
+            log(f"unloaded: {UNLOADED_RPS:g} requests/s for {settings.unloaded_seconds:.0f} s")
+            unloaded = _measure(unprotected, UNLOADED_RPS, settings.unloaded_seconds, texts, seed, timeout=10)
+            baseline = _p99(unloaded)
             slo = settings.slo_factor * baseline
             budget = settings.budget_factor * baseline
             report |= {"unloaded": unloaded, "unloaded_p99_ms": baseline * 1000, "slo_p99_ms": slo * 1000,
@@ -306,24 +339,24 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
             log(f"  p99 {baseline * 1000:.1f} ms; SLO p99 {slo * 1000:.1f} ms; budget {budget * 1000:.1f} ms")
 
             with ServiceProcess(base | {"admission": True, "latency_budget": budget}, cpus=server_cpus) as protected:
-                step, start = settings.step_seconds, settings.start_rps
                 sustainable, steps = sustainable_rate(
-                    protected.url, texts, slo=slo, start_rps=start, step_seconds=step, seed=settings.seed, log=log
-                )
+                    protected.url, texts, slo=slo, start_rps=settings.start_rps, step_seconds=settings.step_seconds,
+                    seed=seed, log=log, confirm_samples=settings.confirm_samples,
+                )  # fmt: skip
                 overload_rps = settings.overload_factor * sustainable
                 report |= {"ramp": steps, "sustainable_rps": sustainable, "overload_rps": overload_rps}
 
                 log(f"overload, admission on: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
                 with protected.peak_rss() as memory:
-                    on = _load(protected.url, overload_rps, settings.overload_seconds, texts, settings.seed, timeout=10)
+                    on = _measure(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
                 on["memory"] = memory
                 log("overload, admission on, batches of one")
                 protected.set_mode(batch_min=1, batch_max=1)
-                one = _load(protected.url, overload_rps, settings.overload_seconds, texts, settings.seed, timeout=10)
+                one = _measure(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
 
             log(f"overload, admission off: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
             with unprotected.peak_rss() as memory:
-                off = _load(unprotected.url, overload_rps, settings.overload_seconds, texts, settings.seed, timeout=15)
+                off = _measure(unprotected, overload_rps, settings.overload_seconds, texts, seed, timeout=15)
             off["memory"] = memory
     finally:
         os.sched_setaffinity(0, own_affinity)
@@ -338,7 +371,69 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
     return report
 
 
-def _goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def _same_answerer(*runs: dict[str, Any]) -> list[str]:
+    """Why runs compared in one ratio were not answered by one model and precision (empty: they were)."""
+    answerers = []
+    for run_ in runs:
+        by = {key: count for key, count in run_.get("answered_by", {}).items() if key != "cache"}
+        total = sum(by.values())
+        top = max(by, key=by.__getitem__) if by else "nothing"
+        if total and by[top] < 0.99 * total:
+            return [f"answered by {dict(by)} in one run: more than one model or precision"]
+        answerers.append(top)
+    return [] if len(set(answerers)) == 1 else [f"runs answered by {' vs '.join(answerers)}: not the same model"]
+
+
+def _figures(rep: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every number a repetition reports, each with why it is invalid (empty: measured properly)."""
+    figures: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, value: float, *reasons: list[str]) -> None:
+        figures[name] = {"value": value, "invalid_because": sorted({r for group in reasons for r in group})}
+
+    for name, ms in rep["latency_ms_batch"].items():
+        add(f"latency_ms_batch.{name}", ms)
+    for name in ("int8_speedup", "int8_speedup_torch_backend", "int8_speedup_light", "int8_accuracy_loss_pts",
+                 "int8_accuracy_loss_pts_light", "light_param_reduction", "light_speedup", "light_accuracy_loss_pts",
+                 "pruned_speedup", "batching_model_ratio", "batch_of_one_agreement"):  # fmt: skip
+        if name in rep:
+            add(name, rep[name])
+    if "sustainable_rps" not in rep:
+        return figures
+    unloaded, on, one, off = (rep[k] for k in ("unloaded", "overload_protected", "overload_batch_of_one",
+                                               "overload_unprotected"))  # fmt: skip
+    confirm = [step["invalid_because"] for step in rep["ramp"] if step["kind"] == "confirm"] or [
+        ["the sustainable rate was never confirmed"]
+    ]
+    add("unloaded_p99_ms", rep["unloaded_p99_ms"], unloaded["invalid_because"])
+    add("sustainable_rps", rep["sustainable_rps"], *confirm)
+    add("overload_p99_ms_protected", on["latency_ms"]["p99"] or math.inf, on["invalid_because"])
+    add("overload_p99_ratio_protected", rep["overload_p99_ratio_protected"], on["invalid_because"],
+        unloaded["invalid_because"], _same_answerer(unloaded, on))  # fmt: skip
+    lag_only = [r for r in on["invalid_because"] if r.startswith("generator")]
+    add("overload_answered_rps", on["throughput_rps"], lag_only)
+    add("overload_admitted_share_of_sustainable", rep["overload_admitted_share_of_sustainable"], lag_only, *confirm)
+    add("overload_5xx", rep["overload_5xx"], lag_only)
+    add("batching_throughput_ratio", rep["batching_throughput_ratio"], lag_only,
+        [r for r in one["invalid_because"] if r.startswith("generator")], _same_answerer(on, one))  # fmt: skip
+    add("overload_p99_ms_unprotected", off["latency_ms"]["p99"] or math.inf, off["invalid_because"])
+    return figures
+
+
+def _aggregate(repetitions: list[dict[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each figure over the repetitions: median, min, max, every value, and every reason it is invalid."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in repetitions[0]:
+        values = [rep[name]["value"] for rep in repetitions if name in rep]
+        reasons = sorted({f"repetition {i + 1}: {r}" for i, rep in enumerate(repetitions)
+                          for r in rep.get(name, {}).get("invalid_because", [])})  # fmt: skip
+        out[name] = {"median": statistics.median(values), "min": min(values), "max": max(values), "values": values,
+                     "valid": not reasons, "invalid_because": reasons}  # fmt: skip
+    return out
+
+
+def _goals(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each goal judged on its figure's median; a figure measured improperly meets no goal."""
     goals: dict[str, tuple[str, Callable[[float], bool]]] = {
         "batching_throughput_ratio": (">= 3", lambda v: v >= 3),
         "int8_speedup": (">= 2", lambda v: v >= 2),
@@ -351,9 +446,14 @@ def _goals(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
         "overload_5xx": ("== 0", lambda v: v == 0),
     }
     return {
-        key: {"value": report[key], "goal": goal, "met": bool(check(report[key]))}
+        key: {
+            "value": figures[key]["median"],
+            "goal": goal,
+            "valid": figures[key]["valid"],
+            "met": bool(figures[key]["valid"] and check(figures[key]["median"])),
+        }
         for key, (goal, check) in goals.items()
-        if key in report
+        if key in figures
     }
 
 
@@ -372,6 +472,8 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
             "processor": platform.machine(),
         },
     }
+    if settings.repetitions < 1:
+        raise ValueError(f"repetitions must be at least 1, got {settings.repetitions}")
     if settings.data is not None:
         # The test split is banking77's own test.csv; the seed only moves train/validation, which
         # the baseline trains on together, so any seed gives the same baseline.
@@ -379,26 +481,42 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
         texts = intents.test.texts
         log("TF-IDF + logistic regression baseline")
         report["tfidf_baseline"] = tfidf_baseline(intents)
-    report |= _models(folder, settings, texts, log)
+    repetitions = []
+    for index in range(settings.repetitions):
+        log(f"repetition {index + 1} of {settings.repetitions}")
+        rep = _models(folder, settings, texts, log)
+        if settings.service:
+            rep |= _service(folder, settings, texts, log, seed=settings.seed + index)
+        rep["figures"] = _figures(rep)
+        repetitions.append(rep)
+    first = repetitions[0]
+    report |= {key: first[key] for key in ("parameters", "accuracy", "oos_test_recall")}
     if "tfidf_baseline" in report:
         report["accuracy"]["tfidf_baseline"] = report["tfidf_baseline"]["test_accuracy"]
-    if settings.service:
-        report |= _service(folder, settings, texts, log)
-    report["goals"] = _goals(report)
+    report["figures"] = _aggregate([rep["figures"] for rep in repetitions])
+    report["seed_matrix"] = _seed_matrix(report["figures"], report["accuracy"], settings.batch)
+    report["goals"] = _goals(report["figures"])
+    report["repetitions"] = repetitions
     return report
 
 
 def render(report: dict[str, Any]) -> str:
-    """The figures a person reads: accuracy, latency, the seed's matrix beside ours, the goals."""
+    """The figures a person reads: accuracy, every figure as median (min-max) over the repetitions
+    with the reason it is invalid where it is, the seed's matrix beside ours, the goals."""
+    figures = report["figures"]
+    runs = len(report["repetitions"])
     lines = [
-        f"model version {report['version']}  ({report['machine']['cpus']} CPUs, torch {report['machine']['torch']})"
+        f"model version {report['version']}  ({report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, "
+        f"{report['machine']['torch_threads']} model threads), {runs} repetitions"
     ]
     lines.append("accuracy (banking77 test):")
     for name, value in report["accuracy"].items():
         lines.append(f"  {name:<16} {100 * value:6.2f}%")
-    lines.append("latency at batch (median ms):")
-    for name, value in report["latency_ms_batch"].items():
-        lines.append(f"  {name:<16} {value:8.2f}")
+    lines.append("figures, median (min-max):")
+    for name, figure in figures.items():
+        spread = f"({figure['min']:.3g}-{figure['max']:.3g})"
+        lines.append(f"  {name:<40} {figure['median']:10.3f} {spread:<20} {'' if figure['valid'] else 'INVALID'}")
+        lines.extend(f"      {reason}" for reason in figure["invalid_because"])
     lines.append("the seed's optimisation matrix, ours beside it:")
     lines.append(f"  {'optimisation':<20} {'latency':>9} {'(seed)':>8} {'accuracy':>10} {'(seed)':>8}")
     for row in report["seed_matrix"]:
@@ -406,20 +524,25 @@ def render(report: dict[str, Any]) -> str:
             f"  {row['optimisation']:<20} {row['latency_change_pct']:+8.1f}% {row['seed_latency_change_pct']:+7.0f}% "
             f"{row['accuracy_change_pts']:+8.2f}pt {row['seed_accuracy_change_pts']:+7.1f}pt"
         )
-    if "sustainable_rps" in report:
-        on, off = report["overload_protected"], report["overload_unprotected"]
+    for index, rep in enumerate(report["repetitions"]):
+        if "sustainable_rps" not in rep:
+            continue
         lines.append(
-            f"service: unloaded p99 {report['unloaded_p99_ms']:.1f} ms, sustains {report['sustainable_rps']:.0f} rps "
-            f"(p99 <= {report['slo_p99_ms']:.1f} ms); overload at {report['overload_rps']:.0f} rps:"
+            f"service, repetition {index + 1}: unloaded p99 {rep['unloaded_p99_ms']:.1f} ms, sustains "
+            f"{rep['sustainable_rps']:.0f} rps (p99 <= {rep['slo_p99_ms']:.1f} ms); "
+            f"overload at {rep['overload_rps']:.0f} rps:"
         )
-        for label, run_ in (("admission on", on), ("batches of one", report["overload_batch_of_one"]),
-                            ("admission off", off)):  # fmt: skip
+        for label, key in (("admission on", "overload_protected"), ("batches of one", "overload_batch_of_one"),
+                           ("admission off", "overload_unprotected")):  # fmt: skip
+            run_ = rep[key]
             lines.append(
-                f"  {label:<15} p99 {run_['latency_ms']['p99']} ms, {run_['throughput_rps']:.1f} answered/s, "
-                f"shed {run_['shed']}, 5xx {run_['errors_5xx']}, timeouts/transport {run_['transport_errors']}, "
-                f"send lag p99 {run_['send_lag_ms']['p99']} ms"
+                f"  {label:<15} p99 {run_['latency_ms']['p99']} ms, {run_['throughput_rps']:.1f} answered/s by "
+                f"{run_['answered_by']}, shed {run_['shed']}, 5xx {run_['errors_5xx']}, timeouts/transport "
+                f"{run_['transport_errors']}, send lag p99 {run_['send_lag_ms']['p99']} ms, breaker open "
+                f"{run_['breaker_open']['before']}->{run_['breaker_open']['after']}"
             )
-    lines.append("goals:")
+    lines.append("goals (on the median; an invalid figure meets none):")
     for key, goal in report["goals"].items():
-        lines.append(f"  {key:<40} {goal['value']:10.3f}  goal {goal['goal']:<7} {'met' if goal['met'] else 'MISSED'}")
+        verdict = ("met" if goal["met"] else "MISSED") if goal["valid"] else "INVALID"
+        lines.append(f"  {key:<40} {goal['value']:10.3f}  goal {goal['goal']:<7} {verdict}")
     return "\n".join(lines)

@@ -189,8 +189,12 @@ def register_bench(commands: Any) -> None:
             "FP32 and INT8 (interleaved, medians); test accuracy from the model cards beside a TF-IDF baseline; "
             "then the real service (`peakguard serve`, pinned to one core, the load generator on another): "
             "unloaded p99, the highest rate it sustains with p99 within 3x of that, and 8x that rate with "
-            "admission control on, with batches of one, and with admission control off. Prints the seed's "
-            "optimisation matrix beside ours and writes everything as JSON. About 5 minutes on 2 cores."
+            "admission control on, with batches of one, and with admission control off. All of it --repetitions "
+            "times (default 3); each figure is their median (min-max). A figure is INVALID, and meets no goal, when "
+            "its generator sent late (send lag p99 over the load generator's 5 ms bar), its p99 rests on fewer than "
+            "2000 answers, or a ratio compares runs another model or precision answered. Prints the seed's "
+            "optimisation matrix beside ours and writes everything as JSON. About 35 minutes on 2 cores "
+            "(--no-service: a few)."
         ),
     )
     _version_arguments(model)
@@ -198,9 +202,17 @@ def register_bench(commands: Any) -> None:
         "--data", type=Path, help="data folder with banking77/: the TF-IDF baseline and real query texts for the load"
     )
     model.add_argument("--json", type=Path, help="write the report here (atomically)")
-    model.add_argument("--repeats", type=int, default=20, help="timed repetitions per model variant")
+    model.add_argument("--repeats", type=int, default=20, help="timed forwards per model variant and repetition")
+    model.add_argument("--repetitions", type=_positive_int, default=3, help="whole runs, for median and min-max")
     model.add_argument("--no-service", action="store_true", help="models only: skip the HTTP service under load")
-    model.add_argument("--overload-seconds", type=float, default=20.0, help="length of each overload run")
+    model.add_argument(
+        "--overload-seconds", type=float, default=120.0,
+        help="length of each overload run (default 120: batches of one need it for 2000 answers)",
+    )  # fmt: skip
+    model.add_argument(
+        "--unloaded-seconds", type=float, default=215.0,
+        help="length of the unloaded run at 10 requests/s (default 215: 2000 answers)",
+    )  # fmt: skip
     model.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
     model.set_defaults(handler=_bench_model)
     profile = kinds.add_parser(
@@ -265,12 +277,13 @@ def _bench_model(args: argparse.Namespace) -> int:
 
     settings = BenchSettings(
         artifacts=args.artifacts, version=args.version, data=args.data, repeats=args.repeats,
-        service=not args.no_service, overload_seconds=args.overload_seconds, step_seconds=args.step_seconds,
+        repetitions=args.repetitions, service=not args.no_service, overload_seconds=args.overload_seconds,
+        unloaded_seconds=args.unloaded_seconds, step_seconds=args.step_seconds,
     )  # fmt: skip
     _use_threads(args.threads)
     try:
         report = run(settings, log=lambda line: print(line, flush=True))
-    except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError) as exc:
+    except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError, ValueError) as exc:
         print(f"peakguard bench model: {exc}", file=sys.stderr)
         return 2
     return _print_and_write(render(report), report, args.json)

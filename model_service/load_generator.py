@@ -21,7 +21,8 @@ against a raw asyncio server that answers every POST with a fixed 200, pinned to
 R = 1000, 2000, 2500: send lag p99 1.3-2.4 ms, latency p99 2.5-6.4 ms, in every run. R = 2750 and
 3000: sometimes fine, more often behind (send lag p99 0.1-0.5 s). R = 3500: behind for good (send
 lag p99 0.9 s, the in-flight bound reached, a third of the arrivals dropped). A report whose
-`send_lag_ms` p99 exceeds a few milliseconds measured the generator as much as the server.
+`send_lag_ms` p99 exceeds `LAG_BAR_MS` measured the generator as much as the server: its figures
+are invalid (`invalid_because`), and a benchmark refuses to report them as measured.
 
 The run stops by itself: no arrival after `duration`, nothing awaited after `duration + timeout`;
 at most `max_in_flight` requests are open at once (arrivals beyond that are counted as
@@ -45,11 +46,21 @@ from urllib.parse import urlparse
 import aiohttp
 
 __all__ = [
-    "SAMPLE_QUERIES", "LoadReport", "LoadSpec", "Phase", "Request", "percentile", "phased_schedule", "poisson_schedule",
-    "run_load", "run_load_sync", "run_phases",
+    "LAG_BAR_MS", "P99_MIN_SAMPLES", "SAMPLE_QUERIES", "LoadReport", "LoadSpec", "Phase", "Request", "invalid_because",
+    "percentile", "phased_schedule", "poisson_schedule", "run_load", "run_load_sync", "run_phases",
 ]  # fmt: skip
 
 SHED_STATUSES = (429, 503)
+
+LAG_BAR_MS = 5.0
+"""The one bar for the generator: a run whose send lag p99 is above it sent late enough to shape
+what it measured (its arrivals bunch up after each stall), so its figures are invalid. Every
+benchmark and drill judges its runs by this constant; 5 ms is twice the lag the generator showed
+at 2500 req/s against an idle server (above), a fraction of any SLO here."""
+
+P99_MIN_SAMPLES = 2000
+"""Fewest answers a reported p99 is taken from: with 2000, the 99th percentile rests on the 20
+slowest answers, not on one or two."""
 _UNITS = {"rps": "requests per second", "duration": "seconds", "timeout": "seconds"}
 
 SAMPLE_QUERIES = (  # what a load run sends when given no texts: banking customer-service questions
@@ -174,6 +185,8 @@ class LoadReport:
     """Connection errors, timeouts, and requests still open at duration + timeout."""
     dropped_by_generator: int
     """Arrivals not sent because max_in_flight requests were already open."""
+    answered_by: dict[str, int] = field(default_factory=dict)
+    """What answered the 200s, as each answer says: `model/precision` (e.g. full/fp32) or `cache`."""
 
     @property
     def completed_ok(self) -> int:
@@ -197,7 +210,35 @@ class LoadReport:
             "errors_5xx": self.errors_5xx,
             "transport_errors": self.transport_errors,
             "dropped_by_generator": self.dropped_by_generator,
+            "answered_by": dict(sorted(self.answered_by.items())),
+            "lag_bar_ms": LAG_BAR_MS,
         }
+
+
+def invalid_because(report: dict[str, Any], *, min_samples: int = P99_MIN_SAMPLES) -> list[str]:
+    """Why a run's figures cannot be reported as measured (empty: they can): the generator sent late
+    (send lag p99 over `LAG_BAR_MS`), or its p99 rests on fewer than `min_samples` answers."""
+    reasons = []
+    lag = report["send_lag_ms"]["p99"]
+    if lag is not None and lag > LAG_BAR_MS:
+        reasons.append(f"generator send lag p99 {lag:.1f} ms > {LAG_BAR_MS:g} ms: the generator fell behind")
+    if report["completed_ok"] < min_samples:
+        reasons.append(f"p99 from {report['completed_ok']} answers < {min_samples}: lengthen the run")
+    return reasons
+
+
+def _answered_by(body: bytes) -> str:
+    """`model/precision` or `cache` from an answer's JSON; `unknown` when it does not say."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return "unknown"
+    if not isinstance(answer, dict):
+        return "unknown"
+    if answer.get("served_by") == "cache":
+        return "cache"
+    model, precision = answer.get("model"), answer.get("precision")
+    return f"{model}/{precision}" if model and precision else "unknown"
 
 
 @dataclass
@@ -213,6 +254,7 @@ class _Tally:
     errors_5xx: int = 0
     transport_errors: int = 0
     dropped_by_generator: int = 0
+    answered_by: Counter[str] = field(default_factory=Counter)
 
     def freeze(self, spec: LoadSpec) -> LoadReport:
         return LoadReport(
@@ -220,7 +262,7 @@ class _Tally:
             latencies=tuple(self.latencies), latencies_from_send=tuple(self.latencies_from_send),
             send_lags=tuple(self.send_lags), statuses=dict(self.statuses), shed=self.shed,
             errors_5xx=self.errors_5xx, transport_errors=self.transport_errors,
-            dropped_by_generator=self.dropped_by_generator,
+            dropped_by_generator=self.dropped_by_generator, answered_by=dict(self.answered_by),
         )  # fmt: skip
 
 
@@ -318,6 +360,7 @@ async def run_load(spec: LoadSpec) -> LoadReport:
         if end.status == 200:
             report.latencies.append(end.done - end.scheduled)
             report.latencies_from_send.append(end.done - end.sent)
+            report.answered_by[_answered_by(end.body)] += 1
         elif end.status in SHED_STATUSES and end.retry_after:
             report.shed += 1
         elif end.status >= 500:

@@ -7,14 +7,24 @@ import json
 from pathlib import Path
 from typing import Any
 
-from model_service.benchmark import SEED_MATRIX, BenchSettings, _goals, _sustains, render, run
+from model_service.benchmark import (
+    SEED_MATRIX,
+    BenchSettings,
+    _aggregate,
+    _goals,
+    _same_answerer,
+    _sustains,
+    render,
+    run,
+)  # fmt: skip
 from model_service.reports import write_json
 from peakguard.cli import main
 from tests.model_service.conftest import write_tiny_artifacts
 
-REQUIRED = {
-    "int8_speedup", "int8_accuracy_loss_pts", "light_param_reduction", "light_speedup", "accuracy",
-    "seed_matrix", "latency_ms_batch", "batching_model_ratio", "goals",
+REQUIRED = {"accuracy", "parameters", "seed_matrix", "figures", "goals", "repetitions"}
+FIGURES = {
+    "int8_speedup", "int8_speedup_torch_backend", "int8_accuracy_loss_pts", "light_param_reduction", "light_speedup",
+    "batching_model_ratio", "batch_of_one_agreement", "latency_ms_batch.full", "latency_ms_batch.full_int8",
 }  # fmt: skip
 
 
@@ -37,32 +47,71 @@ def test_a_rate_is_sustained_only_with_p99_in_slo_little_refused_and_everything_
     assert _sustains(_load_report(sent=800, completed_ok=800, throughput_rps=80.0), 100, slo=0.1)  # a short draw
 
 
-def test_goals_say_met_or_missed() -> None:
-    goals = _goals({"int8_speedup": 1.6, "light_speedup": 3.4, "overload_5xx": 0, "light_param_reduction": 0.78})
+def _figure(median: float, valid: bool = True) -> dict[str, Any]:
+    return {"median": median, "valid": valid}
+
+
+def test_goals_say_met_or_missed_and_an_invalid_figure_meets_none() -> None:
+    goals = _goals({
+        "int8_speedup": _figure(1.6), "light_speedup": _figure(3.4), "overload_5xx": _figure(0),
+        "light_param_reduction": _figure(0.78), "overload_p99_ratio_protected": _figure(2.0, valid=False),
+    })  # fmt: skip
     assert goals["int8_speedup"]["met"] is False
     assert goals["light_speedup"]["met"] is True
     assert goals["overload_5xx"]["met"] is True
     assert goals["light_param_reduction"]["goal"] == ">= 0.76"
+    assert goals["overload_p99_ratio_protected"] == {"value": 2.0, "goal": "<= 3", "valid": False, "met": False}
     assert "batching_throughput_ratio" not in goals  # not measured, not judged
+
+
+def test_figures_over_repetitions_are_median_and_min_max_and_keep_every_reason() -> None:
+    late = "generator send lag p99 9.0 ms > 5 ms: the generator fell behind"
+    reps = [
+        {"ratio": {"value": 2.0, "invalid_because": []}},
+        {"ratio": {"value": 3.5, "invalid_because": [late]}},
+        {"ratio": {"value": 2.5, "invalid_because": []}},
+    ]
+
+    figure = _aggregate(reps)["ratio"]
+
+    assert (figure["median"], figure["min"], figure["max"]) == (2.5, 2.0, 3.5)
+    assert figure["values"] == [2.0, 3.5, 2.5]
+    assert figure["valid"] is False
+    assert figure["invalid_because"] == [f"repetition 2: {late}"]
+
+
+def test_a_ratio_is_valid_only_between_runs_one_model_and_precision_answered() -> None:
+    full = {"answered_by": {"full/fp32": 900, "cache": 40}}
+    assert _same_answerer(full, {"answered_by": {"full/fp32": 400}}) == []
+    tripped = _same_answerer(full, {"answered_by": {"light/fp32": 400}})
+    assert tripped == ["runs answered by full/fp32 vs light/fp32: not the same model"]
+    mixed = _same_answerer(full, {"answered_by": {"full/fp32": 300, "light/fp32": 100}})
+    assert mixed and "more than one model or precision" in mixed[0]
 
 
 def test_models_only_run_reports_every_figure_and_the_seed_matrix(tmp_path: Path) -> None:
     write_tiny_artifacts(tmp_path / "models", names=("full", "light", "pruned"))
 
-    report = run(BenchSettings(artifacts=tmp_path / "models", repeats=2, service=False), log=lambda _: None)
+    settings = BenchSettings(artifacts=tmp_path / "models", repeats=2, repetitions=2, service=False)
+    report = run(settings, log=lambda _: None)
 
     assert set(report) >= REQUIRED
-    assert set(report["latency_ms_batch"]) == {
+    figures = report["figures"]
+    assert set(figures) >= FIGURES
+    assert {name.removeprefix("latency_ms_batch.") for name in figures if name.startswith("latency_ms_batch.")} == {
         "full", "full_int8", "full_int8_torch", "light", "light_int8", "pruned", "pruned_int8"
     }  # fmt: skip
-    assert all(value > 0 for value in report["latency_ms_batch"].values())
+    assert len(report["repetitions"]) == 2
+    assert all(len(figure["values"]) == 2 and figure["min"] <= figure["median"] <= figure["max"]
+               for figure in figures.values())  # fmt: skip
+    assert all(figure["valid"] for figure in figures.values())  # model timings have no generator to fall behind
     assert report["accuracy"]["full"] == 0.9 and report["accuracy"]["full_int8"] == 0.89
-    assert abs(report["int8_accuracy_loss_pts"] - 1.0) < 1e-9
+    assert abs(figures["int8_accuracy_loss_pts"]["median"] - 1.0) < 1e-9
     assert [row["optimisation"] for row in report["seed_matrix"]] == list(SEED_MATRIX)
     for row in report["seed_matrix"]:
         assert (row["seed_latency_change_pct"], row["seed_accuracy_change_pts"]) == SEED_MATRIX[row["optimisation"]]
     # Batching must not change answers: the MoE drops no tokens at inference and padding is masked.
-    assert report["batch_of_one_agreement"] == 1.0
+    assert figures["batch_of_one_agreement"]["median"] == 1.0
     assert "structured pruning" in render(report)
 
 
@@ -71,7 +120,7 @@ def test_the_command_writes_the_json_report(tmp_path: Path, capsys: Any) -> None
     out = tmp_path / "reports" / "bench.json"
 
     code = main(["bench", "model", "--artifacts", str(tmp_path / "models"), "--no-service", "--repeats", "2",
-                 "--json", str(out)])  # fmt: skip
+                 "--repetitions", "1", "--json", str(out)])  # fmt: skip
 
     assert code == 0
     assert set(json.loads(out.read_text())) >= REQUIRED
@@ -94,21 +143,31 @@ def test_write_json_replaces_atomically(tmp_path: Path) -> None:
 def test_the_service_part_runs_the_real_server_through_ramp_and_overloads(tmp_path: Path) -> None:
     write_tiny_artifacts(tmp_path / "models")
     settings = BenchSettings(
-        artifacts=tmp_path / "models", repeats=1, unloaded_seconds=2, step_seconds=1.5, overload_seconds=2,
-        start_rps=100, overload_factor=3,
+        artifacts=tmp_path / "models", repeats=1, repetitions=1, unloaded_seconds=2, step_seconds=1.5,
+        overload_seconds=2, start_rps=100, overload_factor=3, confirm_samples=150,
     )  # fmt: skip
 
-    report = run(settings, log=lambda _: None)
+    whole = run(settings, log=lambda _: None)
 
+    report = whole["repetitions"][0]
     assert report["sustainable_rps"] >= 100
+    assert [step["kind"] for step in report["ramp"]][-1] == "confirm"
     assert report["overload_rps"] == 3 * report["sustainable_rps"]
-    assert report["ramp"][-1]["sustained"] is False or len(report["ramp"]) == 12
+    search = [step for step in report["ramp"] if step["kind"] == "search"]
+    assert search[-1]["sustained"] is False or len(search) == 12
     for run_ in ("overload_protected", "overload_batch_of_one", "overload_unprotected"):
         assert report[run_]["sent"] > 0
     assert report["overload_protected"]["memory"]["peak_bytes"] > 0
     assert report["overload_5xx"] == 0  # sheds are 429/503 with Retry-After, never a failure
-    assert report["goals"]["overload_5xx"]["met"] is True
     assert {"overload_p99_ratio_protected", "overload_p99_ratio_unprotected", "batching_throughput_ratio"} <= set(
         report
     )
-    assert "overload at" in render(report)
+    for run_ in ("unloaded", "overload_protected", "overload_batch_of_one", "overload_unprotected"):
+        assert report[run_]["breaker_open"] == {"before": False, "after": False}
+        assert set(report[run_]["answered_by"]) <= {"full/fp32", "cache"}
+    # Two-second runs cannot give 2000 answers: their p99s are refused, and the goals on them too.
+    figures, goals = whole["figures"], whole["goals"]
+    assert not figures["unloaded_p99_ms"]["valid"]
+    assert any("answers < 2000" in reason for reason in figures["overload_p99_ratio_protected"]["invalid_because"])
+    assert goals["overload_p99_ratio_protected"]["valid"] is goals["overload_p99_ratio_protected"]["met"] is False
+    assert "INVALID" in render(whole) and "overload at" in render(whole)

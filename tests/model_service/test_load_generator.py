@@ -19,8 +19,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from model_service.load_generator import (
+    LAG_BAR_MS,
+    P99_MIN_SAMPLES,
     LoadSpec,
     Phase,
+    invalid_because,
     percentile,
     phased_schedule,
     poisson_schedule,
@@ -51,6 +54,10 @@ def _programmed_app(behaviour: dict[str, Any]) -> FastAPI:
             await asyncio.sleep(behaviour["delay"])
         if text == "hang":
             await asyncio.sleep(3600)
+        if text == "light":
+            return JSONResponse({"intent": "top_up", "served_by": "model", "model": "light", "precision": "int8"})
+        if text == "cached":
+            return JSONResponse({"intent": "top_up", "served_by": "cache", "model": "full", "precision": "fp32"})
         return JSONResponse({"intent": "card_arrival"})
 
     return app
@@ -253,3 +260,29 @@ def test_a_phased_run_counts_a_request_that_never_answers_as_failed(server: tupl
     asyncio.run(run_phases(url, (Phase("steady", 0.5, 20),), ["hang"], record=seen.append, timeout=1.0))
     assert seen
     assert {(request.outcome, request.status) for request in seen} == {("failed", 0)}
+
+
+def test_each_answer_is_counted_by_what_answered_it(server: tuple[str, dict[str, Any]]) -> None:
+    url, _ = server
+
+    report = run_load_sync(LoadSpec(url=url, rps=150, duration=2, texts=["light", "cached", "ok"], seed=2)).to_dict()
+
+    by = report["answered_by"]
+    assert set(by) == {"light/int8", "cache", "unknown"}  # "ok" answers do not say
+    assert sum(by.values()) == report["completed_ok"]
+    assert all(count > 30 for count in by.values())
+    assert report["lag_bar_ms"] == LAG_BAR_MS
+
+
+def _report(lag_p99: float | None, answers: int) -> dict[str, Any]:
+    return {"send_lag_ms": {"p99": lag_p99}, "completed_ok": answers}
+
+
+def test_a_run_is_invalid_when_the_generator_sent_late_or_its_p99_rests_on_few_answers() -> None:
+    assert invalid_because(_report(LAG_BAR_MS, P99_MIN_SAMPLES)) == []  # on the bar is still valid
+    assert invalid_because(_report(None, P99_MIN_SAMPLES)) == []  # nothing sent late
+    late = invalid_because(_report(LAG_BAR_MS + 0.1, P99_MIN_SAMPLES))
+    assert late == [f"generator send lag p99 {LAG_BAR_MS + 0.1:.1f} ms > 5 ms: the generator fell behind"]
+    few = invalid_because(_report(1.0, P99_MIN_SAMPLES - 1))
+    assert few == ["p99 from 1999 answers < 2000: lengthen the run"]
+    assert invalid_because(_report(1.0, 10), min_samples=0) == []  # a throughput figure needs no p99 samples
