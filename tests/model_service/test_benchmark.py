@@ -115,6 +115,23 @@ def test_models_only_run_reports_every_figure_and_the_seed_matrix(tmp_path: Path
     assert "structured pruning" in render(report)
 
 
+def test_with_data_every_variant_s_accuracy_is_measured_as_served_not_read_from_its_card(
+    tmp_path: Path, data_dir: Path
+) -> None:
+    write_tiny_artifacts(tmp_path / "models")
+    settings = BenchSettings(artifacts=tmp_path / "models", data=data_dir, repeats=1, repetitions=2, service=False)
+
+    report = run(settings, log=lambda _: None)
+
+    accuracy = report["accuracy"]
+    assert report["accuracy_source"] == "measured on the banking77 test split by this run"
+    assert {"full", "full_int8", "full_int8_torch", "light", "light_int8", "tfidf_baseline"} <= set(accuracy)
+    assert accuracy["full_int8"] != 0.89, "the card's INT8 figure, not a measured one"
+    assert all(0 <= value <= 1 for value in accuracy.values())
+    first, second = (rep["accuracy"] for rep in report["repetitions"])
+    assert first == second  # measured once: answers do not change between repetitions
+
+
 def test_the_command_writes_the_json_report(tmp_path: Path, capsys: Any) -> None:
     write_tiny_artifacts(tmp_path / "models")
     out = tmp_path / "reports" / "bench.json"
