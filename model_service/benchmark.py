@@ -573,3 +573,74 @@ def render(report: dict[str, Any]) -> str:
         verdict = ("met" if goal["met"] else "MISSED") if goal["valid"] else "INVALID"
         lines.append(f"  {key:<40} {goal['value']:10.3f}  goal {goal['goal']:<7} {verdict}")
     return "\n".join(lines)
+
+
+_TABLE_ROWS = (
+    # (figure, what it is, format)
+    ("accuracy.full", "full MoE test accuracy (FP32)", "pct"),
+    ("accuracy.full_int8", "full MoE test accuracy, INT8 as served", "pct"),
+    ("accuracy.light", "light model test accuracy (FP32)", "pct"),
+    ("accuracy.tfidf_baseline", "TF-IDF + logistic regression, same split (the floor)", "pct"),
+    ("int8_speedup", "INT8 (ONNX Runtime) vs FP32, full model at batch 32", "x"),
+    ("int8_speedup_torch_backend", "INT8 (torch, not served) vs FP32, the same", "x"),
+    ("int8_accuracy_loss_pts", "INT8 accuracy loss, full model", "pt"),
+    ("light_speedup", "light vs full at batch 32", "x"),
+    ("light_param_reduction", "light model's parameters fewer than full's", "pct"),
+    ("light_accuracy_loss_pts", "light vs full accuracy", "pt"),
+    ("pruned_speedup", "structured pruning vs full at batch 32", "x"),
+    ("batching_model_ratio", "model time per query, batches of one vs of 32", "x"),
+    ("unloaded_p99_ms", "service unloaded p99 (10 requests/s)", "ms"),
+    ("sustainable_rps", "sustainable rate (p99 within 3x unloaded)", "rps"),
+    ("overload_answered_rps", "answered per second at 8x, admission on", "rps"),
+    ("batching_throughput_ratio", "served at 8x, dynamic batching vs batches of one", "x"),
+    ("overload_p99_ratio_protected", "admitted p99 at 8x over unloaded p99", "x"),
+    ("overload_admitted_share_of_sustainable", "answered at 8x over the sustainable rate", "pct"),
+    ("overload_5xx", "5xx at 8x, admission on", "n"),
+    ("overload_p99_ms_unprotected", "p99 at 8x, admission off", "ms"),
+)
+
+
+def _cell(value: float, kind: str) -> str:
+    if kind == "pct":
+        return f"{100 * value:.2f}%"
+    if kind == "x":
+        return f"{value:.2f}x"
+    if kind == "pt":
+        return f"{value:+.2f} pt"
+    if kind in ("ms", "rps"):
+        return f"{value:.1f} {kind}"
+    return f"{value:g}"
+
+
+def markdown(report: dict[str, Any], *, command: str) -> str:
+    """The README's table, built from one `bench model` JSON and never edited by hand: each figure's
+    median and min-max over the repetitions, its goal and verdict, and why it is invalid if it is."""
+    runs = len(report["repetitions"])
+    lines = [
+        f"`{command}` ({report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, "
+        f"{report['machine']['torch_threads']} model threads, model version {report['version']}, {runs} repetitions; "
+        f"accuracy from {report['accuracy_source']}):",
+        "",
+        "| figure | median | min-max | goal |",
+        "|---|---|---|---|",
+    ]
+    goals = report["goals"]
+    for key, label, kind in _TABLE_ROWS:
+        if key.startswith("accuracy."):
+            value = report["accuracy"].get(key.removeprefix("accuracy."))
+            if value is not None:
+                lines.append(f"| {label} | {_cell(value, kind)} | | |")
+            continue
+        figure = report["figures"].get(key)
+        if figure is None:
+            continue
+        goal = goals.get(key)
+        verdict = ""
+        if goal is not None:
+            verdict = f"{goal['goal']}: " + (
+                ("met" if goal["met"] else "**missed**") if goal["valid"] else "**invalid**"
+            )
+        spread = f"{_cell(figure['min'], kind)} - {_cell(figure['max'], kind)}" if runs > 1 else ""
+        invalid = "" if figure["valid"] else " (invalid: " + "; ".join(figure["invalid_because"]) + ")"
+        lines.append(f"| {label} | {_cell(figure['median'], kind)}{invalid} | {spread} | {verdict} |")
+    return "\n".join(lines)

@@ -177,7 +177,7 @@ def _serve(args: argparse.Namespace) -> int:
 def register_bench(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: `peakguard bench model`, `peakguard bench profile`",
+        help="benchmarks: `peakguard bench model`, `peakguard bench profile`, `peakguard bench table`",
         description="Benchmarks that measure, print their figures and write JSON.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -215,6 +215,20 @@ def register_bench(commands: Any) -> None:
     )  # fmt: skip
     model.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
     model.set_defaults(handler=_bench_model)
+    table = kinds.add_parser(
+        "table",
+        help="the README's Markdown table from a `bench model` JSON",
+        description=(
+            "Print the Markdown table the README's measured-performance section is built from: every figure of "
+            "one `peakguard bench model --json` run as its median and min-max over the repetitions, with its "
+            "goal and verdict and, where it is invalid, why. The table is regenerated from a run, never edited."
+        ),
+    )
+    table.add_argument("report", type=Path, help="the JSON `peakguard bench model --json` wrote")
+    table.add_argument(
+        "--command", default="", help="the command that produced the report, quoted in the table's heading"
+    )
+    table.set_defaults(handler=_bench_table)
     profile = kinds.add_parser(
         "profile",
         help="where one batch's time goes: per part of every block and per operator, FP32 and INT8",
@@ -287,6 +301,20 @@ def _bench_model(args: argparse.Namespace) -> int:
         print(f"peakguard bench model: {exc}", file=sys.stderr)
         return 2
     return _print_and_write(render(report), report, args.json)
+
+
+def _bench_table(args: argparse.Namespace) -> int:
+    import json
+
+    from model_service.benchmark import markdown
+
+    try:
+        report = json.loads(args.report.read_text())
+        print(markdown(report, command=args.command or f"peakguard bench model ... --json {args.report.name}"))
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"peakguard bench table: {args.report} is not a `bench model` report ({exc!r})", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _bench_profile(args: argparse.Namespace) -> int:

@@ -132,17 +132,37 @@ def test_with_data_every_variant_s_accuracy_is_measured_as_served_not_read_from_
     assert first == second  # measured once: answers do not change between repetitions
 
 
-def test_the_command_writes_the_json_report(tmp_path: Path, capsys: Any) -> None:
+def test_the_command_writes_the_json_report_and_the_readme_table_is_built_from_it(tmp_path: Path, capsys: Any) -> None:
     write_tiny_artifacts(tmp_path / "models")
     out = tmp_path / "reports" / "bench.json"
 
     code = main(["bench", "model", "--artifacts", str(tmp_path / "models"), "--no-service", "--repeats", "2",
-                 "--repetitions", "1", "--json", str(out)])  # fmt: skip
+                 "--repetitions", "2", "--json", str(out)])  # fmt: skip
 
     assert code == 0
-    assert set(json.loads(out.read_text())) >= REQUIRED
+    report = json.loads(out.read_text())
+    assert set(report) >= REQUIRED
     assert "the seed's optimisation matrix" in capsys.readouterr().out
     assert not list(out.parent.glob(".*partial"))
+
+    report["figures"]["light_speedup"] |= {"valid": False, "invalid_because": ["repetition 1: too few answers"]}
+    out.write_text(json.dumps(report))
+    assert main(["bench", "table", str(out), "--command", "peakguard bench model --json bench.json"]) == 0
+    table = capsys.readouterr().out
+    speedup = report["figures"]["int8_speedup"]
+    assert "`peakguard bench model --json bench.json`" in table and "2 repetitions" in table
+    assert f"| INT8 (ONNX Runtime) vs FP32, full model at batch 32 | {speedup['median']:.2f}x | " in table
+    assert f"{speedup['min']:.2f}x - {speedup['max']:.2f}x" in table
+    assert "(invalid: repetition 1: too few answers)" in table
+    assert "| full MoE test accuracy (FP32) | 90.00% |" in table
+
+
+def test_the_table_command_names_a_file_that_is_not_a_report(tmp_path: Path, capsys: Any) -> None:
+    path = tmp_path / "other.json"
+    path.write_text('{"a": 1}')
+
+    assert main(["bench", "table", str(path)]) == 2
+    assert "other.json is not a `bench model` report" in capsys.readouterr().err
 
 
 def test_the_command_names_a_folder_without_models(tmp_path: Path, capsys: Any) -> None:
