@@ -145,6 +145,18 @@ def register_serve(commands: Any) -> None:
             "connection the service is closing and answer 502"
         ),
     )
+    parser.add_argument(
+        "--http",
+        choices=("auto", "httptools", "h11"),
+        default="auto",
+        help="HTTP parser (default auto: httptools, the C parser, where installed; h11 is pure Python)",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="event loop (default auto: uvloop where installed)",
+    )
     parser.set_defaults(handler=_serve)
 
 
@@ -170,6 +182,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_level="info",
         access_log=False,
         timeout_keep_alive=args.keep_alive,
+        http=args.http,
+        loop=args.loop,
     )
     return 0
 

@@ -18,6 +18,9 @@ The contract of `POST /v1/intent` (one rule: every response is counted exactly o
   the count of `outcome=~"client_error|server_error"`.
 - `peakguard_shed_total{status}`: once per shed response; its sum is the count of `outcome="shed"`.
 - `peakguard_cache_answers_total`: the count of `outcome="answered",served_by="cache"`.
+- `peakguard_answer_table_hits_lost_total`: sheds (in shedding mode) the answer table could have
+  answered. Admission comes before the body is parsed, so a refused request never reaches the
+  table: this is what that order costs.
 
 So: answered latency selects `outcome="answered"`; the error-rate alert is
 `outcome="server_error"` over all responses (client errors are the caller's, and page no one);
@@ -78,6 +81,11 @@ class ServiceMetrics:
         self.shed = Counter("peakguard_shed_total", "Requests refused by admission control.", ["status"], registry=r)
         self.cache_answers = Counter(
             "peakguard_cache_answers_total", "Requests answered from the answer table.", registry=r
+        )
+        self.answer_table_hits_lost = Counter(
+            "peakguard_answer_table_hits_lost_total",
+            "Shed requests the answer table could have answered (admission comes before parsing).",
+            registry=r,
         )
         self.errors = Counter(
             "peakguard_errors_total", "Client and server error responses, by why they failed.", ["kind"], registry=r

@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from model_service.admission import AdmissionController
+from model_service.admission import AdmissionController, Decision
 from model_service.answer_cache import AnswerCache, CachedAnswer
 from model_service.artifacts import newest_version
 from model_service.batcher import BatchStats, DynamicBatcher
@@ -132,6 +132,62 @@ class _Reply:
     served_by: ServedBy = "none"
     reason: str = ""
     """Why it is not an answer: errors_total's kind, or shed_total's status."""
+
+
+@dataclass(frozen=True)
+class _Early:
+    """A refusal sent before the body is read."""
+
+    status: int
+    body: dict[str, str]
+    headers: dict[str, str]
+    shedding: bool
+    """The mode sheds to the answer table: the refused body is still read, to count a lost hit."""
+
+
+_ADMITTED = "peakguard.admitted"
+"""ASGI scope key: the gate admitted this request."""
+
+
+class _AdmissionGate:
+    """Pure ASGI, in front of FastAPI: POST /v1/intent is admitted or refused before routing,
+    before the body is read, before any JSON. The order of one request: admission here, then (in
+    `Service._answer`) parse and validation, the answer table, the batcher."""
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/intent":
+            await self.app(scope, receive, send)
+            return
+        refusal = self.service.refuse_unread(time.time())
+        if refusal is None:
+            scope[_ADMITTED] = True
+            await self.app(scope, receive, send)
+            return
+        # In shedding mode the refused body is read (before answering: once the response is sent the
+        # server hands out no more of the request) to count whether the answer table had it.
+        unread = await _read_body(receive) if refusal.shedding else None
+        body = json.dumps(refusal.body).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers += [(name.encode(), value.encode()) for name, value in refusal.headers.items()]
+        await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if unread is not None:
+            self.service.answer_table_would_have(unread)
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b""
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 def _error(
@@ -274,6 +330,31 @@ class Service:
         finally:
             self.metrics.in_flight.dec()
 
+    def refuse_unread(self, started: float) -> _Early | None:
+        """Admission before anything reads the body: at 8x the service refuses seven requests in
+        eight, and a refusal that went through routing, body reading and JSON parsing took the core
+        the model needs. None admits; the decision is the only one the request gets."""
+        runtime = self.runtime
+        if runtime is None:
+            return None  # the full path says why it is not ready
+        mode = self.modes.mode
+        batcher = self.batchers[mode.model]
+        decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
+        if decision.admit:
+            return None
+        message = f"overloaded: {decision.reason}; retry after {decision.retry_after} s"
+        self.metrics.observe_response(
+            outcome="shed", served_by="none", seconds=time.time() - started, reason=str(decision.status)
+        )
+        return _Early(decision.status, {"error": message}, {"retry-after": str(decision.retry_after)}, mode.shedding)
+
+    def answer_table_would_have(self, body: bytes) -> None:
+        """Count a refused request the answer table could have answered (shedding mode only): the
+        price of admitting before parsing, measured rather than guessed."""
+        with contextlib.suppress(BadRequestError):
+            if self.cache.lookup(_parse(body, self.settings.max_chars)) is not None:
+                self.metrics.answer_table_hits_lost.inc()
+
     async def _answer(self, request: Request, started: float, trace: Any) -> _Reply:
         try:
             text = _parse(await request.body(), self.settings.max_chars)
@@ -295,7 +376,14 @@ class Service:
 
         batcher = self.batchers[mode.model]
         self.metrics.queue_depth.set(sum(b.depth for b in self.batchers.values()))
-        decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
+        # The gate (_AdmissionGate) admitted this request before its body was read; a request that
+        # did not pass it (a test calling the app without the gate) is decided here, once.
+        admitted = request.scope.get(_ADMITTED, False)
+        decision = (
+            Decision(admit=True)
+            if admitted
+            else self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
+        )
         if not decision.admit:
             return _error(
                 decision.status,
@@ -394,6 +482,7 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
 
     app = FastAPI(title="peakguard model service", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
+    app.add_middleware(_AdmissionGate, service=service)
 
     @app.post("/v1/intent")
     async def intent(request: Request) -> Response:

@@ -182,6 +182,9 @@ def test_the_service_part_runs_the_real_server_through_ramp_and_overloads(tmp_pa
     settings = BenchSettings(
         artifacts=tmp_path / "models", repeats=1, repetitions=1, unloaded_seconds=2, step_seconds=1.5,
         overload_seconds=2, start_rps=100, overload_factor=3, confirm_samples=150,
+        # A 2 s unloaded run's p99 rests on 20 answers: an SLO of 3x it failed a confirm at the first rate
+        # in CI. This test checks the mechanism; a wide SLO keeps the figures out of it.
+        slo_factor=10,
     )  # fmt: skip
 
     whole = run(settings, log=lambda _: None)

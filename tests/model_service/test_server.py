@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 
-from model_service.server import Service, ServiceSettings
+from model_service.server import Service, ServiceSettings, _AdmissionGate
 from tests.model_service.conftest import TINY_INTENTS, TOKEN, Running, write_tiny_artifacts
 from tests.model_service.conftest import ask as _ask
 
@@ -213,3 +215,64 @@ def test_spans_join_the_callers_trace_stage_by_stage(running: Running) -> None:
     for span in spans:
         if span.name in ("queue", "batch", "model", "post"):
             assert span.parent is not None and span.parent.span_id == request.context.span_id
+
+
+def _overloaded(service: Service) -> None:
+    service.admission.latency_budget = 0.001
+    for _ in range(8):
+        service.admission.observe(batch_size=1, seconds=1.0)
+    for batcher in service.batchers.values():
+        batcher.in_flight = 1
+
+
+def test_the_gate_refuses_before_routing_and_before_the_body_is_read(running: Running) -> None:
+    _overloaded(running.service)
+    sent: list[dict[str, Any]] = []
+
+    async def inner_app(*_args: object) -> None:
+        raise AssertionError("a refused request reached FastAPI")
+
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("a refused request's body was read")
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    gate = _AdmissionGate(inner_app, running.service)
+    asyncio.run(gate({"type": "http", "method": "POST", "path": "/v1/intent", "headers": []}, receive, send))
+
+    start, body = sent
+    assert start["status"] == 429
+    assert dict(start["headers"])[b"retry-after"] >= b"1"
+    assert b"over the 0.00 s budget" in body["body"]
+
+
+def test_an_admitted_request_is_decided_once(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    decide = running.service.admission.decide
+    calls: list[int] = []
+
+    def counted(**kwargs: Any) -> Any:
+        calls.append(1)
+        return decide(**kwargs)
+
+    monkeypatch.setattr(running.service.admission, "decide", counted)
+    with running.client() as client:
+        assert _ask(client).status_code == 200
+
+    assert len(calls) == 1
+
+
+def test_a_shed_the_answer_table_could_have_answered_is_counted(running: Running) -> None:
+    running.service.cache.min_confidence = 0.0
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running.client() as client:
+        assert _ask(client, "Where is my card?").json()["served_by"] == "model"
+        client.put("/admin/mode", json={"shedding": True}, headers=auth)
+        _overloaded(running.service)
+        hit = _ask(client, "where is my CARD")
+        miss = _ask(client, "a different question entirely")
+        metrics = client.get("/metrics").text
+
+    assert hit.status_code == miss.status_code == 429  # admission comes before the answer table
+    assert "peakguard_answer_table_hits_lost_total 1.0" in metrics
+    assert 'peakguard_shed_total{status="429"} 2.0' in metrics
