@@ -68,10 +68,12 @@ def _export(model: nn.Module, path: Path) -> None:
 def gemms_as_matmuls(graph: object) -> int:
     """Rewrite `Gemm(x, W, b, transB=1)` with a constant W as `MatMul(x, W^T) + b`; returns how many.
 
-    The exporter writes a Linear on 2-D input (every expert, the router, the head) as Gemm, and ORT's
-    dynamic quantization only quantizes MatMul: without this the experts, 60% of the model's time,
-    would stay FP32. Weights the exporter shared between identical layers (an Identity node) are
-    followed to their initializer."""
+    The exporter writes a Linear on 2-D input (every expert, the router, the head) as Gemm, and
+    shares identical weights through an Identity node. ORT's dynamic quantization quantizes a Gemm
+    whose weight is an initializer, but skips one fed by an Identity, and upcycled experts start as
+    identical copies (the drill's quick models still are). Measured on the quick full model with
+    only the experts' `up` weights made distinct: without this rewrite 42 of 127 GEMMs stayed FP32
+    and INT8 ran 1.56x FP32, with it 1.87x. The rewrite follows each Identity to its initializer."""
     from onnx import helper, numpy_helper
 
     initializers = {tensor.name: tensor for tensor in graph.initializer}  # type: ignore[attr-defined]
