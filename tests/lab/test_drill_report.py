@@ -3,6 +3,7 @@ nothing was, and the lines a person reads. (A real drill's timeline: test_drill.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -96,6 +97,19 @@ def test_no_fault_no_fault_line(tmp_path: Path) -> None:
     numbers = report(_timeline(surge_latency=0.2), _settings(tmp_path))
     assert numbers["fault_effect"] is None
     assert "fault" not in render(numbers)
+
+
+def test_a_generator_behind_the_one_lag_bar_is_said_and_one_within_it_is_not(tmp_path: Path) -> None:
+    within = report(_timeline(surge_latency=0.2), _settings(tmp_path))
+    assert within["generator_behind"] is False  # lag 1-2 ms
+    assert "fell behind" not in render(within)
+
+    late = _timeline(surge_latency=0.2)
+    late.requests = [dataclasses.replace(r, lag=0.2) if r.phase == "surge" else r for r in late.requests]
+    behind = report(late, _settings(tmp_path))
+
+    assert behind["generator_behind"] is True
+    assert "send lag p99 200 ms, over the 5 ms bar" in render(behind)
 
 
 def test_rolling_upgrade_is_judged_on_the_requests_sent_while_it_ran(tmp_path: Path) -> None:
