@@ -50,8 +50,10 @@ def test_the_full_model_shows_gating_dispatch_and_experts_in_both_precisions(art
                 numbers["parts_ms"]
             )
         assert all(value >= 0 for value in numbers["parts_ms"].values())
-        # Medians of parts against the median hooked forward: close, not equal.
-        assert sum(numbers["parts_ms"].values()) == pytest.approx(numbers["forward_hooked_ms"], rel=0.5)
+        assert numbers["forward_hooked_ms"] > 0
+        # No timing is compared here: a sum of medians against a median total, three forwards of a
+        # tiny model on a CI machine running other tests, was off by half (5.7 against 12.5 ms).
+        # That parts add up to the forward is checked on written times, in the test above.
     operators = {precision: [op["operator"] for op in report["precisions"][precision]["top_operators"]]
                  for precision in ("fp32", "int8")}  # fmt: skip
     assert "quantized::linear_dynamic" in operators["int8"]
