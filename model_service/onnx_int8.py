@@ -118,12 +118,10 @@ def _quantize(source: Path, target: Path) -> None:
 
     model = onnx.load(str(source))
     gemms_as_matmuls(model.graph)
-    rewritten = source.with_suffix(".matmul.onnx")
-    onnx.save(model, str(rewritten))
     # MatMuls only: embeddings stay FP32 (a lookup, not a GEMM), as on the torch path. Per-channel
     # weights: per-tensor scales cost the quick full model 3 of 32 answers on one batch, per-channel none.
     quantize_dynamic(
-        str(rewritten),
+        model,  # in memory: the rewritten graph is not written out and read back
         str(target),
         weight_type=QuantType.QInt8,
         per_channel=True,
@@ -143,10 +141,10 @@ def _build_into(model: nn.Module, target: Path) -> None:
 
 
 def build(model: nn.Module, *, key: str = "", threads: int | None = None) -> OnnxInt8Classifier:
-    """The INT8 ORT session for `model` (eval mode, CPU). With `key` (the weights' sha256) the
-    quantized graph is cached under `cache_folder()`; without it, built in a temporary folder."""
+    """The INT8 ORT session for `model` on CPU (traced in eval mode; the model keeps its own mode). With
+    `key` (the weights' sha256) the quantized graph is cached under `cache_folder()`; without it,
+    built in a temporary folder."""
     started = time.perf_counter()
-    model = model.eval()
     if key:
         folder = cache_folder()
         import onnxruntime

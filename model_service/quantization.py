@@ -54,7 +54,8 @@ def quantize_int8(
             raise QuantizationUnavailableError(
                 f"INT8 on CPU runs in ONNX Runtime: pip install 'peakguard[model]' ({exc})"
             ) from None
-        return onnx_int8.build(copy.deepcopy(model), key=key)
+        # No copy: the export traces in eval mode and leaves the model as it was (torch.onnx's default).
+        return onnx_int8.build(model, key=key)
     if backend not in ("onnxruntime", "torch"):
         raise QuantizationUnavailableError(f"no INT8 backend {backend!r}; use onnxruntime or torch")
     model = copy.deepcopy(model).eval()

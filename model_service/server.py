@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
-from model_service.admission import AdmissionController, Decision
+from model_service.admission import AdmissionController
 from model_service.answer_cache import AnswerCache, CachedAnswer
 from model_service.artifacts import newest_version
 from model_service.batcher import BatchStats, DynamicBatcher
@@ -145,10 +145,6 @@ class _Early:
     """The mode sheds to the answer table: the refused body is still read, to count a lost hit."""
 
 
-_ADMITTED = "peakguard.admitted"
-"""ASGI scope key: the gate admitted this request."""
-
-
 class _AdmissionGate:
     """Pure ASGI, in front of FastAPI: POST /v1/intent is admitted or refused before routing,
     before the body is read, before any JSON. The order of one request: admission here, then (in
@@ -164,7 +160,6 @@ class _AdmissionGate:
             return
         refusal = self.service.refuse_unread(time.time())
         if refusal is None:
-            scope[_ADMITTED] = True
             await self.app(scope, receive, send)
             return
         # In shedding mode the refused body is read (before answering: once the response is sent the
@@ -376,22 +371,7 @@ class Service:
 
         batcher = self.batchers[mode.model]
         self.metrics.queue_depth.set(sum(b.depth for b in self.batchers.values()))
-        # The gate (_AdmissionGate) admitted this request before its body was read; a request that
-        # did not pass it (a test calling the app without the gate) is decided here, once.
-        admitted = request.scope.get(_ADMITTED, False)
-        decision = (
-            Decision(admit=True)
-            if admitted
-            else self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
-        )
-        if not decision.admit:
-            return _error(
-                decision.status,
-                f"overloaded: {decision.reason}; retry after {decision.retry_after} s",
-                "shed",
-                str(decision.status),
-                headers={"Retry-After": str(decision.retry_after)},
-            )
+        # Admission was decided once, before the body was read (_AdmissionGate, refuse_unread).
 
         ids = runtime.encoder.ids(text)
         queued = time.time()

@@ -112,3 +112,16 @@ def test_a_failed_build_leaves_no_partial_file_in_the_cache(
         onnx_int8.build(tiny_model, key="broken")
 
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_in_training_is_exported_as_in_eval_and_left_training(tiny_model: IntentClassifier) -> None:
+    ids, mask = _batch()
+    with torch.inference_mode():
+        expected = tiny_model.eval()(ids, mask)
+    tiny_model.train()
+
+    classifier = onnx_int8.build(tiny_model, key="training")
+
+    assert tiny_model.training, "the caller's model must keep its mode (no copy is taken)"
+    with torch.inference_mode():
+        assert (classifier(ids, mask).argmax(-1) == expected.argmax(-1)).all()
