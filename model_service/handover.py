@@ -11,6 +11,12 @@ stays within `max_accuracy_loss` (1 point in training), or lower, the lowest tha
 `target_recall` of the out-of-scope validation queries, when a target under 1.0 is given. Training
 aims at 1.0: CLINC150's `oos_val` has only 100 queries, too few for a stable percentile, while the
 in-scope budget is measured on a thousand.
+
+A thousand is still few for a 1-point budget: 10 lost answers. Spent to the last answer on
+validation, the budget came out at 1.36 points on test (seed 13). With `confidence`, the cost is
+held to the budget as an upper confidence bound instead (one-sided Clopper-Pearson): the threshold
+may lose k answers of n only if, were the true cost the budget, seeing k or fewer would have
+probability at most 1 - confidence. At 90% and n = 1000 that allows 5 lost answers, not 10.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import math
 
 import torch
 
-__all__ = ["choose_threshold", "score"]
+__all__ = ["allowed_losses", "choose_threshold", "score"]
 
 
 def score(logits: torch.Tensor) -> torch.Tensor:
@@ -27,18 +33,49 @@ def score(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=-1)
 
 
-def _budget_threshold(scores: torch.Tensor, correct: torch.Tensor, max_accuracy_loss: float) -> float:
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (n in the thousands overflows floats)."""
+    if p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0 if k >= n else 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    log_n = math.lgamma(n + 1)
+    return min(1.0, sum(
+        math.exp(log_n - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * log_p + (n - i) * log_q)
+        for i in range(k + 1)
+    ))  # fmt: skip
+
+
+def allowed_losses(n: int, max_accuracy_loss: float, confidence: float | None) -> int:
+    """How many of `n` in-scope answers the threshold may lose: at most the budget's share of them,
+    or, with `confidence`, the most whose upper confidence bound on the cost stays within the budget
+    (-1 when not even zero losses gives that confidence: n is too small for the budget)."""
+    point = math.floor(max_accuracy_loss * n + 1e-9)
+    if confidence is None:
+        return point
+    k = point
+    while k >= 0 and _binomial_cdf(k, n, max_accuracy_loss) > 1.0 - confidence:
+        k -= 1
+    return k
+
+
+def _budget_threshold(
+    scores: torch.Tensor, correct: torch.Tensor, max_accuracy_loss: float, confidence: float | None
+) -> float:
     """The highest threshold whose in-scope accuracy cost stays within the budget.
 
     A correct in-scope answer whose score falls below the threshold goes to a human: it counts as lost.
     """
-    base = float(correct.float().mean())
-    best = float(scores.min())
-    for threshold in torch.unique(scores).tolist():
-        kept = float((correct & (scores >= threshold)).float().mean())
-        if base - kept <= max_accuracy_loss + 1e-12:
-            best = max(best, threshold)
-    return best
+    kept_scores = torch.sort(scores[correct].float()).values
+    allowed = allowed_losses(scores.numel(), max_accuracy_loss, confidence)
+    if kept_scores.numel() == 0:
+        return float(scores.min())
+    if allowed >= kept_scores.numel():
+        return float(scores.max())
+    # At the (allowed+1)-th lowest correct score, exactly the answers strictly below it are lost;
+    # any higher threshold loses one more.
+    return float(kept_scores[max(allowed, 0)])
 
 
 def choose_threshold(
@@ -48,15 +85,19 @@ def choose_threshold(
     *,
     max_accuracy_loss: float,
     target_recall: float,
+    confidence: float | None = None,
 ) -> float:
-    """The hand-over threshold: `target_recall` of out-of-scope queries, within the in-scope budget."""
+    """The hand-over threshold: `target_recall` of out-of-scope queries, within the in-scope budget
+    (at `confidence`, when given, see the module's docstring)."""
     if in_scope_scores.numel() == 0:
         raise ValueError("no in-scope validation examples to choose a threshold on")
     if out_of_scope_scores.numel() == 0:
         raise ValueError("no out-of-scope validation examples to choose a threshold on")
     if not 0.0 < target_recall <= 1.0:
         raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
-    budget = _budget_threshold(in_scope_scores, in_scope_correct, max_accuracy_loss)
+    if confidence is not None and not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1) or None (the point estimate), got {confidence}")
+    budget = _budget_threshold(in_scope_scores, in_scope_correct, max_accuracy_loss, confidence)
     ranked = torch.sort(out_of_scope_scores.float()).values
     # The smallest threshold with at least target_recall of the scores strictly below it: just
     # above the ceil(target_recall * n)-th lowest score.

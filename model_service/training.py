@@ -56,7 +56,10 @@ class TrainingSettings:
     prune_features: int = 12
     """Residual-stream dimensions the pruned variant drops (the seed removed 12)."""
     max_handover_accuracy_loss: float = 0.01
-    """In-scope accuracy the out-of-scope threshold may cost on validation (1 point)."""
+    """In-scope accuracy the out-of-scope threshold may cost (1 point)..."""
+    handover_confidence: float | None = 0.9
+    """...as a 90% upper confidence bound from the validation split (`handover` says why; None spends
+    the budget on validation to the last answer, which cost 1.36 points on test)."""
     handover_target_recall: float = 1.0
     """Share of CLINC150 oos_val to aim for; 1.0 means as much as the in-scope budget allows. A lower
     target is a percentile of only 100 oos_val queries: aiming at 90% gave 79.5% on oos_test."""
@@ -210,11 +213,14 @@ def evaluate_logits(
     threshold = handover.choose_threshold(
         handover.score(validation), correct_validation, handover.score(oos_validation),
         max_accuracy_loss=settings.max_handover_accuracy_loss, target_recall=settings.handover_target_recall,
+        confidence=settings.handover_confidence,
     )  # fmt: skip
     correct_test = test.argmax(-1) == torch.tensor(data.test.labels)
+    kept_validation = correct_validation & (handover.score(validation) >= threshold)
     kept_test = correct_test & (handover.score(test) >= threshold)
     metrics = {
         "validation_accuracy": float(correct_validation.float().mean()),
+        "validation_accuracy_with_handover": float(kept_validation.float().mean()),
         "test_accuracy": float(correct_test.float().mean()),
         "test_accuracy_with_handover": float(kept_test.float().mean()),
         "oos_validation_recall": float((handover.score(oos_validation) < threshold).float().mean()),
@@ -264,9 +270,11 @@ def run(data_dir: Path, out: Path, settings: TrainingSettings | None = None, *, 
             name=name, config=model.config, handover_threshold=threshold, parameters=model.parameter_count(),
             metrics=metrics, training=training, **common,
         )  # fmt: skip
+        cost = 100 * (metrics["test_accuracy"] - metrics["test_accuracy_with_handover"])
         log(
             f"{name}: {card.parameters / 1e6:.1f}M parameters, test accuracy {metrics['test_accuracy']:.4f} "
-            f"(INT8 {int8_test:.4f}), out-of-scope recall {metrics['oos_test_recall']:.3f} at threshold {threshold:.3f}"
+            f"(INT8 {int8_test:.4f}), out-of-scope recall {metrics['oos_test_recall']:.3f} at threshold "
+            f"{threshold:.3f} (in-scope cost {cost:.2f} pt on test)"
         )
         results.append((model, card))
         return card
