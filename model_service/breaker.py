@@ -8,6 +8,7 @@ flap. Every switch is logged and counted by the caller's callback.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import threading
 import time
@@ -50,6 +51,10 @@ class CircuitBreaker:
         self._on_switch = on_switch
         self._clock = clock
         self._samples: deque[tuple[float, float]] = deque()
+        self._ordered: list[float] = []
+        """The window's latencies, kept sorted as they come and go: every request reads the p99, and
+        sorting the window per request (3000 latencies at 300 requests/s) was 5.6% of the server's
+        samples under overload (`peakguard bench server`)."""
         self._lock = threading.Lock()
         self.open = False
         self._condition_since: float | None = None
@@ -61,10 +66,11 @@ class CircuitBreaker:
 
     def _p99_locked(self, now: float) -> float | None:
         while self._samples and self._samples[0][0] < now - self.settings.window:
-            self._samples.popleft()
+            _, latency = self._samples.popleft()
+            del self._ordered[bisect.bisect_left(self._ordered, latency)]
         if len(self._samples) < self.settings.min_samples:
             return None
-        ordered = sorted(latency for _, latency in self._samples)
+        ordered = self._ordered
         return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
     def record(self, latency: float) -> None:
@@ -73,6 +79,7 @@ class CircuitBreaker:
         with self._lock:
             now = self._clock()
             self._samples.append((now, latency))
+            bisect.insort(self._ordered, latency)
             p99 = self._p99_locked(now)
             if p99 is None:
                 return

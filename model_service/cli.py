@@ -191,7 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
 def register_bench(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: `peakguard bench model`, `peakguard bench profile`, `peakguard bench table`",
+        help="benchmarks: `peakguard bench model`, `bench profile`, `bench server`, `bench table`",
         description="Benchmarks that measure, print their figures and write JSON.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -260,6 +260,34 @@ def register_bench(commands: Any) -> None:
     profile.add_argument("--data", type=Path, help="data folder with banking77/ for real queries (default: samples)")
     profile.add_argument("--json", type=Path, help="write the report here (atomically)")
     profile.set_defaults(handler=_bench_profile)
+    server = kinds.add_parser(
+        "server",
+        help="where the server's CPU goes under 8x overload (py-spy): event loop, HTTP, JSON, admission, model",
+        description=(
+            "Run the real service (admission on, pinned to one core) under 8x the rate it sustains, with py-spy "
+            "sampling its Python stacks without pausing it, and split each thread's CPU time (as the kernel "
+            "counted it) over what its samples were doing: event loop, HTTP parsing, FastAPI, JSON and validation, "
+            "admission, answer table, batcher, tokenizer, model forward, metrics. Prints CPU seconds, share and "
+            "CPU per request by category, and the busiest functions; writes JSON and py-spy's raw stacks (feed "
+            "them to flamegraph.pl or speedscope). Without --sustainable the rate is found by a short search "
+            "first (about a minute). Needs py-spy (the bench extra) and ptrace on the server (root or "
+            "CAP_SYS_PTRACE), and 2 cores."
+        ),
+    )
+    _version_arguments(server)
+    server.add_argument("--data", type=Path, help="data folder with banking77/ for real queries (default: samples)")
+    server.add_argument(
+        "--sustainable", type=float, help="requests/s the service sustains (e.g. `bench model`'s); default: measure"
+    )
+    server.add_argument(
+        "--budget-ms", type=float, help="admission's latency budget (default: twice the unloaded p99, measured)"
+    )
+    server.add_argument("--factor", type=float, default=8.0, help="overload as a multiple of sustainable (default 8)")
+    server.add_argument("--seconds", type=float, default=30.0, help="length of the overload run (default 30)")
+    server.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
+    server.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here (default: a temporary folder)")
+    server.add_argument("--json", type=Path, help="write the report here (atomically)")
+    server.set_defaults(handler=_bench_server)
 
 
 def _version_arguments(parser: argparse.ArgumentParser) -> None:
@@ -296,6 +324,23 @@ def _print_and_write(text: str, report: dict[str, Any], path: Path | None) -> in
         write_json(report, path)
         print(f"wrote {path}")
     return 0
+
+
+def _bench_server(args: argparse.Namespace) -> int:
+    from model_service.artifacts import ArtifactError
+    from model_service.server_profile import ServerProfileSettings, render, run
+    from model_service.service_process import ServiceStartError
+
+    try:
+        settings = ServerProfileSettings(
+            artifacts=args.artifacts, version=args.version, data=args.data, sustainable_rps=args.sustainable,
+            budget_ms=args.budget_ms, overload_factor=args.factor, seconds=args.seconds, rate=args.rate,
+        )  # fmt: skip
+        report = run(settings, log=lambda line: print(line, flush=True), raw_out=args.raw)
+    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
+        print(f"peakguard bench server: {exc}", file=sys.stderr)
+        return 2
+    return _print_and_write(render(report), report, args.json)
 
 
 def _bench_model(args: argparse.Namespace) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from model_service.admission import AdmissionController
@@ -142,3 +144,19 @@ def test_too_few_samples_decide_nothing() -> None:
 def test_hysteresis_must_be_a_real_gap() -> None:
     with pytest.raises(ValueError, match="below trip_above"):
         BreakerSettings(trip_above=0.5, recover_below=0.5)
+
+
+def test_the_p99_is_always_that_of_the_latencies_still_in_the_window() -> None:
+    clock = Clock()
+    rng = random.Random(5)  # noqa: S311 (reproducible test data)
+    breaker = CircuitBreaker(BreakerSettings(window=2, min_samples=1, trip_above=100, recover_below=50),
+                             on_switch=lambda s, p: None, clock=clock)  # fmt: skip
+    recorded: list[tuple[float, float]] = []
+    for _ in range(3000):
+        clock.now += rng.uniform(0, 0.01)
+        latency = round(rng.uniform(0, 1), 2)  # repeats: equal latencies leave the window one at a time
+        recorded.append((clock.now, latency))
+        breaker.record(latency)
+        if rng.random() < 0.05:
+            window = sorted(lat for at, lat in recorded if at >= clock.now - 2)
+            assert breaker.p99() == window[min(len(window) - 1, int(0.99 * len(window)))]
