@@ -191,7 +191,7 @@ def _serve(args: argparse.Namespace) -> int:
 def register_bench(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: `peakguard bench model`, `bench profile`, `bench server`, `bench table`",
+        help="benchmarks: `peakguard bench model`, `bench profile`, `bench server`, `bench refusal`, `bench table`",
         description="Benchmarks that measure, print their figures and write JSON.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -288,6 +288,30 @@ def register_bench(commands: Any) -> None:
     server.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here (default: a temporary folder)")
     server.add_argument("--json", type=Path, help="write the report here (atomically)")
     server.set_defaults(handler=_bench_server)
+    refusal = kinds.add_parser(
+        "refusal",
+        help="CPU one refusal costs the server, per HTTP parser and event loop",
+        description=(
+            "Put the model to sleep (a chaos slow layer holds one admitted batch through the burst, so admission "
+            "refuses everything else), send a burst of requests, and take the server's CPU (/proc) less its idle CPU "
+            "as the refusals' cost. Each server variant (httptools+uvloop, serve's default; h11+asyncio) runs in "
+            "its own process on the same core, the load generator on another, and rounds alternate between "
+            "them. A round where anything was answered, or the generator fell behind, is INVALID. Needs 2 cores."
+        ),
+    )
+    _version_arguments(refusal)
+    refusal.add_argument(
+        "--variant", action="append", dest="variants", choices=("httptools+uvloop", "h11+asyncio"),
+        help="a server variant to measure (repeatable; default both)",
+    )  # fmt: skip
+    refusal.add_argument("--rps", type=float, default=600.0, help="requests/s in each burst (default 600)")
+    refusal.add_argument("--seconds", type=float, default=6.0, help="length of each burst (default 6, at most 7)")
+    refusal.add_argument(
+        "--idle-seconds", type=float, default=1.5, help="idle baseline before each burst (default 1.5)"
+    )
+    refusal.add_argument("--rounds", type=_positive_int, default=2, help="bursts per variant (default 2)")
+    refusal.add_argument("--json", type=Path, help="write the report here (atomically)")
+    refusal.set_defaults(handler=_bench_refusal)
 
 
 def _version_arguments(parser: argparse.ArgumentParser) -> None:
@@ -324,6 +348,23 @@ def _print_and_write(text: str, report: dict[str, Any], path: Path | None) -> in
         write_json(report, path)
         print(f"wrote {path}")
     return 0
+
+
+def _bench_refusal(args: argparse.Namespace) -> int:
+    from model_service.artifacts import ArtifactError
+    from model_service.refusal_cost import VARIANTS, RefusalSettings, render, run
+    from model_service.service_process import ServiceStartError
+
+    try:
+        settings = RefusalSettings(
+            artifacts=args.artifacts, version=args.version, variants=tuple(args.variants or VARIANTS), rps=args.rps,
+            seconds=args.seconds, idle_seconds=args.idle_seconds, rounds=args.rounds,
+        )  # fmt: skip
+        report = run(settings, log=lambda line: print(line, flush=True))
+    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
+        print(f"peakguard bench refusal: {exc}", file=sys.stderr)
+        return 2
+    return _print_and_write(render(report), report, args.json)
 
 
 def _bench_server(args: argparse.Namespace) -> int:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -54,10 +54,12 @@ class ServiceProcess:
         admin_token: str | None = None,
         keep_alive: float | None = None,
         threads: int | None = None,
+        server_args: Sequence[str] = (),
     ) -> None:
         """`settings`: the serve settings file's fields (model_service.server.ServiceSettings).
         `threads`: torch's thread pool (OMP/MKL), when `cpus` does not size it; None: torch's default.
         `keep_alive`: `peakguard serve --keep-alive`, seconds (None: serve's default).
+        `server_args`: more `peakguard serve` options (e.g. `--http h11 --loop asyncio`).
         `cpus`: cores to pin the process to (and to size torch's thread pool by); None leaves it free.
         `host`: a loopback address; emulated pods each get their own (127.0.0.2, ...) and share a port."""
         self.settings = dict(settings)
@@ -67,6 +69,7 @@ class ServiceProcess:
         self.host = host
         self.keep_alive = keep_alive
         self.threads = threads
+        self.server_args = tuple(server_args)
         self.port = port or free_port()
         self.url = f"http://{host}:{self.port}"
         self._folder = Path(tempfile.mkdtemp(prefix="peakguard-serve-", dir=log_dir))
@@ -94,6 +97,7 @@ class ServiceProcess:
                    "--port", str(self.port)]  # fmt: skip
         if self.keep_alive is not None:
             command += ["--keep-alive", str(self.keep_alive)]
+        command += self.server_args
         with self.log_path.open("wb") as log:
             self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         if self.cpus:
