@@ -67,6 +67,26 @@ class AdmissionController:
             a, b = self._cost
             return size / (a + b * size)
 
+    def batch_cap(self, batch_max: int, *, share: float) -> int:
+        """The largest batch, up to `batch_max`, the cost model says runs within `share` of the
+        latency budget (`batch_max` while the cost is unknown or admission is off).
+
+        A request that arrives just after a batch left waits for all of it and then for its own:
+        with batches of 128 (1 s on one core for the full model) no queue bound keeps that inside a
+        200 ms budget. Capped at half the budget, the wait for the batch ahead and its own batch
+        fit in the budget together. The cap and the cost model settle together: a batch over the
+        cap's time raises the fitted cost and lowers the cap, and under it the other way."""
+        if not 0.0 < share <= 1.0:
+            raise ValueError(f"share must be in (0, 1], got {share}")
+        with self._lock:
+            cost = self._cost
+        if cost is None or not self.enabled:
+            return batch_max
+        a, b = cost
+        if b <= 0.0:
+            return batch_max
+        return max(1, min(batch_max, math.floor((share * self.latency_budget - a) / b)))
+
     def estimated_wait(self, ahead: int, batch_max: int) -> float:
         """Seconds until a request with `ahead` requests before it is answered (0 if unknown):
         the queue drains in batches of up to `batch_max`, each costing a + b * size."""

@@ -62,6 +62,10 @@ class ServiceSettings:
     max_queue: int = 2048
     admission: bool = True
     """Admission control on (the default) or off (only to show, in benchmarks, what it prevents)."""
+    batch_budget_share: float | None = None
+    """Share of the latency budget one batch may take: batches are capped at the size admission's
+    cost model says runs that fast (`AdmissionController.batch_cap`, e.g. 0.5). None: only the mode's
+    batch_max."""
     max_wait: float = 0.005
     """Longest a request waits for batch-mates when the queue is short, in seconds."""
     token_budget: int = 4096
@@ -79,6 +83,8 @@ class ServiceSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.chaos, bool):  # a settings file's "false" must not turn it on
             raise ValueError(f"chaos must be true or false, got {self.chaos!r}")
+        if self.batch_budget_share is not None and not 0.0 < self.batch_budget_share <= 1.0:
+            raise ValueError(f"batch_budget_share must be in (0, 1] or null (no cap), got {self.batch_budget_share}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
 
@@ -241,7 +247,7 @@ class Service:
         for name in ("full", "light"):
             batcher: DynamicBatcher[_Job, _Answer] = DynamicBatcher(
                 self._handle_batch,
-                bounds=lambda: (self.modes.mode.batch_min, self.modes.mode.batch_max),
+                bounds=self.batch_bounds,
                 max_wait=self.settings.max_wait,
                 token_budget=self.settings.token_budget,
                 name=name,
@@ -325,6 +331,18 @@ class Service:
         finally:
             self.metrics.in_flight.dec()
 
+    def batch_cap(self) -> int:
+        """The most requests one batch takes now: the mode's batch_max, capped by the latency budget."""
+        batch_max = self.modes.mode.batch_max
+        if (share := self.settings.batch_budget_share) is None:
+            return batch_max
+        return self.admission.batch_cap(batch_max, share=share)
+
+    def batch_bounds(self) -> tuple[int, int]:
+        """(batch_min, batch_max) for the next batch, read by the batchers before each one."""
+        cap = self.batch_cap()
+        return min(self.modes.mode.batch_min, cap), cap
+
     def refuse_unread(self, started: float) -> _Early | None:
         """Admission before anything reads the body: at 8x the service refuses seven requests in
         eight, and a refusal that went through routing, body reading and JSON parsing took the core
@@ -334,7 +352,7 @@ class Service:
             return None  # the full path says why it is not ready
         mode = self.modes.mode
         batcher = self.batchers[mode.model]
-        decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=mode.batch_max)
+        decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=self.batch_cap())
         if decision.admit:
             return None
         message = f"overloaded: {decision.reason}; retry after {decision.retry_after} s"
@@ -439,6 +457,7 @@ class Service:
                 "enabled": self.admission.enabled,
                 "throughput_rps": self.admission.throughput,
                 "latency_budget": self.admission.latency_budget,
+                "batch_cap": self.batch_cap(),
             },
             "queue": {name: {"depth": b.depth, "in_flight": b.in_flight} for name, b in self.batchers.items()},
             "cache_entries": len(self.cache),

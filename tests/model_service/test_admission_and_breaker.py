@@ -160,3 +160,29 @@ def test_the_p99_is_always_that_of_the_latencies_still_in_the_window() -> None:
         if rng.random() < 0.05:
             window = sorted(lat for at, lat in recorded if at >= clock.now - 2)
             assert breaker.p99() == window[min(len(window) - 1, int(0.99 * len(window)))]
+
+
+def test_the_batch_cap_is_the_largest_batch_that_runs_in_its_share_of_the_budget() -> None:
+    controller = AdmissionController(latency_budget=0.2, min_batches=2)
+    assert controller.batch_cap(128, share=0.5) == 128  # nothing measured yet: the mode decides
+    for size in (2, 4, 8, 16):
+        controller.observe(size, 0.02 + 0.005 * size)  # a = 20 ms per batch, b = 5 ms per request
+
+    assert controller.batch_cap(128, share=0.5) == 16  # 20 + 5 * 16 = 100 ms = half of 200
+    assert controller.batch_cap(10, share=0.5) == 10
+    assert controller.batch_cap(128, share=1.0) == 36
+    controller.latency_budget = 0.03
+    assert controller.batch_cap(128, share=0.5) == 1  # not even one fits: one at a time, never none
+
+
+def test_without_admission_the_cap_is_the_mode_s() -> None:
+    controller = AdmissionController(latency_budget=0.2, min_batches=1, enabled=False)
+    controller.observe(10, 5.0)
+
+    assert controller.batch_cap(128, share=0.5) == 128
+
+
+@pytest.mark.parametrize("share", [0.0, -0.1, 1.5])
+def test_a_share_outside_the_budget_is_named(share: float) -> None:
+    with pytest.raises(ValueError, match="share must be in"):
+        AdmissionController().batch_cap(128, share=share)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import threading
 import time
@@ -276,3 +277,50 @@ def test_a_shed_the_answer_table_could_have_answered_is_counted(running: Running
     assert hit.status_code == miss.status_code == 429  # admission comes before the answer table
     assert "peakguard_answer_table_hits_lost_total 1.0" in metrics
     assert 'peakguard_shed_total{status="429"} 2.0' in metrics
+
+
+def test_batches_are_capped_at_the_size_that_runs_in_half_the_budget(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = running.service
+    monkeypatch.setattr(service, "settings", dataclasses.replace(service.settings, batch_budget_share=0.5))
+    admission = service.admission
+    admission.latency_budget = 0.2
+    for size in (2, 4, 8, 16, 2, 4, 8, 16):
+        admission.observe(size, 0.02 + 0.02 * size)  # a = 20 ms, b = 20 ms: 4 requests fit in 100 ms
+    # The tiny model's real batches take a few ms; frozen, the cost model keeps the cap at 4.
+    monkeypatch.setattr(admission, "observe", lambda size, seconds: None)
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    replies: list[int] = []
+
+    def ask(client: httpx.Client, text: str) -> None:
+        replies.append(_ask(client, text).status_code)
+
+    with running.client() as client:
+        # Batches wait (max_wait) for 16: uncapped, twelve requests at once would share one or two.
+        assert client.put("/admin/mode", json={"batch_min": 16}, headers=admin).status_code == 200
+        assert service.batch_bounds() == (4, 4)
+        status = client.get("/admin/status", headers=admin).json()
+        threads = [threading.Thread(target=ask, args=(client, f"card question {i}")) for i in range(12)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        metrics = client.get("/metrics").text
+
+    assert status["admission"]["batch_cap"] == 4
+    sizes = {line.split()[0]: float(line.split()[1]) for line in metrics.splitlines()
+             if line.startswith("peakguard_batch_size_")}  # fmt: skip
+    answered = replies.count(200)
+    assert answered >= 5
+    assert sizes["peakguard_batch_size_count"] >= -(-answered // 4)
+    assert sizes['peakguard_batch_size_bucket{le="4.0"}'] == sizes["peakguard_batch_size_count"]
+
+
+def test_without_a_budget_share_batches_are_bounded_by_the_mode_alone(running: Running) -> None:
+    admission = running.service.admission
+    for size in (2, 4, 8, 16, 2, 4, 8, 16):
+        admission.observe(size, 0.02 + 0.02 * size)
+
+    assert running.service.settings.batch_budget_share is None  # the default, until measured to pay
+    assert running.service.batch_bounds() == (1, 128)
