@@ -81,6 +81,8 @@ class BenchSettings:
     """Length of each overload run: batches of one answer about 18/s here, 2000 answers take 110 s."""
     start_rps: float = 10.0
     seed: int = 0
+    serve_settings: tuple[tuple[str, Any], ...] = ()
+    """More `peakguard serve` settings for every service the bench starts (e.g. batch_budget_share)."""
 
 
 def _median_latencies(
@@ -341,7 +343,7 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
     cpus = sorted(os.sched_getaffinity(0))
     pinned = len(cpus) >= 2
     server_cpus, generator_cpus = ({cpus[0]}, set(cpus[1:])) if pinned else (None, None)
-    base = {"artifacts": str(folder.parent), "version": folder.name}
+    base = {"artifacts": str(folder.parent), "version": folder.name, **dict(settings.serve_settings)}
     own_affinity = set(cpus)
     report: dict[str, Any] = {
         "pinned": pinned,

@@ -228,6 +228,7 @@ def register_bench(commands: Any) -> None:
         help="length of the unloaded run at 10 requests/s (default 215: 2000 answers)",
     )  # fmt: skip
     model.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
+    _serve_setting_argument(model)
     model.set_defaults(handler=_bench_model)
     table = kinds.add_parser(
         "table",
@@ -287,6 +288,7 @@ def register_bench(commands: Any) -> None:
     server.add_argument("--rate", type=int, default=100, help="py-spy samples per second (default 100)")
     server.add_argument("--raw", type=Path, help="keep py-spy's raw stacks here (default: a temporary folder)")
     server.add_argument("--json", type=Path, help="write the report here (atomically)")
+    _serve_setting_argument(server)
     server.set_defaults(handler=_bench_server)
     refusal = kinds.add_parser(
         "refusal",
@@ -323,6 +325,30 @@ def _version_arguments(parser: argparse.ArgumentParser) -> None:
         help="threads for the model timings, torch's and ONNX Runtime's (default: torch's, one per usable core); "
         "a serving process in the drill runs 1",
     )
+
+
+def _serve_setting_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--serve-setting", action="append", default=[], type=_serve_setting, metavar="KEY=JSON", dest="serve_settings",
+        help="a `peakguard serve` setting for the services the bench starts, its value as JSON "
+        "(repeatable; e.g. batch_budget_share=0.5); the report records them",
+    )  # fmt: skip
+
+
+def _serve_setting(text: str) -> tuple[str, Any]:
+    import dataclasses
+    import json
+
+    from model_service.server import ServiceSettings
+
+    key, equals, value = text.partition("=")
+    known = {f.name for f in dataclasses.fields(ServiceSettings)} - {"artifacts", "version", "admin_token"}
+    if not equals or key not in known:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=JSON with KEY one of {', '.join(sorted(known))}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"{key}: {value!r} is not JSON ({exc.msg}); e.g. {key}=0.5") from None
 
 
 def _positive_int(text: str) -> int:
@@ -376,6 +402,7 @@ def _bench_server(args: argparse.Namespace) -> int:
         settings = ServerProfileSettings(
             artifacts=args.artifacts, version=args.version, data=args.data, sustainable_rps=args.sustainable,
             budget_ms=args.budget_ms, overload_factor=args.factor, seconds=args.seconds, rate=args.rate,
+            serve_settings=tuple(args.serve_settings),
         )  # fmt: skip
         report = run(settings, log=lambda line: print(line, flush=True), raw_out=args.raw)
     except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
@@ -393,6 +420,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         artifacts=args.artifacts, version=args.version, data=args.data, repeats=args.repeats,
         repetitions=args.repetitions, service=not args.no_service, overload_seconds=args.overload_seconds,
         unloaded_seconds=args.unloaded_seconds, step_seconds=args.step_seconds,
+        serve_settings=tuple(args.serve_settings),
     )  # fmt: skip
     _use_threads(args.threads)
     try:

@@ -103,6 +103,8 @@ class ServerProfileSettings:
     unloaded_seconds: float = 20.0
     step_seconds: float = 4.0
     seed: int = 0
+    serve_settings: tuple[tuple[str, Any], ...] = ()
+    """More `peakguard serve` settings for the services it starts (e.g. batch_budget_share)."""
 
     def __post_init__(self) -> None:
         if self.seconds < 5:
@@ -251,7 +253,7 @@ def run(settings: ServerProfileSettings, *, log: Log = print, raw_out: Path | No
     if len(cpus) < 2:
         raise RuntimeError("bench server needs 2 usable cores: one for the server, one for the load and py-spy")
     server_cpus, generator_cpus = {cpus[0]}, set(cpus[1:])
-    base = {"artifacts": str(folder.parent), "version": folder.name}
+    base = {"artifacts": str(folder.parent), "version": folder.name, **dict(settings.serve_settings)}
     report: dict[str, Any] = {
         "version": folder.name,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
@@ -300,7 +302,9 @@ def run(settings: ServerProfileSettings, *, log: Log = print, raw_out: Path | No
                             timeout=10, seed=settings.seed, warmup=1.0)  # fmt: skip
             load = run_load_sync(spec).to_dict()
             spy.join(timeout=120)
-            load["breaker_open"] = {"before": breaker_before, "after": service.status()["breaker"]["open"]}
+            after = service.status()
+            load["breaker_open"] = {"before": breaker_before, "after": after["breaker"]["open"]}
+            report["admission_after"] = after["admission"]
             if "error" in sampled:
                 raise sampled["error"]
     finally:
@@ -342,7 +346,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"server profile, version {report['version']}: {report['overload_rps']:.0f} requests/s "
         f"({report['settings']['overload_factor']:g}x {report['sustainable_rps']:.1f}) for "
-        f"{report['settings']['seconds']:g} s; admission budget {report['latency_budget_ms']:.0f} ms",
+        f"{report['settings']['seconds']:g} s; admission budget {report['latency_budget_ms']:.0f} ms, batch cap "
+        f"{report['admission_after'].get('batch_cap')} at the end",
         f"  answered {load['throughput_rps']:.1f}/s by {load['answered_by']}, shed {load['shed']}, "
         f"5xx {load['errors_5xx']}, p99 {load['latency_ms']['p99']} ms, breaker open {load['breaker_open']}, "
         f"generator send lag p99 {load['send_lag_ms']['p99']} ms",

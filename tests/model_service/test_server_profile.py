@@ -118,12 +118,19 @@ def test_bad_settings_are_named(changes: dict[str, Any], message: str) -> None:
 def test_a_real_run_splits_the_real_server_s_cpu_under_overload(tmp_path: Path) -> None:
     write_tiny_artifacts(tmp_path / "models")
     settings = ServerProfileSettings(
-        artifacts=tmp_path / "models", sustainable_rps=40, budget_ms=200, overload_factor=4, seconds=6, rate=200
+        artifacts=tmp_path / "models",
+        sustainable_rps=40,
+        budget_ms=200,
+        overload_factor=4,
+        seconds=6,
+        rate=200,
+        serve_settings=(("batch_budget_share", 0.5), ("max_wait", 0.002)),
     )
 
     report = run(settings, log=lambda _: None, raw_out=tmp_path / "server.raw.txt")
 
     assert report["overload_rps"] == 160
+    assert 1 <= report["admission_after"]["batch_cap"] <= 128
     assert report["load"]["sent"] > 0 and report["load"]["completed_ok"] > 0
     assert report["py_spy"]["samples"] > 0
     by_category = report["cpu_seconds_by_category"]
@@ -150,3 +157,17 @@ def test_the_command_needs_two_cores_and_says_so(tmp_path: Path, capsys: Any) ->
     assert code == 2
     assert "needs 2 usable cores" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()  # a report is written only by a run that measured
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("batch_budget_share", "is not KEY=JSON"),
+        ("nonsense=1", "is not KEY=JSON"),
+        ("batch_budget_share=half", "is not JSON"),
+    ],
+)
+def test_a_serve_setting_is_a_known_key_with_a_json_value(setting: str, message: str, capsys: Any) -> None:
+    with pytest.raises(SystemExit):
+        main(["bench", "server", "--artifacts", "models", "--serve-setting", setting])
+    assert message in capsys.readouterr().err
