@@ -38,7 +38,16 @@ from model_service.pretrained import TextEncoder
 from model_service.quantization import quantize_int8
 from model_service.service_process import ServiceProcess
 
-__all__ = ["SEED_MATRIX", "UNLOADED_RPS", "BenchSettings", "render", "run", "sustainable_rate", "unloaded_p99"]
+__all__ = [
+    "SEED_MATRIX",
+    "UNLOADED_RPS",
+    "BenchSettings",
+    "measure_run",
+    "render",
+    "run",
+    "sustainable_rate",
+    "unloaded_p99",
+]
 
 Log = Callable[[str], None]
 
@@ -264,7 +273,7 @@ def _load(url: str, rps: float, seconds: float, texts: Sequence[str], seed: int,
     return run_load_sync(spec).to_dict()
 
 
-def _measure(service: ServiceProcess, rps: float, seconds: float, texts: Sequence[str], seed: int, *,
+def measure_run(service: ServiceProcess, rps: float, seconds: float, texts: Sequence[str], seed: int, *,
              timeout: float) -> dict[str, Any]:  # fmt: skip
     """One load run against `service`, with what decides its figures: the breaker's state before and
     after (open means the light model answered), what answered, and why its figures are invalid."""
@@ -357,7 +366,7 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
     try:
         with ServiceProcess(base | {"admission": False}, cpus=server_cpus) as unprotected:
             log(f"unloaded: {UNLOADED_RPS:g} requests/s for {settings.unloaded_seconds:.0f} s")
-            unloaded = _measure(unprotected, UNLOADED_RPS, settings.unloaded_seconds, texts, seed, timeout=10)
+            unloaded = measure_run(unprotected, UNLOADED_RPS, settings.unloaded_seconds, texts, seed, timeout=10)
             baseline = _p99(unloaded)
             slo = settings.slo_factor * baseline
             budget = settings.budget_factor * baseline
@@ -375,15 +384,15 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
 
                 log(f"overload, admission on: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
                 with protected.peak_rss() as memory:
-                    on = _measure(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
+                    on = measure_run(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
                 on["memory"] = memory
                 log("overload, admission on, batches of one")
                 protected.set_mode(batch_min=1, batch_max=1)
-                one = _measure(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
+                one = measure_run(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
 
             log(f"overload, admission off: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
             with unprotected.peak_rss() as memory:
-                off = _measure(unprotected, overload_rps, settings.overload_seconds, texts, seed, timeout=15)
+                off = measure_run(unprotected, overload_rps, settings.overload_seconds, texts, seed, timeout=15)
             off["memory"] = memory
     finally:
         os.sched_setaffinity(0, own_affinity)

@@ -191,7 +191,8 @@ def _serve(args: argparse.Namespace) -> int:
 def register_bench(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
-        help="benchmarks: `peakguard bench model`, `bench profile`, `bench server`, `bench refusal`, `bench table`",
+        help="benchmarks: `peakguard bench model`, `bench profile`, `bench server`, `bench ab`, `bench refusal`, "
+        "`bench table`",
         description="Benchmarks that measure, print their figures and write JSON.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -290,6 +291,30 @@ def register_bench(commands: Any) -> None:
     server.add_argument("--json", type=Path, help="write the report here (atomically)")
     _serve_setting_argument(server)
     server.set_defaults(handler=_bench_server)
+    ab = kinds.add_parser(
+        "ab",
+        help="two serve settings side by side under 8x overload (alternating runs, one core)",
+        description=(
+            "Measure a change to `peakguard serve`'s settings before keeping it: variants A (serve's defaults, or "
+            "--a) and B (--b) run as two processes pinned to the same core, with admission's budget from one "
+            "unloaded p99 (twice it, as bench model) and the same 8x rate (A's sustainable rate, searched briefly, "
+            "or --sustainable); their overload runs alternate, A B then B A. Prints each variant's median p99 (and "
+            "its ratio to the unloaded p99), answered/s and 5xx, and B/A per round; a run whose p99 rests on fewer "
+            "than 2000 answers or whose generator fell behind is INVALID."
+        ),
+    )
+    _version_arguments(ab)
+    ab.add_argument("--b", action="append", required=True, type=_serve_setting, metavar="KEY=JSON",
+                    help="a serve setting of variant B (repeatable, at least one)")  # fmt: skip
+    ab.add_argument("--a", action="append", default=[], type=_serve_setting, metavar="KEY=JSON",
+                    help="a serve setting of variant A (repeatable; default serve's defaults)")  # fmt: skip
+    ab.add_argument("--data", type=Path, help="data folder with banking77/ for real queries (default: samples)")
+    ab.add_argument("--sustainable", type=float, help="requests/s A sustains; default: a short search")
+    ab.add_argument("--seconds", type=float, default=60.0, help="length of each overload run (default 60)")
+    ab.add_argument("--rounds", type=_positive_int, default=2, help="overload runs per variant (default 2)")
+    ab.add_argument("--unloaded-seconds", type=float, default=60.0, help="unloaded run at 10/s (default 60)")
+    ab.add_argument("--json", type=Path, help="write the report here (atomically)")
+    ab.set_defaults(handler=_bench_ab)
     refusal = kinds.add_parser(
         "refusal",
         help="CPU one refusal costs the server, per HTTP parser and event loop",
@@ -374,6 +399,24 @@ def _print_and_write(text: str, report: dict[str, Any], path: Path | None) -> in
         write_json(report, path)
         print(f"wrote {path}")
     return 0
+
+
+def _bench_ab(args: argparse.Namespace) -> int:
+    from model_service.artifacts import ArtifactError
+    from model_service.service_process import ServiceStartError
+    from model_service.setting_ab import AbSettings, render, run
+
+    try:
+        settings = AbSettings(
+            artifacts=args.artifacts, version=args.version, a=tuple(args.a), b=tuple(args.b), data=args.data,
+            sustainable_rps=args.sustainable, seconds=args.seconds, rounds=args.rounds,
+            unloaded_seconds=args.unloaded_seconds,
+        )  # fmt: skip
+        report = run(settings, log=lambda line: print(line, flush=True))
+    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
+        print(f"peakguard bench ab: {exc}", file=sys.stderr)
+        return 2
+    return _print_and_write(render(report), report, args.json)
 
 
 def _bench_refusal(args: argparse.Namespace) -> int:
