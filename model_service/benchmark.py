@@ -43,6 +43,7 @@ __all__ = [
     "UNLOADED_RPS",
     "BenchSettings",
     "measure_run",
+    "median_latencies",
     "render",
     "run",
     "sustainable_rate",
@@ -94,7 +95,7 @@ class BenchSettings:
     """More `peakguard serve` settings for every service the bench starts (e.g. batch_budget_share)."""
 
 
-def _median_latencies(
+def median_latencies(
     variants: dict[str, nn.Module], batch: tuple[torch.Tensor, torch.Tensor], repeats: int
 ) -> dict[str, float]:
     """Seconds per forward pass of each variant on the same batch; repetitions interleaved so
@@ -192,7 +193,7 @@ def _models(
     batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
     encoded = encoder(batch_texts)
     log(f"timing {len(variants)} variants at batch {settings.batch}, {settings.repeats} interleaved repetitions")
-    latency = _median_latencies(variants, (encoded.input_ids, encoded.attention_mask), settings.repeats)
+    latency = median_latencies(variants, (encoded.input_ids, encoded.attention_mask), settings.repeats)
 
     full, light = cards["full"], cards["light"]
     if known_accuracy is not None:

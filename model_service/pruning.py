@@ -1,10 +1,20 @@
-"""Structured pruning: remove the residual-stream feature dimensions that carry the least weight.
+"""Structured pruning: remove whole structures that carry the least weight, so the model is really
+smaller and faster, unlike zeroing weights.
 
-A feature dimension is one channel of the hidden state that every layer reads and writes. Its
-weight is the squared norm of every parameter that touches it (embedding columns, the input
-columns of attention, router and expert projections, the output rows that write it back, and the
-LayerNorm scales), so dimensions nothing relies on score lowest. Removing one narrows every one of
-those tensors, which makes the model really smaller and faster, unlike zeroing weights.
+- Feature dimensions (`prune_features`): one channel of the residual stream, which every layer
+  reads and writes. Its weight is the squared norm of every parameter that touches it (embedding
+  columns, the input columns of attention, router and expert projections, the output rows that
+  write it back, and the LayerNorm scales). The seed removed 12 of 384: 3% of the width, 2.6% of
+  the latency here.
+- Feed-forward channels (`prune_channels`): inner channels of every expert (or dense feed-forward
+  layer). Channel c of an expert adds `down[:, c] * gelu(up[c] . x)`, so it scores
+  `|up[c]|^2 * |down[:, c]|^2`; each expert keeps its own best `keep`. The experts' GEMMs are
+  about 70% of the full model's time (`bench profile`), so this is where latency is.
+- Attention heads (`prune_heads`): head h of a layer adds `output[:, h] @ attend(value[h] . x)`;
+  it scores `|value[h]|^2 * |output[:, h]|^2`, and each layer keeps its own best `keep`.
+
+Every layer keeps the same number of channels and heads (the config has one width for all), and
+a pruned model needs a short recovery fine-tune (`peakguard bench pruning` does both).
 """
 
 from __future__ import annotations
@@ -16,9 +26,9 @@ import torch
 from torch import nn
 
 from model_service.classifier import IntentClassifier
-from model_service.moe import MixtureOfExperts
+from model_service.moe import ExpertFeedForward, MixtureOfExperts
 
-__all__ = ["feature_scores", "prune_features"]
+__all__ = ["feature_scores", "prune_channels", "prune_features", "prune_heads"]
 
 
 def _readers(model: IntentClassifier) -> Iterator[nn.Linear]:
@@ -95,3 +105,64 @@ def prune_features(model: IntentClassifier, count: int) -> tuple[IntentClassifie
     pruned.position_embeddings.embedding_dim = len(keep)
     pruned.config = model.config.replace(hidden=len(keep))
     return pruned, removed
+
+
+def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight[rows].clone())
+    if layer.bias is not None:
+        layer.bias = nn.Parameter(layer.bias[rows].clone())
+    layer.out_features = len(rows)
+
+
+def _keep_columns(layer: nn.Linear, columns: torch.Tensor) -> None:
+    layer.weight = nn.Parameter(layer.weight[:, columns].clone())
+    layer.in_features = len(columns)
+
+
+def _feed_forwards(model: IntentClassifier) -> Iterator[ExpertFeedForward]:
+    for block in model.block_list:
+        feed_forward = block.feed_forward
+        if isinstance(feed_forward, MixtureOfExperts):
+            yield from feed_forward.expert_list
+        else:
+            yield feed_forward
+
+
+def prune_channels(model: IntentClassifier, keep: int) -> IntentClassifier:
+    """A copy of `model` whose every expert (or dense feed-forward layer) keeps its `keep`
+    highest-scoring inner channels."""
+    width = model.config.intermediate
+    if not 0 < keep < width:
+        raise ValueError(f"can keep 1 to {width - 1} of {width} feed-forward channels, not {keep}")
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for expert in _feed_forwards(pruned):
+            scores = expert.up.weight.pow(2).sum(dim=1) * expert.down.weight.pow(2).sum(dim=0)
+            kept = scores.topk(keep).indices.sort().values
+            _keep_rows(expert.up, kept)
+            _keep_columns(expert.down, kept)
+    pruned.config = model.config.replace(intermediate=keep)
+    return pruned
+
+
+def prune_heads(model: IntentClassifier, keep: int) -> IntentClassifier:
+    """A copy of `model` whose every attention layer keeps its `keep` highest-scoring heads (the
+    head size stays, so attention's scaling does too)."""
+    heads = model.config.heads
+    if not 0 < keep < heads:
+        raise ValueError(f"can keep 1 to {heads - 1} of {heads} attention heads, not {keep}")
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for block in pruned.block_list:
+            attention = block.attention
+            size = attention.head_dim
+            value = attention.value.weight.pow(2).sum(dim=1).view(heads, size).sum(dim=1)
+            output = attention.output.weight.pow(2).sum(dim=0).view(heads, size).sum(dim=1)
+            kept_heads = (value * output).topk(keep).indices.sort().values
+            rows = (kept_heads[:, None] * size + torch.arange(size)).flatten()
+            for projection in (attention.query, attention.key, attention.value):
+                _keep_rows(projection, rows)
+            _keep_columns(attention.output, rows)
+            attention.heads = keep
+    pruned.config = model.config.replace(heads=keep, attention_dim=keep * model.config.attention_dim // heads)
+    return pruned

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
 
 from model_service.classifier import IntentClassifier
-from model_service.pruning import feature_scores, prune_features
+from model_service.pruning import feature_scores, prune_channels, prune_features, prune_heads
 from model_service.quantization import QuantizationUnavailableError, quantize_int8
 
 
@@ -30,6 +32,59 @@ def test_pruning_removes_the_lowest_weight_dimensions(tiny_model: IntentClassifi
     assert pruned.config.hidden == 22
     assert pruned.parameter_count() < tiny_model.parameter_count()
     assert tiny_model.config.hidden == 24, "the original must be left alone"
+
+
+def _silence_channels(model: IntentClassifier, silent: list[int]) -> None:
+    """Every expert's channels `silent` write nothing (their `down` columns are zero)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.Linear) and module.in_features == model.config.intermediate:
+                module.weight[:, silent] = 0.0
+
+
+def test_channel_pruning_removes_the_silent_channels_and_answers_exactly_as_before(
+    tiny_model: IntentClassifier,
+) -> None:
+    ids, mask = _inputs()
+    width = tiny_model.config.intermediate
+    _silence_channels(tiny_model, [0, 7, width - 1])
+
+    pruned = prune_channels(tiny_model, width - 3)
+
+    assert pruned.config.intermediate == width - 3
+    assert tiny_model.config.intermediate == width, "the original must be left alone"
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids, mask), tiny_model(ids, mask), atol=1e-5)
+    # The config says the shapes: a model built from it takes the pruned weights (how artifacts load).
+    IntentClassifier(pruned.config).load_state_dict(pruned.state_dict())
+
+
+def test_head_pruning_removes_the_silent_heads_and_answers_exactly_as_before(tiny_model: IntentClassifier) -> None:
+    ids, mask = _inputs()
+    size = tiny_model.config.attention_dim // tiny_model.config.heads
+    with torch.no_grad():
+        for block in tiny_model.block_list:
+            block.attention.output.weight[:, 1 * size : 2 * size] = 0.0  # head 1 writes nothing
+
+    pruned = prune_heads(tiny_model, tiny_model.config.heads - 1)
+
+    assert (pruned.config.heads, pruned.config.attention_dim) == (3, 3 * size)
+    assert pruned.parameter_count() < tiny_model.parameter_count()
+    with torch.no_grad():
+        assert torch.allclose(pruned(ids, mask), tiny_model(ids, mask), atol=1e-5)
+    IntentClassifier(pruned.config).load_state_dict(pruned.state_dict())
+
+
+@pytest.mark.parametrize(("prune", "keep", "message"), [
+    (prune_channels, 0, "can keep 1 to 47 of 48 feed-forward channels"),
+    (prune_channels, 48, "can keep 1 to 47"),
+    (prune_heads, 4, "can keep 1 to 3 of 4 attention heads"),
+])  # fmt: skip
+def test_a_pruning_that_would_keep_nothing_or_everything_is_named(
+    tiny_model: IntentClassifier, prune: Any, keep: int, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        prune(tiny_model, keep)
 
 
 def test_pruned_model_runs_and_stays_close_when_the_removed_dimensions_were_near_silent(
