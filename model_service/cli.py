@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -426,75 +426,79 @@ def _print_and_write(text: str, report: dict[str, Any], path: Path | None) -> in
     return 0
 
 
-def _bench_pruning(args: argparse.Namespace) -> int:
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _measured(bench: str, measure: Callable[[], dict[str, Any]], render: Callable[[dict[str, Any]], str],
+              path: Path | None) -> int:  # fmt: skip
+    """Run one bench's measurement; a bad input or a service that would not start is named, exit 2."""
     from model_service.artifacts import ArtifactError
+    from model_service.service_process import ServiceStartError
+
+    try:
+        report = measure()
+    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
+        print(f"peakguard bench {bench}: {exc}", file=sys.stderr)
+        return 2
+    return _print_and_write(render(report), report, path)
+
+
+def _bench_pruning(args: argparse.Namespace) -> int:
     from model_service.pruning_curve import DEFAULT_POINTS, PruningSettings, parse_point, render, run
 
     _use_threads(args.threads)
-    try:
+
+    def measure() -> dict[str, Any]:
         points = tuple(parse_point(text) for text in args.points) if args.points else DEFAULT_POINTS
         settings = PruningSettings(
             artifacts=args.artifacts, data=args.data, version=args.version, points=points,
             recovery_epochs=args.recovery_epochs, seed=args.seed, repeats=args.repeats,
         )  # fmt: skip
-        report = run(settings, log=lambda line: print(line, flush=True))
-    except (ArtifactError, FileNotFoundError, ValueError) as exc:
-        print(f"peakguard bench pruning: {exc}", file=sys.stderr)
-        return 2
-    return _print_and_write(render(report), report, args.json)
+        return run(settings, log=_say)
+
+    return _measured("pruning", measure, render, args.json)
 
 
 def _bench_ab(args: argparse.Namespace) -> int:
-    from model_service.artifacts import ArtifactError
-    from model_service.service_process import ServiceStartError
     from model_service.setting_ab import AbSettings, render, run
 
-    try:
+    def measure() -> dict[str, Any]:
         settings = AbSettings(
             artifacts=args.artifacts, version=args.version, a=tuple(args.a), b=tuple(args.b), data=args.data,
             sustainable_rps=args.sustainable, seconds=args.seconds, rounds=args.rounds,
             unloaded_seconds=args.unloaded_seconds,
         )  # fmt: skip
-        report = run(settings, log=lambda line: print(line, flush=True))
-    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
-        print(f"peakguard bench ab: {exc}", file=sys.stderr)
-        return 2
-    return _print_and_write(render(report), report, args.json)
+        return run(settings, log=_say)
+
+    return _measured("ab", measure, render, args.json)
 
 
 def _bench_refusal(args: argparse.Namespace) -> int:
-    from model_service.artifacts import ArtifactError
     from model_service.refusal_cost import VARIANTS, RefusalSettings, render, run
-    from model_service.service_process import ServiceStartError
 
-    try:
+    def measure() -> dict[str, Any]:
         settings = RefusalSettings(
             artifacts=args.artifacts, version=args.version, variants=tuple(args.variants or VARIANTS), rps=args.rps,
             seconds=args.seconds, idle_seconds=args.idle_seconds, rounds=args.rounds,
         )  # fmt: skip
-        report = run(settings, log=lambda line: print(line, flush=True))
-    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
-        print(f"peakguard bench refusal: {exc}", file=sys.stderr)
-        return 2
-    return _print_and_write(render(report), report, args.json)
+        return run(settings, log=_say)
+
+    return _measured("refusal", measure, render, args.json)
 
 
 def _bench_server(args: argparse.Namespace) -> int:
-    from model_service.artifacts import ArtifactError
     from model_service.server_profile import ServerProfileSettings, render, run
-    from model_service.service_process import ServiceStartError
 
-    try:
+    def measure() -> dict[str, Any]:
         settings = ServerProfileSettings(
             artifacts=args.artifacts, version=args.version, data=args.data, sustainable_rps=args.sustainable,
             budget_ms=args.budget_ms, overload_factor=args.factor, seconds=args.seconds, rate=args.rate,
             serve_settings=tuple(args.serve_settings),
         )  # fmt: skip
-        report = run(settings, log=lambda line: print(line, flush=True), raw_out=args.raw)
-    except (ArtifactError, FileNotFoundError, ValueError, RuntimeError, ServiceStartError) as exc:
-        print(f"peakguard bench server: {exc}", file=sys.stderr)
-        return 2
-    return _print_and_write(render(report), report, args.json)
+        return run(settings, log=_say, raw_out=args.raw)
+
+    return _measured("server", measure, render, args.json)
 
 
 def _bench_model(args: argparse.Namespace) -> int:
