@@ -33,7 +33,7 @@ from torch import nn
 from model_service import onnx_int8
 from model_service.artifacts import ArtifactError, load_model, newest_version
 from model_service.classifier import IntentClassifier
-from model_service.load_generator import SAMPLE_QUERIES
+from model_service.load_generator import query_texts
 from model_service.moe import MixtureOfExperts
 from model_service.pretrained import TextEncoder
 from model_service.quantization import quantize_int8
@@ -72,7 +72,7 @@ def run(settings: ProfileSettings, *, log: Log = print) -> dict[str, Any]:
         raise ArtifactError(f"--artifacts {root} is not a folder of model versions (peakguard train --out)")
     version = settings.version or newest_version(root)
     model, card = load_model(root / version, settings.model)
-    texts = _texts(settings.data)
+    texts = query_texts(settings.data)
     batch_texts = [texts[i % len(texts)] for i in range(settings.batch)]
     encoder = TextEncoder()
     tokenizer_s = _median(lambda: encoder(batch_texts), settings.repeats)
@@ -116,14 +116,6 @@ def run(settings: ProfileSettings, *, log: Log = print) -> dict[str, Any]:
             "operators_ms": dict(list(operators.items())[: settings.top_ops]),
         },
     }
-
-
-def _texts(data: Path | None) -> list[str]:
-    if data is None:
-        return list(SAMPLE_QUERIES)
-    from model_service.datasets import load_banking77
-
-    return list(load_banking77(data / "banking77").test.texts)
 
 
 def _median(call: Callable[[], object], repeats: int) -> float:

@@ -40,6 +40,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -47,7 +48,7 @@ import aiohttp
 
 __all__ = [
     "LAG_BAR_MS", "P99_MIN_SAMPLES", "SAMPLE_QUERIES", "LoadReport", "LoadSpec", "Phase", "Request", "invalid_because",
-    "percentile", "phased_schedule", "poisson_schedule", "run_load", "run_load_sync", "run_phases",
+    "percentile", "phased_schedule", "poisson_schedule", "query_texts", "run_load", "run_load_sync", "run_phases",
 ]  # fmt: skip
 
 SHED_STATUSES = (429, 503)
@@ -85,6 +86,16 @@ SAMPLE_QUERIES = (  # what a load run sends when given no texts: banking custome
     "Where can I find my account's IBAN?",
     "I want to close my account, how do I do that?",
 )
+
+
+def query_texts(data: Path | None) -> list[str]:
+    """Request texts for a load or a batch: banking77's test queries under `data` (a data folder
+    holding banking77/), else `SAMPLE_QUERIES`."""
+    if data is None:
+        return list(SAMPLE_QUERIES)
+    from model_service.datasets import load_banking77
+
+    return list(load_banking77(data / "banking77").test.texts)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_service.load_generator import SAMPLE_QUERIES, LoadSpec, invalid_because, run_load_sync
+from model_service.load_generator import LoadSpec, invalid_because, query_texts, run_load_sync
 from model_service.service_process import ServiceProcess
 
 __all__ = [
@@ -211,14 +211,6 @@ def _py_spy() -> str:
     return found
 
 
-def _texts(data: Path | None) -> list[str]:
-    if data is None:
-        return list(SAMPLE_QUERIES)
-    from model_service.datasets import load_banking77
-
-    return list(load_banking77(data / "banking77").test.texts)
-
-
 def _sampled(pid: int, seconds: float, rate: int, raw: Path) -> tuple[dict[int, float], dict[str, int], str]:
     """py-spy on `pid` for `seconds`, and each thread's CPU over exactly that window."""
     before = thread_cpu_seconds(pid)
@@ -248,7 +240,7 @@ def run(settings: ServerProfileSettings, *, log: Log = print, raw_out: Path | No
     from model_service.artifacts import newest_version
 
     folder = settings.artifacts / (settings.version or newest_version(settings.artifacts))
-    texts = _texts(settings.data)
+    texts = query_texts(settings.data)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise RuntimeError("bench server needs 2 usable cores: one for the server, one for the load and py-spy")

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import os
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_service.load_generator import SAMPLE_QUERIES, invalid_because
+from model_service.load_generator import invalid_because, query_texts
 from model_service.service_process import ServiceProcess
 
 __all__ = ["AbSettings", "render", "run"]
@@ -50,14 +50,6 @@ class AbSettings:
             raise ValueError("rounds must be >= 1 and seconds, unloaded_seconds > 2")
 
 
-def _texts(data: Path | None) -> Sequence[str]:
-    if data is None:
-        return SAMPLE_QUERIES
-    from model_service.datasets import load_banking77
-
-    return load_banking77(data / "banking77").test.texts
-
-
 def _summary(runs: list[dict[str, Any]], unloaded_ms: float, sustainable: float) -> dict[str, Any]:
     p99s = [r["latency_ms"]["p99"] or float("inf") for r in runs]
     answered = [r["throughput_rps"] for r in runs]
@@ -77,7 +69,7 @@ def run(settings: AbSettings, *, log: Log = print) -> dict[str, Any]:
     from model_service.artifacts import newest_version
 
     folder = settings.artifacts / (settings.version or newest_version(settings.artifacts))
-    texts = _texts(settings.data)
+    texts = query_texts(settings.data)
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise RuntimeError("bench ab needs 2 usable cores: one for the servers, one for the load generator")
