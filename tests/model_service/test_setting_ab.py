@@ -17,7 +17,7 @@ def test_a_real_run_alternates_the_variants_at_one_rate_and_reports_both(tmp_pat
     write_tiny_artifacts(tmp_path / "models")
     settings = AbSettings(
         artifacts=tmp_path / "models", b=(("batch_budget_share", 0.5),), sustainable_rps=30, seconds=3,
-        rounds=2, unloaded_seconds=3,
+        rounds=2, unloaded_seconds=3, warm_seconds=2,
     )  # fmt: skip
     order: list[str] = []
 
@@ -25,6 +25,7 @@ def test_a_real_run_alternates_the_variants_at_one_rate_and_reports_both(tmp_pat
 
     rounds = [line.split(",")[1].split(":")[0].strip() for line in order if line.startswith("round")]
     assert rounds == ["A", "B", "B", "A"]  # a noisy stretch hits both
+    assert [line.split(",")[0] for line in order if line.startswith("warm-up")] == ["warm-up"] * 2
     assert report["overload_rps"] == 240
     assert len(report["runs"]["A"]) == len(report["runs"]["B"]) == 2
     assert len(report["b_over_a"]) == 2
@@ -35,6 +36,7 @@ def test_a_real_run_alternates_the_variants_at_one_rate_and_reports_both(tmp_pat
         assert entry["answered_rps"] > 0
         # Three-second runs cannot give 2000 answers: the figures are refused, and say so.
         assert any("answers < 2000" in reason for reason in entry["invalid_because"])
+        assert not any("breaker open" in reason for reason in entry["invalid_because"])
     assert "INVALID" in render(report)
 
 
@@ -47,3 +49,10 @@ def test_the_command_names_a_folder_without_models(tmp_path: Path, capsys: Any) 
     code = main(["bench", "ab", "--artifacts", str(tmp_path / "none"), "--b", "batch_budget_share=0.5"])
     assert code == 2
     assert "peakguard bench ab:" in capsys.readouterr().err
+
+
+def test_a_run_the_breaker_was_open_for_is_not_the_variant_s_figure() -> None:
+    from model_service.setting_ab import _breaker_reasons
+
+    assert _breaker_reasons({"breaker_open": {"before": False, "after": False}}) == []
+    assert "light model answered" in _breaker_reasons({"breaker_open": {"before": False, "after": True}})[0]
