@@ -141,8 +141,7 @@ def run(settings: PruningSettings, *, log: Log = print) -> dict[str, Any]:
     texts = list(test.texts)
     encoded = encoder([texts[i % len(texts)] for i in range(settings.batch)])
     log(f"timing {len(variants)} models at batch {settings.batch}, {settings.repeats} interleaved repetitions")
-    with torch.inference_mode():
-        latency = median_latencies(variants, (encoded.input_ids, encoded.attention_mask), settings.repeats)
+    latency = median_latencies(variants, (encoded.input_ids, encoded.attention_mask), settings.repeats)
     for row in rows:
         row["latency_ms"] = 1000 * latency[row["point"]]
         row["latency_reduction"] = 1 - latency[row["point"]] / latency["full"]

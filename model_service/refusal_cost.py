@@ -13,7 +13,6 @@ generator fell behind.
 
 from __future__ import annotations
 
-import os
 import statistics
 import threading
 import time
@@ -25,9 +24,9 @@ from typing import Any
 import httpx
 
 from model_service.load_generator import SAMPLE_QUERIES, SHED_STATUSES, LoadSpec, invalid_because, run_load_sync
-from model_service.service_process import ServiceProcess
+from model_service.service_process import ServiceProcess, cpu_seconds, running_on, split_cores
 
-__all__ = ["VARIANTS", "RefusalSettings", "process_cpu_seconds", "render", "run"]
+__all__ = ["VARIANTS", "RefusalSettings", "render", "run"]
 
 Log = Callable[[str], None]
 
@@ -76,23 +75,17 @@ class RefusalSettings:
             raise ValueError(f"rps must be > 0 and rounds >= 1 (got {self.rps}, {self.rounds})")
 
 
-def process_cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process `pid` (every thread) so far, from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _asleep(service: ServiceProcess, seconds: float, log: Log) -> threading.Thread:
     """Teach admission that batches are slow, then hold one admitted batch asleep; returns the
     thread waiting for that batch's answer."""
     headers = {"Authorization": f"Bearer {service.admin_token}"}
     with httpx.Client(base_url=service.url, timeout=30) as client:
-        reply = client.put("/admin/chaos", json={"slow_layer": {"layer": "head", "seconds": WARM_SECONDS}},
-                           headers=headers)  # fmt: skip
-        reply.raise_for_status()
-        for _ in range(8):  # admission's min_batches: until then only the hard queue bound refuses
-            client.post("/v1/intent", json={"text": "my card has not arrived"}).raise_for_status()
+        if service.status()["admission"]["throughput_rps"] is None:  # once per service: it remembers
+            reply = client.put("/admin/chaos", json={"slow_layer": {"layer": "head", "seconds": WARM_SECONDS}},
+                               headers=headers)  # fmt: skip
+            reply.raise_for_status()
+            for _ in range(8):  # admission's min_batches: until then only the hard queue bound refuses
+                client.post("/v1/intent", json={"text": "my card has not arrived"}).raise_for_status()
         client.put("/admin/chaos", json={"slow_layer": {"layer": "head", "seconds": seconds}},
                    headers=headers).raise_for_status()  # fmt: skip
 
@@ -116,14 +109,14 @@ def _round(
 ) -> dict[str, Any]:
     assert service.pid is not None
     sleeper = _asleep(service, settings.asleep_seconds, log)
-    idle_start = process_cpu_seconds(service.pid)
+    idle_start = cpu_seconds(service.pid)
     time.sleep(settings.idle_seconds)
-    idle = process_cpu_seconds(service.pid) - idle_start
+    idle = cpu_seconds(service.pid) - idle_start
     spec = LoadSpec(url=f"{service.url}/v1/intent", rps=settings.rps, duration=settings.seconds, texts=texts,
                     timeout=5, seed=seed)  # fmt: skip
-    started = process_cpu_seconds(service.pid)
+    started = cpu_seconds(service.pid)
     load = run_load_sync(spec).to_dict()
-    busy = process_cpu_seconds(service.pid) - started
+    busy = cpu_seconds(service.pid) - started
     sleeper.join(timeout=settings.asleep_seconds + 20)
     refused = sum(load["status_counts"].get(str(code), 0) for code in SHED_STATUSES)
     background = idle / settings.idle_seconds * settings.seconds
@@ -149,10 +142,7 @@ def run(settings: RefusalSettings, *, log: Log = print) -> dict[str, Any]:
     from model_service.artifacts import newest_version
 
     folder = settings.artifacts / (settings.version or newest_version(settings.artifacts))
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise RuntimeError("bench refusal needs 2 usable cores: one for the server, one for the load generator")
-    server_cpus, generator_cpus = {cpus[0]}, set(cpus[1:])
+    server_cpus, generator_cpus = split_cores("bench refusal")
     base = {"artifacts": str(folder.parent), "version": folder.name, "admission": True, "latency_budget": 0.2,
             "chaos": True}  # fmt: skip
     report: dict[str, Any] = {
@@ -161,24 +151,22 @@ def run(settings: RefusalSettings, *, log: Log = print) -> dict[str, Any]:
         "cores": {"server": sorted(server_cpus), "load generator": sorted(generator_cpus)},
         "variants": {name: {"serve_options": list(VARIANTS[name]), "rounds": []} for name in settings.variants},
     }
-    own = set(cpus)
-    os.sched_setaffinity(0, generator_cpus)
     services: dict[str, ServiceProcess] = {}
-    try:
-        for name in settings.variants:
-            services[name] = ServiceProcess(base, cpus=server_cpus, server_args=VARIANTS[name])
-            services[name].start()
-        for index in range(settings.rounds):
+    with running_on(generator_cpus):
+        try:
             for name in settings.variants:
-                burst = f"{settings.rps:g} requests/s for {settings.seconds:g} s"
-                log(f"round {index + 1} of {settings.rounds}, {name}: {burst}")
-                result = _round(services[name], settings, SAMPLE_QUERIES, settings.seed + index, log)
-                log(f"  {result['cpu_us_per_refusal']:.0f} us of CPU per refusal ({result['refused']} refused)")
-                report["variants"][name]["rounds"].append(result)
-    finally:
-        for service in services.values():
-            service.stop()
-        os.sched_setaffinity(0, own)
+                services[name] = ServiceProcess(base, cpus=server_cpus, server_args=VARIANTS[name])
+                services[name].start()
+            for index in range(settings.rounds):
+                for name in settings.variants:
+                    burst = f"{settings.rps:g} requests/s for {settings.seconds:g} s"
+                    log(f"round {index + 1} of {settings.rounds}, {name}: {burst}")
+                    result = _round(services[name], settings, SAMPLE_QUERIES, settings.seed + index, log)
+                    log(f"  {result['cpu_us_per_refusal']:.0f} us of CPU per refusal ({result['refused']} refused)")
+                    report["variants"][name]["rounds"].append(result)
+        finally:
+            for service in services.values():
+                service.stop()
     for entry in report["variants"].values():
         rounds = entry["rounds"]
         figures = [r["cpu_us_per_refusal"] for r in rounds]

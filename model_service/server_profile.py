@@ -15,7 +15,6 @@ was not the one thing its core ran.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -29,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from model_service.load_generator import LoadSpec, invalid_because, query_texts, run_load_sync
-from model_service.service_process import ServiceProcess
+from model_service.load_generator import invalid_because, query_texts
+from model_service.service_process import ServiceProcess, cpu_seconds, running_on, split_cores
 
 __all__ = [
     "CATEGORIES",
@@ -158,15 +157,12 @@ def parse_raw(text: str) -> ProfileRun:
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
     """CPU seconds (user + system) each thread of `pid` has used so far, as the kernel counts them."""
-    ticks = os.sysconf("SC_CLK_TCK")
     seconds = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            seconds[int(task.name)] = cpu_seconds(pid, int(task.name))
         except OSError:
             continue  # the thread ended between listing and reading
-        fields = stat[stat.rindex(")") + 2 :].split()
-        seconds[int(task.name)] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime (fields 14, 15)
     return seconds
 
 
@@ -241,19 +237,14 @@ def run(settings: ServerProfileSettings, *, log: Log = print, raw_out: Path | No
 
     folder = settings.artifacts / (settings.version or newest_version(settings.artifacts))
     texts = query_texts(settings.data)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise RuntimeError("bench server needs 2 usable cores: one for the server, one for the load and py-spy")
-    server_cpus, generator_cpus = {cpus[0]}, set(cpus[1:])
+    server_cpus, generator_cpus = split_cores("bench server")
     base = {"artifacts": str(folder.parent), "version": folder.name, **dict(settings.serve_settings)}
     report: dict[str, Any] = {
         "version": folder.name,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "cores": {"server (every thread)": sorted(server_cpus), "load generator and py-spy": sorted(generator_cpus)},
     }
-    own = set(cpus)
-    os.sched_setaffinity(0, generator_cpus)
-    try:
+    with running_on(generator_cpus):
         budget_ms = settings.budget_ms
         if budget_ms is None:
             with ServiceProcess(base | {"admission": False}, cpus=server_cpus) as unprotected:
@@ -281,26 +272,19 @@ def run(settings: ServerProfileSettings, *, log: Log = print, raw_out: Path | No
             raw = raw_out or Path(tempfile.mkdtemp(prefix="peakguard-pyspy-")) / "server.raw.txt"
 
             def sample() -> None:
-                time.sleep(1.0)  # the load generator's warm-up
+                time.sleep(1.0)  # the load run's warm-up (measure_run: 1 s of a run this long)
                 try:
                     sampled["result"] = _sampled(service.pid or 0, settings.seconds - 2, settings.rate, raw)
                 except Exception as error:  # noqa: BLE001 (carried to the caller's thread, raised there)
                     sampled["error"] = error
 
-            breaker_before = service.status()["breaker"]["open"]
             spy = threading.Thread(target=sample, name="py-spy", daemon=True)
             spy.start()
-            spec = LoadSpec(url=f"{service.url}/v1/intent", rps=rps, duration=settings.seconds, texts=texts,
-                            timeout=10, seed=settings.seed, warmup=1.0)  # fmt: skip
-            load = run_load_sync(spec).to_dict()
+            load = benchmark.measure_run(service, rps, settings.seconds, texts, settings.seed, timeout=10)
             spy.join(timeout=120)
-            after = service.status()
-            load["breaker_open"] = {"before": breaker_before, "after": after["breaker"]["open"]}
-            report["admission_after"] = after["admission"]
+            report["admission_after"] = service.status()["admission"]
             if "error" in sampled:
                 raise sampled["error"]
-    finally:
-        os.sched_setaffinity(0, own)
     cpu, counts, _ = sampled["result"]
     profile = parse_raw(raw.read_text())
     figures = attribute(profile, cpu)

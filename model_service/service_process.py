@@ -26,11 +26,39 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ServiceProcess", "ServiceStartError", "free_port"]
+__all__ = ["ServiceProcess", "ServiceStartError", "cpu_seconds", "free_port", "running_on", "split_cores"]
 
 
 class ServiceStartError(RuntimeError):
     """The service exited or never became ready; the message holds the tail of its log."""
+
+
+def split_cores(bench: str) -> tuple[set[int], set[int]]:
+    """(the server's core, the load generator's cores): the first usable core, and the rest."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise RuntimeError(f"{bench} needs 2 usable cores: one for the server, one for the load generator")
+    return {cpus[0]}, set(cpus[1:])
+
+
+@contextlib.contextmanager
+def running_on(cpus: set[int]) -> Iterator[None]:
+    """This process (the load generator) pinned to `cpus` until the block ends, then as it was."""
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, own)
+
+
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """User + system CPU seconds process `pid` (every thread), or one `thread` of it, has used so
+    far, as the kernel counts them (/proc/<pid>[/task/<thread>]/stat, fields 14 and 15)."""
+    path = Path(f"/proc/{pid}/stat") if thread is None else Path(f"/proc/{pid}/task/{thread}/stat")
+    stat = path.read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:

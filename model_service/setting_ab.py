@@ -9,7 +9,6 @@ figure is the median over the rounds, with the ratio B/A of every round.
 
 from __future__ import annotations
 
-import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from model_service.load_generator import invalid_because, query_texts
-from model_service.service_process import ServiceProcess
+from model_service.service_process import ServiceProcess, running_on, split_cores
 
 __all__ = ["AbSettings", "render", "run"]
 
@@ -79,10 +78,7 @@ def run(settings: AbSettings, *, log: Log = print) -> dict[str, Any]:
 
     folder = settings.artifacts / (settings.version or newest_version(settings.artifacts))
     texts = query_texts(settings.data)
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        raise RuntimeError("bench ab needs 2 usable cores: one for the servers, one for the load generator")
-    server_cpus, generator_cpus = {cpus[0]}, set(cpus[1:])
+    server_cpus, generator_cpus = split_cores("bench ab")
     base = {"artifacts": str(folder.parent), "version": folder.name}
     variants = {"A": dict(settings.a), "B": dict(settings.b)}
     report: dict[str, Any] = {
@@ -90,51 +86,52 @@ def run(settings: AbSettings, *, log: Log = print) -> dict[str, Any]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()},
         "cores": {"servers": sorted(server_cpus), "load generator": sorted(generator_cpus)},
     }
-    own = set(cpus)
-    os.sched_setaffinity(0, generator_cpus)
     services: dict[str, ServiceProcess] = {}
-    try:
-        with ServiceProcess(base | variants["A"] | {"admission": False}, cpus=server_cpus) as plain:
-            log(f"unloaded p99 (A, admission off): {settings.unloaded_seconds:.0f} s at {benchmark.UNLOADED_RPS:g}/s")
-            unloaded, unloaded_run = benchmark.unloaded_p99(plain.url, texts, seconds=settings.unloaded_seconds)
-        budget = 2 * unloaded
-        report |= {"unloaded_p99_ms": unloaded * 1000, "unloaded_answers": unloaded_run["completed_ok"],
-                   "latency_budget_ms": budget * 1000}  # fmt: skip
-        for name, own_settings in variants.items():
-            services[name] = ServiceProcess(
-                base | {"admission": True, "latency_budget": budget} | own_settings, cpus=server_cpus
-            )
-            services[name].start()
-        sustainable = settings.sustainable_rps
-        if sustainable is None:
-            log("sustainable rate of A (a short search)")
-            sustainable, steps = benchmark.sustainable_rate(
-                services["A"].url, texts, slo=3 * unloaded, start_rps=10.0, step_seconds=settings.step_seconds,
-                seed=settings.seed, log=log,
-            )  # fmt: skip
-            report["ramp"] = steps
-        rps = settings.overload_factor * sustainable
-        report |= {"sustainable_rps": sustainable, "overload_rps": rps}
-        # Both variants start their overload warm: admission's cost model learns from batches that
-        # run, and a cold one admits up to the hard queue bound (seen: B cold at 8x, p99 10 s, the
-        # breaker opened and the light model answered the next round).
-        for name, service in services.items():
-            log(f"warm-up, {name}: {sustainable:.1f} requests/s for {settings.warm_seconds:.0f} s")
-            benchmark.measure_run(service, sustainable, settings.warm_seconds, texts, settings.seed, timeout=10)
-        runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
-        for index in range(settings.rounds):
-            for name in ("A", "B") if index % 2 == 0 else ("B", "A"):
-                log(f"round {index + 1}, {name}: {rps:.0f} requests/s for {settings.seconds:.0f} s")
-                result = benchmark.measure_run(
-                    services[name], rps, settings.seconds, texts, settings.seed + index, timeout=10
+    with running_on(generator_cpus):
+        try:
+            with ServiceProcess(base | variants["A"] | {"admission": False}, cpus=server_cpus) as plain:
+                rate = f"{benchmark.UNLOADED_RPS:g}/s"
+                log(f"unloaded p99 (A, admission off): {settings.unloaded_seconds:.0f} s at {rate}")
+                unloaded, unloaded_run = benchmark.unloaded_p99(plain.url, texts, seconds=settings.unloaded_seconds)
+            budget = 2 * unloaded
+            report |= {"unloaded_p99_ms": unloaded * 1000, "unloaded_answers": unloaded_run["completed_ok"],
+                       "latency_budget_ms": budget * 1000,
+                       # a p99 from fewer than 2000 answers is not quotable, nor is a ratio to it
+                       "unloaded_invalid_because": invalid_because(unloaded_run)}  # fmt: skip
+            for name, own_settings in variants.items():
+                services[name] = ServiceProcess(
+                    base | {"admission": True, "latency_budget": budget} | own_settings, cpus=server_cpus
                 )
-                result["invalid_because"] = invalid_because(result) + _breaker_reasons(result)
-                log(f"  p99 {result['latency_ms']['p99']} ms, {result['throughput_rps']:.1f} answered/s")
-                runs[name].append(result)
-    finally:
-        for service in services.values():
-            service.stop()
-        os.sched_setaffinity(0, own)
+                services[name].start()
+            sustainable = settings.sustainable_rps
+            if sustainable is None:
+                log("sustainable rate of A (a short search)")
+                sustainable, steps = benchmark.sustainable_rate(
+                    services["A"].url, texts, slo=3 * unloaded, start_rps=10.0, step_seconds=settings.step_seconds,
+                    seed=settings.seed, log=log,
+                )  # fmt: skip
+                report["ramp"] = steps
+            rps = settings.overload_factor * sustainable
+            report |= {"sustainable_rps": sustainable, "overload_rps": rps}
+            # Both variants start their overload warm: admission's cost model learns from batches that
+            # run, and a cold one admits up to the hard queue bound (seen: B cold at 8x, p99 10 s, the
+            # breaker opened and the light model answered the next round).
+            for name, service in services.items():
+                log(f"warm-up, {name}: {sustainable:.1f} requests/s for {settings.warm_seconds:.0f} s")
+                benchmark.measure_run(service, sustainable, settings.warm_seconds, texts, settings.seed, timeout=10)
+            runs: dict[str, list[dict[str, Any]]] = {"A": [], "B": []}
+            for index in range(settings.rounds):
+                for name in ("A", "B") if index % 2 == 0 else ("B", "A"):
+                    log(f"round {index + 1}, {name}: {rps:.0f} requests/s for {settings.seconds:.0f} s")
+                    result = benchmark.measure_run(
+                        services[name], rps, settings.seconds, texts, settings.seed + index, timeout=10
+                    )
+                    result["invalid_because"] = invalid_because(result) + _breaker_reasons(result)
+                    log(f"  p99 {result['latency_ms']['p99']} ms, {result['throughput_rps']:.1f} answered/s")
+                    runs[name].append(result)
+        finally:
+            for service in services.values():
+                service.stop()
     report["runs"] = runs
     report["variants"] = {
         name: {"serve_settings": variants[name]} | _summary(runs[name], unloaded * 1000, sustainable)
@@ -154,8 +151,10 @@ def render(report: dict[str, Any]) -> str:
         f"{report['sustainable_rps']:.1f}), {report['settings']['rounds']} rounds of "
         f"{report['settings']['seconds']:g} s alternating; unloaded p99 {report['unloaded_p99_ms']:.1f} ms "
         f"({report['unloaded_answers']} answers), budget {report['latency_budget_ms']:.0f} ms",
-        "",
     ]
+    if report["unloaded_invalid_because"]:
+        lines.append("unloaded p99, and every ratio to it, INVALID: " + "; ".join(report["unloaded_invalid_because"]))
+    lines.append("")
     for name, entry in report["variants"].items():
         verdict = "  INVALID: " + "; ".join(entry["invalid_because"]) if entry["invalid_because"] else ""
         lines.append(

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from model_service.service_process import ServiceProcess, ServiceStartError
+from model_service.service_process import ServiceProcess, ServiceStartError, cpu_seconds, running_on, split_cores
 from tests.model_service.conftest import write_tiny_artifacts
 
 
@@ -75,3 +75,33 @@ def test_keep_alive_decides_how_long_an_idle_connection_stays_open(tmp_path: Pat
         opened.settimeout(0.5)
         assert opened.recv(1) == b""  # the service closed it already
         connection.close()
+
+
+def test_process_cpu_counts_every_thread_and_a_thread_its_own() -> None:
+    import threading
+
+    before = cpu_seconds(os.getpid())
+    worker = threading.Thread(target=lambda: sum(i * i for i in range(3_000_000)))
+    worker.start()
+    worker.join()
+
+    assert cpu_seconds(os.getpid()) > before
+    assert 0 < cpu_seconds(os.getpid(), os.getpid()) <= cpu_seconds(os.getpid())  # the main thread's share
+
+
+def test_a_bench_on_one_core_is_refused_by_name() -> None:
+    own = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(own)})
+    try:
+        with pytest.raises(RuntimeError, match="bench x needs 2 usable cores"):
+            split_cores("bench x")
+    finally:
+        os.sched_setaffinity(0, own)
+    assert split_cores("bench x") == ({min(own)}, own - {min(own)})
+
+
+def test_running_on_pins_this_process_for_the_block_only() -> None:
+    own = os.sched_getaffinity(0)
+    with running_on({max(own)}):
+        assert os.sched_getaffinity(0) == {max(own)}
+    assert os.sched_getaffinity(0) == own

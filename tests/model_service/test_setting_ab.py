@@ -37,6 +37,8 @@ def test_a_real_run_alternates_the_variants_at_one_rate_and_reports_both(tmp_pat
         # Three-second runs cannot give 2000 answers: the figures are refused, and say so.
         assert any("answers < 2000" in reason for reason in entry["invalid_because"])
         assert not any("breaker open" in reason for reason in entry["invalid_because"])
+    assert any("answers < 2000" in reason for reason in report["unloaded_invalid_because"])
+    assert "every ratio to it, INVALID" in render(report)
     assert "INVALID" in render(report)
 
 
