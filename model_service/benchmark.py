@@ -39,6 +39,7 @@ from model_service.quantization import quantize_int8
 from model_service.service_process import ServiceProcess
 
 __all__ = [
+    "PEERS",
     "SEED_MATRIX",
     "UNLOADED_RPS",
     "BenchSettings",
@@ -93,6 +94,8 @@ class BenchSettings:
     seed: int = 0
     serve_settings: tuple[tuple[str, Any], ...] = ()
     """More `peakguard serve` settings for every service the bench starts (e.g. batch_budget_share)."""
+    peer: str = ""
+    """A serving stack to measure beside the service (`ray-serve`), on the same cores, load and budget."""
 
 
 def median_latencies(
@@ -268,18 +271,24 @@ def _seed_matrix(figures: dict[str, dict[str, Any]], accuracy: dict[str, float],
     return rows
 
 
-def _load(url: str, rps: float, seconds: float, texts: Sequence[str], seed: int, *, timeout: float) -> dict[str, Any]:
+def _load(url: str, rps: float, seconds: float, texts: Sequence[str], seed: int, *, timeout: float,
+          slo: float | None = None) -> dict[str, Any]:  # fmt: skip
     spec = LoadSpec(url=f"{url}/v1/intent", rps=rps, duration=seconds, texts=texts, timeout=timeout, seed=seed,
                     warmup=min(1.0, seconds / 4))  # fmt: skip
-    return run_load_sync(spec).to_dict()
+    result = run_load_sync(spec)
+    report = result.to_dict()
+    if slo is not None:
+        report |= {"slo_ms": slo * 1000, "goodput_rps": result.goodput_rps(slo)}
+    return report
 
 
 def measure_run(service: ServiceProcess, rps: float, seconds: float, texts: Sequence[str], seed: int, *,
-             timeout: float) -> dict[str, Any]:  # fmt: skip
+                timeout: float, slo: float | None = None) -> dict[str, Any]:  # fmt: skip
     """One load run against `service`, with what decides its figures: the breaker's state before and
-    after (open means the light model answered), what answered, and why its figures are invalid."""
+    after (open means the light model answered; None: the server has no breaker), what answered, why
+    its figures are invalid, and with `slo` (seconds) its goodput: answers within the SLO per second."""
     before = service.status()["breaker"]["open"]
-    report = _load(service.url, rps, seconds, texts, seed, timeout=timeout)
+    report = _load(service.url, rps, seconds, texts, seed, timeout=timeout, slo=slo)
     report["breaker_open"] = {"before": before, "after": service.status()["breaker"]["open"]}
     report["invalid_because"] = invalid_because(report)
     return report
@@ -302,6 +311,9 @@ def _sustains(report: dict[str, Any], rps: float, slo: float) -> bool:
 
 UNLOADED_RPS = 10.0
 """The rate the unloaded p99 is measured at."""
+
+PEERS = ("ray-serve",)
+"""Serving stacks `--peer` can measure beside the service (model_service.peer_comparison)."""
 
 
 def unloaded_p99(url: str, texts: Sequence[str], *, seconds: float, seed: int = 0) -> tuple[float, dict[str, Any]]:
@@ -385,7 +397,8 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
 
                 log(f"overload, admission on: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
                 with protected.peak_rss() as memory:
-                    on = measure_run(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
+                    on = measure_run(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10,
+                                     slo=slo)  # fmt: skip
                 on["memory"] = memory
                 log("overload, admission on, batches of one")
                 protected.set_mode(batch_min=1, batch_max=1)
@@ -481,6 +494,9 @@ def _goals(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         "overload_p99_ratio_protected": ("<= 3", lambda v: v <= 3),
         "overload_admitted_share_of_sustainable": (">= 0.9", lambda v: v >= 0.9),
         "overload_5xx": ("== 0", lambda v: v == 0),
+        # With --peer: peakguard's goodput at 8x over the peer's, its p99 at an equal answered rate over the peer's.
+        "peer_goodput_ratio": (">= 1", lambda v: v >= 1),
+        "peer_equal_rate_p99_ratio": ("<= 1", lambda v: v <= 1),
     }
     return {
         key: {
@@ -512,6 +528,10 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
     }
     if settings.repetitions < 1:
         raise ValueError(f"repetitions must be at least 1, got {settings.repetitions}")
+    if settings.peer and (settings.peer not in PEERS or not settings.service):
+        raise ValueError(
+            f"peer {settings.peer!r}: the one peer is ray-serve, and it needs the service run (no --no-service)"
+        )
     if settings.data is not None:
         # The test split is banking77's own test.csv; the seed only moves train/validation, which
         # the baseline trains on together, so any seed gives the same baseline.
@@ -526,7 +546,17 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
         rep = _models(folder, settings, texts, log, test=test, known_accuracy=known)
         if settings.service:
             rep |= _service(folder, settings, texts, log, seed=settings.seed + index)
-        rep["figures"] = _figures(rep)
+            if settings.peer:
+                from model_service import peer_comparison  # Ray comes with the bench extra only
+
+                rep["peer"] = peer_comparison.compare(
+                    folder, rep, texts=texts, seed=settings.seed + index, unloaded_seconds=settings.unloaded_seconds,
+                    step_seconds=settings.step_seconds, start_rps=settings.start_rps,
+                    overload_seconds=settings.overload_seconds, serve_settings=dict(settings.serve_settings), log=log,
+                )  # fmt: skip
+                for name, (value, reasons) in peer_comparison.figures(rep, rep["peer"]).items():
+                    rep.setdefault("peer_figures", {})[name] = {"value": value, "invalid_because": sorted(set(reasons))}
+        rep["figures"] = _figures(rep) | rep.pop("peer_figures", {})
         repetitions.append(rep)
     first = repetitions[0]
     report |= {key: first[key] for key in ("parameters", "accuracy", "accuracy_source", "oos_test_recall")}
@@ -580,6 +610,25 @@ def render(report: dict[str, Any]) -> str:
                 f"{run_['transport_errors']}, send lag p99 {run_['send_lag_ms']['p99']} ms, breaker open "
                 f"{run_['breaker_open']['before']}->{run_['breaker_open']['after']}"
             )
+    for index, rep in enumerate(report["repetitions"]):
+        if "peer" not in rep:
+            continue
+        peer = rep["peer"]
+        lines.append(
+            f"peer {peer['peer']}, repetition {index + 1}: unloaded p99 {peer['unloaded_p99_ms']:.1f} ms, sustains "
+            f"{peer['sustainable_rps']:.0f} rps; queue bounded at {peer['queue_bound']} for the "
+            f"{peer['latency_budget_ms']:.0f} ms budget:"
+        )
+        equal = f"{peer['equal_rate_rps']:.1f} rps"
+        for label, run_ in (("8x, peer unbounded", peer["overload_unbounded"]), ("8x, peer", peer["overload"]),
+                            ("8x, peakguard", rep["overload_protected"]),
+                            (f"{equal}, peer", peer["equal_rate"]["peer"]),
+                            (f"{equal}, peakguard", peer["equal_rate"]["peakguard"])):  # fmt: skip
+            goodput = f", goodput {run_['goodput_rps']:.1f}/s" if "goodput_rps" in run_ else ""
+            lines.append(
+                f"  {label:<22} p99 {run_['latency_ms']['p99']} ms, {run_['throughput_rps']:.1f} answered/s{goodput}, "
+                f"shed {run_['shed']}, 5xx {run_['errors_5xx']}, send lag p99 {run_['send_lag_ms']['p99']} ms"
+            )
     lines.append("goals (on the median; an invalid figure meets none):")
     for key, goal in report["goals"].items():
         verdict = ("met" if goal["met"] else "MISSED") if goal["valid"] else "INVALID"
@@ -609,6 +658,17 @@ _TABLE_ROWS = (
     ("overload_admitted_share_of_sustainable", "answered at 8x over the sustainable rate", "pct"),
     ("overload_5xx", "5xx at 8x, admission on", "n"),
     ("overload_p99_ms_unprotected", "p99 at 8x, admission off", "ms"),
+    ("overload_goodput_rps", "goodput at 8x (answers within the SLO per second), admission on", "rps"),
+    ("peer.unloaded_p99_ms", "Ray Serve peer: unloaded p99", "ms"),
+    ("peer.sustainable_rps", "Ray Serve peer: sustainable rate (the same SLO)", "rps"),
+    ("peer.overload_goodput_rps", "Ray Serve peer: goodput at the same 8x load", "rps"),
+    ("peer.overload_p99_ms", "Ray Serve peer: p99 at 8x", "ms"),
+    ("peer.overload_p99_ms_unbounded", "Ray Serve peer: p99 at 8x with Ray's default unbounded queue", "ms"),
+    ("peer.overload_5xx", "Ray Serve peer: 5xx at 8x", "n"),
+    ("peer_goodput_ratio", "goodput at 8x, peakguard over the peer", "x"),
+    ("equal_rate_p99_ms", "p99 at an equal answered rate (the lower sustainable rate), peakguard", "ms"),
+    ("peer.equal_rate_p99_ms", "p99 at that rate, the peer", "ms"),
+    ("peer_equal_rate_p99_ratio", "p99 at an equal answered rate, peakguard over the peer", "x"),
 )
 
 

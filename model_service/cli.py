@@ -229,6 +229,13 @@ def register_bench(commands: Any) -> None:
         help="length of the unloaded run at 10 requests/s (default 215: 2000 answers)",
     )  # fmt: skip
     model.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
+    model.add_argument(
+        "--peer", choices=("ray-serve",), default="",
+        help="also serve the same model with this stack (ray-serve: Ray Serve's @serve.batch, from the bench extra) "
+        "on the same core, held to the same SLO and latency budget (its queue bounded for it), and report both: "
+        "sustainable rate, unloaded p99, goodput and 5xx under the same 8x load, p99 at an equal answered rate. "
+        "About 10 more minutes per repetition",
+    )  # fmt: skip
     _serve_setting_argument(model)
     model.set_defaults(handler=_bench_model)
     table = kinds.add_parser(
@@ -510,7 +517,7 @@ def _bench_model(args: argparse.Namespace) -> int:
         artifacts=args.artifacts, version=args.version, data=args.data, repeats=args.repeats,
         repetitions=args.repetitions, service=not args.no_service, overload_seconds=args.overload_seconds,
         unloaded_seconds=args.unloaded_seconds, step_seconds=args.step_seconds,
-        serve_settings=tuple(args.serve_settings),
+        serve_settings=tuple(args.serve_settings), peer=args.peer,
     )  # fmt: skip
     _use_threads(args.threads)
     try:

@@ -203,6 +203,10 @@ class LoadReport:
     def completed_ok(self) -> int:
         return len(self.latencies)
 
+    def goodput_rps(self, slo: float) -> float:
+        """Answers per second that came within `slo` seconds of their scheduled send."""
+        return sum(latency <= slo for latency in self.latencies) / self.measured_seconds
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "url": self.spec.url,

@@ -70,6 +70,9 @@ def free_port() -> int:
 class ServiceProcess:
     """`with ServiceProcess(settings, cpus={0}) as service:` ... `service.url`."""
 
+    stop_timeout = 15.0
+    """Seconds from SIGTERM to SIGKILL."""
+
     def __init__(
         self,
         settings: Mapping[str, Any],
@@ -121,13 +124,12 @@ class ServiceProcess:
         threads = len(self.cpus) if self.cpus else self.threads
         if threads:
             env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-        command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--host", self.host,
-                   "--port", str(self.port)]  # fmt: skip
-        if self.keep_alive is not None:
-            command += ["--keep-alive", str(self.keep_alive)]
-        command += self.server_args
+        command = self.command(config)
         with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+            # A session of its own: stop() can end whatever the server started too (the Ray peer's
+            # GCS, raylet and workers), not only the process it started.
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
+                                             start_new_session=True)  # fmt: skip
         if self.cpus:
             os.sched_setaffinity(self._process.pid, self.cpus)
         self._sampling.set()
@@ -139,6 +141,18 @@ class ServiceProcess:
             self.stop()  # the error carries the log's tail; nothing is left running or on disk
             raise
 
+    def command(self, config: Path) -> list[str]:
+        """The server's command line, given its settings file."""
+        command = [sys.executable, "-m", "peakguard", "serve", "--config", str(config), "--host", self.host,
+                   "--port", str(self.port)]  # fmt: skip
+        if self.keep_alive is not None:
+            command += ["--keep-alive", str(self.keep_alive)]
+        return command + list(self.server_args)
+
+    def is_ready(self, client: httpx.Client) -> bool:
+        """Whether the server takes traffic now (`client` is on its URL)."""
+        return client.get("/readyz").status_code == 200
+
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.ready_timeout
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
@@ -147,7 +161,7 @@ class ServiceProcess:
                 if (code := self._process.poll()) is not None:
                     raise ServiceStartError(f"peakguard serve exited with code {code}:\n{self.log_tail()}")
                 with contextlib.suppress(httpx.TransportError):
-                    if client.get("/readyz").status_code == 200:
+                    if self.is_ready(client):
                         return
                 time.sleep(0.2)
         raise ServiceStartError(f"peakguard serve not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
@@ -210,14 +224,19 @@ class ServiceProcess:
         return body
 
     def stop(self) -> None:
-        """Stop the service (SIGTERM, then SIGKILL after 15 s) and remove its config and log."""
+        """Stop the service (SIGTERM, then SIGKILL after `stop_timeout`), then whatever it started
+        and left running, and remove its config and log."""
         self._sampling.clear()
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGTERM)
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if process is not None:
+            # Anything it started and left behind (its session is its own: start()).
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
         shutil.rmtree(self._folder, ignore_errors=True)

@@ -21,6 +21,7 @@ from fastapi.responses import JSONResponse
 from model_service.load_generator import (
     LAG_BAR_MS,
     P99_MIN_SAMPLES,
+    LoadReport,
     LoadSpec,
     Phase,
     invalid_because,
@@ -286,3 +287,15 @@ def test_a_run_is_invalid_when_the_generator_sent_late_or_its_p99_rests_on_few_a
     few = invalid_because(_report(1.0, P99_MIN_SAMPLES - 1))
     assert few == ["p99 from 1999 answers < 2000: lengthen the run"]
     assert invalid_because(_report(1.0, 10), min_samples=0) == []  # a throughput figure needs no p99 samples
+
+
+def test_goodput_counts_the_answers_within_the_slo() -> None:
+    spec = LoadSpec(url="http://127.0.0.1:9/v1/intent", rps=10, duration=11, warmup=1, texts=["a"])
+    latencies = (0.1, 0.2, 0.3, 0.5)
+    report = LoadReport(
+        spec=spec, measured_seconds=10, sent=5, latencies=latencies, latencies_from_send=latencies, send_lags=(),
+        statuses={"200": 4, "503": 1}, shed=1, errors_5xx=0, transport_errors=0, dropped_by_generator=0,
+    )  # fmt: skip
+    assert report.goodput_rps(0.25) == pytest.approx(0.2)
+    assert report.goodput_rps(0.3) == pytest.approx(0.3)  # an answer at the SLO is within it
+    assert report.goodput_rps(0.01) == 0
