@@ -23,7 +23,16 @@ from safetensors.torch import load_file, save_file
 
 from model_service.classifier import ClassifierConfig, IntentClassifier
 
-__all__ = ["ArtifactError", "ModelCard", "load_model", "read_manifest", "write_version"]
+__all__ = [
+    "ArtifactError",
+    "ModelCard",
+    "check_servable",
+    "load_model",
+    "newest_version",
+    "read_manifest",
+    "versions",
+    "write_version",
+]
 
 MANIFEST = "manifest.json"
 
@@ -104,12 +113,40 @@ def write_version(out: Path, version: str, models: Sequence[tuple[IntentClassifi
     return target
 
 
+def versions(root: Path) -> list[str]:
+    """The version folders under an artifact root, oldest first (names are UTC timestamps, so they sort)."""
+    return sorted(manifest.parent.name for manifest in root.glob(f"*/{MANIFEST}"))
+
+
 def newest_version(root: Path) -> str:
-    """The newest version folder under an artifact root (names are UTC timestamps, so they sort)."""
-    versions = sorted(manifest.parent.name for manifest in root.glob(f"*/{MANIFEST}"))
-    if not versions:
+    """The newest version folder under an artifact root."""
+    versions_ = versions(root)
+    if not versions_:
         raise ArtifactError(f"no model versions under {root}; run peakguard train --out {root} first")
-    return versions[-1]
+    return versions_[-1]
+
+
+def check_servable(root: Path, version: str = "", names: Sequence[str] = ("full", "light")) -> str:
+    """The version `peakguard serve` would load from `root` (the newest when `version` is empty),
+    once its folder, manifest and the models' cards and weights files are there and the cards
+    parse; else an ArtifactError naming what is missing. Cheap: the weights are hashed and loaded
+    later, and a failure there is reported on /readyz."""
+    if not root.is_dir():
+        raise ArtifactError(f"{root}: no such folder; --artifacts is the folder peakguard train --out wrote")
+    if version and version not in versions(root):
+        listing = ", ".join(versions(root)[-5:]) or "none"
+        raise ArtifactError(f"{root}: no model version {version!r} (newest: {listing})")
+    version = version or newest_version(root)
+    folder = root / version
+    read_manifest(folder)
+    for name in names:
+        card_path, weights_path = folder / f"{name}.json", folder / f"{name}.safetensors"
+        if not weights_path.is_file():
+            raise ArtifactError(f"{weights_path}: missing; serve needs the {', '.join(names)} models")
+        if not card_path.is_file():
+            raise ArtifactError(f"{card_path}: missing; serve needs the {', '.join(names)} models")
+        ModelCard.from_json(card_path.read_text(), source=str(card_path))
+    return version
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:

@@ -401,8 +401,14 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
                                      slo=slo)  # fmt: skip
                 on["memory"] = memory
                 log("overload, admission on, batches of one")
+                batching = protected.status()["mode"]
                 protected.set_mode(batch_min=1, batch_max=1)
                 one = measure_run(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
+                log("overload, admission on, shedding (the answer table answers queries the model answered before)")
+                protected.set_mode(batch_min=batching["batch_min"], batch_max=batching["batch_max"], shedding=True)
+                table = _answer_table_counters(protected)
+                shedding = measure_run(protected, overload_rps, settings.overload_seconds, texts, seed, timeout=10)
+                shedding["answer_table"] = {k: v - table[k] for k, v in _answer_table_counters(protected).items()}
 
             log(f"overload, admission off: {overload_rps:.0f} rps for {settings.overload_seconds:.0f} s")
             with unprotected.peak_rss() as memory:
@@ -411,7 +417,11 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
     finally:
         os.sched_setaffinity(0, own_affinity)
 
-    report |= {"overload_protected": on, "overload_batch_of_one": one, "overload_unprotected": off}
+    report |= {"overload_protected": on, "overload_batch_of_one": one, "overload_shedding": shedding,
+               "overload_unprotected": off}  # fmt: skip
+    table = shedding["answer_table"]
+    # Admission comes before the body is parsed, so a refused query the table knew is a hit lost.
+    report["answer_table_hits_lost_share"] = table["hits_lost"] / max(1.0, table["hits_lost"] + table["answered"])
     report["overload_p99_ratio_protected"] = _p99(on) / baseline
     report["overload_p99_ratio_unprotected"] = _p99(off) / baseline
     report["overload_admitted_share_of_sustainable"] = on["throughput_rps"] / sustainable
@@ -419,6 +429,12 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
     report["overload_5xx_unprotected"] = off["errors_5xx"]
     report["batching_throughput_ratio"] = on["throughput_rps"] / max(one["throughput_rps"], 1e-9)
     return report
+
+
+def _answer_table_counters(service: ServiceProcess) -> dict[str, float]:
+    """The answer table's answers and the hits admission's order cost it, as the service counts them."""
+    return {"answered": service.counter("peakguard_cache_answers"),
+            "hits_lost": service.counter("peakguard_answer_table_hits_lost")}  # fmt: skip
 
 
 def _same_answerer(*runs: dict[str, Any]) -> list[str]:
@@ -467,6 +483,9 @@ def _figures(rep: dict[str, Any]) -> dict[str, dict[str, Any]]:
     add("batching_throughput_ratio", rep["batching_throughput_ratio"], lag_only,
         [r for r in one["invalid_because"] if r.startswith("generator")], _same_answerer(on, one))  # fmt: skip
     add("overload_p99_ms_unprotected", off["latency_ms"]["p99"] or math.inf, off["invalid_because"])
+    if "overload_shedding" in rep:
+        shedding_lag = [r for r in rep["overload_shedding"]["invalid_because"] if r.startswith("generator")]
+        add("answer_table_hits_lost_share", rep["answer_table_hits_lost_share"], shedding_lag)
     return figures
 
 
@@ -602,7 +621,9 @@ def render(report: dict[str, Any]) -> str:
             f"overload at {rep['overload_rps']:.0f} rps:"
         )
         for label, key in (("admission on", "overload_protected"), ("batches of one", "overload_batch_of_one"),
-                           ("admission off", "overload_unprotected")):  # fmt: skip
+                           ("shedding", "overload_shedding"), ("admission off", "overload_unprotected")):  # fmt: skip
+            if key not in rep:
+                continue
             run_ = rep[key]
             lines.append(
                 f"  {label:<15} p99 {run_['latency_ms']['p99']} ms, {run_['throughput_rps']:.1f} answered/s by "
@@ -658,6 +679,11 @@ _TABLE_ROWS = (
     ("overload_admitted_share_of_sustainable", "answered at 8x over the sustainable rate", "pct"),
     ("overload_5xx", "5xx at 8x, admission on", "n"),
     ("overload_p99_ms_unprotected", "p99 at 8x, admission off", "ms"),
+    (
+        "answer_table_hits_lost_share",
+        "at 8x while shedding: queries the answer table knew, refused by admission first",
+        "pct",
+    ),
     ("overload_goodput_rps", "goodput at 8x (answers within the SLO per second), admission on", "rps"),
     ("peer.unloaded_p99_ms", "Ray Serve peer: unloaded p99", "ms"),
     ("peer.sustainable_rps", "Ray Serve peer: sustainable rate (the same SLO)", "rps"),

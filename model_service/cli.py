@@ -18,7 +18,7 @@ def register_train(commands: Any) -> None:
         description=(
             "Train the intent models on banking77 and write them, with JSON model cards, into a new "
             "folder OUT/<version>/: `full` (MiniLM-L6 upcycled to a Mixture of Experts), `light` "
-            "(2 dense layers distilled from full, >= 76%% fewer parameters) and `pruned` (full minus its "
+            "(2 dense layers distilled from full, >= 76% fewer parameters) and `pruned` (full minus its "
             "lowest-weight feature dimensions). The out-of-scope hand-over threshold is chosen on "
             "validation data (banking77 held-out + CLINC150 oos_val); test numbers are only reported. "
             "About 10 minutes on 2 CPU cores; --quick makes drill models (heads only) in under 2 minutes."
@@ -126,13 +126,15 @@ def register_serve(commands: Any) -> None:
         ),
     )
     parser.add_argument("--config", type=Path, help="settings file (JSON or YAML)")
-    parser.add_argument("--artifacts", type=Path, help="artifact root written by peakguard train")
+    parser.add_argument(
+        "--artifacts", type=Path, help="artifact root written by peakguard train (required unless --config sets it)"
+    )
     parser.add_argument("--version", help="model version folder to serve (default: the newest)")
     parser.add_argument(
         "--mode-file", type=Path, help="mounted mode ConfigMap: a directory holding mode.json, or the file"
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 in a pod)")
-    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--port", type=_port, default=8080, help="TCP port to listen on, 1-65535 (default 8080)")
     parser.add_argument(
         "--keep-alive",
         type=float,
@@ -168,9 +170,13 @@ def _serve(args: argparse.Namespace) -> int:
     if args.keep_alive <= 0:
         print(f"peakguard serve: --keep-alive must be > 0 seconds, got {args.keep_alive:g}", file=sys.stderr)
         return 2
+    from model_service.artifacts import ArtifactError, check_servable
+
     try:
         settings = load_settings(args.config, artifacts=args.artifacts, version=args.version, mode_file=args.mode_file)
-    except SettingsError as exc:
+        # Before the port opens: a pod with no models must crash with the reason, not wait unready forever.
+        check_servable(settings.artifacts, settings.version)
+    except (SettingsError, ArtifactError) as exc:
         print(f"peakguard serve: {exc}", file=sys.stderr)
         return 2
     from model_service.server import create_app
@@ -186,6 +192,17 @@ def _serve(args: argparse.Namespace) -> int:
         loop=args.loop,
     )
     return 0
+
+
+def _port(value: str) -> int:
+    """argparse type: a TCP port one can listen on."""
+    try:
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a port number (1-65535)") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port number (1-65535)")
+    return port
 
 
 def register_bench(commands: Any) -> None:
@@ -204,7 +221,8 @@ def register_bench(commands: Any) -> None:
             "FP32 and INT8 (interleaved, medians); test accuracy from the model cards beside a TF-IDF baseline; "
             "then the real service (`peakguard serve`, pinned to one core, the load generator on another): "
             "unloaded p99, the highest rate it sustains with p99 within 3x of that, and 8x that rate with "
-            "admission control on, with batches of one, and with admission control off. All of it --repetitions "
+            "admission control on, with batches of one, shedding (how many queries the answer table knew were "
+            "refused by admission first), and with admission control off. All of it --repetitions "
             "times (default 3); each figure is their median (min-max). A figure is INVALID, and meets no goal, when "
             "its generator sent late (send lag p99 over the load generator's 5 ms bar), its p99 rests on fewer than "
             "2000 answers, or a ratio compares runs another model or precision answered. Prints the seed's "
@@ -305,7 +323,7 @@ def register_bench(commands: Any) -> None:
             "Prune the trained full model at each --point (feed-forward channels kept per expert, attention heads "
             "kept per layer), give each a short recovery fine-tune on banking77's training split, measure its test "
             "accuracy, then time every point at batch 32 interleaved with the unpruned model. Prints the curve and "
-            "whether the seed's row (>= 30%% lower latency at <= 0.5 pt loss) is met. About 2 minutes per point "
+            "whether the seed's row (>= 30% lower latency at <= 0.5 pt loss) is met. About 2 minutes per point "
             "on 2 cores."
         ),
     )

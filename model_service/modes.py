@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -66,7 +67,7 @@ class OperatingMode:
             ("shedding", lambda v: isinstance(v, bool), "true or false"),
             ("batch_min", _batch_size, f"a whole number from {BATCH_FLOOR} to {BATCH_CEILING}"),
             ("batch_max", _batch_size, f"a whole number from {BATCH_FLOOR} to {BATCH_CEILING}"),
-            ("model_version", lambda v: isinstance(v, str) and len(v) <= 64, "a version string"),
+            ("model_version", _version_name, "empty or a version folder's name (letters, digits, . _ -), never a path"),
         ]
         for name, valid, allowed in checks:
             if not valid(merged[name]):
@@ -74,6 +75,12 @@ class OperatingMode:
         if merged["batch_min"] > merged["batch_max"]:
             raise ModeError(f"{source}: batch_min={merged['batch_min']} exceeds batch_max={merged['batch_max']}")
         return cls(**merged)
+
+
+def _version_name(value: Any) -> bool:
+    # A name under the artifact root: no separator, no "..", so root / name never leaves the root.
+    return isinstance(value, str) and (value == "" or (re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", value)
+                                                       is not None and ".." not in value))  # fmt: skip
 
 
 def _batch_size(value: Any) -> bool:
@@ -91,7 +98,12 @@ class Override:
 class ModeStore:
     """The current mode, its source and revision; thread-safe. Listeners hear every change."""
 
-    def __init__(self, initial: OperatingMode | None = None) -> None:
+    def __init__(
+        self, initial: OperatingMode | None = None, *, version_problem: Callable[[str], str | None] | None = None
+    ) -> None:
+        """`version_problem(name)`: why a mode may not name that model version (None: it may), e.g.
+        that the artifact root has no such version; a mode naming it is refused like any invalid one."""
+        self._version_problem = version_problem
         self._lock = threading.Lock()
         self._configured = initial or OperatingMode()
         self._override: Override | None = None
@@ -128,6 +140,11 @@ class ModeStore:
             base = self._configured
         try:
             mode = OperatingMode.from_mapping(raw, base=base, source=source)
+            # Only a change is checked: a version folder removed later must not block, say, shedding.
+            changed_version = mode.model_version and mode.model_version != base.model_version
+            problem = self._version_problem(mode.model_version) if self._version_problem and changed_version else None
+            if problem:
+                raise ModeError(f"{source}: {problem}")
         except ModeError as exc:
             with self._lock:
                 self._last_error = str(exc)

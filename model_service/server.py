@@ -18,6 +18,7 @@ import hmac
 import json
 import logging
 import re
+import secrets
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -26,16 +27,19 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.requests import ClientDisconnect
 
+from model_service import api
 from model_service.admission import AdmissionController
 from model_service.answer_cache import AnswerCache, CachedAnswer
-from model_service.artifacts import newest_version
+from model_service.artifacts import newest_version, versions
 from model_service.batcher import BatchStats, DynamicBatcher
 from model_service.breaker import BreakerSettings, CircuitBreaker
 from model_service.metrics import Outcome, ServedBy, ServiceMetrics
 from model_service.modes import MODE_FILE, ModeError, ModeStore, OperatingMode, Override
+from model_service.query import BadRequestError, body_cap, check_headers, parse
 from model_service.runtime import BatchTimings, ModelRuntime, Prediction
 from model_service.tracing import Tracing
 
@@ -56,7 +60,8 @@ class ServiceSettings:
     """Bearer token for /admin; empty disables the admin API. Never logged."""
     initial_mode: OperatingMode = field(default_factory=OperatingMode)
     max_chars: int = 2000
-    """Longest accepted query in characters; longer is 413."""
+    """Longest accepted query in characters; longer is 413, and so is a body longer than such a query
+    could need (`query.body_cap`), as soon as its Content-Length says so or its bytes exceed it."""
     latency_budget: float = 0.5
     """Seconds a request may wait for and spend in its batch before admission refuses it."""
     max_queue: int = 2048
@@ -87,34 +92,6 @@ class ServiceSettings:
             raise ValueError(f"batch_budget_share must be in (0, 1] or null (no cap), got {self.batch_budget_share}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
-
-
-class BadRequestError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _parse(body: bytes, max_chars: int) -> str:
-    """The query text of a request body, or a 4xx naming what is wrong."""
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BadRequestError(400, f"body is not UTF-8 (byte {exc.start})") from None
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BadRequestError(400, f"body is not JSON ({exc.msg} at position {exc.pos})") from None
-    if not isinstance(document, dict) or "text" not in document:
-        raise BadRequestError(422, 'body must be a JSON object with a "text" field: {"text": "..."}')
-    query = document["text"]
-    if not isinstance(query, str):
-        raise BadRequestError(422, f'"text" must be a string, got {type(query).__name__}')
-    if not query.strip():
-        raise BadRequestError(422, '"text" is empty')
-    if len(query) > max_chars:
-        raise BadRequestError(413, f'"text" has {len(query)} characters; the limit is {max_chars}')
-    return query
 
 
 @dataclass
@@ -152,9 +129,10 @@ class _Early:
 
 
 class _AdmissionGate:
-    """Pure ASGI, in front of FastAPI: POST /v1/intent is admitted or refused before routing,
-    before the body is read, before any JSON. The order of one request: admission here, then (in
-    `Service._answer`) parse and validation, the answer table, the batcher."""
+    """Pure ASGI, in front of FastAPI: POST /v1/intent is checked and admitted or refused before
+    routing, before the body is read, before any JSON. The order of one request (query.py): the
+    headers here (content type, declared length), admission here, then (in `Service._answer`) the
+    body read under its cap, parse and validation, the answer table, the batcher."""
 
     def __init__(self, app: Any, service: Service) -> None:
         self.app = app
@@ -164,29 +142,57 @@ class _AdmissionGate:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != "/v1/intent":
             await self.app(scope, receive, send)
             return
-        refusal = self.service.refuse_unread(time.time())
+        started = time.time()
+        cap = body_cap(self.service.settings.max_chars)
+        refusal = self.service.refuse_headers(_headers(scope), started) or self.service.refuse_unread(started)
         if refusal is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, _capped(receive, cap), send)
             return
         # In shedding mode the refused body is read (before answering: once the response is sent the
         # server hands out no more of the request) to count whether the answer table had it.
-        unread = await _read_body(receive) if refusal.shedding else None
+        unread = await _read_body(receive, cap) if refusal.shedding else None
         body = json.dumps(refusal.body).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         headers += [(name.encode(), value.encode()) for name, value in refusal.headers.items()]
         await send({"type": "http.response.start", "status": refusal.status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        if unread is not None:
+        if unread:
             self.service.answer_table_would_have(unread)
 
 
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
+def _headers(scope: dict[str, Any]) -> dict[str, str]:
+    """The request's headers by lower-case name (latin-1, as HTTP/1.1 carries them); the last of repeats."""
+    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+
+
+def _capped(receive: Any, cap: int) -> Any:
+    """`receive`, refusing (413) as soon as the body's bytes so far exceed `cap`: a body declared
+    short, or sent chunked, is never held whole past its cap."""
+    seen = 0
+
+    async def capped() -> dict[str, Any]:
+        nonlocal seen
+        message: dict[str, Any] = await receive()
+        if message["type"] == "http.request":
+            seen += len(message.get("body", b""))
+            if seen > cap:
+                raise BadRequestError(413, f"body over {cap} bytes; the limit is {cap} bytes")
+        return message
+
+    return capped
+
+
+async def _read_body(receive: Any, cap: int) -> bytes:
+    """The body, or b"" once it runs past `cap` bytes (or the client goes)."""
+    chunks, size = [], 0
     while True:
         message = await receive()
         if message["type"] != "http.request":
             return b""
         chunks.append(message.get("body", b""))
+        size += len(chunks[-1])
+        if size > cap:
+            return b""
         if not message.get("more_body", False):
             return b"".join(chunks)
 
@@ -197,6 +203,16 @@ def _error(
     return _Reply(JSONResponse({"error": message}, status_code=status, headers=headers), outcome, reason=reason)
 
 
+def _crash(request: Request, exc: Exception, reason: str, what: str) -> _Reply:
+    """A 500 for an unexpected exception, logged with its traceback under a request id that the
+    caller gets too (its X-Request-Id, or a new one), so a report of the 500 finds its log line."""
+    request_id = request.headers.get("x-request-id", "")[:64] or secrets.token_hex(8)
+    log.error("%s (request %s)", what, request_id, exc_info=exc)
+    body = {"error": f"{what}: {type(exc).__name__}", "request_id": request_id}
+    return _Reply(JSONResponse(body, status_code=500, headers={"X-Request-Id": request_id}), "server_error",
+                  reason=reason)  # fmt: skip
+
+
 class Service:
     """Everything one model-service process holds, wired together."""
 
@@ -204,7 +220,7 @@ class Service:
         self.settings = settings
         self.metrics = ServiceMetrics()
         self.tracing = tracing or Tracing()
-        self.modes = ModeStore(settings.initial_mode)
+        self.modes = ModeStore(settings.initial_mode, version_problem=self._version_problem)
         self.admission = AdmissionController(
             latency_budget=settings.latency_budget, max_queue=settings.max_queue, enabled=settings.admission
         )
@@ -218,6 +234,14 @@ class Service:
         self._on_mode(self.modes.mode)
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def _version_problem(self, version: str) -> str | None:
+        """Why a mode may not switch to `version`: the artifact root has no such version folder."""
+        known = versions(self.settings.artifacts)
+        if version in known:
+            return None
+        listing = ", ".join(known[-5:]) or "none"
+        return f"model_version {version!r} is not a version under {self.settings.artifacts} (newest: {listing})"
 
     def version_to_serve(self) -> str:
         return self.settings.version or newest_version(self.settings.artifacts)
@@ -318,9 +342,8 @@ class Service:
         try:
             try:
                 reply = await self._answer(request, started, trace)
-            except Exception as exc:
-                log.exception("unhandled error answering POST /v1/intent")
-                reply = _error(500, f"internal error: {type(exc).__name__}", "server_error", "unhandled")
+            except Exception as exc:  # noqa: BLE001 (logged with its traceback by _crash)
+                reply = _crash(request, exc, "unhandled", "unhandled error answering POST /v1/intent")
             end = time.time()
             self.metrics.observe_response(
                 outcome=reply.outcome, served_by=reply.served_by, seconds=end - started, reason=reply.reason
@@ -361,16 +384,28 @@ class Service:
         )
         return _Early(decision.status, {"error": message}, {"retry-after": str(decision.retry_after)}, mode.shedding)
 
+    def refuse_headers(self, headers: dict[str, str], started: float) -> _Early | None:
+        """A 415 or 413 on the headers alone (query.check_headers), counted as a client error; None
+        lets the request on to admission."""
+        try:
+            check_headers(headers.get("content-type"), headers.get("content-length"),
+                          cap=body_cap(self.settings.max_chars))  # fmt: skip
+        except BadRequestError as exc:
+            self.metrics.observe_response(outcome="client_error", served_by="none", seconds=time.time() - started,
+                                          reason=f"http_{exc.status}")  # fmt: skip
+            return _Early(exc.status, {"error": str(exc)}, {}, False)
+        return None
+
     def answer_table_would_have(self, body: bytes) -> None:
         """Count a refused request the answer table could have answered (shedding mode only): the
         price of admitting before parsing, measured rather than guessed."""
         with contextlib.suppress(BadRequestError):
-            if self.cache.lookup(_parse(body, self.settings.max_chars)) is not None:
+            if self.cache.lookup(parse(body, self.settings.max_chars)) is not None:
                 self.metrics.answer_table_hits_lost.inc()
 
     async def _answer(self, request: Request, started: float, trace: Any) -> _Reply:
         try:
-            text = _parse(await request.body(), self.settings.max_chars)
+            text = parse(await request.body(), self.settings.max_chars)
         except BadRequestError as exc:
             return _error(exc.status, str(exc), "client_error", f"http_{exc.status}")
         except ClientDisconnect:
@@ -395,9 +430,8 @@ class Service:
         queued = time.time()
         try:
             answer = await batcher.submit(_Job(ids, mode), cost=len(ids))
-        except Exception as exc:
-            log.exception("inference failed")
-            return _error(500, f"inference failed: {type(exc).__name__}", "server_error", "inference")
+        except Exception as exc:  # noqa: BLE001 (logged with its traceback by _crash)
+            return _crash(request, exc, "inference", "inference failed")
 
         prediction, timings = answer.prediction, answer.timings
         if trace is not None:
@@ -468,6 +502,27 @@ class Service:
         }
 
 
+ADMIN_BODY_CAP = 64 * 1024
+"""Bytes an admin call's body may take: a mode or chaos document is a few hundred."""
+
+
+async def _admin_document(request: Request) -> Any:
+    """An admin call's JSON document, read under `ADMIN_BODY_CAP`; BadRequestError (400, 413, 415)
+    when the body is not one."""
+    check_headers(request.headers.get("content-type"), request.headers.get("content-length"), cap=ADMIN_BODY_CAP)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > ADMIN_BODY_CAP:
+            raise BadRequestError(413, f"body over {ADMIN_BODY_CAP} bytes; the limit is {ADMIN_BODY_CAP} bytes")
+    try:
+        return json.loads(bytes(body).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequestError(400, f"body is not JSON ({exc})") from None
+    except RecursionError:
+        raise BadRequestError(400, "body is JSON nested deeper than the parser goes") from None
+
+
 def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> FastAPI:
     service = Service(settings, tracing=tracing)
 
@@ -483,15 +538,26 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
     app.state.service = service
     app.add_middleware(_AdmissionGate, service=service)
 
-    @app.post("/v1/intent")
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+            document.setdefault("components", {})["securitySchemes"] = {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "$PEAKGUARD_ADMIN_TOKEN"}
+            }
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented way to extend the document
+
+    @app.post("/v1/intent", **api.intent_docs(settings.max_chars))
     async def intent(request: Request) -> Response:
         return await service.answer(request)
 
-    @app.get("/healthz")
+    @app.get("/healthz", summary="Alive: the process answers")
     async def healthz() -> dict[str, str]:
         return {"status": "alive"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", **api.readyz_docs())
     async def readyz() -> Response:
         ready = service.runtime is not None and service.runtime.ready
         body = {"ready": ready, "version": service.runtime.version if service.runtime else None}
@@ -499,30 +565,41 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
             body["error"] = service.load_error
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses=api.text_responses("the Prometheus text exposition format"))  # fmt: skip
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/admin/status")
+    @app.get("/admin/status", summary="What the service runs now, and why", response_model=None,
+             openapi_extra={"security": api.SECURITY},
+             responses={200: {"description": "mode, breaker, admission, queues, version",
+                              "content": {"application/json": {"schema": {"type": "object"}}}},
+                        **api.ADMIN_RESPONSES})  # fmt: skip
     async def admin_status(request: Request) -> Response:
         if (refusal := service.authorised(request)) is not None:
             return refusal
         return JSONResponse(service.status())
 
-    @app.put("/admin/mode")
+    @app.put("/admin/mode", summary="Switch the operating mode (runbooks push modes here)", response_model=None,
+             openapi_extra={"security": api.SECURITY, **api.json_body(api.MODE_DOCUMENT)},
+             responses={200: {"model": api.ModeReply, "description": "the mode now"}, **api.BAD_BODY,
+                        **api.ADMIN_RESPONSES})  # fmt: skip
     async def admin_mode(request: Request) -> Response:
         if (refusal := service.authorised(request)) is not None:
             return refusal
         try:
-            raw = json.loads(await request.body())
-            service.modes.apply(raw, source="admin API")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return JSONResponse({"error": f"body is not JSON ({exc})"}, status_code=400)
+            service.modes.apply(await _admin_document(request), source="admin API")
+        except BadRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except ModeError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse({"mode": service.modes.mode.to_dict(), "revision": service.modes.status()["revision"]})
 
-    @app.put("/admin/chaos")
+    @app.put("/admin/chaos", summary="Slow a layer of every model (drills; only with the chaos setting)",
+             response_model=None, openapi_extra={"security": api.SECURITY, **api.json_body(api.CHAOS_DOCUMENT)},
+             responses={200: {"model": api.ChaosReply, "description": "the slowed layers now"}, **api.BAD_BODY,
+                        **api.ADMIN_RESPONSES,
+                        503: {"model": api.ErrorBody, "description": "the models are not loaded yet"}})  # fmt: skip
     async def admin_chaos(request: Request) -> Response:
         """`{"slow_layer": {"layer": "block1", "seconds": 0.05}}` slows that layer of every model on this
         process; `{"slow_layer": null}` ends it. Only with the `chaos` setting (drills)."""
@@ -533,14 +610,14 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
         if service.runtime is None:
             return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
         try:
-            raw = json.loads(await request.body())
+            raw = await _admin_document(request)
             slow = raw["slow_layer"]
             if slow is None:
                 service.runtime.slow_layer(None)
             else:
                 service.runtime.slow_layer(str(slow["layer"]), float(slow["seconds"]))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return JSONResponse({"error": f"body is not JSON ({exc})"}, status_code=400)
+        except BadRequestError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except (KeyError, TypeError) as exc:
             return JSONResponse(
                 {"error": f'body must be {{"slow_layer": {{"layer": ..., "seconds": ...}}}} or null ({exc!r})'}, 422

@@ -215,6 +215,21 @@ class ServiceProcess:
         mode: dict[str, Any] = response.json()["mode"]
         return mode
 
+    def counter(self, name: str) -> float:
+        """A counter's value on the service's /metrics now, summed over its labels (0 before its
+        first increment), e.g. `peakguard_answer_table_hits_lost` (the name without `_total`)."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        response = httpx.get(f"{self.url}/metrics", timeout=10)
+        response.raise_for_status()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(response.text)
+            if family.name == name
+            for sample in family.samples
+            if sample.name == f"{name}_total"
+        )
+
     def status(self) -> dict[str, Any]:
         response = httpx.get(
             f"{self.url}/admin/status", headers={"Authorization": f"Bearer {self.admin_token}"}, timeout=10

@@ -195,14 +195,24 @@ def test_the_service_part_runs_the_real_server_through_ramp_and_overloads(tmp_pa
     assert report["overload_rps"] == 3 * report["sustainable_rps"]
     search = [step for step in report["ramp"] if step["kind"] == "search"]
     assert search[-1]["sustained"] is False or len(search) == 12
-    for run_ in ("overload_protected", "overload_batch_of_one", "overload_unprotected"):
+    for run_ in ("overload_protected", "overload_batch_of_one", "overload_shedding", "overload_unprotected"):
         assert report[run_]["sent"] > 0
+    table = report["overload_shedding"]["answer_table"]
+    assert table["answered"] >= report["overload_shedding"]["answered_by"].get("cache", 0)  # warm-up ones too
+    assert table["hits_lost"] >= 0 and 0 <= report["answer_table_hits_lost_share"] <= 1
+    assert 0 <= report["overload_protected"]["goodput_rps"] <= report["overload_protected"]["throughput_rps"]
     assert report["overload_protected"]["memory"]["peak_bytes"] > 0
     assert report["overload_5xx"] == 0  # sheds are 429/503 with Retry-After, never a failure
     assert {"overload_p99_ratio_protected", "overload_p99_ratio_unprotected", "batching_throughput_ratio"} <= set(
         report
     )
-    for run_ in ("unloaded", "overload_protected", "overload_batch_of_one", "overload_unprotected"):
+    for run_ in (
+        "unloaded",
+        "overload_protected",
+        "overload_batch_of_one",
+        "overload_shedding",
+        "overload_unprotected",
+    ):
         assert report[run_]["breaker_open"] == {"before": False, "after": False}
         assert set(report[run_]["answered_by"]) <= {"full/fp32", "cache"}
     # Two-second runs cannot give 2000 answers: their p99s are refused, and the goals on them too.

@@ -112,10 +112,13 @@ def test_every_response_is_counted_once_under_its_outcome(
     statuses = [reply.status_code for reply in replies]
     assert statuses == [200, 200, 400, 422, 413, 500, 500, 503, 429]
     assert (answered.json()["served_by"], cached.json()["served_by"]) == ("model", "cache")
-    assert unhandled.json() == {"error": "internal error: RuntimeError"}
+    request_id = unhandled.headers["x-request-id"]
+    assert unhandled.json() == {"error": "unhandled error answering POST /v1/intent: RuntimeError",
+                                "request_id": request_id}  # fmt: skip
     assert unhandled.headers["content-type"] == "application/json"
     assert "Retry-After" in warming_up.headers and "not ready: warming up" in warming_up.json()["error"]
     (logged,) = [r for r in caplog.records if r.getMessage().startswith("unhandled error")]
+    assert f"(request {request_id})" in logged.getMessage()
     assert logged.levelno == logging.ERROR and logged.exc_info is not None
     assert isinstance(logged.exc_info[1], RuntimeError)
 

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -75,6 +76,8 @@ def test_concurrent_requests_are_batched_and_all_answered(running: Running) -> N
         (b'{"text": 42}', 422, '"text" must be a string, got int'),
         (b'{"text": "   "}', 422, '"text" is empty'),
         (json.dumps({"text": "x" * 201}).encode(), 413, "201 characters; the limit is 200"),
+        (b"[" * 1100 + b"]" * 1100, 400, "nested deeper than the parser goes"),  # was a 500 (RecursionError)
+        (b'{"text": "\\ud800 card"}', 400, "lone surrogate (U+D800)"),  # was a 500 (the tokenizer's TypeError)
     ],
 )
 def test_bad_input_gets_a_clear_4xx_and_harms_nobody(running: Running, body: bytes, status: int, message: str) -> None:
@@ -240,7 +243,13 @@ def test_the_gate_refuses_before_routing_and_before_the_body_is_read(running: Ru
         sent.append(message)
 
     gate = _AdmissionGate(inner_app, running.service)
-    asyncio.run(gate({"type": "http", "method": "POST", "path": "/v1/intent", "headers": []}, receive, send))
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/intent",
+        "headers": [(b"content-type", b"application/json")],
+    }
+    asyncio.run(gate(scope, receive, send))
 
     start, body = sent
     assert start["status"] == 429
@@ -324,3 +333,49 @@ def test_without_a_budget_share_batches_are_bounded_by_the_mode_alone(running: R
 
     assert running.service.settings.batch_budget_share is None  # the default, until measured to pay
     assert running.service.batch_bounds() == (1, 128)
+
+
+def test_the_headers_are_checked_before_admission_and_counted_as_the_callers(running: Running) -> None:
+    _overloaded(running.service)  # admission would refuse anything that reached it
+    with running.client() as client:
+        plain = client.post("/v1/intent", content=b'{"text": "hi"}', headers={"content-type": "text/plain"})
+        big = client.post("/v1/intent", content=b" " * 3000, headers={"content-type": "application/json"})
+        metrics = client.get("/metrics").text
+
+    assert plain.status_code == 415 and "send application/json" in plain.json()["error"]
+    assert big.status_code == 413 and "body of 3000 bytes; the limit is 2224 bytes" in big.json()["error"]
+    assert 'peakguard_errors_total{kind="http_415"} 1.0' in metrics
+    assert 'peakguard_request_seconds_count{outcome="client_error",served_by="none"} 2.0' in metrics
+    assert "peakguard_shed_total{" not in metrics  # neither reached admission
+
+
+def test_a_chunked_body_is_refused_as_soon_as_it_passes_the_cap(running: Running) -> None:
+    def chunks() -> Iterator[bytes]:
+        for _ in range(50):
+            yield b" " * 1000
+
+    with running.client() as client:
+        reply = client.post("/v1/intent", content=chunks(), headers={"content-type": "application/json"})
+    with running.client() as client:
+        after = _ask(client)
+
+    assert reply.status_code == 413 and "the limit is 2224 bytes" in reply.json()["error"]
+    assert after.status_code == 200
+
+
+def test_a_mode_names_a_version_from_the_artifact_root_never_a_path(running: Running) -> None:
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running.client() as client:
+        for version, message in (("/abs/path", "never a path"), ("../v1", "never a path"),
+                                 ("v1/../../etc", "never a path"), ("v9", "'v9' is not a version under")):  # fmt: skip
+            reply = client.put("/admin/mode", json={"model_version": version}, headers=auth)
+            assert reply.status_code == 422 and message in reply.json()["error"], (version, reply.text)
+        deep = client.put("/admin/mode", content=b"[" * 1100 + b"]" * 1100,
+                          headers=auth | {"content-type": "application/json"})  # fmt: skip
+        plain = client.put("/admin/mode", content=b'{"shedding": true}', headers=auth | {"content-type": "text/plain"})
+        known = client.put("/admin/mode", json={"model_version": "v1"}, headers=auth)
+        answer = _ask(client)
+
+    assert deep.status_code == 400 and "nested deeper" in deep.json()["error"]
+    assert plain.status_code == 415
+    assert known.status_code == 200 and answer.json()["version"] == "v1"

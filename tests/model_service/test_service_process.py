@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from model_service.service_process import ServiceProcess, ServiceStartError, cpu_seconds, running_on, split_cores
+from peakguard.cli import main
 from tests.model_service.conftest import write_tiny_artifacts
 
 
@@ -45,13 +46,26 @@ def test_a_service_that_cannot_start_says_why(tmp_path: Path) -> None:
     assert not service.log_path.parent.exists()
 
 
-def test_a_service_whose_models_are_missing_is_never_ready(tmp_path: Path) -> None:
-    # The process lives (it reports the load error on /readyz) but must not be taken as ready.
-    service = ServiceProcess({"artifacts": str(tmp_path / "empty")}, ready_timeout=8, log_dir=tmp_path)
-    with pytest.raises(ServiceStartError, match="not ready after 8 s"):
+def test_a_service_whose_models_are_missing_exits_with_the_reason(tmp_path: Path) -> None:
+    # Before, it served /healthz and never became ready: a pod that waits forever instead of crashing.
+    (tmp_path / "empty").mkdir()
+    service = ServiceProcess({"artifacts": str(tmp_path / "empty")}, ready_timeout=60, log_dir=tmp_path)
+    with pytest.raises(ServiceStartError, match="exited with code 2") as error:
         service.start()
+    assert "no model versions under" in str(error.value)
     assert service.rss_bytes() == 0  # stopped, nothing left running
     assert not service.log_path.parent.exists()
+
+
+def test_a_service_whose_weights_do_not_load_is_never_ready(tmp_path: Path) -> None:
+    # What the cheap check before the port opens cannot see (weights that fail their hash) is
+    # reported on /readyz, and the process must not be taken as ready.
+    folder = write_tiny_artifacts(tmp_path / "models")
+    (folder / "light.safetensors").write_bytes(b"not weights")
+    service = ServiceProcess({"artifacts": str(folder.parent)}, ready_timeout=8, log_dir=tmp_path)
+    with pytest.raises(ServiceStartError, match="not ready after 8 s"):
+        service.start()
+    assert service.rss_bytes() == 0
 
 
 def _healthz_on(connection: http.client.HTTPConnection) -> int:
@@ -105,3 +119,12 @@ def test_running_on_pins_this_process_for_the_block_only() -> None:
     with running_on({max(own)}):
         assert os.sched_getaffinity(0) == {max(own)}
     assert os.sched_getaffinity(0) == own
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "http"])
+def test_serve_refuses_a_port_it_cannot_listen_on_in_one_line(port: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--artifacts", "models", "--port", port])
+    assert exited.value.code == 2
+    error = capsys.readouterr().err
+    assert "is not a port number (1-65535)" in error and "Traceback" not in error
