@@ -10,13 +10,35 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from typing import Any
 
 __all__ = ["main"]
 
 
+class _DefaultsShown(argparse.HelpFormatter):
+    """Each option's default in its help, unless the help already says it (or there is none to say)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = (None, False, True, "", argparse.SUPPRESS)
+        if (not action.option_strings or action.nargs == 0 or "default" in text or action.default in quiet
+                or action.default == [] or not text):  # fmt: skip
+            return action.help
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """The root's parser class: every subcommand's parser (their `add_parser`s inherit the class)
+    shows defaults the same way."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="peakguard",
         description=(
             "Keep the AI customer-service model alive through a traffic surge: provision its GPU "
@@ -24,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
             "explains each command."
         ),
     )
+    parser.add_argument("--version", action="version", version=f"peakguard {_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for entry in sorted(entry_points(group="peakguard.commands"), key=lambda e: e.name):
         try:
@@ -36,8 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    try:
+        return version("peakguard")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def _unavailable(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    commands: argparse._SubParsersAction[_Parser],
     name: str,
     package: str,
     exc: ImportError,

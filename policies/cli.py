@@ -32,7 +32,9 @@ def register(commands: Any) -> None:
             "findings are listed as suppressed. " + _EXIT
         ),
     )
-    check.add_argument("--env", required=True, choices=("dev", "staging", "prod"))
+    check.add_argument(
+        "--env", required=True, choices=("dev", "staging", "prod"), help="the stack to check: Pulumi.<env>.yaml"
+    )
     check.add_argument(
         "--format",
         choices=("text", "json", "sarif", "github", "junit"),
@@ -64,7 +66,9 @@ def register(commands: Any) -> None:
         help="every rule with its ID, level, domain, why and peer IDs",
         description="The pack's rule metadata as data: a Markdown table or JSON.",
     )
-    rules.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    rules.add_argument(
+        "--format", choices=("markdown", "json"), default="markdown", help="a Markdown table (default) or JSON"
+    )
     rules.set_defaults(handler=_rules)
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runbooks.catalog import RUNBOOKS
-from runbooks.spec import Runbook
+from runbooks.spec import REQUIRED, Runbook
 
 __all__ = ["register"]
 
@@ -45,8 +45,9 @@ def register(commands: Any) -> None:
             one = names.add_parser(runbook.name, help=runbook.summary, description=runbook.summary)
             _environment_options(one)
             for param in runbook.params:
-                default = "" if param.default is None else f" (default {param.default})"
-                one.add_argument(f"--{param.name}", dest=f"param:{param.name}", default=None,
+                required = param.default is REQUIRED
+                default = "" if required or param.default is None else f" (default {param.default})"
+                one.add_argument(f"--{param.name}", dest=f"param:{param.name}", default=None, required=required,
                                  metavar=param.name.upper().replace("-", "_") if not param.choices else None,
                                  choices=param.choices or None, help=param.help + default)  # fmt: skip
             if action == "run":
