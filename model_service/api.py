@@ -63,7 +63,7 @@ def json_body(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 MODE_DOCUMENT: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "type": "object", "additionalProperties": False,
     "description": "a (partial) operating mode: fields left out keep their current values",
     "properties": {
         "model": {"enum": ["full", "light"]},
@@ -108,9 +108,9 @@ def intent_docs(max_chars: int) -> dict[str, Any]:
             200: {"model": IntentAnswer, "description": "the answer"},
             400: _error("the body is not UTF-8 JSON, nests deeper than the parser goes, or the text has a lone "
                         "surrogate"),
-            413: _error(f"the body is longer than a {max_chars}-character query could need, or the text is longer"),
+            413: _error(f"the body is longer than a {max_chars}-character query could need"),
             415: _error("the Content-Type is not application/json (UTF-8)"),
-            422: _error('not an object with a non-empty string "text"'),
+            422: _error(f'not an object with a non-empty string "text" of at most {max_chars} characters'),
             429: _error("refused by admission control: it would not be answered within the latency budget",
                         headers=_RETRY_AFTER),
             500: _error("an unexpected error (logged and counted)"),

@@ -81,7 +81,8 @@ def parse(body: bytes, max_chars: int) -> str:
             400, f'"text" has a lone surrogate (U+{ord(query[exc.start]):04X}) at {exc.start}'
         ) from None
     if len(query) > max_chars:
-        raise BadRequestError(413, f'"text" has {len(query)} characters; the limit is {max_chars}')
+        # 422, not 413: the body is within its size; one field fails validation.
+        raise BadRequestError(422, f'"text" has {len(query)} characters; the limit is {max_chars}')
     query = query.translate(_CONTROLS)
     if not unicodedata.is_normalized("NFC", query):
         query = unicodedata.normalize("NFC", query)

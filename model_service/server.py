@@ -60,8 +60,8 @@ class ServiceSettings:
     """Bearer token for /admin; empty disables the admin API. Never logged."""
     initial_mode: OperatingMode = field(default_factory=OperatingMode)
     max_chars: int = 2000
-    """Longest accepted query in characters; longer is 413, and so is a body longer than such a query
-    could need (`query.body_cap`), as soon as its Content-Length says so or its bytes exceed it."""
+    """Longest accepted query in characters; longer is 422. A body longer than such a query could
+    need (`query.body_cap`) is 413, as soon as its Content-Length says so or its bytes exceed it."""
     latency_budget: float = 0.5
     """Seconds a request may wait for and spend in its batch before admission refuses it."""
     max_queue: int = 2048

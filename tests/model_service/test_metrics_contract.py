@@ -110,7 +110,7 @@ def test_every_response_is_counted_once_under_its_outcome(
 
     replies = (answered, cached, not_json, no_text, too_long, inference, unhandled, warming_up, shed)
     statuses = [reply.status_code for reply in replies]
-    assert statuses == [200, 200, 400, 422, 413, 500, 500, 503, 429]
+    assert statuses == [200, 200, 400, 422, 422, 500, 500, 503, 429]
     assert (answered.json()["served_by"], cached.json()["served_by"]) == ("model", "cache")
     request_id = unhandled.headers["x-request-id"]
     assert unhandled.json() == {"error": "unhandled error answering POST /v1/intent: RuntimeError",
@@ -133,8 +133,7 @@ def test_every_response_is_counted_once_under_its_outcome(
     assert sum(after.responses.values()) == len(replies)
     assert +after.errors == {
         "http_400": 1,
-        "http_422": 1,
-        "http_413": 1,
+        "http_422": 2,
         "inference": 1,
         "unhandled": 1,
         "not_ready": 1,
