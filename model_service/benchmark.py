@@ -43,6 +43,7 @@ __all__ = [
     "SEED_MATRIX",
     "UNLOADED_RPS",
     "BenchSettings",
+    "judge_goals",
     "measure_run",
     "median_latencies",
     "render",
@@ -501,7 +502,7 @@ def _aggregate(repetitions: list[dict[str, dict[str, Any]]]) -> dict[str, dict[s
     return out
 
 
-def _goals(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def judge_goals(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each goal judged on its figure's median; a figure measured improperly meets no goal."""
     goals: dict[str, tuple[str, Callable[[float], bool]]] = {
         "batching_throughput_ratio": (">= 3", lambda v: v >= 3),
@@ -583,7 +584,7 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
         report["accuracy"]["tfidf_baseline"] = report["tfidf_baseline"]["test_accuracy"]
     report["figures"] = _aggregate([rep["figures"] for rep in repetitions])
     report["seed_matrix"] = _seed_matrix(report["figures"], report["accuracy"], settings.batch)
-    report["goals"] = _goals(report["figures"])
+    report["goals"] = judge_goals(report["figures"])
     report["repetitions"] = repetitions
     return report
 

@@ -209,7 +209,7 @@ def register_bench(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
         help="benchmarks: `peakguard bench model`, `bench profile`, `bench server`, `bench pruning`, `bench ab`, "
-        "`bench refusal`, `bench table`",
+        "`bench refusal`, `bench peer`, `bench table`",
         description="Benchmarks that measure, print their figures and write JSON.",
     )
     kinds = parser.add_subparsers(dest="bench", metavar="BENCHMARK", required=True)
@@ -389,6 +389,27 @@ def register_bench(commands: Any) -> None:
     refusal.add_argument("--rounds", type=_positive_int, default=2, help="bursts per variant (default 2)")
     refusal.add_argument("--json", type=Path, help="write the report here (atomically)")
     refusal.set_defaults(handler=_bench_refusal)
+    peer = kinds.add_parser(
+        "peer",
+        help="the Ray Serve peer against a recorded `bench model` run",
+        description=(
+            "Measure Ray Serve's @serve.batch (the bench extra) serving the same model version on the same core, held "
+            "to the SLO, latency budget and rates of a recorded `peakguard bench model --json` run, with peakguard's "
+            "own 8x and equal-rate runs made again beside the peer's: the peer's unloaded p99 and sustainable rate, "
+            "8x with Ray's unbounded queue, then with its queue bounded for the budget (goodput, p99, 5xx), and p99 "
+            "at an equal answered rate. What `bench model --peer ray-serve` does inside a run, without remeasuring "
+            "everything else. About 15 minutes on 2 cores."
+        ),
+    )
+    peer.add_argument("--artifacts", type=Path, required=True, help="artifact root holding the report's model version")
+    peer.add_argument("--against", type=Path, required=True, metavar="REPORT", help="a `bench model --json` report")
+    peer.add_argument("--repetition", type=_positive_int, default=1, help="which of its repetitions sets the rates")
+    peer.add_argument("--data", type=Path, help="data folder with banking77/: real query texts for the load")
+    peer.add_argument("--overload-seconds", type=float, default=120.0, help="length of each 8x run")
+    peer.add_argument("--unloaded-seconds", type=float, default=215.0, help="length of the peer's unloaded run")
+    peer.add_argument("--step-seconds", type=float, default=8.0, help="length of each sustainable-rate step")
+    peer.add_argument("--json", type=Path, help="write the report here (atomically)")
+    peer.set_defaults(handler=_bench_peer)
 
 
 def _version_arguments(parser: argparse.ArgumentParser) -> None:
@@ -510,6 +531,26 @@ def _bench_refusal(args: argparse.Namespace) -> int:
         return run(settings, log=_say)
 
     return _measured("refusal", measure, render, args.json)
+
+
+def _bench_peer(args: argparse.Namespace) -> int:
+    import json
+
+    from model_service.load_generator import query_texts
+    from model_service.peer_comparison import render, run_against
+
+    def measure() -> dict[str, Any]:
+        try:
+            recorded = json.loads(args.against.read_text())
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"--against {args.against}: not a readable `bench model` JSON report ({exc})") from None
+        return run_against(
+            recorded, args.artifacts, texts=query_texts(args.data), repetition=args.repetition,
+            unloaded_seconds=args.unloaded_seconds, step_seconds=args.step_seconds,
+            overload_seconds=args.overload_seconds, log=_say,
+        )  # fmt: skip
+
+    return _measured("peer", measure, render, args.json)
 
 
 def _bench_server(args: argparse.Namespace) -> int:

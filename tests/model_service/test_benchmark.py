@@ -11,9 +11,9 @@ from model_service.benchmark import (
     SEED_MATRIX,
     BenchSettings,
     _aggregate,
-    _goals,
     _same_answerer,
     _sustains,
+    judge_goals,
     render,
     run,
 )  # fmt: skip
@@ -52,7 +52,7 @@ def _figure(median: float, valid: bool = True) -> dict[str, Any]:
 
 
 def test_goals_say_met_or_missed_and_an_invalid_figure_meets_none() -> None:
-    goals = _goals({
+    goals = judge_goals({
         "int8_speedup": _figure(1.6), "light_speedup": _figure(3.4), "overload_5xx": _figure(0),
         "light_param_reduction": _figure(0.78), "overload_p99_ratio_protected": _figure(2.0, valid=False),
     })  # fmt: skip

@@ -30,7 +30,8 @@ def _fuzz(url: str, token: str, folder: Path, *, examples: int) -> dict[str, Any
         "--header", f"Authorization: Bearer {token}", "--request-timeout", "10", "--no-color",
         "--report", "json", "--report-json-path", str(report), "--generation-database", "none",
     ]  # fmt: skip
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    # In the test's folder: schemathesis keeps a .schemathesis/ cache in its working directory.
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False, cwd=folder)
     assert report.is_file(), finished.stdout[-3000:] + finished.stderr[-3000:]
     result: dict[str, Any] = json.loads(report.read_text())
     result["output"] = finished.stdout[-6000:]

@@ -13,9 +13,10 @@ import httpx
 import pytest
 
 from model_service.modes import OperatingMode
-from model_service.peer_comparison import figures
+from model_service.peer_comparison import figures, run_against
 from model_service.ray_peer import PeerSettings, RayServeProcess, queue_bound
 from model_service.runtime import ModelRuntime
+from peakguard.cli import main
 from tests.model_service.conftest import write_tiny_artifacts
 
 TEXTS = ("where is my new card", "top up failed", "what is the exchange rate", "I lost my card", "refund please")
@@ -145,3 +146,22 @@ def test_the_comparison_judges_goodput_and_p99_at_an_equal_rate() -> None:
     # The generator fell behind while the peer ran: its goodput, and the ratio to it, are invalid.
     lagging = figures(*_reports(peer_lag=9.0))
     assert lagging["peer_goodput_ratio"][1] and lagging["peer.overload_goodput_rps"][1]
+
+
+def test_a_peer_run_against_a_report_needs_its_service_run_and_its_model(tmp_path: Path) -> None:
+    models_only = {"version": "v1", "settings": {}, "repetitions": [{"latency_ms_batch": {}}]}
+    with pytest.raises(ValueError, match=r"no service run in repetition 1 .* --no-service report has none"):
+        run_against(models_only, tmp_path, texts=TEXTS, unloaded_seconds=1, step_seconds=1, overload_seconds=1)
+    with pytest.raises(ValueError, match=r"no service run in repetition 3 \(it has 1 repetitions"):
+        run_against(models_only, tmp_path, texts=TEXTS, repetition=3, unloaded_seconds=1, step_seconds=1,
+                    overload_seconds=1)  # fmt: skip
+    recorded = {"version": "v7", "settings": {}, "repetitions": [{"sustainable_rps": 50.0}]}
+    with pytest.raises(FileNotFoundError, match="v7: the report's model version is not under --artifacts"):
+        run_against(recorded, tmp_path, texts=TEXTS, unloaded_seconds=1, step_seconds=1, overload_seconds=1)
+
+
+def test_bench_peer_names_a_report_it_cannot_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "bench.json").write_text("{not json")
+    code = main(["bench", "peer", "--artifacts", str(tmp_path), "--against", str(tmp_path / "bench.json")])
+    assert code == 2
+    assert "not a readable `bench model` JSON report" in capsys.readouterr().err
