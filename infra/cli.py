@@ -44,6 +44,13 @@ def register(commands: Any) -> None:
         help="table for people (default), json for scripts: every resource's inputs",
     )
     parser.add_argument(
+        "--stack-file",
+        type=Path,
+        metavar="PATH",
+        default=None,
+        help="preview this stack file as ENV instead of Pulumi.<env>.yaml (a proposed change), as `policy check` does",
+    )
+    parser.add_argument(
         "--k8s-yaml",
         type=Path,
         metavar="DIR",
@@ -63,9 +70,11 @@ def _preview(args: argparse.Namespace) -> int:
 
     errors = Console(stderr=True)
     try:
-        run = run_offline(args.env, project_dir=args.project_dir)
+        run = run_offline(args.env, project_dir=args.project_dir, stack_file=args.stack_file)
     except ConfigError as exc:
-        errors.print(f"[red]peakguard preview: invalid config for {args.env}:[/red] {exc}", highlight=False)
+        # soft_wrap: a message is one line, so a key path is never split across two.
+        errors.print(f"[red]peakguard preview: invalid config for {args.env}:[/red] {exc}", highlight=False,
+                     soft_wrap=True)  # fmt: skip
         return EXIT_CONFIG_ERROR
     if args.k8s_yaml is not None:
         from infra.manifests import write_yaml
@@ -73,7 +82,8 @@ def _preview(args: argparse.Namespace) -> int:
         try:
             written = write_yaml(run, args.k8s_yaml)
         except OSError as exc:
-            errors.print(f"[red]peakguard preview: cannot write to {args.k8s_yaml}:[/red] {exc}", highlight=False)
+            errors.print(f"[red]peakguard preview: cannot write to {args.k8s_yaml}:[/red] {exc}", highlight=False,
+                         soft_wrap=True)  # fmt: skip
             return EXIT_WRITE_ERROR
         errors.print(f"wrote {len(written)} files under {args.k8s_yaml}", highlight=False)
     if args.format == "json":

@@ -83,6 +83,19 @@ def test_invalid_config_exits_2_naming_the_key_the_value_and_the_limit(broken_pr
     assert result.stdout == ""
 
 
+def test_a_proposed_stack_file_is_previewed_as_the_env_and_its_error_is_one_line(broken_project: Path) -> None:
+    proposed = broken_project / "Pulumi.prod.yaml"
+    env = {**os.environ, "COLUMNS": "40", "NO_COLOR": "1"}  # a narrow terminal must not split the key path
+    result = subprocess.run(
+        [sys.executable, "-m", "peakguard", "preview", "--env", "prod", "--stack-file", str(proposed)],
+        cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "peakguard:gpuPools.full.maxUnavailablePercentage: must be <= 33" in line and "got 50" in line
+
+
 def test_project_dir_is_found_from_a_subdirectory() -> None:
     result = _peakguard("preview", "--env", "dev", "--format", "json", cwd=PROJECT_DIR / "infra")
 
