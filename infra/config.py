@@ -426,6 +426,9 @@ class _Obj:
         value = self._get(name, default)
         if value is default:
             return value
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # `kubernetesVersion: 1.30` is the number 1.3 to YAML: only quotes keep it text.
+            _fail(self._path(name), value, f"must be a string: YAML read a number; quote it (e.g. '{value}')")
         if not isinstance(value, str) or not value:
             _fail(self._path(name), value, "must be a non-empty string")
         if choices and value not in choices:
@@ -503,6 +506,15 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     if stack not in ENVIRONMENTS:
         _fail("stack", stack, f"must be one of {', '.join(ENVIRONMENTS)} (the stack name is the environment)")
     env = stack
+    for key in values:
+        namespace = str(key).partition(":")[0]
+        # A misspelt namespace would otherwise surface as "peakguard:network is required".
+        if namespace != PROJECT and difflib.get_close_matches(namespace, [PROJECT], n=1, cutoff=0.7):
+            _fail(
+                str(key),
+                values[key],
+                f"is not a key of this program; did you mean '{PROJECT}:{str(key).partition(':')[2]}'?",
+            )
     ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{PROJECT}:")}
     root = _Obj(PROJECT, ours, known=("network", "cluster", "gpuPools", "storage", "kubernetes", "tags"), separator=":")
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
-import yaml
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
+from infra import stack_yaml
 from infra.config import PROJECT, ConfigError, StackConfig
 
 __all__ = ["OfflineRun", "Registration", "find_project_dir", "load_stack_file", "run_offline"]
@@ -110,9 +110,9 @@ def load_stack_file(project_dir: Path, env: str, path: Path | None = None) -> di
         available = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
         raise ConfigError(f"{path}: no such stack file; stacks here: {', '.join(available) or 'none'}")
     try:
-        document = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+        document = stack_yaml.load(path) or {}
+    except stack_yaml.StackYamlError as exc:
+        raise ConfigError(str(exc)) from None
     config = document.get("config", {}) if isinstance(document, dict) else None
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: 'config' must be a mapping of keys to values")

@@ -1070,7 +1070,7 @@ def test_missing_required_key_is_named_as_required(key: str) -> None:
             {f"{FULL}.instanceType": 5},
             f"{FULL}.instanceType",
             5,
-            "must be a non-empty string",
+            "must be a string: YAML read a number; quote it",
             id="number-where-string",
         ),
         pytest.param(
@@ -1084,7 +1084,7 @@ def test_missing_required_key_is_named_as_required(key: str) -> None:
             {f"{CLUSTER}.kubernetesVersion": 1.33},
             f"{CLUSTER}.kubernetesVersion",
             1.33,
-            "must be a non-empty string",
+            "must be a string: YAML read a number; quote it (e.g. '1.33')",
             id="unquoted-kubernetes-version",
         ),
         pytest.param(
@@ -1264,3 +1264,10 @@ def test_trailing_newline_in_pool_name_is_refused() -> None:
     values["peakguard:gpuPools"]["mig\n"] = values["peakguard:gpuPools"].pop("mig")
 
     assert_refused(values, "prod", key="peakguard:gpuPools.mig\n", got="mig\n", says="pool names are")
+
+
+def test_a_misspelt_namespace_is_named_with_the_key_it_meant() -> None:
+    values = stack_values("prod")
+    values["peakgaurd:network"] = values.pop(NET)
+    assert_refused(values, "prod", key="peakgaurd:network", got=values["peakgaurd:network"],
+                   says="is not a key of this program; did you mean 'peakguard:network'?")  # fmt: skip
