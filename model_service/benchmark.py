@@ -325,7 +325,7 @@ def unloaded_p99(url: str, texts: Sequence[str], *, seconds: float, seed: int = 
 
 def sustainable_rate(
     url: str, texts: Sequence[str], *, slo: float, start_rps: float, step_seconds: float, seed: int = 0,
-    log: Log = print, confirm_seconds: float = 0.0, confirm_samples: int = 0,
+    log: Log = print, confirm_seconds: float = 0.0, confirm_samples: int = 0, none_is_an_answer: bool = False,
 ) -> tuple[float, list[dict[str, Any]]]:  # fmt: skip
     """The highest rate the service sustains (p99 within `slo`, under 1% refused, nearly everything
     answered), rising by half each step from `start_rps`; and the steps. "8x" is eight times this.
@@ -335,7 +335,8 @@ def sustainable_rate(
     take, and one noisy stretch of the machine must not halve it again and again (seen in the drill:
     three confirms in a row failing at rates the service took alone with p99 at a third of its SLO).
     `confirm_samples` lengthens the confirm until that many answers are expected, so its p99 is
-    one a report may quote; each step says why its figures are invalid, if they are."""
+    one a report may quote; each step says why its figures are invalid, if they are. Not even
+    `start_rps` sustained raises, unless `none_is_an_answer` (then the rate is 0)."""
     sustainable, steps, rps = 0.0, [], start_rps
 
     def step(rate: float, seconds: float, what: str) -> bool:
@@ -358,6 +359,8 @@ def sustainable_rate(
     if confirm > 0 and sustainable >= start_rps and not step(sustainable, confirm, "confirm"):
         sustainable /= 1.5
     if sustainable < start_rps:
+        if none_is_an_answer:  # a peer that sustains nothing within the SLO is a finding, not an error
+            return 0.0, steps
         raise RuntimeError(f"the service did not sustain even {start_rps} rps; see {steps}")
     return sustainable, steps
 
@@ -569,12 +572,13 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
             if settings.peer:
                 from model_service import peer_comparison  # Ray comes with the bench extra only
 
-                rep["peer"] = peer_comparison.compare(
+                rep["peer"] = peer_comparison.compare_or_say_why(
                     folder, rep, texts=texts, seed=settings.seed + index, unloaded_seconds=settings.unloaded_seconds,
                     step_seconds=settings.step_seconds, start_rps=settings.start_rps,
                     overload_seconds=settings.overload_seconds, serve_settings=dict(settings.serve_settings), log=log,
                 )  # fmt: skip
-                for name, (value, reasons) in peer_comparison.figures(rep, rep["peer"]).items():
+                judged = peer_comparison.figures(rep, rep["peer"]) if "error" not in rep["peer"] else {}
+                for name, (value, reasons) in judged.items():
                     rep.setdefault("peer_figures", {})[name] = {"value": value, "invalid_because": sorted(set(reasons))}
         rep["figures"] = _figures(rep) | rep.pop("peer_figures", {})
         repetitions.append(rep)
@@ -636,6 +640,9 @@ def render(report: dict[str, Any]) -> str:
         if "peer" not in rep:
             continue
         peer = rep["peer"]
+        if "error" in peer:
+            lines.append(f"peer {report['settings']['peer']}, repetition {index + 1}: not measured: {peer['error']}")
+            continue
         lines.append(
             f"peer {peer['peer']}, repetition {index + 1}: unloaded p99 {peer['unloaded_p99_ms']:.1f} ms, sustains "
             f"{peer['sustainable_rps']:.0f} rps; queue bounded at {peer['queue_bound']} for the "

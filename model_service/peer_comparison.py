@@ -26,7 +26,7 @@ from model_service.load_generator import P99_MIN_SAMPLES, invalid_because
 from model_service.ray_peer import RayServeProcess, queue_bound
 from model_service.service_process import ServiceProcess, running_on, split_cores
 
-__all__ = ["compare", "figures", "render", "run_against"]
+__all__ = ["compare", "compare_or_say_why", "figures", "render", "run_against"]
 
 Log = Callable[[str], None]
 
@@ -61,7 +61,7 @@ def compare(folder: Path, ours: dict[str, Any], *, texts: Sequence[str], seed: i
             log(f"  unloaded p99 {unloaded['latency_ms']['p99']} ms")
             sustainable, steps = sustainable_rate(
                 peer.url, texts, slo=slo, start_rps=start_rps, step_seconds=step_seconds, seed=seed, log=log,
-                confirm_samples=P99_MIN_SAMPLES,
+                confirm_samples=P99_MIN_SAMPLES, none_is_an_answer=True,
             )  # fmt: skip
             log(f"  8x unbounded: {overload_rps:.0f} rps for {overload_seconds:.0f} s")
             unbounded = measure_run(peer, overload_rps, overload_seconds, texts, seed, timeout=10, slo=slo)
@@ -76,7 +76,9 @@ def compare(folder: Path, ours: dict[str, Any], *, texts: Sequence[str], seed: i
         capacity = max(unbounded["throughput_rps"], sustainable, ours_overload["throughput_rps"])
         bound = queue_bound(budget, capacity)
         bounded = peer_base | {"max_ongoing": bound - 1, "max_queued": 1}
-        rate = min(sustainable, ours["sustainable_rps"])
+        # Where the peer sustains no rate within the SLO, the rate it still answered in full (the
+        # search's first step) is the equal answered rate: both answer everything, p99s compared.
+        rate = min(sustainable or start_rps, ours["sustainable_rps"])
         equal_seconds = P99_MIN_SAMPLES / rate * 1.1 + 1
         log(f"peer ray-serve, queue bounded at {bound} ({capacity:.1f} answers/s for the {budget * 1000:.0f} ms "
             f"budget): {overload_rps:.0f} rps, then {rate:.1f} rps")  # fmt: skip
@@ -98,6 +100,16 @@ def compare(folder: Path, ours: dict[str, Any], *, texts: Sequence[str], seed: i
     }  # fmt: skip
 
 
+def compare_or_say_why(folder: Path, ours: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    """`compare`, or `{"error": why}` when the peer could not be measured (Ray would not start, say):
+    one stack's failure must not cost a run its other figures."""
+    try:
+        return compare(folder, ours, **kwargs)
+    except (RuntimeError, OSError, ValueError) as exc:  # ServiceStartError is a RuntimeError
+        kwargs.get("log", print)(f"peer not measured: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def figures(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, tuple[float, list[str]]]:
     """Each peer figure (name: value, why it is invalid), and the two ratios its goals judge."""
     # peakguard's 8x run beside the peer's (older reports have only the service run's).
@@ -108,6 +120,8 @@ def figures(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, tuple[float
     confirmed = (
         [r for group in confirm for r in group] if confirm else ["the peer's sustainable rate was never confirmed"]
     )
+    if not peer["sustainable_rps"]:
+        confirmed = []  # sustaining nothing within the SLO is measured, not missing
     equal_ours, equal_peer = peer["equal_rate"]["peakguard"], peer["equal_rate"]["peer"]
     answered = (equal_ours["throughput_rps"], equal_peer["throughput_rps"])
     unequal = (

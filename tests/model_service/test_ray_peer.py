@@ -12,10 +12,13 @@ from typing import Any
 import httpx
 import pytest
 
+from model_service import peer_comparison
+from model_service.benchmark import sustainable_rate
 from model_service.modes import OperatingMode
 from model_service.peer_comparison import figures, run_against
 from model_service.ray_peer import PeerSettings, RayServeProcess, queue_bound
 from model_service.runtime import ModelRuntime
+from model_service.service_process import ServiceStartError, free_port
 from peakguard.cli import main
 from tests.model_service.conftest import write_tiny_artifacts
 
@@ -165,3 +168,24 @@ def test_bench_peer_names_a_report_it_cannot_read(tmp_path: Path, capsys: pytest
     code = main(["bench", "peer", "--artifacts", str(tmp_path), "--against", str(tmp_path / "bench.json")])
     assert code == 2
     assert "not a readable `bench model` JSON report" in capsys.readouterr().err
+
+
+def test_a_peer_that_cannot_be_measured_costs_the_run_nothing_else(monkeypatch: pytest.MonkeyPatch) -> None:
+    def would_not_start(*_args: object, **_kwargs: object) -> dict[str, Any]:
+        raise ServiceStartError("python -m model_service.ray_peer exited with code 1")
+
+    monkeypatch.setattr(peer_comparison, "compare", would_not_start)
+    said: list[str] = []
+    result = peer_comparison.compare_or_say_why(Path("/m/v1"), {}, log=said.append)
+    assert result == {"error": "ServiceStartError: python -m model_service.ray_peer exited with code 1"}
+    assert said and "peer not measured" in said[0]
+
+
+def test_sustaining_nothing_is_an_answer_for_a_peer_and_an_error_for_the_service() -> None:
+    # Nothing listens here: every request fails, so not even the first rate is sustained.
+    url = f"http://127.0.0.1:{free_port()}"
+    rate, steps = sustainable_rate(url, TEXTS, slo=0.5, start_rps=10, step_seconds=0.6, log=lambda _: None,
+                                   none_is_an_answer=True)  # fmt: skip
+    assert rate == 0.0 and steps and not steps[0]["sustained"]
+    with pytest.raises(RuntimeError, match="did not sustain even 10 rps"):
+        sustainable_rate(url, TEXTS, slo=0.5, start_rps=10, step_seconds=0.6, log=lambda _: None)
