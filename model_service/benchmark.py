@@ -533,7 +533,10 @@ def judge_goals(figures: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]
     }
 
 
-def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
+def run(settings: BenchSettings, *, log: Log = print,
+        on_repetition: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The whole bench. `on_repetition(report)`: the report so far, after each repetition (marked
+    `"partial": true` until the last), so that a run that dies late keeps what it measured."""
     folder = settings.artifacts / (settings.version or newest_version(settings.artifacts))
     torch.manual_seed(settings.seed)
     texts: Sequence[str] = SAMPLE_QUERIES
@@ -582,6 +585,14 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
                     rep.setdefault("peer_figures", {})[name] = {"value": value, "invalid_because": sorted(set(reasons))}
         rep["figures"] = _figures(rep) | rep.pop("peer_figures", {})
         repetitions.append(rep)
+        _summarise(report, repetitions, settings)
+        if on_repetition is not None:
+            on_repetition(report | {"partial": len(repetitions) < settings.repetitions})
+    return report
+
+
+def _summarise(report: dict[str, Any], repetitions: list[dict[str, Any]], settings: BenchSettings) -> None:
+    """Fill `report`'s figures, goals and matrix from the repetitions measured so far."""
     first = repetitions[0]
     report |= {key: first[key] for key in ("parameters", "accuracy", "accuracy_source", "oos_test_recall")}
     if "tfidf_baseline" in report:
@@ -590,7 +601,6 @@ def run(settings: BenchSettings, *, log: Log = print) -> dict[str, Any]:
     report["seed_matrix"] = _seed_matrix(report["figures"], report["accuracy"], settings.batch)
     report["goals"] = judge_goals(report["figures"])
     report["repetitions"] = repetitions
-    return report
 
 
 def render(report: dict[str, Any]) -> str:

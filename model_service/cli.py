@@ -579,10 +579,21 @@ def _bench_model(args: argparse.Namespace) -> int:
         serve_settings=tuple(args.serve_settings), peer=args.peer,
     )  # fmt: skip
     _use_threads(args.threads)
+
+    kept: list[int] = []
+
+    def keep(partial: dict[str, Any]) -> None:
+        if args.json:
+            from model_service.reports import write_json
+
+            write_json(partial, args.json)  # atomic: a run that dies later keeps its finished repetitions
+            kept.append(len(partial["repetitions"]))
+
     try:
-        report = run(settings, log=lambda line: print(line, flush=True))
+        report = run(settings, log=lambda line: print(line, flush=True), on_repetition=keep)
     except (ArtifactError, FileNotFoundError, ServiceStartError, RuntimeError, ValueError) as exc:
-        print(f"peakguard bench model: {exc}", file=sys.stderr)
+        saved = f"; the {kept[-1]} repetition(s) before it are in {args.json}" if kept else ""
+        print(f"peakguard bench model: {exc}{saved}", file=sys.stderr)
         return 2
     return _print_and_write(render(report), report, args.json)
 

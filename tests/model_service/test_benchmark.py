@@ -7,6 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from model_service import benchmark
 from model_service.benchmark import (
     SEED_MATRIX,
     BenchSettings,
@@ -155,6 +158,31 @@ def test_the_command_writes_the_json_report_and_the_readme_table_is_built_from_i
     assert f"{speedup['min']:.2f}x - {speedup['max']:.2f}x" in table
     assert "(invalid: repetition 1: too few answers)" in table
     assert "| full MoE test accuracy (FP32) | 90.00% |" in table
+
+
+def test_a_run_that_dies_late_keeps_its_finished_repetitions(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_tiny_artifacts(tmp_path / "models")
+    out = tmp_path / "bench.json"
+    models = benchmark._models
+    calls: list[int] = []
+
+    def second_one_dies(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("the service did not sustain even 10 rps")
+        return models(*args, **kwargs)
+
+    monkeypatch.setattr(benchmark, "_models", second_one_dies)
+    code = main(["bench", "model", "--artifacts", str(tmp_path / "models"), "--no-service", "--repeats", "1",
+                 "--repetitions", "3", "--json", str(out)])  # fmt: skip
+
+    assert code == 2
+    assert "the 1 repetition(s) before it are in" in capsys.readouterr().err
+    kept = json.loads(out.read_text())
+    assert kept["partial"] is True and len(kept["repetitions"]) == 1
+    assert set(kept) >= REQUIRED and kept["figures"]["int8_speedup"]["values"]
 
 
 def test_the_table_command_names_a_file_that_is_not_a_report(tmp_path: Path, capsys: Any) -> None:
