@@ -67,6 +67,9 @@ _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _IMAGE_BY_TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*:([A-Za-z0-9_][A-Za-z0-9._-]{0,127})$")
 _MOVING_TAGS = ("latest", "main", "master", "stable", "dev", "edge", "nightly")
 _CHART_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+_HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+# An EKS optimized AMI's release version: <kubernetes version>-<build date>, e.g. 1.33.4-20251010.
+_RELEASE_VERSION = re.compile(r"^\d+\.\d+\.\d+-\d{8}$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$")
 
 CHARTS = (
@@ -541,14 +544,23 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     if not isinstance(raw_tags, Mapping):
         _fail(f"{PROJECT}:tags", raw_tags, "must map tag names to values")
     tags: dict[str, str] = {}
+    room = facts.TAGS_PER_RESOURCE - facts.PROGRAM_TAGS_MAX
+    if len(raw_tags) > room:
+        limits = f"AWS allows {facts.TAGS_PER_RESOURCE} per resource, the program adds up to {facts.PROGRAM_TAGS_MAX}"
+        _fail(f"{PROJECT}:tags", f"{len(raw_tags)} tags", f"must be at most {room}: {limits}")
     for name, value in raw_tags.items():
+        key = f"{PROJECT}:tags.{name}"
         if not isinstance(value, str) or not value:
-            _fail(f"{PROJECT}:tags.{name}", value, "must be a non-empty string")
+            _fail(key, value, "must be a non-empty string")
         if str(name).startswith("peakguard:"):
             # The program's own tags (env, pool, managed-by) drive cost reports, runbooks and policies.
-            _fail(
-                f"{PROJECT}:tags.{name}", value, "is reserved: tags starting with 'peakguard:' are set by the program"
-            )
+            _fail(key, value, "is reserved: tags starting with 'peakguard:' are set by the program")
+        if str(name).lower().startswith("aws:"):
+            _fail(key, value, "is reserved by AWS: tag keys may not start with 'aws:'")
+        if len(str(name)) > facts.TAG_KEY_MAX:
+            _fail(key, value, f"has a key of {len(str(name))} characters; AWS allows {facts.TAG_KEY_MAX}")
+        if len(value) > facts.TAG_VALUE_MAX:
+            _fail(key, f"{len(value)} characters", f"must be at most {facts.TAG_VALUE_MAX} characters (AWS's limit)")
         tags[str(name)] = value
     return StackConfig(
         env=env,
@@ -636,6 +648,15 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
             list(cidrs),
             "must not include 0.0.0.0/0 in prod; list your VPN/bastion ranges",
         )
+    # Counted on the union: two /1s are the internet too, and overlapping ranges count once.
+    admitted = sum(net.num_addresses for net in ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in cidrs))
+    if env == "prod" and admitted > facts.PUBLIC_ENDPOINT_MAX_ADDRESSES:
+        _fail(
+            endpoint._path("publicAccessCidrs"),
+            list(cidrs),
+            f"admit {admitted} addresses together; prod allows {facts.PUBLIC_ENDPOINT_MAX_ADDRESSES} (a /16, "
+            "facts.PUBLIC_ENDPOINT_MAX_ADDRESSES): list your VPN/bastion ranges",
+        )
 
     service_text = node.text("serviceIpv4Cidr", default="172.20.0.0/16")
     try:
@@ -653,6 +674,9 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
     for log_type in log_types:
         if log_type not in _LOG_TYPES:
             _fail(node._path("logTypes"), log_type, f"must be among {', '.join(_LOG_TYPES)}")
+    if env == "prod" and not {"api", "audit"} <= set(log_types):
+        # An incident's first question is who changed what: prod keeps the API server's and the audit log.
+        _fail(node._path("logTypes"), list(log_types), "must include api and audit in prod")
 
     addons = node.child("addons", known=("vpcCni", "coredns", "kubeProxy"))
     versions = {
@@ -855,6 +879,8 @@ def _parse_image(node: _Obj, family: str) -> NodeImage:
             _fail(node._path("releaseVersion"), release, "applies to al2023 only; the ubuntu family pins amiId")
     elif ami_id is not None:
         _fail(node._path("amiId"), ami_id, "applies to ubuntu only; al2023 pools pin releaseVersion")
+    if release is not None and not _RELEASE_VERSION.fullmatch(release):
+        _fail(node._path("releaseVersion"), release, "must be an EKS AMI release version such as 1.33.4-20251010")
     return NodeImage(ami_id=ami_id, release_version=release)
 
 
@@ -972,6 +998,8 @@ def _parse_model_service(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> Model
     for key, quantity in (("cpu", cpu), ("memory", memory)):
         if not _QUANTITY.fullmatch(quantity):
             _fail(node._path(key), quantity, "must be a Kubernetes quantity such as 4, 500m or 16Gi")
+        if not re.search(r"[1-9]", quantity.rstrip("mKiMGT")):
+            _fail(node._path(key), quantity, "must be more than zero: a pod is guaranteed what it requests")
 
     mode_node = node.child("mode", known=("model", "precision", "shedding", "batchMin", "batchMax", "modelVersion"),
                            default=None)  # fmt: skip
@@ -994,9 +1022,12 @@ def _parse_model_service(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> Model
         certificate = ingress_node.text("certificateArn", default=None)
         if certificate is not None and not _ARN.fullmatch(certificate):
             _fail(ingress_node._path("certificateArn"), certificate, "must be an ACM certificate ARN")
+        host = ingress_node.text("host", default=None)
+        if host is not None and not _HOST.fullmatch(host):
+            _fail(ingress_node._path("host"), host, "must be a DNS name such as intent.example.com")
         ingress = IngressConfig(
             scheme=ingress_node.text("scheme", default="internal", choices=("internet-facing", "internal")),
-            host=ingress_node.text("host", default=None),
+            host=host,
             certificate_arn=certificate,
         )
 

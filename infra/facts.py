@@ -47,6 +47,21 @@ MAX_UNAVAILABLE_FRACTION = Fraction(1, 3)
 MAX_UNAVAILABLE_PERCENTAGE = math.floor(MAX_UNAVAILABLE_FRACTION * 100)
 """The same rule as EKS's `updateConfig.maxUnavailablePercentage` takes it: 33."""
 
+PUBLIC_ENDPOINT_MAX_ADDRESSES = 2**16
+"""Most addresses prod's public API endpoint may admit, counted on the union of its CIDRs: a /16,
+a company's VPN or office ranges. Ours, not AWS's: beyond it the endpoint is public in all but
+name (0.0.0.0/1 plus 128.0.0.0/1 is the whole internet without 0.0.0.0/0)."""
+
+# AWS's tag limits ("Tagging your AWS resources", Tag naming limits and requirements): at most 50
+# tags per resource, keys up to 128 characters, values up to 256, and the `aws:` prefix reserved.
+TAGS_PER_RESOURCE = 50
+TAG_KEY_MAX = 128
+TAG_VALUE_MAX = 256
+PROGRAM_TAGS_MAX = 10
+"""Tags the program adds to one resource at most (peakguard:env, :managed-by, :pool, :az,
+:generation, :serving, :pods-need-instance-metadata, Name, and cluster-autoscaler's), so a stack's
+own tags may take the rest of `TAGS_PER_RESOURCE`."""
+
 
 def capacity_with_headroom(peak: int, factor: Fraction = HEADROOM) -> int:
     """Capacity to provision for an expected peak of `peak` (nodes or replicas): ceil(1.3 x P).

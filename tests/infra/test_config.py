@@ -1271,3 +1271,55 @@ def test_a_misspelt_namespace_is_named_with_the_key_it_meant() -> None:
     values["peakgaurd:network"] = values.pop(NET)
     assert_refused(values, "prod", key="peakgaurd:network", got=values["peakgaurd:network"],
                    says="is not a key of this program; did you mean 'peakguard:network'?")  # fmt: skip
+
+
+MODEL_SERVICE = "peakguard:kubernetes.modelService"
+ENDPOINT = f"{CLUSTER}.endpoint.publicAccessCidrs"
+MANY_TAGS = {f"team{i}": "x" for i in range(45)}
+
+
+@pytest.mark.parametrize(
+    ("changes", "key", "got", "says"),
+    [
+        pytest.param({ENDPOINT: ["0.0.0.0/1", "128.0.0.0/1"]}, ENDPOINT, ["0.0.0.0/1", "128.0.0.0/1"],
+                     "admit 4294967296 addresses together; prod allows 65536", id="the-internet-in-two-halves"),
+        pytest.param({ENDPOINT: ["10.0.0.0/16", "10.1.0.0/16"]}, ENDPOINT, ["10.0.0.0/16", "10.1.0.0/16"],
+                     "admit 131072 addresses together", id="two-sixteens"),
+        pytest.param({f"{CLUSTER}.logTypes": []}, f"{CLUSTER}.logTypes", [], "must include api and audit in prod",
+                     id="control-plane-logs-off"),
+        pytest.param({f"{CLUSTER}.logTypes": ["api", "scheduler"]}, f"{CLUSTER}.logTypes", ["api", "scheduler"],
+                     "must include api and audit in prod", id="audit-log-off"),
+        pytest.param({"peakguard:tags": {"aws:team": "x"}}, "peakguard:tags.aws:team", "x", "is reserved by AWS",
+                     id="aws-prefix"),
+        pytest.param({"peakguard:tags": {"team": "x" * 300}}, "peakguard:tags.team", "300 characters",
+                     "must be at most 256 characters", id="long-tag-value"),
+        pytest.param({"peakguard:tags": {"k" * 129: "x"}}, f"peakguard:tags.{'k' * 129}", "x",
+                     "has a key of 129 characters; AWS allows 128", id="long-tag-key"),
+        pytest.param({"peakguard:tags": MANY_TAGS}, "peakguard:tags", "45 tags", "must be at most 40",
+                     id="too-many-tags"),
+        pytest.param({f"{MODEL_SERVICE}.cpu": "0"}, f"{MODEL_SERVICE}.cpu", "0", "must be more than zero",
+                     id="zero-cpu"),
+        pytest.param({f"{MODEL_SERVICE}.memory": "0Gi"}, f"{MODEL_SERVICE}.memory", "0Gi", "must be more than zero",
+                     id="zero-memory"),
+        pytest.param({f"{MODEL_SERVICE}.ingress": {"host": "not a host!!"}}, f"{MODEL_SERVICE}.ingress.host",
+                     "not a host!!", "must be a DNS name", id="bad-host"),
+        pytest.param({f"{FULL}.releaseVersion": "banana"}, f"{FULL}.releaseVersion", "banana",
+                     "must be an EKS AMI release version such as 1.33.4-20251010", id="bad-release-version"),
+        pytest.param({f"{FULL}.next": {"releaseVersion": "banana"}}, f"{FULL}.next.releaseVersion", "banana",
+                     "must be an EKS AMI release version", id="bad-next-release-version"),
+    ],
+)  # fmt: skip
+def test_values_aws_or_an_incident_would_refuse_are_refused_here(
+    changes: dict[str, Any], key: str, got: Any, says: str
+) -> None:
+    assert_refused(changed("prod", changes), "prod", key=key, got=got, says=says)
+
+
+def test_what_the_rules_allow_still_loads() -> None:
+    ingress = {"scheme": "internet-facing", "host": "intent.example.com"}
+    ok = changed("prod", {ENDPOINT: ["203.0.113.0/24", "198.51.100.0/24", "203.0.113.0/25"],
+                          "peakguard:tags": {"team": "search", "cost-center": "x" * 256},
+                          f"{MODEL_SERVICE}.cpu": "500m", f"{FULL}.releaseVersion": "1.33.4-20251010",
+                          f"{MODEL_SERVICE}.ingress": ingress})  # fmt: skip
+    config = load(ok, "prod")
+    assert config.tags["team"] == "search" and config.cluster.public_access_cidrs[-1] == "203.0.113.0/25"
