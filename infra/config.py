@@ -691,6 +691,13 @@ def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterCo
                 version_text,
                 f"must be an EKS add-on version like v1.2.3-eksbuild.1 for {addon}",
             )
+    kube_proxy = facts.parse_addon_version(versions["kube-proxy"])
+    assert kube_proxy is not None
+    if f"{kube_proxy[0]}.{kube_proxy[1]}" != version:
+        # EKS builds the kube-proxy add-on per Kubernetes version (EKS User Guide, "Manage kube-proxy",
+        # its versions table: v1.33.x for 1.33, v1.34.x for 1.34).
+        _fail(addons._path("kubeProxy"), versions["kube-proxy"], f"must be a build for Kubernetes {version} "
+              f"(v{version}.x-eksbuild.N): EKS builds kube-proxy per cluster version")  # fmt: skip
     vpc_cni = facts.parse_addon_version(versions["vpc-cni"])
     assert vpc_cni is not None
     if vpc_cni < facts.VPC_CNI_MIN_EFA_ONLY:

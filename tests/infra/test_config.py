@@ -1303,6 +1303,8 @@ MANY_TAGS = {f"team{i}": "x" for i in range(45)}
                      id="zero-memory"),
         pytest.param({f"{MODEL_SERVICE}.ingress": {"host": "not a host!!"}}, f"{MODEL_SERVICE}.ingress.host",
                      "not a host!!", "must be a DNS name", id="bad-host"),
+        pytest.param({f"{CLUSTER}.addons.kubeProxy": "v1.31.2-eksbuild.3"}, f"{CLUSTER}.addons.kubeProxy",
+                     "v1.31.2-eksbuild.3", "must be a build for Kubernetes 1.33", id="kube-proxy-of-another-minor"),
         pytest.param({f"{FULL}.releaseVersion": "banana"}, f"{FULL}.releaseVersion", "banana",
                      "must be an EKS AMI release version such as 1.33.4-20251010", id="bad-release-version"),
         pytest.param({f"{FULL}.next": {"releaseVersion": "banana"}}, f"{FULL}.next.releaseVersion", "banana",
