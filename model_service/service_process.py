@@ -126,10 +126,7 @@ class ServiceProcess:
             env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         command = self.command(config)
         with self.log_path.open("wb") as log:
-            # A session of its own: stop() can end whatever the server started too (the Ray peer's
-            # GCS, raylet and workers), not only the process it started.
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
-                                             start_new_session=True)  # fmt: skip
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
         if self.cpus:
             os.sched_setaffinity(self._process.pid, self.cpus)
         self._sampling.set()
@@ -239,8 +236,8 @@ class ServiceProcess:
         return body
 
     def stop(self) -> None:
-        """Stop the service (SIGTERM, then SIGKILL after `stop_timeout`), then whatever it started
-        and left running, and remove its config and log."""
+        """Stop the service (SIGTERM, then SIGKILL after `stop_timeout`) and remove its config and
+        log. A server that starts processes of its own (the Ray peer) ends them on SIGTERM."""
         self._sampling.clear()
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
@@ -250,8 +247,4 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-        if process is not None:
-            # Anything it started and left behind (its session is its own: start()).
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(process.pid, signal.SIGKILL)
         shutil.rmtree(self._folder, ignore_errors=True)
