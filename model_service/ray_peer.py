@@ -194,7 +194,11 @@ def main(argv: list[str] | None = None) -> int:
 
 class RayServeProcess(ServiceProcess):
     """The peer in a child process, started, ready-checked and stopped as `ServiceProcess` does
-    `peakguard serve`; ready once it has answered a query."""
+    `peakguard serve`; ready once it has answered a query. Its SIGTERM handler runs serve.shutdown
+    and ray.shutdown; Ray's agents can outlive that on a busy core, so its session goes too."""
+
+    name = "the Ray Serve peer (python -m model_service.ray_peer)"
+    own_session = True
 
     def command(self, config: Path) -> list[str]:
         command = [sys.executable, "-m", "model_service.ray_peer", "--config", str(config), "--host", self.host,

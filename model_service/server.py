@@ -143,8 +143,11 @@ class _AdmissionGate:
             await self.app(scope, receive, send)
             return
         started = time.time()
-        cap = body_cap(self.service.settings.max_chars)
-        refusal = self.service.refuse_headers(_headers(scope), started) or self.service.refuse_unread(started)
+        cap = self.service.body_cap
+        content_type, content_length = _body_headers(scope)
+        refusal = self.service.refuse_headers(content_type, content_length, started) or self.service.refuse_unread(
+            started
+        )
         if refusal is None:
             await self.app(scope, _capped(receive, cap), send)
             return
@@ -160,9 +163,16 @@ class _AdmissionGate:
             self.service.answer_table_would_have(unread)
 
 
-def _headers(scope: dict[str, Any]) -> dict[str, str]:
-    """The request's headers by lower-case name (latin-1, as HTTP/1.1 carries them); the last of repeats."""
-    return {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope.get("headers", [])}
+def _body_headers(scope: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(Content-Type, Content-Length) of the request, the last of repeats; None where absent. Only the
+    two are decoded: this runs for every request, the refused seven in eight at 8x included."""
+    content_type = content_length = None
+    for name, value in scope.get("headers", ()):
+        if name == b"content-type":  # ASGI servers give header names in lower case
+            content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            content_length = value.decode("latin-1")
+    return content_type, content_length
 
 
 def _capped(receive: Any, cap: int) -> Any:
@@ -218,6 +228,8 @@ class Service:
 
     def __init__(self, settings: ServiceSettings, *, tracing: Tracing | None = None) -> None:
         self.settings = settings
+        self.body_cap = body_cap(settings.max_chars)
+        """Bytes a query's body may take (query.body_cap)."""
         self.metrics = ServiceMetrics()
         self.tracing = tracing or Tracing()
         self.modes = ModeStore(settings.initial_mode, version_problem=self._version_problem)
@@ -384,12 +396,11 @@ class Service:
         )
         return _Early(decision.status, {"error": message}, {"retry-after": str(decision.retry_after)}, mode.shedding)
 
-    def refuse_headers(self, headers: dict[str, str], started: float) -> _Early | None:
+    def refuse_headers(self, content_type: str | None, content_length: str | None, started: float) -> _Early | None:
         """A 415 or 413 on the headers alone (query.check_headers), counted as a client error; None
         lets the request on to admission."""
         try:
-            check_headers(headers.get("content-type"), headers.get("content-length"),
-                          cap=body_cap(self.settings.max_chars))  # fmt: skip
+            check_headers(content_type, content_length, cap=self.body_cap)
         except BadRequestError as exc:
             self.metrics.observe_response(outcome="client_error", served_by="none", seconds=time.time() - started,
                                           reason=f"http_{exc.status}")  # fmt: skip

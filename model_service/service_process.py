@@ -72,6 +72,11 @@ class ServiceProcess:
 
     stop_timeout = 15.0
     """Seconds from SIGTERM to SIGKILL."""
+    name = "peakguard serve"
+    """What the errors call the server."""
+    own_session = False
+    """Start the server in a session of its own, and end the whole session on stop: for a server
+    that starts processes of its own (the Ray peer's GCS, raylet and agents)."""
 
     def __init__(
         self,
@@ -126,7 +131,8 @@ class ServiceProcess:
             env |= {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         command = self.command(config)
         with self.log_path.open("wb") as log:
-            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)  # noqa: S603
+            self._process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,  # noqa: S603
+                                             start_new_session=self.own_session)  # fmt: skip
         if self.cpus:
             os.sched_setaffinity(self._process.pid, self.cpus)
         self._sampling.set()
@@ -156,12 +162,12 @@ class ServiceProcess:
             while time.monotonic() < deadline:
                 assert self._process is not None
                 if (code := self._process.poll()) is not None:
-                    raise ServiceStartError(f"peakguard serve exited with code {code}:\n{self.log_tail()}")
+                    raise ServiceStartError(f"{self.name} exited with code {code}:\n{self.log_tail()}")
                 with contextlib.suppress(httpx.TransportError):
                     if self.is_ready(client):
                         return
                 time.sleep(0.2)
-        raise ServiceStartError(f"peakguard serve not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
+        raise ServiceStartError(f"{self.name} not ready after {self.ready_timeout:.0f} s:\n{self.log_tail()}")
 
     @property
     def pid(self) -> int | None:
@@ -212,20 +218,18 @@ class ServiceProcess:
         mode: dict[str, Any] = response.json()["mode"]
         return mode
 
-    def counter(self, name: str) -> float:
-        """A counter's value on the service's /metrics now, summed over its labels (0 before its
-        first increment), e.g. `peakguard_answer_table_hits_lost` (the name without `_total`)."""
+    def counters(self, *names: str) -> dict[str, float]:
+        """Counters' values on the service's /metrics now, from one scrape, each summed over its
+        labels (0 before its first increment); names without `_total`."""
         from prometheus_client.parser import text_string_to_metric_families
 
         response = httpx.get(f"{self.url}/metrics", timeout=10)
         response.raise_for_status()
-        return sum(
-            sample.value
-            for family in text_string_to_metric_families(response.text)
-            if family.name == name
-            for sample in family.samples
-            if sample.name == f"{name}_total"
-        )
+        values = dict.fromkeys(names, 0.0)
+        for family in text_string_to_metric_families(response.text):
+            if family.name in values:
+                values[family.name] += sum(s.value for s in family.samples if s.name == f"{family.name}_total")
+        return values
 
     def status(self) -> dict[str, Any]:
         response = httpx.get(
@@ -236,8 +240,8 @@ class ServiceProcess:
         return body
 
     def stop(self) -> None:
-        """Stop the service (SIGTERM, then SIGKILL after `stop_timeout`) and remove its config and
-        log. A server that starts processes of its own (the Ray peer) ends them on SIGTERM."""
+        """Stop the service (SIGTERM, then SIGKILL after `stop_timeout`), with `own_session` what it
+        left in its session, and remove its config and log."""
         self._sampling.clear()
         process, self._process = self._process, None
         if process is not None and process.poll() is None:
@@ -247,4 +251,7 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+        if process is not None and self.own_session:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)  # whatever the server left in its session
         shutil.rmtree(self._folder, ignore_errors=True)

@@ -25,6 +25,11 @@ def test_the_service_starts_ready_pinned_and_steerable(tmp_path: Path) -> None:
         assert service.pid is not None and os.sched_getaffinity(service.pid) == cpus
         assert service.rss_bytes() > 50 * 2**20  # torch and two models are resident
 
+        for _ in range(2):  # two 415s and a 422: one counter, two labels (http_415, http_422), summed
+            httpx.post(f"{service.url}/v1/intent", content=b"{}", headers={"content-type": "text/plain"}, timeout=10)
+        httpx.post(f"{service.url}/v1/intent", json={"text": 5}, timeout=10)
+        assert service.counters("peakguard_errors", "peakguard_shed") == {"peakguard_errors": 3.0,
+                                                                         "peakguard_shed": 0.0}  # fmt: skip
         assert service.set_mode(model="light")["model"] == "light"
         assert httpx.post(f"{service.url}/v1/intent", json={"text": "top up"}, timeout=10).json()["model"] == "light"
         assert service.status()["mode"]["model"] == "light"
