@@ -92,3 +92,52 @@ def _preview(args: argparse.Namespace) -> int:
         # Wide enough for the GPU table; a pipe or CI log gets the same layout as a terminal.
         render(run, Console(width=max(Console().width, 180)))
     return 0
+
+
+def register_facts(commands: Any) -> None:
+    """Add `facts` to the `peakguard` command (entry point `peakguard.commands`)."""
+    parser = commands.add_parser(
+        "facts",
+        help="check the instance facts the program sizes nodes by against EC2",
+        description="The facts the program, the policy pack and the runbooks share (infra/facts.py).",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    verify = actions.add_parser(
+        "verify",
+        help="diff the GPU instance table with EC2's DescribeInstanceTypes in a region",
+        description=(
+            "Ask EC2 (DescribeInstanceTypes, read-only, needs ec2:DescribeInstanceTypes) to describe every "
+            "instance type infra/facts.py lays out, and print each field where the table says otherwise: "
+            "network cards, EFA interfaces, GPUs, GPU model and memory, instance-store volumes and their size. "
+            "Credentials and endpoint come from the usual AWS settings (AWS_PROFILE, AWS_ENDPOINT_URL, ...). "
+            "Exit status: 0 the table agrees, 1 differences (printed), 2 EC2 could not be asked."
+        ),
+    )
+    verify.add_argument("--region", default=None, help="region to ask (default: AWS_REGION or the profile's)")
+    verify.set_defaults(handler=_facts_verify)
+
+
+def _facts_verify(args: argparse.Namespace) -> int:
+    import boto3
+    import botocore.exceptions
+
+    from infra.facts import INSTANCE_TYPES
+    from infra.instance_types_check import describe, differences
+
+    try:
+        ec2 = boto3.client("ec2", region_name=args.region)
+        found = differences(describe(ec2, INSTANCE_TYPES))
+    except botocore.exceptions.NoRegionError:
+        print("peakguard facts verify: no region: pass --region or set AWS_REGION", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        print(f"peakguard facts verify: EC2 could not be asked: {exc}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    for difference in found:
+        print(difference)
+    region = ec2.meta.region_name
+    if found:
+        print(f"{len(found)} difference(s) in {region}: fix infra/facts.py, citing the source", file=sys.stderr)
+        return 1
+    print(f"{len(INSTANCE_TYPES)} instance types agree with DescribeInstanceTypes in {region}")
+    return 0

@@ -70,6 +70,10 @@ _GPU_NODE_TOLERATIONS = [GPU_TAINT.toleration(), PREFLIGHT_TAINT.toleration()]
 class ClusterAddonsArgs:
     env: str
     chart_versions: Mapping[str, str]
+    cluster_autoscaler_image_tag: str
+    """The autoscaler release of the cluster's minor: the chart's default follows the chart, not the cluster."""
+    efa_device_plugin_image_tag: str
+    """The plugin's own release (the chart's version is not the plugin's)."""
     pools: Sequence[GpuPoolConfig]
     provider: k8s.Provider
     cluster_name: pulumi.Input[str]
@@ -195,6 +199,7 @@ class ClusterAddons(pulumi.ComponentResource):
         # name. The chart builds its required node affinity from `supportedInstanceLabels`.
         efa_label = {"vpc.amazonaws.com/efa.present": "true"}
         return {
+            "image": {"tag": self._args.efa_device_plugin_image_tag},
             "supportedInstanceLabels": {"keys": list(efa_label), "values": list(efa_label.values())},
             "nodeSelector": efa_label,
             "tolerations": _GPU_NODE_TOLERATIONS,
@@ -210,6 +215,8 @@ class ClusterAddons(pulumi.ComponentResource):
         )
         return {
             "autoDiscovery": {"clusterName": cluster},
+            # Chart 9.52.1 defaults to v1.34.x, which does not support a 1.33 cluster.
+            "image": {"tag": args.cluster_autoscaler_image_tag},
             "awsRegion": args.region,
             "rbac": {
                 "serviceAccount": {

@@ -66,6 +66,12 @@ _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _IMAGE_BY_TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*:([A-Za-z0-9_][A-Za-z0-9._-]{0,127})$")
 _MOVING_TAGS = ("latest", "main", "master", "stable", "dev", "edge", "nightly")
+_AUTOSCALER_TAG = re.compile(r"^v(\d+\.\d+)\.\d+$")
+_KUBERNETES_KEYS = ("charts", "clusterAutoscalerImageTag", "efaDevicePluginImageTag", "modelService")
+_PLUGIN_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
+EFA_DEVICE_PLUGIN_IMAGE_TAG = "v0.5.13"
+"""What chart aws-efa-k8s-device-plugin v0.5.20 (eks-charts) deploys by default: its values.yaml
+`image.tag`. Pinned here so that a chart bump never moves the plugin unannounced."""
 _CHART_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
 _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 # An EKS optimized AMI's release version: <kubernetes version>-<build date>, e.g. 1.33.4-20251010.
@@ -348,6 +354,10 @@ class ModelServiceConfig:
 class KubernetesConfig:
     chart_versions: Mapping[str, str]
     """Pinned Helm chart version per add-on (keys: `CHARTS`)."""
+    cluster_autoscaler_image_tag: str
+    """The autoscaler release of the cluster's Kubernetes minor (e.g. v1.33.3), whatever the chart's default."""
+    efa_device_plugin_image_tag: str
+    """The EFA device plugin's own release: the chart's version is not the plugin's (chart v0.5.20 runs v0.5.13)."""
     model_service: ModelServiceConfig
 
 
@@ -539,7 +549,11 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     if not pools:
         _fail(f"{PROJECT}:gpuPools", {}, "must define at least one GPU pool")
     storage = _parse_storage(root.child("storage", known=("fsx",), default=None), pools=pools)
-    kubernetes = _parse_kubernetes(root.child("kubernetes", known=("charts", "modelService")), pools=pools)
+    kubernetes = _parse_kubernetes(
+        root.child("kubernetes", known=_KUBERNETES_KEYS),
+        pools=pools,
+        kubernetes_version=cluster.kubernetes_version,
+    )
     raw_tags = ours.get("tags") or {}
     if not isinstance(raw_tags, Mapping):
         _fail(f"{PROJECT}:tags", raw_tags, "must map tag names to values")
@@ -929,7 +943,7 @@ _MODEL_SERVICE_KEYS = (
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
 
 
-def _parse_kubernetes(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> KubernetesConfig:
+def _parse_kubernetes(node: _Obj, *, pools: Sequence[GpuPoolConfig], kubernetes_version: str) -> KubernetesConfig:
     charts = node.child("charts", known=CHARTS)
     versions = {}
     for chart in CHARTS:
@@ -937,8 +951,29 @@ def _parse_kubernetes(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> Kubernet
         if not _CHART_VERSION.fullmatch(version):
             _fail(charts._path(chart), version, "must be an exact chart version such as 1.2.3 (ranges are not pinned)")
         versions[chart] = version
+    tag = node.text("clusterAutoscalerImageTag", default=facts.CLUSTER_AUTOSCALER_RELEASES.get(kubernetes_version))
+    if tag is None:
+        _fail(
+            node._path("clusterAutoscalerImageTag"),
+            None,
+            f"must be set for Kubernetes {kubernetes_version}: the cluster autoscaler release of that minor, "
+            f"v{kubernetes_version}.<patch> (kubernetes/autoscaler releases cluster-autoscaler-{kubernetes_version}.*)",
+        )
+    release = _AUTOSCALER_TAG.fullmatch(tag)
+    if release is None or release[1] != kubernetes_version:
+        _fail(
+            node._path("clusterAutoscalerImageTag"),
+            tag,
+            f"must be a release of the cluster's Kubernetes minor, v{kubernetes_version}.<patch>: the autoscaler "
+            "supports only the minor it was built for",
+        )
+    efa_plugin = node.text("efaDevicePluginImageTag", default=EFA_DEVICE_PLUGIN_IMAGE_TAG)
+    if not _PLUGIN_TAG.fullmatch(efa_plugin):
+        _fail(node._path("efaDevicePluginImageTag"), efa_plugin, "must be a plugin release such as v0.5.13")
     return KubernetesConfig(
         chart_versions=versions,
+        cluster_autoscaler_image_tag=tag,
+        efa_device_plugin_image_tag=efa_plugin,
         model_service=_parse_model_service(node.child("modelService", known=_MODEL_SERVICE_KEYS), pools=pools),
     )
 
@@ -975,6 +1010,13 @@ def _parse_model_service(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> Model
             light_pool,
             f"must be a pool with a migProfile ({', '.join(mig_pools) or 'this env has none'}): "
             "the light variant runs on MIG slices",
+        )
+    if light_pool is not None and by_name[light_pool].mig_profile == "all-balanced":
+        _fail(
+            node._path("lightPool"),
+            light_pool,
+            "is cut all-balanced (three sizes of MIG instance); the light variant asks for one size: give the "
+            "pool an all-<profile> migProfile such as all-1g.10gb",
         )
 
     gpus = node.number("gpusPerReplica", default=1, low=1, high=pool.instance.gpus)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 __all__ = [
+    "CLUSTER_AUTOSCALER_RELEASES",
     "EKS_TAINT_EFFECTS",
     "GENERATION_LABEL",
     "GPU_RESOURCE",
@@ -20,7 +21,10 @@ __all__ = [
     "INSTANCE_TYPES",
     "MAX_UNAVAILABLE_FRACTION",
     "MAX_UNAVAILABLE_PERCENTAGE",
+    "MIG_CONFIG_LABEL",
+    "MIG_INSTANCES_PER_GPU",
     "MIG_PROFILES",
+    "MIG_RESOURCE_PREFIX",
     "NODE_GROUP_LABEL",
     "POOL_LABEL",
     "PREFLIGHT_RESULT_ANNOTATION",
@@ -155,14 +159,35 @@ def parse_addon_version(text: str) -> tuple[int, int, int] | None:
     return (int(match[1]), int(match[2]), int(match[3])) if match else None
 
 
-MIG_PROFILES: dict[str, tuple[str, ...]] = {
-    # NVIDIA MIG user guide, "Supported MIG profiles".
-    "A100-SXM4-40GB": ("1g.5gb", "1g.10gb", "2g.10gb", "3g.20gb", "4g.20gb", "7g.40gb"),
-    "A100-SXM4-80GB": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-    "H100-SXM5-80GB": ("1g.10gb", "1g.20gb", "2g.20gb", "3g.40gb", "4g.40gb", "7g.80gb"),
-    "H200-SXM5-141GB": ("1g.18gb", "1g.35gb", "2g.35gb", "3g.71gb", "4g.71gb", "7g.141gb"),
+CLUSTER_AUTOSCALER_RELEASES: dict[str, str] = {
+    # The cluster autoscaler supports only the Kubernetes minor it was built against (its README,
+    # "Releases": "use the Cluster Autoscaler version that matches your Kubernetes minor"); a chart
+    # release defaults to the newest, e.g. chart 9.52.1 runs v1.34.x. Release tag
+    # cluster-autoscaler-1.33.3 of kubernetes/autoscaler, image registry.k8s.io/autoscaling/cluster-autoscaler.
+    "1.33": "v1.33.3",
 }
-"""MIG instance profiles per GPU. GPUs not listed (A10G, L40S) have no MIG."""
+"""Image tag of the cluster autoscaler per Kubernetes minor, when the stack does not name one."""
+
+MIG_INSTANCES_PER_GPU: dict[str, dict[str, int]] = {
+    # NVIDIA MIG User Guide, "Supported MIG Profiles", column "Number of Instances Available"
+    # (https://docs.nvidia.com/datacenter/tesla/mig-user-guide/supported-mig-profiles.html). How
+    # many fit depends on the GPU's memory: 1g.10gb is a seventh of an 80 GB GPU but a quarter of a
+    # 40 GB one. The +me (media extension) variants, one per GPU, are left out: we never ask for them.
+    "A100-SXM4-40GB": {"1g.5gb": 7, "1g.10gb": 4, "2g.10gb": 3, "3g.20gb": 2, "4g.20gb": 1, "7g.40gb": 1},
+    "A100-SXM4-80GB": {"1g.10gb": 7, "1g.20gb": 4, "2g.20gb": 3, "3g.40gb": 2, "4g.40gb": 1, "7g.80gb": 1},
+    "H100-SXM5-80GB": {"1g.10gb": 7, "1g.20gb": 4, "2g.20gb": 3, "3g.40gb": 2, "4g.40gb": 1, "7g.80gb": 1},
+    "H200-SXM5-141GB": {"1g.18gb": 7, "1g.35gb": 4, "2g.35gb": 3, "3g.71gb": 2, "4g.71gb": 1, "7g.141gb": 1},
+}
+"""MIG instances of each profile one GPU holds, by GPU model. GPUs not listed (A10G, L40S) have no MIG."""
+
+MIG_PROFILES: dict[str, tuple[str, ...]] = {gpu: tuple(counts) for gpu, counts in MIG_INSTANCES_PER_GPU.items()}
+"""MIG instance profiles per GPU."""
+
+MIG_CONFIG_LABEL = "nvidia.com/mig.config"
+"""Node label naming the MIG layout the GPU operator's MIG manager applies (`all-1g.10gb`, ...)."""
+
+MIG_RESOURCE_PREFIX = "nvidia.com/mig-"
+"""The GPU operator's mixed MIG strategy advertises each profile as its own extended resource."""
 
 
 @dataclass(frozen=True)
@@ -193,20 +218,44 @@ class InstanceType:
     def efa_interface_count(self) -> int:
         return min(self.network_cards, self.max_efa_interfaces)
 
+    def accelerators(self, mig_config: str | None = None) -> dict[str, int]:
+        """The extended resources one node advertises, by name: `nvidia.com/gpu` with MIG off, else
+        one `nvidia.com/mig-<profile>` per profile the layout (`nvidia.com/mig.config`) makes.
+
+        `all-balanced` is the GPU operator's default mixed layout (its default-mig-parted-config):
+        two of the smallest 1g profile, one 2g and one 3g per GPU."""
+        if mig_config in (None, "", "all-disabled") or not self.mig_profiles:
+            return {GPU_RESOURCE: self.gpus}
+        per_gpu = MIG_INSTANCES_PER_GPU[self.gpu_model]
+        if mig_config == "all-balanced":
+            first = {slices: next(p for p in per_gpu if p.startswith(slices)) for slices in ("1g.", "2g.", "3g.")}
+            layout = {first["1g."]: 2, first["2g."]: 1, first["3g."]: 1}
+        else:
+            profile = mig_config.removeprefix("all-")
+            if not mig_config.startswith("all-") or profile not in per_gpu:
+                raise ValueError(
+                    f"MIG layout {mig_config!r} is not one of {self.gpu_model}'s: use all-disabled, all-balanced "
+                    "or all-<profile> with one of " + ", ".join(per_gpu)
+                )
+            layout = {profile: per_gpu[profile]}
+        return {MIG_RESOURCE_PREFIX + profile: count * self.gpus for profile, count in layout.items()}
+
 
 # Sources: Amazon EC2 User Guide, "Network cards" (network cards, maximum EFA interfaces per
 # type) and "Supported instance types" for EFA; the Accelerated Computing instance specifications
-# (GPUs, instance store): https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html
+# (GPUs, instance store column): https://docs.aws.amazon.com/ec2/latest/instancetypes/ac.html.
+# Typed by hand, so checked against a second source: tests/infra/test_instance_facts.py diffs every
+# row with DescribeInstanceTypes as moto bundles it, and `peakguard facts verify` with a live region.
 _TABLE = """
 name            network_cards  max_efa  gpus  gpu_model          nvme_volumes  nvme_volume_gb
 p4d.24xlarge    4              4        8     A100-SXM4-40GB     8             1000
 p4de.24xlarge   4              4        8     A100-SXM4-80GB     8             1000
-p5.48xlarge     32             32       8     H100-SXM5-80GB     8             3840
-p5e.48xlarge    32             32       8     H200-SXM5-141GB    8             3840
-p5en.48xlarge   16             16       8     H200-SXM5-141GB    8             3840
-g6e.8xlarge     1              1        1     L40S-48GB          1             900
+p5.48xlarge     32             32       8     H100-SXM5-80GB     8             3800
+p5e.48xlarge    32             32       8     H200-SXM5-141GB    8             3800
+p5en.48xlarge   16             16       8     H200-SXM5-141GB    8             3800
+g6e.8xlarge     1              1        1     L40S-48GB          2             450
 g6e.12xlarge    1              1        4     L40S-48GB          2             1900
-g6e.16xlarge    1              1        1     L40S-48GB          1             1900
+g6e.16xlarge    1              1        1     L40S-48GB          2             950
 g6e.24xlarge    2              2        4     L40S-48GB          2             1900
 g6e.48xlarge    4              4        8     L40S-48GB          4             1900
 g5.8xlarge      1              1        1     A10G-24GB          1             900

@@ -15,6 +15,7 @@ from infra.facts import (
     EKS_TAINT_EFFECTS,
     GENERATION_LABEL,
     GPU_TAINT,
+    MIG_CONFIG_LABEL,
     NODE_GROUP_LABEL,
     POOL_LABEL,
     PREFLIGHT_TAINT,
@@ -22,7 +23,14 @@ from infra.facts import (
 from infra.launch_templates import efa_network_interfaces, encrypted_root_volume, instance_metadata_options
 from infra.node_bootstrap import NodeJoin, al2023_user_data, encode, ubuntu_user_data
 
-__all__ = ["GENERATION_LABEL", "GpuNodeGroup", "GpuNodeGroups", "GpuNodeGroupsArgs", "node_group_name"]
+__all__ = [
+    "GENERATION_LABEL",
+    "GpuNodeGroup",
+    "GpuNodeGroups",
+    "GpuNodeGroupsArgs",
+    "node_group_name",
+    "scale_from_zero_tags",
+]
 
 _ROOT_DEVICE = {"al2023": "/dev/xvda", "ubuntu": "/dev/sda1"}
 _AMI_TYPE = {"al2023": "AL2023_x86_64_NVIDIA", "ubuntu": "CUSTOM"}
@@ -38,13 +46,35 @@ def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
     labels = {POOL_LABEL: pool.name, "vpc.amazonaws.com/efa.present": "true"}
     if pool.instance.mig_profiles:
         # The GPU operator's MIG manager applies whatever this label names; say "off" explicitly.
-        labels["nvidia.com/mig.config"] = pool.mig_profile or "all-disabled"
+        labels[MIG_CONFIG_LABEL] = pool.mig_profile or "all-disabled"
     if pool.ami_family == "al2023":
         # The EKS NVIDIA AMI ships driver and container toolkit: the GPU operator, which installs
         # its own on the Ubuntu (GDS) pools, must leave these nodes' alone.
         labels[DRIVER_DEPLOY_LABEL] = "pre-installed"
         labels["nvidia.com/gpu.deploy.container-toolkit"] = "false"
     return labels
+
+
+CLUSTER_AUTOSCALER_TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
+"""Tag prefix the cluster autoscaler reads a group's would-be node from (its AWS README, "Auto-Discovery
+Setup" / scaling a node group to and from 0)."""
+
+
+def scale_from_zero_tags(pool: GpuPoolConfig) -> dict[str, str]:
+    """Auto Scaling group tags that let the cluster autoscaler scale a group up from zero nodes.
+
+    With no node to look at, it builds one from these: without the MIG or GPU resource, a pending
+    pod that asks for `nvidia.com/mig-1g.10gb` fits no group and the `mig` pool (minSize 0) never
+    grows. EKS creates the group but does not copy labels, taints or extended resources to it
+    (eksctl guide, "Scaling up from 0"), so the program tags what the serving pods select on: the
+    accelerators a node advertises (facts.InstanceType.accelerators), the pool label, the GPU taint."""
+    template = {
+        f"{CLUSTER_AUTOSCALER_TEMPLATE}/resources/{resource}": str(count)
+        for resource, count in pool.instance.accelerators(node_labels(pool).get(MIG_CONFIG_LABEL)).items()
+    }
+    template[f"{CLUSTER_AUTOSCALER_TEMPLATE}/label/{POOL_LABEL}"] = pool.name
+    template[f"{CLUSTER_AUTOSCALER_TEMPLATE}/taint/{GPU_TAINT.key}"] = f"{GPU_TAINT.value}:{GPU_TAINT.effect}"
+    return template
 
 
 @dataclass(frozen=True)
@@ -77,6 +107,8 @@ class GpuNodeGroup:
     generation: Generation
     serving: bool
     """False for the incoming generation of an upgrade."""
+    mig_config: str | None
+    """The MIG layout its nodes are labelled with; None where the GPUs have no MIG."""
     name: pulumi.Output[str]
     autoscaling_group: pulumi.Output[str]
     node_group: aws.eks.NodeGroup
@@ -318,14 +350,23 @@ class _GpuPool(pulumi.ComponentResource):
                 ignore_changes=["scalingConfig.desiredSize"],
             ),
         )
+        autoscaling_group = node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
+        for key, value in scale_from_zero_tags(pool).items():
+            aws.autoscaling.Tag(
+                f"{resource_name}-ca-" + key.removeprefix(CLUSTER_AUTOSCALER_TEMPLATE + "/").replace("/", "-"),
+                autoscaling_group_name=autoscaling_group,
+                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
+                opts=child,
+            )
         return GpuNodeGroup(
             pool=pool.name,
             availability_zone=az,
             instance_type=pool.instance_type,
             generation=generation,
             serving=serving,
+            mig_config=labels.get(MIG_CONFIG_LABEL),
             name=node_group.node_group_name,
-            autoscaling_group=node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name),
+            autoscaling_group=autoscaling_group,
             node_group=node_group,
             launch_template=template,
         )

@@ -26,7 +26,7 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra.config import GpuPoolConfig, ModelServiceConfig, ServiceMode
-from infra.facts import GPU_RESOURCE, GPU_TAINT
+from infra.facts import GPU_RESOURCE, GPU_TAINT, MIG_RESOURCE_PREFIX
 from infra.irsa import irsa_role
 
 __all__ = [
@@ -63,7 +63,7 @@ _TMP_DIR = "/tmp"  # noqa: S108
 def mig_resource(profile: str) -> str:
     """The extended resource the GPU operator's mixed MIG strategy advertises for a layout."""
     # `all-1g.10gb` slices every GPU into 1g.10gb instances, advertised as nvidia.com/mig-1g.10gb.
-    return "nvidia.com/mig-" + profile.removeprefix("all-")
+    return MIG_RESOURCE_PREFIX + profile.removeprefix("all-")
 
 
 def fetch_weights_script() -> str:
@@ -117,8 +117,16 @@ class ModelWorkload(pulumi.ComponentResource):
             f"{name}-namespace",
             metadata=k8s.meta.v1.ObjectMetaArgs(
                 name=config.namespace,
-                # GPU pods need no privilege: the namespace refuses any that asks for it.
-                labels={"pod-security.kubernetes.io/enforce": "restricted", **self._labels()},
+                labels={
+                    # GPU pods need no privilege: the namespace refuses any that asks for it.
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    # With `target-type: ip` the ALB sends to pod addresses: the load balancer
+                    # controller's readiness gate keeps an old pod until its replacement's target
+                    # is healthy in the ALB, so a rollout never leaves only "initial" targets (AWS
+                    # Load Balancer Controller docs, "Pod readiness gate").
+                    "elbv2.k8s.aws/pod-readiness-gate-inject": "enabled",
+                    **self._labels(),
+                },
             ),
             opts=self._k8s,
         )

@@ -23,7 +23,14 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import GpuPoolConfig
-from infra.facts import GPU_TAINT, PREFLIGHT_GATE, PREFLIGHT_NAMESPACE, PREFLIGHT_RESULT_ANNOTATION, PREFLIGHT_TAINT
+from infra.facts import (
+    GPU_TAINT,
+    MIG_CONFIG_LABEL,
+    PREFLIGHT_GATE,
+    PREFLIGHT_NAMESPACE,
+    PREFLIGHT_RESULT_ANNOTATION,
+    PREFLIGHT_TAINT,
+)
 from infra.gpu_node_groups import node_labels
 
 __all__ = [
@@ -257,7 +264,7 @@ class NodePreflight(pulumi.ComponentResource):
             "PREFLIGHT_EFA": str(instance.efa_interface_count),
             "PREFLIGHT_NVME": str(instance.nvme_volumes),
             # The label the MIG manager applies, as the node group sets it; empty: a GPU without MIG.
-            "PREFLIGHT_MIG_CONFIG": node_labels(pool).get("nvidia.com/mig.config", ""),
+            "PREFLIGHT_MIG_CONFIG": node_labels(pool).get(MIG_CONFIG_LABEL, ""),
             "FI_INFO": _FI_INFO,
         }
         if pool.ami_family == "ubuntu":

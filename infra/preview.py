@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from infra.facts import MIG_CONFIG_LABEL
 from infra.offline import OfflineRun, Registration
 
 __all__ = ["render", "to_json"]
@@ -131,7 +132,7 @@ def _node_group(r: Registration, idx: _Index) -> str:
     instance = (r.inputs.get("instanceTypes") or [template.inputs.get("instanceType") if template else "?"])[0]
     owned = " (desired ignored)" if "scalingConfig.desiredSize" in r.ignore_changes else ""
     labels = r.inputs.get("labels", {})
-    mig = f", MIG {labels['nvidia.com/mig.config']}" if "nvidia.com/mig.config" in labels else ""
+    mig = f", MIG {labels[MIG_CONFIG_LABEL]}" if MIG_CONFIG_LABEL in labels else ""
     return (
         f"{r.inputs.get('nodeGroupName')}: {instance} in {idx.az_of_subnets(r.inputs.get('subnetIds', []))}, "
         f"min/desired/max {_int(scaling.get('minSize'))}/{_int(scaling.get('desiredSize'))}/"
@@ -316,7 +317,7 @@ def _gpu_table(run: OfflineRun, index: _Index) -> Table:
             f"{_int(group.inputs.get('updateConfig', {}).get('maxUnavailablePercentage'))}%",
             reservation or ("cluster" if placement else "none"),
             pool.ami_family + (" + GDS" if pool.gds else ""),
-            labels.get("nvidia.com/mig.config", "-"),
+            labels.get(MIG_CONFIG_LABEL, "-"),
             _int(template.inputs.get("metadataOptions", {}).get("httpPutResponseHopLimit")),
         )
     return table

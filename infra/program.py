@@ -128,6 +128,8 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         ClusterAddonsArgs(
             env=env,
             chart_versions=config.kubernetes.chart_versions,
+            cluster_autoscaler_image_tag=config.kubernetes.cluster_autoscaler_image_tag,
+            efa_device_plugin_image_tag=config.kubernetes.efa_device_plugin_image_tag,
             pools=config.gpu_pools,
             provider=provider,
             cluster_name=cluster.name,
@@ -224,6 +226,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
                         instance_type=group.instance_type,
                         generation=group.generation,
                         serving=group.serving,
+                        mig_config=group.mig_config,
                     )
                     for group, name, asg in zip(
                         gpu.groups, values[4 : 4 + len(gpu.groups)], values[4 + len(gpu.groups) :], strict=True

@@ -76,6 +76,9 @@ class NodeGroupTarget:
     """blue or green for a GPU group (each pool and AZ has up to two); None for the system group."""
     serving: bool = True
     """False for the incoming generation while a rolling upgrade is declared (`next` in the stack config)."""
+    mig_config: str | None = None
+    """The nodes' MIG layout (`nvidia.com/mig.config`, e.g. all-1g.10gb); None where the GPUs have no MIG.
+    With the instance type it says how many replicas of each size a node holds (facts.InstanceType.accelerators)."""
 
 
 @dataclass(frozen=True)
@@ -151,6 +154,7 @@ class TargetsDocument:
                     "instanceType": group["instance_type"],
                     "generation": group["generation"],
                     "serving": group["serving"],
+                    "migConfig": group["mig_config"],
                 }
                 for group in raw["node_groups"]
             ],
@@ -199,6 +203,8 @@ class TargetsDocument:
                     instance_type=need(group, "instanceType", str, where),
                     generation=need(group, "generation", (str, type(None)), where),
                     serving=need(group, "serving", bool, where),
+                    # Optional: documents written before it was published have none.
+                    mig_config=need(group, "migConfig", (str, type(None)), where) if "migConfig" in group else None,
                 )
             )
         model_service = None

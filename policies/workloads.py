@@ -3,13 +3,12 @@ what bounds), which PodDisruptionBudget guards it, which accelerators its pods a
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from infra.facts import GPU_RESOURCE
+from infra.facts import GPU_RESOURCE, MIG_RESOURCE_PREFIX
 from policies.findings import Resource
 from policies.wire import mapping, of_type, sequence
 
@@ -29,9 +28,6 @@ DEPLOYMENT = "kubernetes:apps/v1:Deployment"
 HPA = "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
 PDB = "kubernetes:policy/v1:PodDisruptionBudget"
-_MIG_RESOURCE = re.compile(r"nvidia\.com/mig-(\d+)g\.\d+gb")
-_COMPUTE_SLICES_PER_GPU = 7
-"""A100, H100 and H200 split into 7 compute slices; 7 // N instances of an Ng profile fit on one GPU."""
 
 
 @dataclass(frozen=True)
@@ -93,13 +89,13 @@ def containers(deployment: Resource) -> list[tuple[str, Mapping[str, Any]]]:
     return found
 
 
-def accelerators(deployment: Resource) -> Fraction:
-    """GPUs one replica takes (a MIG slice counts as its share of a GPU, exactly); 0 for none."""
-    total = Fraction(0)
+def accelerators(deployment: Resource) -> dict[str, Fraction]:
+    """The accelerators one replica asks for, by extended resource (`nvidia.com/gpu`, or a MIG
+    profile's `nvidia.com/mig-1g.10gb`); empty for none. A MIG instance is counted in its own unit:
+    how many fit on a GPU depends on the GPU's memory (facts.MIG_INSTANCES_PER_GPU), not on its name."""
+    total: dict[str, Fraction] = {}
     for _, container in containers(deployment):
         for resource, amount in mapping(mapping(container.get("resources")).get("limits")).items():
-            if resource == GPU_RESOURCE:
-                total += Fraction(str(amount)).limit_denominator()
-            elif match := _MIG_RESOURCE.fullmatch(resource):
-                total += Fraction(str(amount)).limit_denominator() / (_COMPUTE_SLICES_PER_GPU // int(match[1]))
-    return total
+            if resource == GPU_RESOURCE or str(resource).startswith(MIG_RESOURCE_PREFIX):
+                total[resource] = total.get(resource, Fraction(0)) + Fraction(str(amount)).limit_denominator()
+    return {resource: amount for resource, amount in total.items() if amount}

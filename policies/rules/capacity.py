@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from infra.facts import INSTANCE_TYPES, capacity_with_headroom
+from infra.facts import INSTANCE_TYPES, MIG_CONFIG_LABEL, capacity_with_headroom
 from policies.findings import UNKNOWN, Resource, Rule, Violation, known
 from policies.wire import POOL_LABEL, is_serving, mapping, of_type, sequence
 from policies.workloads import DEPLOYMENT, HPA, SCALED_OBJECT, accelerators, scaling_of
@@ -70,14 +70,21 @@ _NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
 _LAUNCH_TEMPLATE = "aws:ec2/launchTemplate:LaunchTemplate"
 
 
-def _gpus_per_node(group: Resource, templates: dict[object, Resource]) -> int | None:
+def _accelerators_per_node(group: Resource, templates: dict[object, Resource]) -> dict[str, int] | None:
+    """What one node of the group advertises (GPUs, or MIG instances of its layout); None if unknown."""
     template = templates.get(group.get("launchTemplate.id"))
     kind = template.get("instanceType") if template is not None else None
     if not known(kind):
         kinds = sequence(group.get("instanceTypes"))
         kind = kinds[0] if kinds else None
     instance = INSTANCE_TYPES.get(kind) if isinstance(kind, str) else None
-    return instance.gpus if instance is not None else None
+    layout = mapping(group.get("labels")).get(MIG_CONFIG_LABEL)
+    if instance is None or not (layout is None or isinstance(layout, str)):
+        return None
+    try:
+        return instance.accelerators(layout)
+    except ValueError:  # a layout the GPU has not: the config loader refuses it, a hand-made stack may not
+        return None
 
 
 def _pool_fits_the_maximum(resources: Sequence[Resource]) -> list[tuple[Resource, Violation]]:
@@ -94,8 +101,8 @@ def _pool_fits_the_maximum(resources: Sequence[Resource]) -> list[tuple[Resource
             for g in of_type(resources, _NODE_GROUP)
             if mapping(g.get("labels")).get(POOL_LABEL) == pool and is_serving(g)
         ]
-        gpus = [(_gpus_per_node(g, templates), g.get("scalingConfig.maxSize")) for g in groups]
-        if not known(scaling.most) or any(n is None or not known(size) for n, size in gpus):
+        nodes = [(_accelerators_per_node(g, templates), g.get("scalingConfig.maxSize")) for g in groups]
+        if not known(scaling.most) or any(n is None or not known(size) for n, size in nodes):
             found.append(
                 (
                     scaling.autoscaler,
@@ -103,16 +110,19 @@ def _pool_fits_the_maximum(resources: Sequence[Resource]) -> list[tuple[Resource
                 )
             )
             continue
-        fits = math.floor(sum(int(n or 0) * int(size) for n, size in gpus) / per_replica)
+        fits = min(
+            math.floor(sum((n or {}).get(resource, 0) * int(size) for n, size in nodes) / amount)
+            for resource, amount in per_replica.items()
+        )
         if fits < int(scaling.most):
+            asks = ", ".join(f"{amount} {resource}" for resource, amount in sorted(per_replica.items()))
             found.append(
                 (
                     scaling.autoscaler,
                     Violation(
                         "maximum replicas",
                         int(scaling.most),
-                        f"<= what pool {pool!r} holds at its node groups' maxSize "
-                        f"({fits} replicas of {per_replica} GPU)",
+                        f"<= what pool {pool!r} holds at its node groups' maxSize ({fits} replicas of {asks})",
                         f"raise peakguard:gpuPools.{pool}.scalingPerAz.maxSize, or lower the maximum replicas",
                     ),
                 )

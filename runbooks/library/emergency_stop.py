@@ -21,6 +21,7 @@ import math
 from typing import Any
 
 from infra import facts
+from infra.targets import NodeGroupTarget
 from runbooks.cloud import NodeGroupSize
 from runbooks.cluster import Bounds
 from runbooks.errors import RunbookError
@@ -32,8 +33,6 @@ __all__ = ["RUNBOOK", "estimate"]
 
 LIGHT_SHARE = 0.3
 """Share of the needed replicas the light variant is asked to carry: the headroom, on MIG slices."""
-MIG_SLICES_PER_GPU = 7
-"""1g slices per A100/H100 GPU (the seed's split)."""
 
 
 _ports = ports_of
@@ -261,8 +260,19 @@ def _desired_mig_groups(context: Context, before: Any) -> Any:
     if light is None:
         return before
     groups = ports.targets.node_groups_of(ports.model_service.pools["light"])
-    per_node = facts.INSTANCE_TYPES[groups[0].instance_type].gpus * MIG_SLICES_PER_GPU
-    return _spread(before, math.ceil(light["min"] / per_node))
+    return _spread(before, math.ceil(light["min"] / _light_replicas_per_node(groups[0])))
+
+
+def _light_replicas_per_node(group: NodeGroupTarget) -> int:
+    """Light replicas (one MIG instance each) a node of the light pool holds: its GPUs times the
+    instances its layout cuts each into, which the GPU's memory decides (7 of 1g.10gb on an 80 GB
+    A100 or H100, 4 on a 40 GB A100)."""
+    if group.mig_config is None:
+        raise RunbookError(
+            f"the targets document does not say node group {group.name}'s MIG layout (migConfig; older "
+            "documents lack it): run `pulumi up` for this env with this peakguard to publish it"
+        )
+    return sum(facts.INSTANCE_TYPES[group.instance_type].accelerators(group.mig_config).values())
 
 
 _MODE_FIELDS = ("model", "precision", "shedding")

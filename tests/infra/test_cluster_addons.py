@@ -149,6 +149,14 @@ def test_gpu_node_agents_run_on_a_node_that_has_not_passed_preflight(
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"]
 
 
+def test_autoscaler_and_efa_plugin_run_the_releases_the_stack_pins(run: OfflineRun) -> None:
+    # Not the charts' defaults: chart 9.52.1 would run an autoscaler built for 1.34 on a 1.33 cluster.
+    assert _values(run, "cluster-autoscaler")["image"] == {"tag": run.config.kubernetes.cluster_autoscaler_image_tag}
+    assert run.config.kubernetes.cluster_autoscaler_image_tag.startswith(f"v{run.config.cluster.kubernetes_version}.")
+    plugin = _values(run, "aws-efa-k8s-device-plugin")["image"]
+    assert plugin == {"tag": run.config.kubernetes.efa_device_plugin_image_tag}
+
+
 def test_autoscaler_counts_a_node_in_preflight_as_coming_capacity(run: OfflineRun) -> None:
     assert _values(run, "cluster-autoscaler")["extraArgs"]["startup-taint"] == "peakguard.io/preflight"
 

@@ -597,6 +597,14 @@ def test_instance_type_outside_efa_table_is_refused_listing_supported_types() ->
         ),
         pytest.param(
             "prod",
+            {f"{MIG}.migProfile": "all-balanced"},
+            "peakguard:kubernetes.modelService.lightPool",
+            "mig",
+            "is cut all-balanced (three sizes of MIG instance); the light variant asks for one size",
+            id="light-pool-cut-all-balanced",
+        ),
+        pytest.param(
+            "prod",
             {f"{FULL}.expectedPeakNodes": -1},
             f"{FULL}.expectedPeakNodes",
             -1,
@@ -1325,3 +1333,39 @@ def test_what_the_rules_allow_still_loads() -> None:
                           f"{MODEL_SERVICE}.ingress": ingress})  # fmt: skip
     config = load(ok, "prod")
     assert config.tags["team"] == "search" and config.cluster.public_access_cidrs[-1] == "203.0.113.0/25"
+
+
+AUTOSCALER_TAG = "peakguard:kubernetes.clusterAutoscalerImageTag"
+
+
+@pytest.mark.parametrize(
+    ("changes", "got", "says"),
+    [
+        # Chart 9.52.1's own default: an autoscaler built for 1.34, on a 1.33 cluster.
+        ({AUTOSCALER_TAG: "v1.34.0"}, "v1.34.0", "must be a release of the cluster's Kubernetes minor, v1.33.<patch>"),
+        ({AUTOSCALER_TAG: "1.33.3"}, "1.33.3", "must be a release of the cluster's Kubernetes minor, v1.33.<patch>"),
+        (
+            {
+                AUTOSCALER_TAG: DELETE,
+                f"{CLUSTER}.kubernetesVersion": "1.34",
+                f"{CLUSTER}.addons.kubeProxy": "v1.34.0-eksbuild.1",
+            },
+            None,
+            "must be set for Kubernetes 1.34: the cluster autoscaler release of that minor, v1.34.<patch>",
+        ),
+    ],
+    ids=["newer-minor", "no-v", "no-default-for-the-minor"],
+)
+def test_the_autoscaler_must_be_a_release_of_the_clusters_minor(changes: dict[str, Any], got: Any, says: str) -> None:
+    assert_refused(changed("prod", changes), "prod", key=AUTOSCALER_TAG, got=got, says=says)
+
+
+def test_the_autoscaler_release_defaults_to_the_clusters_minor() -> None:
+    config = load(changed("prod", {AUTOSCALER_TAG: DELETE}), "prod")
+    assert config.kubernetes.cluster_autoscaler_image_tag == "v1.33.3"
+
+
+def test_the_efa_plugin_is_pinned_by_its_own_release() -> None:
+    key = "peakguard:kubernetes.efaDevicePluginImageTag"
+    assert load(changed("prod", {key: DELETE}), "prod").kubernetes.efa_device_plugin_image_tag == "v0.5.13"
+    assert_refused(changed("prod", {key: "latest"}), "prod", key=key, got="latest", says="must be a plugin release")

@@ -68,6 +68,37 @@ def test_mig_layouts_follow_the_gpu() -> None:
 
 
 @pytest.mark.parametrize(
+    ("instance_type", "layout", "advertised"),
+    [
+        # 1g.10gb is a seventh of an 80 GB GPU and a quarter of a 40 GB one (NVIDIA MIG User Guide).
+        ("p4de.24xlarge", "all-1g.10gb", {"nvidia.com/mig-1g.10gb": 8 * 7}),
+        ("p5.48xlarge", "all-1g.10gb", {"nvidia.com/mig-1g.10gb": 8 * 7}),
+        ("p4d.24xlarge", "all-1g.10gb", {"nvidia.com/mig-1g.10gb": 8 * 4}),
+        ("p4d.24xlarge", "all-1g.5gb", {"nvidia.com/mig-1g.5gb": 8 * 7}),
+        ("p5.48xlarge", "all-1g.20gb", {"nvidia.com/mig-1g.20gb": 8 * 4}),
+        ("p5e.48xlarge", "all-3g.71gb", {"nvidia.com/mig-3g.71gb": 8 * 2}),
+        (
+            "p5.48xlarge",
+            "all-balanced",
+            {"nvidia.com/mig-1g.10gb": 16, "nvidia.com/mig-2g.20gb": 8, "nvidia.com/mig-3g.40gb": 8},
+        ),
+        ("p5.48xlarge", "all-disabled", {"nvidia.com/gpu": 8}),
+        ("p5.48xlarge", None, {"nvidia.com/gpu": 8}),
+        ("g6e.12xlarge", None, {"nvidia.com/gpu": 4}),
+    ],
+)
+def test_what_a_node_advertises_follows_its_gpu_memory_and_layout(
+    instance_type: str, layout: str | None, advertised: dict[str, int]
+) -> None:
+    assert facts.INSTANCE_TYPES[instance_type].accelerators(layout) == advertised
+
+
+def test_a_layout_the_gpu_has_not_is_refused_naming_the_ones_it_has() -> None:
+    with pytest.raises(ValueError, match=r"'all-1g.5gb' is not one of A100-SXM4-80GB's.*1g.10gb, 1g.20gb"):
+        facts.INSTANCE_TYPES["p4de.24xlarge"].accelerators("all-1g.5gb")
+
+
+@pytest.mark.parametrize(
     ("text", "version"),
     [("v1.19.2-eksbuild.1", (1, 19, 2)), ("v1.12.1-eksbuild.20", (1, 12, 1)), ("1.19.2", None), ("latest", None)],
 )

@@ -343,3 +343,25 @@ def test_after_the_upgrade_green_serves_alone(run_changed) -> None:
     assert {g.inputs["nodeGroupName"].rsplit("-", 1)[1] for g in full} == {"green"}
     assert all(g.inputs["releaseVersion"] == NEXT_RELEASE for g in full)
     assert all(g.inputs["scalingConfig"]["minSize"] == run.config.pool("full").scaling_per_az.min_size for g in full)
+
+
+def test_every_gpu_group_tells_the_cluster_autoscaler_what_a_node_would_hold(runs: dict[str, OfflineRun]) -> None:
+    # The mig pool idles at zero nodes: only these tags tell the autoscaler that a node of it would
+    # hold 56 `nvidia.com/mig-1g.10gb` (8 A100-80GB, 7 each), so a pending light pod can grow it.
+    run = runs["prod"]
+    template = "k8s.io/cluster-autoscaler/node-template"
+    tags: dict[str, dict[str, str]] = {}
+    for tag in run.of_type("aws:autoscaling/tag:Tag"):
+        assert tag.inputs["tag"]["propagateAtLaunch"] is False
+        tags.setdefault(tag.inputs["autoscalingGroupName"], {})[tag.inputs["tag"]["key"]] = tag.inputs["tag"]["value"]
+
+    for group in _gpu_groups(run):
+        pool = group.inputs["labels"]["peakguard.io/pool"]
+        asg = group.outputs["resources"][0]["autoscalingGroups"][0]["name"]
+        resource = {"full": "nvidia.com/gpu", "mig": "nvidia.com/mig-1g.10gb"}[pool]
+        assert tags[asg] == {
+            f"{template}/resources/{resource}": {"full": "8", "mig": "56"}[pool],
+            f"{template}/label/peakguard.io/pool": pool,
+            f"{template}/taint/nvidia.com/gpu": "true:NoSchedule",
+        }
+    assert len(tags) == len(_gpu_groups(run))

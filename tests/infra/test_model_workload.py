@@ -375,6 +375,14 @@ def test_ingress_routes_by_least_outstanding_requests_without_slow_start(run: Of
     assert annotations["alb.ingress.kubernetes.io/target-type"] == "ip"
 
 
+def test_pods_behind_ip_targets_wait_for_the_alb_before_a_rollout_moves_on(run: OfflineRun) -> None:
+    # The load balancer controller injects its readiness gate into pods of a namespace so labelled:
+    # an old pod goes only once its replacement is a healthy ALB target, not while it is "initial".
+    (namespace,) = run.of_type("kubernetes:core/v1:Namespace")
+    assert namespace.inputs["metadata"]["name"] == _ingress(run).inputs["metadata"]["namespace"]
+    assert namespace.inputs["metadata"]["labels"]["elbv2.k8s.aws/pod-readiness-gate-inject"] == "enabled"
+
+
 def test_the_service_keeps_idle_connections_open_longer_than_the_alb(run: OfflineRun) -> None:
     # Otherwise the service closes a connection the ALB is about to reuse, and the ALB answers 502
     # (found by the drill: a surge's pooled connections went idle together when it ended).

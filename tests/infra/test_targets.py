@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -50,6 +51,9 @@ def test_names_the_cluster_and_every_node_group_with_its_auto_scaling_group(run:
         targets = document.node_groups_of(pool.name)
         assert sorted(t.availability_zone or "" for t in targets) == sorted(pool.availability_zones)
         assert {t.instance_type for t in targets} == {pool.instance_type}
+        # What the node groups are labelled with: where the runbooks learn how many light replicas a node holds.
+        layout = (pool.mig_profile or "all-disabled") if pool.instance.mig_profiles else None
+        assert {t.mig_config for t in targets} == {layout}
     (system,) = document.node_groups_of("system")
     assert system.availability_zone is None
 
@@ -80,6 +84,16 @@ def _document() -> TargetsDocument:
 
 def test_round_trips() -> None:
     assert TargetsDocument.from_json(_document().to_json()) == _document()
+    mig = dataclasses.replace(_document().node_groups[0], pool="mig", mig_config="all-1g.10gb")
+    document = dataclasses.replace(_document(), node_groups=(mig,))
+    assert TargetsDocument.from_json(document.to_json()) == document
+
+
+def test_a_document_published_before_the_mig_layout_was_still_reads() -> None:
+    raw = _document().to_dict()
+    del raw["nodeGroups"][0]["migConfig"]
+
+    assert TargetsDocument.from_dict(raw).node_groups[0].mig_config is None
 
 
 def test_names_the_model_service_objects_the_runbooks_act_on(run: OfflineRun) -> None:
@@ -113,6 +127,7 @@ def test_names_the_model_service_objects_the_runbooks_act_on(run: OfflineRun) ->
         (lambda d: d["cluster"].pop("endpoint"), "cluster.endpoint is missing"),
         (lambda d: d["nodeGroups"][0].update(autoscalingGroup=7), "nodeGroups[0].autoscalingGroup must be str"),
         (lambda d: d.update(modelService=[1]), "modelService must be an object"),
+        (lambda d: d["nodeGroups"][0].update(migConfig=7), "nodeGroups[0].migConfig must be"),
         (lambda d: d.update(modelService={"namespace": "peakguard"}), "modelService.deployments is missing"),
     ],
     ids=[
@@ -121,6 +136,7 @@ def test_names_the_model_service_objects_the_runbooks_act_on(run: OfflineRun) ->
         "no-endpoint",
         "wrong-type",
         "model-service-not-object",
+        "mig-config-not-text",
         "model-service-partial",
     ],
 )

@@ -490,3 +490,27 @@ def test_a_stack_in_the_middle_of_an_upgrade_complies_and_counts_its_capacity_on
     edited, _ = _edited(stack, Case(HPA, lambda n: True, _set("spec.maxReplicas", 150), ""))
     (finding,) = evaluate(edited, {"CAP-003": RULES["CAP-003"]}).findings
     assert "what pool 'full' holds" in finding.message()
+
+
+def test_mig_capacity_counts_the_instances_the_gpus_memory_allows(run_changed) -> None:
+    # 6 nodes of 8 A100-40GB GPUs at most: 1g.10gb is a quarter of a 40 GB GPU, so 192 instances,
+    # not the 336 that "7 slices per GPU" would count.
+    def a100_40gb(values: dict[str, Any]) -> None:
+        values["peakguard:gpuPools"]["mig"]["instanceType"] = "p4d.24xlarge"
+        values["peakguard:kubernetes"]["modelService"]["lightMaxReplicas"] = 200
+
+    report = evaluate(_stack(run_changed("prod", a100_40gb)), {"CAP-003": RULES["CAP-003"]})
+
+    assert failed(report)
+    (finding,) = report.findings
+    assert "(192 replicas of 1 nvidia.com/mig-1g.10gb)" in finding.message()
+
+
+def test_mig_capacity_that_fits_complies(run_changed) -> None:
+    def a100_40gb(values: dict[str, Any]) -> None:
+        values["peakguard:gpuPools"]["mig"]["instanceType"] = "p4d.24xlarge"
+        values["peakguard:kubernetes"]["modelService"]["lightMaxReplicas"] = 192
+
+    report = evaluate(_stack(run_changed("prod", a100_40gb)), {"CAP-003": RULES["CAP-003"]})
+
+    assert not failed(report), [f.message() for f in report.findings]
