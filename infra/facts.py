@@ -43,7 +43,8 @@ __all__ = [
 # --- Shared numbers (shared/DESIGN.md, "Shared numbers") -------------------------------------
 
 HEADROOM = Fraction(13, 10)
-"""Provision 30% above an expected peak. A Fraction, because ceil(1.3 * 10) is 14 in floats."""
+"""Provision 30% above an expected peak. A Fraction, so the rule never rests on float rounding: 1.3
+happens to round well for every peak, but a headroom of 1.1 gives ceil(1.1 * 50) = 56 in floats, not 55."""
 
 MAX_UNAVAILABLE_FRACTION = Fraction(1, 3)
 """Never more than a third of a group's nodes down at once (the seed's rolling-upgrade rule)."""

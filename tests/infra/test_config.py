@@ -750,7 +750,7 @@ def test_one_az_pool_one_node_short_of_headroom_is_refused() -> None:
     [
         # The real prod file sits exactly on the rule: ceil(1.3 x 11) = 15 = 3 x 5.
         pytest.param({}, "full", 15, id="prod-full-15-for-peak-11"),
-        # ceil(1.3 x 10) is 13, not the 14 float arithmetic would give.
+        # ceil(1.3 x 10) = 13 on the nose: exactly on the rule is enough.
         pytest.param(
             {
                 f"{MIG}.availabilityZones": ["us-west-2a"],
@@ -1369,3 +1369,26 @@ def test_the_efa_plugin_is_pinned_by_its_own_release() -> None:
     key = "peakguard:kubernetes.efaDevicePluginImageTag"
     assert load(changed("prod", {key: DELETE}), "prod").kubernetes.efa_device_plugin_image_tag == "v0.5.13"
     assert_refused(changed("prod", {key: "latest"}), "prod", key=key, got="latest", says="must be a plugin release")
+
+
+@pytest.mark.parametrize(
+    ("peak", "needed"),
+    [
+        pytest.param(85, 111, id="prod-111-for-peak-85"),  # ceil(110.5): the real prod file sits on the rule
+        pytest.param(10, 13, id="13-for-peak-10"),  # 1.3 x 10 is whole: no rounding up to hide an off-by-one
+    ],
+)
+def test_max_replicas_must_cover_the_expected_peak_with_headroom(peak: int, needed: int) -> None:
+    assert facts.capacity_with_headroom(peak) == needed
+    peak_key, max_key = f"{MODEL_SERVICE}.expectedPeakReplicas", f"{MODEL_SERVICE}.maxReplicas"
+
+    config = load(changed("prod", {peak_key: peak, max_key: needed, f"{MODEL_SERVICE}.minReplicas": 1}), "prod")
+    assert config.kubernetes.model_service.max_replicas == needed
+
+    assert_refused(
+        changed("prod", {peak_key: peak, max_key: needed - 1, f"{MODEL_SERVICE}.minReplicas": 1}),
+        "prod",
+        key=max_key,
+        got=needed - 1,
+        says=f"must be >= {needed}: an expected peak of {peak} replicas needs 1.3x headroom",
+    )

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
+import threading
+import time
+from collections.abc import Sequence
 
 import pytest
 
-from model_service.admission import AdmissionController
+from model_service.admission import AdmissionController, Decision
+from model_service.batcher import DynamicBatcher
 from model_service.breaker import BreakerSettings, CircuitBreaker
 
 
@@ -49,6 +54,58 @@ def test_an_idle_replica_admits_whatever_its_estimate_and_learns_it_is_fast_agai
     for size in (1, 2) * 4:  # what the admitted requests' batches then show: fast again
         controller.observe(size, 0.02 * size)
     assert controller.decide(queued=3, in_flight=1).admit
+
+
+def _one_request_fits_two_do_not() -> AdmissionController:
+    """Batches of one take 0.06 s: a request alone fits the 0.1 s budget, behind one other it does not."""
+    controller = AdmissionController(latency_budget=0.1, max_queue=100, min_batches=2)
+    controller.observe(1, 0.06)
+    controller.observe(1, 0.06)
+    return controller
+
+
+def test_a_request_in_flight_counts_as_one_ahead_like_a_queued_one() -> None:
+    controller = _one_request_fits_two_do_not()
+
+    in_flight = controller.decide(queued=0, in_flight=1, batch_max=1)
+    queued = controller.decide(queued=1, in_flight=0, batch_max=1)
+
+    assert (in_flight.admit, in_flight.status) == (False, 429)
+    assert in_flight.estimated_wait == pytest.approx(0.12) == queued.estimated_wait
+    assert controller.decide(queued=0, in_flight=0, batch_max=1).admit
+
+
+def test_an_admitted_request_holds_its_slot_until_its_batch_finishes() -> None:
+    # What the server asks admission (server.refuse_unread): the batcher's queue and its running batch.
+    controller = _one_request_fits_two_do_not()
+    release = threading.Event()
+
+    def handler(items: Sequence[str]) -> list[str]:
+        release.wait(2)
+        return list(items)
+
+    async def scenario() -> tuple[Decision, Decision]:
+        batcher: DynamicBatcher[str, str] = DynamicBatcher(handler, bounds=lambda: (1, 1), max_wait=0)
+        batcher.start()
+        first = asyncio.create_task(batcher.submit("first"))
+        deadline = time.monotonic() + 2
+        while batcher.in_flight == 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        while_running = controller.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=1)
+        release.set()
+        assert await first == "first"
+        deadline = time.monotonic() + 2
+        while batcher.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        after = controller.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=1)
+        await batcher.stop()
+        return while_running, after
+
+    while_running, after = asyncio.run(scenario())
+
+    assert (while_running.admit, while_running.status) == (False, 429), "the running request is ahead of the next"
+    assert while_running.estimated_wait == pytest.approx(0.12)
+    assert after.admit and after.estimated_wait == pytest.approx(0.06), "finishing freed its slot"
 
 
 def test_bigger_batches_drain_a_queue_sooner() -> None:

@@ -138,14 +138,33 @@ def test_torch_int8_copy_quantizes_every_linear_and_agrees_with_fp32(tiny_model:
     assert torch.backends.quantized.engine in ("x86", "fbgemm")
 
 
-def test_int8_of_a_trained_moe_model_can_be_taken_after_training_steps(tiny_model: IntentClassifier) -> None:
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_int8_of_a_trained_moe_model_can_be_taken_after_training_steps(
+    tiny_model: IntentClassifier, backend: Any
+) -> None:
+    # The last training step leaves the MoE's load-balancing loss (and its graph) on the model: the
+    # torch path must still deep-copy it and the ONNX path still export it, straight after training.
     ids, mask = _inputs()
+    untrained = {name: value.clone() for name, value in tiny_model.state_dict().items()}
+    optimizer = torch.optim.SGD(tiny_model.parameters(), lr=0.5)
     tiny_model.train()
-    (tiny_model(ids, mask).sum() + tiny_model.aux_loss()).backward()
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(tiny_model(ids, mask), torch.tensor([1, 3])) + tiny_model.aux_loss()
+        torch.autograd.backward(loss)
+        optimizer.step()
     tiny_model.eval()
+    trained = {name: value.clone() for name, value in tiny_model.state_dict().items()}
+    assert any(not torch.equal(untrained[name], value) for name, value in trained.items())
 
-    quantize_int8(tiny_model, backend="torch")  # a model that trained must still deep-copy
-    quantize_int8(tiny_model)  # and still export
+    quantized = quantize_int8(tiny_model, backend=backend)
+
+    assert all(torch.equal(trained[name], value) for name, value in tiny_model.state_dict().items())
+    with torch.no_grad():
+        fp32, int8 = tiny_model(ids, mask), quantized(ids, mask)
+    # It answers as the trained model does, not as the untrained one it started from.
+    assert int8.argmax(-1).tolist() == fp32.argmax(-1).tolist() == [1, 3]
+    assert torch.allclose(int8, fp32, atol=0.1), (int8 - fp32).abs().max()
 
 
 def test_unknown_device_is_refused_by_name(tiny_model: IntentClassifier) -> None:

@@ -151,17 +151,26 @@ def test_transient_errors_are_retried_until_the_step_succeeds(engine_for: Engine
     assert world.values["a"] == 5
 
 
-def test_a_step_declared_with_no_retries_still_acts_or_is_refused(engine_for: EngineFactory, world: World) -> None:
-    # `retries` counts attempts; zero attempts must not turn into a step that is journaled done but never applied.
-    try:
-        step = setter("a", "a", to=5, retries=0)
-    except ValueError:
-        return
-    engine = engine_for(toy_runbook(step))
+def test_a_step_declared_with_no_attempts_is_refused_and_one_attempt_acts_once(
+    engine_for: EngineFactory, world: World
+) -> None:
+    # `retries` counts attempts; zero attempts would be a step journaled done but never applied.
+    with pytest.raises(ValueError, match=r"step 'a': retries must be >= 1 \(the number of attempts"):
+        setter("a", "a", to=5, retries=0)
+    engine = engine_for(toy_runbook(setter("a", "a", to=5, retries=1)))
     outcome = engine.run(*approved_plan(engine))
-    assert world.calls("apply", "a") == 1
     assert outcome.status == "succeeded"
+    assert world.calls("apply", "a") == 1
     assert world.values["a"] == 5
+
+
+def test_a_step_with_one_attempt_is_not_retried_on_a_transient_error(engine_for: EngineFactory, world: World) -> None:
+    world.before_apply["a"] = _raise(TransientError("503 unavailable"))
+    engine = engine_for(toy_runbook(setter("a", "a", to=5, retries=1, timeout=2.0)))
+    outcome = engine.run(*approved_plan(engine))
+    assert outcome.status == "rolled-back"
+    assert world.calls("apply", "a") == 1
+    assert "(gave up after 1 attempt)" in outcome.reason
 
 
 # --- Failures roll back -----------------------------------------------------------------------
@@ -279,6 +288,22 @@ def test_failing_health_gate_at_the_end_is_not_a_success(engine_for: EngineFacto
     assert outcome.status != "succeeded"
     assert outcome.status == "rolled-back"
     assert world.values["b"] == "off"
+
+
+def test_an_inconclusive_health_gate_at_the_end_is_not_a_success(engine_for: EngineFactory, world: World) -> None:
+    # A service whose health cannot be read after the run has not been shown to recover: no data is not a pass.
+    errors = gate("errors", lambda w: None if w.values["b"] == "on" else 0.0, at_most=0.01)
+    runbook = toy_runbook(setter("a", "a", to=5, verify=reads("a", at_least=5)), setter("b", "b", to="on"),
+                          health=errors)  # fmt: skip
+    engine = engine_for(runbook)
+    outcome = engine.run(*approved_plan(engine))
+    (verified,) = of_event(outcome.journal, "run_verified")
+    assert verified["gate"]["verdict"] == "inconclusive"
+    assert outcome.status == "rolled-back"
+    assert "health gate inconclusive after 0.3 s: errors: no data" in outcome.reason
+    assert (world.values["a"], world.values["b"]) == (2, "off")
+    (done,) = of_event(outcome.journal, "rollback_done")
+    assert done["gate"]["verdict"] == "pass", "once rolled back, the gate reads again and passes"
 
 
 @pytest.mark.parametrize(

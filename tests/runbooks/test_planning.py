@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
+import time
 from typing import Any
 
 import pytest
@@ -110,6 +112,17 @@ def test_expired_approval_is_refused(world: World) -> None:
     approval = Approval.of(plan, approved_by=OPERATOR, how="interactive")
     with pytest.raises(ApprovalError, match=r"made 16 min ago and its approval expired; make a new plan"):
         approval.check(plan, now=plan.made_at + APPROVAL_TTL + 60)
+
+
+def test_approval_lasts_from_when_the_plan_was_made_not_from_when_it_is_approved(world: World) -> None:
+    # A saved plan approved at run time: the live state it pinned is as old as the plan, not the approval.
+    made = make_plan(_runbook(), _context(world))
+    stale = dataclasses.replace(made, made_at=time.time() - APPROVAL_TTL - 60)
+    approval = Approval.of(stale, approved_by=OPERATOR, how="--yes")
+    with pytest.raises(ApprovalError, match=r"made 16 min ago and its approval expired; make a new plan"):
+        approval.check(stale)
+    approval.check(stale, now=stale.made_at + APPROVAL_TTL - 1)
+    assert approval.expires_at == stale.made_at + APPROVAL_TTL
 
 
 def test_approval_with_a_short_ttl_expires_sooner(world: World) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from runbooks.errors import ParameterError
 from runbooks.spec import Context, Gate, Param, Reading, Runbook
-from tests.runbooks.conftest import ENV, World, reads, setter, toy_runbook
+from tests.runbooks.conftest import ENV, EngineFactory, World, approved_plan, reads, setter, toy_runbook
 
 REPLICAS = Param("to", "HPA minimum replicas", kind=int, minimum=1, maximum=200)
 RATIO = Param("headroom", "capacity headroom ratio", kind=float, default=1.25)
@@ -188,9 +188,19 @@ def test_destructive_step_without_a_trigger_is_refused() -> None:
         Runbook(name="toy", summary="s", steps=(setter("drain", "a", to=0, destructive=True),))
 
 
-def test_destructive_step_with_a_trigger_is_accepted() -> None:
-    runbook = toy_runbook(setter("drain", "a", to=0, destructive=True), trigger=reads("load", at_least=100))
-    assert runbook.trigger is not None
+def test_a_destructive_step_with_a_trigger_is_accepted_and_acts_only_while_the_trigger_holds(
+    engine_for: EngineFactory, world: World
+) -> None:
+    runbook = toy_runbook(setter("drain", "c", to=0, destructive=True), trigger=reads("load", at_least=100))
+    engine = engine_for(runbook)
+    plan, approval = approved_plan(engine)
+    world.values["load"] = 20.0  # the surge ended between the plan and the run
+    stopped = engine.run(plan, approval)
+    assert (stopped.status, world.calls("apply", "drain"), world.values["c"]) == ("stopped", 0, 1)
+
+    world.values["load"] = 500.0
+    acted = engine.run(*approved_plan(engine))
+    assert (acted.status, world.calls("apply", "drain"), world.values["c"]) == ("succeeded", 1, 0)
 
 
 def test_duplicate_step_names_are_refused() -> None:
