@@ -22,7 +22,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 from infra.config import GpuPoolConfig
-from infra.facts import GPU_TAINT, PREFLIGHT_TAINT
+from infra.facts import GPU_TAINT, MAX_UNAVAILABLE_PERCENTAGE, PREFLIGHT_TAINT
 from infra.irsa import irsa_role
 
 __all__ = ["CHART_SOURCES", "ClusterAddons", "ClusterAddonsArgs", "ReleaseName"]
@@ -179,7 +179,19 @@ class ClusterAddons(pulumi.ComponentResource):
         driver_container = any(pool.ami_family == "ubuntu" for pool in pools)
         return {
             "operator": {"nodeSelector": _SYSTEM_NODES},
-            "driver": {"enabled": driver_container},
+            "driver": {
+                "enabled": driver_container,
+                # Where the operator's driver container provides the driver, the operator rolls a
+                # driver.version change over the nodes itself: at most a third of them at once, as
+                # every other node change here (the seed's rolling-upgrade rule), each drained first
+                # so its model pods leave through their disruption budgets (emptyDir: their weights
+                # are fetched again). GPU operator values, driver.upgradePolicy ("GPU Driver Upgrades").
+                "upgradePolicy": {
+                    "autoUpgrade": True,
+                    "maxUnavailable": f"{MAX_UNAVAILABLE_PERCENTAGE}%",
+                    "drain": {"enable": True, "deleteEmptyDir": True, "force": False, "timeoutSeconds": 900},
+                },
+            },
             "toolkit": {"enabled": driver_container},
             "gds": {"enabled": any(pool.gds for pool in pools)},
             # Mixed: each MIG profile is its own resource (nvidia.com/mig-1g.10gb), so the light

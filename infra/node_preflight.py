@@ -335,7 +335,12 @@ class NodePreflight(pulumi.ComponentResource):
                 namespaced=True,
                 # A node that keeps failing preflight keeps its gate unready; `pulumi up` must not
                 # wait on it (the node stays tainted, which is the point).
-                annotations={"pulumi.com/skipAwait": "true"},
+                annotations={
+                    "pulumi.com/skipAwait": "true",
+                    # Read by the policy pack (SAFE-004): why this one may roll on every node at once.
+                    "peakguard.io/rollout-takes-no-capacity": "the gate only lifts a startup taint; on a serving "
+                    "node it finds none and idles, so its pods restarting takes no replica away",
+                },
             ),
             spec=k8s.apps.v1.DaemonSetSpecArgs(
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),

@@ -7,12 +7,16 @@ from collections.abc import Sequence
 
 from infra.facts import MAX_UNAVAILABLE_PERCENTAGE, max_batch
 from policies.findings import UNKNOWN, Resource, Rule, Violation, known
-from policies.wire import of_type, stack_env
+from policies.wire import mapping, of_type, stack_env
 from policies.workloads import DEPLOYMENT, HPA, PDB, SCALED_OBJECT, guarding_budgets, scaling_of
 
-__all__ = ["RULES"]
+__all__ = ["NO_CAPACITY_ANNOTATION", "RULES"]
 
 _THIRD = MAX_UNAVAILABLE_PERCENTAGE
+_DAEMON_SET = "kubernetes:apps/v1:DaemonSet"
+NO_CAPACITY_ANNOTATION = "peakguard.io/rollout-takes-no-capacity"
+"""On a DaemonSet that may roll faster than a third of its nodes: why its pods going takes no
+serving capacity (a gate that idles on serving nodes, say). The reason is the value."""
 
 
 def _node_group_batch(resource: Resource) -> list[Violation]:
@@ -51,6 +55,30 @@ def _node_group_batch(resource: Resource) -> list[Violation]:
             )
         ]
     return []
+
+
+def _daemon_set_batch(resource: Resource) -> list[Violation]:
+    """A DaemonSet's pods run on every node of its pool: rolling them is rolling the pool."""
+    kind = resource.get("spec.updateStrategy.type")
+    unavailable = resource.get("spec.updateStrategy.rollingUpdate.maxUnavailable")
+    annotations = resource.get("metadata.annotations")
+    if UNKNOWN in (kind, unavailable, annotations):
+        return [Violation("spec.updateStrategy", None, "known", "", status="not-evaluated")]
+    if kind == "OnDelete" or unavailable is None:
+        return []  # nothing rolls by itself; or Kubernetes' default, one node at a time
+    too_many = _percent(unavailable) > _THIRD if isinstance(unavailable, str) else int(unavailable) > 1
+    reason = mapping(annotations).get(NO_CAPACITY_ANNOTATION)
+    if not too_many or (isinstance(reason, str) and reason.strip()):
+        return []
+    return [
+        Violation(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            unavailable,
+            f"<= {_THIRD}% (or 1 node)",
+            f'lower it to "{_THIRD}%", or, if its pods going takes no serving capacity, say why in the '
+            f"annotation {NO_CAPACITY_ANNOTATION}",
+        )
+    ]
 
 
 def _rollout_share(deployment: Resource, resources: Sequence[Resource]) -> Violation | None:
@@ -159,5 +187,15 @@ RULES = (
         "upgrade taking the service down.",
         resource_types=(PDB, DEPLOYMENT, HPA, SCALED_OBJECT),
         stack_check=_budget_a_third,
+    ),
+    Rule(
+        id="SAFE-004",
+        name="daemon-set-rolls-a-third-at-most",
+        domain="safe change",
+        severity="mandatory",
+        rationale="a DaemonSet's rollout restarts its pod on every node it allows at once: a serving node's "
+        "device plugin or driver going on all nodes together is the whole pool going.",
+        resource_types=(_DAEMON_SET,),
+        check=_daemon_set_batch,
     ),
 )

@@ -91,6 +91,22 @@ def test_gpu_operator_uses_mixed_mig_and_its_mig_manager(run: OfflineRun) -> Non
     assert values["toolkit"]["enabled"] is False
 
 
+def test_an_operator_driver_upgrade_takes_at_most_a_third_of_the_nodes_each_drained(run_changed) -> None:
+    def ubuntu(values: dict[str, Any]) -> None:
+        pool = values["peakguard:gpuPools"]["full"]
+        pool["amiFamily"] = "ubuntu"
+        pool["amiId"] = "ami-0123456789abcdef0"
+        pool.pop("releaseVersion", None)
+
+    values = _values(run_changed("prod", ubuntu), "gpu-operator")
+
+    assert values["driver"]["enabled"] is True, "a pool that needs the operator's driver container"
+    policy = values["driver"]["upgradePolicy"]
+    assert policy["maxUnavailable"] == "33%"
+    assert policy["drain"]["enable"] is True
+    assert policy["drain"]["deleteEmptyDir"] is True, "model pods keep their weights in emptyDir"
+
+
 def test_efa_device_plugin_selects_nodes_by_the_efa_label(run: OfflineRun) -> None:
     values = _values(run, "aws-efa-k8s-device-plugin")
 

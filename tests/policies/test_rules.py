@@ -142,6 +142,12 @@ CASES: dict[str, Case] = {
     "SAFE-002": Case(
         DEPLOYMENT, _full, _set("spec.strategy.rollingUpdate.maxUnavailable", "50%"), "maxUnavailable is '50%'"
     ),
+    "SAFE-004": Case(
+        "kubernetes:apps/v1:DaemonSet",
+        lambda n: n.endswith("-full"),
+        lambda p: p["metadata"]["annotations"].pop("peakguard.io/rollout-takes-no-capacity"),
+        "maxUnavailable is '100%'",
+    ),
     "SAFE-003": Case(
         HPA,
         lambda n: True,
@@ -514,3 +520,27 @@ def test_mig_capacity_that_fits_complies(run_changed) -> None:
     report = evaluate(_stack(run_changed("prod", a100_40gb)), {"CAP-003": RULES["CAP-003"]})
 
     assert not failed(report), [f.message() for f in report.findings]
+
+
+@pytest.mark.parametrize(
+    ("strategy", "violates"),
+    [
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "33%"}}, False),
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "34%"}}, True),
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}, False),
+        ({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 2}}, True),
+        ({"type": "RollingUpdate"}, False),  # Kubernetes' default: one node at a time
+        ({"type": "OnDelete"}, False),
+    ],
+)
+def test_a_daemon_set_without_a_reason_rolls_a_third_of_its_nodes_at_most(
+    runs: dict[str, OfflineRun], strategy: dict[str, Any], violates: bool
+) -> None:
+    def edit(props: dict[str, Any]) -> None:
+        props["metadata"]["annotations"].pop("peakguard.io/rollout-takes-no-capacity")
+        props["spec"]["updateStrategy"] = strategy
+
+    case = Case("kubernetes:apps/v1:DaemonSet", lambda n: n.endswith("-full"), edit, "")
+    edited, _ = _edited(_stack(runs["prod"]), case)
+
+    assert bool(failed(evaluate(edited, {"SAFE-004": RULES["SAFE-004"]}))) is violates
