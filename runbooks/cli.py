@@ -30,8 +30,11 @@ def register(commands: Any) -> None:
             "(or takes --yes), takes the environment's lock, applies and verifies step by step, and "
             "rolls back everything it did if a verification fails, times out, or the run is cancelled "
             "(Ctrl-C, SIGTERM). Every step is journaled; `resume RUN_ID` continues an interrupted run. "
-            "Exit status: 0 succeeded, 1 rolled back or stopped, 2 refused before acting, "
-            "3 rollback incomplete (the journal says what to undo by hand)."
+            'Exit status: 0 succeeded (or "succeeded, manual step pending: <command>" when a step\'s change '
+            "is a person's to make, e.g. `pulumi up` where no Pulumi CLI is installed), 1 rolled back or "
+            "stopped, 2 refused before acting, "
+            "3 rollback incomplete (the journal says what to undo by hand) or failed-forward (a step "
+            "that cannot be taken back, such as replaced nodes, had finished: the reason says what stands)."
         ),
     )
     actions = parser.add_subparsers(dest="runbook_action", metavar="ACTION", required=True)
@@ -156,7 +159,7 @@ def _run(args: argparse.Namespace) -> int:
     except RunbookError as exc:
         return _refused(exc)
     status = _summary(outcome)
-    if outcome.status == "succeeded" and runbook.epilogue is not None:
+    if outcome.status in ("succeeded", "succeeded-manual-pending") and runbook.epilogue is not None:
         print("\n" + runbook.epilogue(engine.context))
     return status
 
@@ -359,10 +362,18 @@ def _progress(record: dict[str, Any]) -> None:
 
 def _summary(outcome: Any) -> int:
     rollback = "" if outcome.rollback_seconds is None else f", rolled back in {outcome.rollback_seconds:.1f} s"
-    print(f"\n{outcome.status}: {outcome.reason}\n  took {outcome.seconds:.1f} s{rollback}; journal {outcome.journal}")
-    return {"succeeded": EXIT_SUCCEEDED, "rolled-back": EXIT_ROLLED_BACK, "stopped": EXIT_ROLLED_BACK}.get(
-        outcome.status, EXIT_ROLLBACK_FAILED
-    )
+    if outcome.status == "succeeded-manual-pending":
+        # Not a plain "succeeded": the change is not made until someone runs these.
+        headline = "succeeded, manual step pending: " + "; ".join(outcome.pending)
+    else:
+        headline = f"{outcome.status}: {outcome.reason}"
+    print(f"\n{headline}\n  took {outcome.seconds:.1f} s{rollback}; journal {outcome.journal}")
+    return {
+        "succeeded": EXIT_SUCCEEDED,
+        "succeeded-manual-pending": EXIT_SUCCEEDED,
+        "rolled-back": EXIT_ROLLED_BACK,
+        "stopped": EXIT_ROLLED_BACK,
+    }.get(outcome.status, EXIT_ROLLBACK_FAILED)
 
 
 def _refused(exc: Exception) -> int:

@@ -36,11 +36,15 @@ from runbooks.errors import FreezeActiveError, LiveStateChangedError, LockHeldEr
 from runbooks.journal import Journal, new_run_id
 from runbooks.locking import FreezeSource, Heartbeat, Lock, LockInfo, run_of, runner_identity
 from runbooks.planning import Approval, Plan, PlannedStep, canonical, changed_since
-from runbooks.spec import Context, Gate, Judgement, Runbook, Step
+from runbooks.spec import Context, Gate, Judgement, LeftToOperator, Runbook, Step
 
 __all__ = ["Engine", "Outcome", "Reporter", "sigterm_as_interrupt"]
 
-Status = Literal["succeeded", "rolled-back", "rollback-failed", "stopped"]
+Status = Literal["succeeded", "succeeded-manual-pending", "rolled-back", "rollback-failed", "failed-forward", "stopped"]
+"""`succeeded-manual-pending`: every step done and verified, but a step left its change to a person
+(spec.LeftToOperator); the outcome's `pending` says what to run. `failed-forward`: the run failed
+after a step that cannot be taken back had finished (spec.Step.kept_once_done): the rest was put
+back, that step's work stands, and the reason says what a person must decide."""
 Reporter = Callable[[dict[str, Any]], None]
 """Told of every journal record as it is written (live progress)."""
 
@@ -55,6 +59,8 @@ class Outcome:
     seconds: float
     rollback_seconds: float | None
     """From the failure to a passing health gate after rollback; None if nothing was rolled back."""
+    pending: tuple[str, ...] = ()
+    """Commands a person still has to run (status `succeeded-manual-pending`)."""
 
 
 class _StepFailedError(Exception):
@@ -209,6 +215,12 @@ class Engine:
                 reason = f"health gate {final.verdict} after {recovery:g} s: {final.reason}"
                 return self._roll_back(journal, plan, list(reversed(begun)), reason=reason, failed_at=self.clock(),
                                        started=started)  # fmt: skip
+        # From the journal, so a resumed run still reports what an earlier process left to a person.
+        pending = tuple(r["command"] for r in journal.records() if r["event"] == "step_left_to_operator")
+        if pending:
+            return self._finish(journal, "succeeded-manual-pending",
+                                "every step applied and verified; left to an operator: " + "; ".join(pending),
+                                started, None, pending=pending)  # fmt: skip
         return self._finish(journal, "succeeded", "every step applied and verified", started, None)
 
     def _step(self, journal: Journal, step: Step, planned: PlannedStep) -> None:
@@ -219,7 +231,9 @@ class Engine:
         # Every API call inside ends by the step's deadline (runbooks.deadlines): a hung call fails
         # the step on time instead of holding the run (and the lock) past it.
         with deadlines.until(timeout, what=f"step {step.name} (timeout {timeout:g} s)"):
-            self._with_retries(lambda: step.apply(self.context, planned.after), step=step, deadline=deadline)
+            left = self._with_retries(lambda: step.apply(self.context, planned.after), step=step, deadline=deadline)
+            if isinstance(left, LeftToOperator):
+                self._write(journal, "step_left_to_operator", step=step.name, command=left.command, why=left.why)
             self._write(journal, "step_applied", step=step.name)
             if step.verify is not None:
                 verdict = self._poll(step.verify, deadline)
@@ -246,6 +260,9 @@ class Engine:
         by_name = {step.name: step for step in self.runbook.steps}
         failures: list[tuple[str, str]] = []
         left = list(names)
+        finished = {r["step"] for r in journal.records() if r["event"] == "step_done"}
+        kept = [f"{name}: {by_name[name].kept_once_done}" for name in names
+                if name in finished and by_name[name].kept_once_done]  # fmt: skip
         with _finish_despite_one_interrupt() as interrupts:
             # Journaled once a signal can no longer cut the rollback short.
             self._write(journal, "rollback_started", reason=reason, steps=names)
@@ -280,6 +297,12 @@ class Engine:
             undo = "; ".join(self._undo(by_name[name], plan.step(name).before) for name, _ in failures)
             why = f"rollback incomplete: {errors}; left to undo by hand: {undo}"
             return self._finish(journal, "rollback-failed", f"{reason}; {why}", started, seconds)
+        if kept:
+            # Not "rolled-back": what those steps finished stands, and the service failed with it in place.
+            self._write(journal, "rollback_kept", kept=kept)
+            gate_said = "" if healthy else f"; the health gate after the rollback: {gate.reason if gate else '-'}"
+            why = f"{reason}; not taken back: {'; '.join(kept)}{gate_said}"
+            return self._finish(journal, "failed-forward", why, started, seconds)
         if not healthy:
             assert gate is not None
             # Nothing is left to undo: every step is as the plan found it, the service is not well.
@@ -348,18 +371,18 @@ class Engine:
                 return failed if verdict.verdict == "inconclusive" and failed is not None else verdict
             self.sleep(min(self.runbook.poll_interval, max(0.0, deadline - self.clock())))
 
-    def _with_retries(self, action: Callable[[], None], *, step: Step, deadline: float) -> None:
+    def _with_retries(self, action: Callable[[], LeftToOperator | None], *, step: Step, deadline: float) -> Any:
         delay = 0.5
         for attempt in range(1, step.retries + 1):
             try:
-                action()
-                return
+                return action()
             except TransientError as exc:
                 if attempt == step.retries or self.clock() + delay >= deadline:
                     # Said once, here: the adapters' messages do not promise a retry that is not coming.
                     raise RunbookError(f"{exc} (gave up after {attempt} attempt{'s' * (attempt > 1)})") from exc
                 self.sleep(delay)
                 delay *= 2
+        return None
 
     def _note(self, journal: Journal, text: str) -> None:
         self._write(journal, "step_note", text=text)
@@ -368,11 +391,21 @@ class Engine:
         record = journal.write(event, **fields)
         self.report(record)
 
-    def _finish(self, journal: Journal, status: Status, reason: str, started: float, rollback: float | None) -> Outcome:
+    def _finish(
+        self,
+        journal: Journal,
+        status: Status,
+        reason: str,
+        started: float,
+        rollback: float | None,
+        *,
+        pending: tuple[str, ...] = (),
+    ) -> Outcome:
         seconds = self.clock() - started
         self._write(journal, "run_finished", status=status, reason=reason, seconds=round(seconds, 3),
-                    rollback_seconds=None if rollback is None else round(rollback, 3))  # fmt: skip
-        return Outcome(journal.run_id, status, journal.path, reason, seconds, rollback)
+                    rollback_seconds=None if rollback is None else round(rollback, 3),
+                    pending=list(pending))  # fmt: skip
+        return Outcome(journal.run_id, status, journal.path, reason, seconds, rollback, pending)
 
 
 class _Guard:
@@ -426,15 +459,22 @@ class _Guard:
 
 @contextlib.contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a pod or CI stopping the runner) rolls back like Ctrl-C, instead of killing mid-step."""
+    """SIGTERM (a pod or CI stopping the runner) rolls back like Ctrl-C, instead of killing mid-step.
+
+    SIGINT too where it arrives ignored: a shell without job control starts background commands
+    with SIGINT ignored (POSIX, "Signals and Error Handling"), and Python then installs no handler,
+    so `kill -INT` did nothing to a lab or a runner a script had started with `&`."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, signal.default_int_handler)}
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 class _Interrupts:

@@ -204,7 +204,8 @@ class PortsFleet(RunNodes):
                     self._ports.cluster.annotate_node(joined[instance], {SCALE_DOWN_DISABLED: "true"})
                     self._protected.add(instance)
             if len(launched) == count and set(launched) <= set(joined):
-                return launched
+                # By node name: what the group's view shows, so a rollback can drain them by it.
+                return [joined[instance] for instance in launched]
             if self._clock() >= deadline:
                 missing = count - len(launched)
                 if missing:
@@ -216,7 +217,7 @@ class PortsFleet(RunNodes):
                     f"{len(set(launched) & set(joined))} joined the cluster within {self._wait_seconds:g} s "
                     "(Auto Scaling activities say why an instance did not launch; the node's bootstrap log, why "
                     "it did not join)",
-                    launched=launched,
+                    launched=[joined.get(instance, instance) for instance in launched],
                 )
             self._ports.sleep(self._poll_seconds)
 

@@ -4,7 +4,8 @@ The loop the `rolling-upgrade` runbook runs per group, over a `Fleet` (the clust
 ports in production, an in-memory fleet in the property test): re-read the group, ask
 `node_batches.next_step` what may happen, do it, gate. A failed gate, a drain that cannot finish
 or a node that never serves stops the group and rolls the round back: the round's old nodes are
-uncordoned (they were not removed yet: removal waits for the gate) and its surged nodes removed.
+uncordoned (they were not removed yet: removal waits for the gate) and its surged nodes drained
+and removed.
 
 Nodes are cordoned with a mark naming the run. Only marked nodes are ours: an operator's cordon is
 never lifted, and a node an operator uncordoned mid-run is reported, left as they set it, and
@@ -32,7 +33,8 @@ class Fleet(Protocol):
 
     def surge(self, group: str, count: int) -> list[str]:
         """Launch `count` nodes of the new generation and wait until they joined; handles `remove`
-        takes (node names or instance ids). Raises SurgeIncompleteError naming what did launch."""
+        takes: the node name of each that joined (a rollback drains it by that name), the instance id
+        of one that did not. Raises SurgeIncompleteError naming what did launch."""
 
     def cordon(self, node: str) -> None:
         """Mark the node unschedulable, with this run's mark."""
@@ -106,9 +108,15 @@ def take_out(fleet: _Draining, nodes: Sequence[str], cordoned: list[str]) -> str
     return None
 
 
-def _roll_back(fleet: Fleet, cordoned: list[str], launched: list[str], log: RoundLog) -> None:
-    """Undo the round in flight: our cordons lifted, its surged nodes removed. Best effort on each
-    node, so one failure does not leave the rest cordoned."""
+def _roll_back(fleet: Fleet, group: str, cordoned: list[str], launched: list[str], log: RoundLog) -> None:
+    """Undo the round in flight: our cordons lifted, its surged nodes drained and removed. Best
+    effort on each node, so one failure does not leave the rest cordoned.
+
+    A surged node that passed preflight may already run pods (those evicted from the round's old
+    nodes land there): they leave through the Eviction API and their budgets, as from any node, not
+    by the instance's termination. The old nodes are uncordoned first, so they have somewhere to go.
+    A surged node whose drain fails is left serving and named: removing it would break a budget.
+    A surge names the nodes that joined by node name (`Fleet.surge`), so they are found in the view."""
     problems = []
     for node in cordoned:
         if not fleet.marked(node):
@@ -118,8 +126,21 @@ def _roll_back(fleet: Fleet, cordoned: list[str], launched: list[str], log: Roun
             fleet.uncordon(node)
         except RunbookError as exc:
             problems.append(f"uncordon {node}: {exc}")
+    try:
+        may_hold_pods = {node.name for node in fleet.view(group).new if node.preflighted} if launched else set()
+    except RunbookError as exc:
+        problems.append(f"cannot read {group} to drain its surged nodes ({exc}); left them: {', '.join(launched)}")
+        launched = []
     for node in launched:
         try:
+            if node in may_hold_pods:
+                drained: list[str] = []
+                problem = take_out(fleet, [node], drained)
+                if problem is not None:
+                    if drained and fleet.marked(node):
+                        fleet.uncordon(node)
+                    problems.append(f"surged {node} left serving: {problem}")
+                    continue
             fleet.remove(node)
         except RunbookError as exc:
             problems.append(f"remove {node}: {exc}")
@@ -146,7 +167,7 @@ def upgrade_group(
         failed_at = clock()
         log.events.append(f"stopped: {reason}")
         try:
-            _roll_back(fleet, cordoned, launched, log)
+            _roll_back(fleet, group, cordoned, launched, log)
         except RunbookError as problem:
             return GroupUpgradeStoppedError(f"{group}: {reason}; then {problem}", failed_at=failed_at)
         return GroupUpgradeStoppedError(f"{group}: {reason}; the round in flight was rolled back", failed_at=failed_at)

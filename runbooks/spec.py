@@ -18,7 +18,18 @@ from typing import Any, Literal
 
 from runbooks.errors import ParameterError
 
-__all__ = ["REQUIRED", "Context", "Gate", "Judgement", "Param", "Reading", "Runbook", "Step", "Verdict"]
+__all__ = [
+    "REQUIRED",
+    "Context",
+    "Gate",
+    "Judgement",
+    "LeftToOperator",
+    "Param",
+    "Reading",
+    "Runbook",
+    "Step",
+    "Verdict",
+]
 
 Verdict = Literal["pass", "fail", "inconclusive"]
 State = Any
@@ -176,6 +187,16 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class LeftToOperator:
+    """What a step's `apply` returns when the change is a person's to make (a `pulumi up` on a machine
+    without the Pulumi CLI): the run then ends "succeeded, manual step pending", never plainly
+    succeeded, and the journal and the summary carry the command."""
+
+    command: str
+    why: str
+
+
+@dataclass(frozen=True)
 class Step:
     name: str
     summary: str
@@ -184,8 +205,8 @@ class Step:
     """Read the live state the step would change."""
     desired: Callable[[Context, State], State]
     """The target, from the observed state and the parameters; pinned in the plan."""
-    apply: Callable[[Context, State], None]
-    """Set the live state to a target (idempotent)."""
+    apply: Callable[[Context, State], LeftToOperator | None]
+    """Set the live state to a target (idempotent); or say what a person must run to do it."""
     verify: Gate | None = None
     """Polled after `apply` until it passes or `timeout` runs out."""
     restore: Callable[[Context, State], None] | None = None
@@ -197,6 +218,10 @@ class Step:
     """Attempts at `apply` on a TransientError, with backoff."""
     destructive: bool = False
     """Re-check the runbook's trigger before acting: do not act on stale facts."""
+    kept_once_done: str | None = None
+    """For a step whose finished work a runbook cannot take back (nodes replaced, batch by batch,
+    each past its gate): what stays when the run fails after it finished. Its restore still runs
+    (to clear what a stop left half-done), and the run ends `failed-forward`, never `rolled-back`."""
     undo: Callable[[Context, State], str] | None = None
     """How a person puts it back by hand when the rollback cannot: (context, observed state) -> the
     object, the field and the value, e.g. `HPA peakguard/model-service-full: spec.minReplicas 2, ...`."""

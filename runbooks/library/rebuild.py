@@ -24,7 +24,7 @@ from runbooks.cluster import Bounds
 from runbooks.errors import RunbookError
 from runbooks.library import undo
 from runbooks.library.service_gates import ERROR_BUDGET, ports_of, within_slo
-from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
+from runbooks.spec import Context, Gate, LeftToOperator, Param, Reading, Runbook, Step
 
 __all__ = ["NORMAL_MODE", "RUNBOOK"]
 
@@ -170,14 +170,15 @@ def _desired_infra(context: Context, before: Any) -> Any:
     return {"pulumiUp": command if cli else f"manual: {command} (no Pulumi CLI on this machine)"}
 
 
-def _apply_infra(context: Context, target: Any) -> None:
+def _apply_infra(context: Context, target: Any) -> LeftToOperator | None:
     command = target["pulumiUp"]
     if command.startswith("manual:"):
-        # Reported, not faked: the journal and the summary carry the exact command to run.
-        return
+        # Reported, not faked: the run ends "succeeded, manual step pending" with the exact command.
+        return LeftToOperator(_pulumi_command(context), "no Pulumi CLI on the machine that ran the runbook")
     done = subprocess.run(command.split(), capture_output=True, text=True, timeout=3600, check=False)  # noqa: S603
     if done.returncode != 0:
         raise RunbookError(f"`{command}` failed ({done.returncode}): {done.stderr.strip()[-500:]}")
+    return None
 
 
 RUNBOOK = Runbook(

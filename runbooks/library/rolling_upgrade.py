@@ -14,10 +14,12 @@ and empties the old one, one pool and AZ at a time (`runbooks/node_upgrade.py`, 
 3. remove the drained nodes one by one; next batch.
 
 A failed gate, a drain that reaches its deadline or new nodes that never serve stop the run: the
-batch in flight is rolled back (our cordons lifted, its surged nodes removed) and the service gate
-must pass again; batches already finished keep their new nodes (they passed their gates). A longer
+batch in flight is rolled back (our cordons lifted, its surged nodes drained and removed) and the
+service gate must pass again; batches already finished keep their new nodes (they passed their
+gates), and a run that fails after the last batch ends `failed-forward`, not `rolled-back`. A longer
 drain deadline is an explicit `--drain-timeout`, journaled with the plan. At the end the runbook
-prints the stack-config change that makes the new generation the serving one.
+prints the stack-config change that makes the new generation the serving one. The incident hold
+stands while nodes move, so a `pulumi up` cannot change the groups under the run.
 
 `--to driver-<version>` is the second path, for a change that needs no new node: the NVIDIA driver
 of nodes whose driver is the host's (Ubuntu AMIs that ship it; `runbooks/driver_fleet.py` says
@@ -29,9 +31,10 @@ preflighted again and put back, with the same gate (`runbooks/in_place_upgrade.p
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from infra.targets import NodeGroupTarget
@@ -156,9 +159,35 @@ def _desired(context: Context, before: Any) -> Any:
     return {"to": to, "groups": groups}
 
 
+@contextlib.contextmanager
+def _holding_pulumi(context: Context, what: str) -> Iterator[None]:
+    """The incident hold for as long as nodes move: a `pulumi up` half-way (say, the stack-config
+    switch to the new generation applied early) would change the groups under the run. Lifted once
+    the move ends, done or stopped with its round rolled back; a run killed mid-move keeps it until
+    `resume` finishes the move or its rollback (the step's restore lifts it too)."""
+    switches = ports_of(context).cloud.switches
+    switches.set_hold(run_id=context.run_id, runbook="rolling-upgrade", reason=what)
+    context.note(f"incident hold set: `pulumi up` refuses until {what} is done")
+    try:
+        yield
+    finally:
+        switches.clear_hold(run_id=context.run_id)
+        context.note("incident hold lifted")
+
+
+def _lift_our_hold(context: Context) -> None:
+    if context.run_id:
+        ports_of(context).cloud.switches.clear_hold(run_id=context.run_id)
+
+
 def _apply(context: Context, target: Any) -> None:
     pairs = {pair.key: pair for pair in _selected(context)}
     fleet = _fleet(context, list(pairs.values()))
+    with _holding_pulumi(context, f"nodes move to {target['to']}"):
+        _move(context, fleet, target)
+
+
+def _move(context: Context, fleet: PortsFleet, target: Any) -> None:
     for group in target["groups"]:
         fleet.begin(group["group"])
         log = RoundLog()
@@ -186,6 +215,7 @@ def _restore(context: Context, before: Any) -> None:
         for node in fleet.nodes(pair.key):
             if node.unschedulable and fleet.marked(node.name):
                 fleet.uncordon(node.name)
+    _lift_our_hold(context)
 
 
 # --- In place: the NVIDIA driver ------------------------------------------------------------
@@ -301,16 +331,17 @@ def _apply_drivers(context: Context, target: Any) -> None:
     assert version is not None
     groups, _ = _serving_groups(context)
     fleet = _driver_fleet(context, [g for g in groups if g.name in {t["group"] for t in target["groups"]}], version)
-    for group in target["groups"]:
-        fleet.begin(group["group"])
-        log = RoundLog()
-        try:
-            upgrade_in_place(group["group"], fleet, log)
-        finally:
-            for event in log.events:
-                context.note(f"{group['group']}: {event}")
-        done = f"done in {log.rounds} batch(es): {len(log.changed)} node(s) at driver {version}"
-        context.note(f"{group['group']}: {done}")
+    with _holding_pulumi(context, f"nodes move to driver {version}"):
+        for group in target["groups"]:
+            fleet.begin(group["group"])
+            log = RoundLog()
+            try:
+                upgrade_in_place(group["group"], fleet, log)
+            finally:
+                for event in log.events:
+                    context.note(f"{group['group']}: {event}")
+            done = f"done in {log.rounds} batch(es): {len(log.changed)} node(s) at driver {version}"
+            context.note(f"{group['group']}: {done}")
 
 
 def _restore_drivers(context: Context, before: Any) -> None:
@@ -323,6 +354,7 @@ def _restore_drivers(context: Context, before: Any) -> None:
     fleet = _driver_fleet(context, groups, version)
     for group in groups:
         fleet.begin(group.name)  # our plain cordons lifted; a node given its startup taint back is held
+    _lift_our_hold(context)
 
 
 def _undo_nodes(context: Context, before: Any) -> str:
@@ -436,6 +468,8 @@ RUNBOOK = Runbook(
             # Not a bound on the move: each wait inside it has its own (drain, node, gate timeouts).
             timeout=7 * 24 * 3600.0,
             retries=1,
+            kept_once_done="every node is on the incoming generation, each batch past its gate, and the old "
+            "nodes are gone: to go back, declare the old image as `next` and move the nodes again",
             undo=_undo_nodes,
         ),
         Step(
@@ -447,6 +481,8 @@ RUNBOOK = Runbook(
             restore=_restore_drivers,
             timeout=7 * 24 * 3600.0,
             retries=1,
+            kept_once_done="every node runs the new driver, each batch past its gate: to go back, run "
+            "rolling-upgrade --to driver-<the old version>",
             undo=_undo_nodes,
         ),
     ),

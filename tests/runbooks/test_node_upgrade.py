@@ -50,6 +50,7 @@ class MemoryFleet:
             node.ready = trouble != "not-ready"
             node.cordoned_by = "operator" if trouble == "operator-cordon" else None
         self.checked_takedowns = 0
+        self.drained: set[str] = set()
 
     def _interfere(self) -> None:
         event = self.data.draw(st.sampled_from(["none"] * 12 + ["cordon", "not-ready", "heal", "override"]))
@@ -87,6 +88,10 @@ class MemoryFleet:
 
     def cordon(self, node: str) -> None:
         target = self.nodes[node]
+        if target.generation == "new":
+            # Only a rollback takes a surged node out again, to drain it before it goes.
+            target.cordoned_by = "run"
+            return
         assert target.generation == "old" and target.serving, f"{node} taken down while not serving"
         serving = sum(n.serving for n in self.nodes.values())
         # The rule: after this node goes, the serving nodes are still >= N - floor(N/3).
@@ -107,8 +112,15 @@ class MemoryFleet:
         self._interfere()
         if self.data.draw(st.sampled_from([False] * 15 + [True]), label=f"drain of {node} fails"):
             raise RunbookError(f"eviction of a pod on {node} blocked by PodDisruptionBudget model-service-full")
+        self.drained.add(node)
 
     def remove(self, node: str) -> None:
+        # Pods leave a node through the Eviction API, never with its instance: only a surged node
+        # that never passed preflight (tainted, so it ran nothing) may go undrained.
+        target = self.nodes[node]
+        assert node in self.drained or (target.generation == "new" and not target.preflighted), (
+            f"{node} removed without a drain"
+        )
         del self.nodes[node]
 
     def healthy(self) -> str | None:
@@ -180,13 +192,14 @@ def test_a_healthy_fleet_is_upgraded_in_batches_of_a_third(size: int) -> None:
             return names
 
         def drain(self, node: str) -> None:
-            pass
+            self.drained.add(node)
 
         def healthy(self) -> str | None:
             return None
 
     fleet = Calm.__new__(Calm)
     fleet.size, fleet.launched, fleet.pauses, fleet.deadline, fleet.checked_takedowns = size, 0, 0, 0, 0
+    fleet.drained = set()
     fleet.nodes = {f"old-{i}": _Node(f"old-{i}", "old") for i in range(size)}
     log = upgrade_group("g", fleet)
     assert log.rounds == -(-size // max_batch(size))

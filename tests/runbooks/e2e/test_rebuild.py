@@ -4,7 +4,10 @@ under traffic, promoted in normal mode; or, when the canary never serves it, rol
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+import pytest
 
 from infra.targets import hold_parameter_name
 from tests.model_service.conftest import write_tiny_artifacts
@@ -40,6 +43,38 @@ def test_a_good_version_goes_out_through_the_canary_and_the_hold_is_lifted(world
     assert {s["version"] for s in _statuses(world) if str(s.get("version"))} == {"v2"}
     assert world.hold() is None
     assert "manual: pulumi up -s dev --yes (no Pulumi CLI on this machine)" in done.stdout
+    # No Pulumi CLI here: the infrastructure change is a person's to make, and the run says so.
+    assert "\nsucceeded, manual step pending: pulumi up -s dev --yes\n" in done.stdout
+    records = _records(world)
+    (left,) = [r for r in records if r["event"] == "step_left_to_operator"]
+    assert (left["step"], left["command"]) == ("infra", "pulumi up -s dev --yes")
+    (finished,) = [r for r in records if r["event"] == "run_finished"]
+    assert finished["status"] == "succeeded-manual-pending"
+    assert finished["pending"] == ["pulumi up -s dev --yes"]
+    _wait(lambda: _canary_replicas(world) == 0, timeout=30)
+
+
+def test_with_a_pulumi_cli_the_infra_step_runs_it_and_the_run_plainly_succeeds(
+    world: World, artifacts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A stand-in `pulumi` first on PATH (the seam is the CLI): it records how it was called and
+    # changes nothing, so no test ever runs a real `pulumi up`.
+    calls = tmp_path / "pulumi-calls"
+    cli = tmp_path / "bin" / "pulumi"
+    cli.parent.mkdir()
+    cli.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    cli.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{cli.parent}{os.pathsep}{os.environ['PATH']}")
+    write_tiny_artifacts(artifacts, version="v4")  # artifacts are immutable: the module shares them
+
+    done = world.peakguard("runbook", "run", "rebuild", "--env", "dev", "--kube-url", world.kube_url,
+                           "--window", "2", "--version", "v4", "--canary-timeout", "90")  # fmt: skip
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert calls.read_text() == "up -s dev --yes\n"
+    assert "\nsucceeded: every step applied and verified\n" in done.stdout
+    assert "manual step pending" not in done.stdout
+    assert not [r for r in _records(world) if r["event"] == "step_left_to_operator"]
     _wait(lambda: _canary_replicas(world) == 0, timeout=30)
 
 

@@ -29,7 +29,7 @@ import httpx
 import pytest
 
 from infra.offline import OfflineRun, run_offline
-from infra.targets import NodeGroupTarget, TargetsDocument
+from infra.targets import NodeGroupTarget, TargetsDocument, hold_parameter_name
 from lab.lab import Lab, LabSettings, ServePod
 from lab.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
 from runbooks.cluster import CORDON_MARK
@@ -52,6 +52,8 @@ class Traffic:
     outcomes: list[tuple[float, str]] = field(default_factory=list)
     ready: list[tuple[float, int]] = field(default_factory=list)
     """(wall time, Ready model-service endpoints), sampled alongside."""
+    holds: list[tuple[float, str | None]] = field(default_factory=list)
+    """(wall time, the runbook holding `pulumi up` or None), sampled alongside."""
 
     def failures(self, since: float = 0.0) -> list[tuple[float, str]]:
         return [(at, outcome) for at, outcome in self.outcomes if at >= since and not outcome.startswith("2")]
@@ -174,8 +176,14 @@ def _traffic(lab: Lab, traffic: Traffic) -> Iterator[None]:
                 stop.wait(0.02)
 
     def sample() -> None:
+        ssm = boto3.client("ssm", **lab.client_args())
         while not stop.is_set():
             traffic.ready.append((time.time(), len(lab.ready_backends())))
+            try:
+                hold = json.loads(ssm.get_parameter(Name=hold_parameter_name("dev"))["Parameter"]["Value"])
+                traffic.holds.append((time.time(), str(hold.get("runbook"))))
+            except ssm.exceptions.ParameterNotFound:
+                traffic.holds.append((time.time(), None))
             stop.wait(0.2)
 
     threads = [threading.Thread(target=send, daemon=True), threading.Thread(target=sample, daemon=True)]
@@ -221,6 +229,16 @@ def test_every_node_moves_to_the_new_generation_and_no_request_fails(upgrade: Up
     assert len(sent) > 5 * seconds, "the load generator kept sending throughout"
     assert failed == [], f"{len(failed)} of {len(sent)} requests failed: {failed[:10]}"
     assert f"releaseVersion: {NEW_RELEASE}" in done.stdout, "the stack-config change to commit is printed"
+    # `pulumi up` was refused for as long as nodes moved, and free again after.
+    notes = [r for r in upgrade.records() if r["event"] == "step_note"]
+    set_at = _at(next(r for r in notes if r["text"].startswith("incident hold set")))
+    lifted_at = _at(next(r for r in notes if r["text"] == "incident hold lifted"))
+    first_surge = _at(next(r for r in notes if ": surge " in r["text"]))
+    last_removal = _at([r for r in notes if r["text"].startswith("removed ")][-1])
+    assert set_at <= first_surge and last_removal <= lifted_at
+    during = [runbook for at, runbook in upgrade.traffic.holds if set_at + 0.5 < at < lifted_at - 0.5]
+    assert during and set(during) == {"rolling-upgrade"}, "the hold stood throughout the move"
+    _wait(lambda: upgrade.traffic.holds[-1][1] is None, timeout=5)
     print(f"\nrolling-upgrade: {len(sent)} requests, {len(failed)} failed, run took {seconds:.1f} s")
 
 
@@ -239,9 +257,19 @@ def test_a_batch_whose_new_replicas_crash_is_rolled_back_and_the_service_recover
     assert "PodDisruptionBudget model-service-full" in finished["reason"], "the crashing replicas held the drain"
     # The round in flight was undone by the group's own loop: our cordon lifted, the surged node removed.
     notes = [r for r in records if r["event"] == "step_note"]
-    undone = [r for r in notes if r["text"].startswith(("uncordoned", "removed"))]
+    # The group's loop rolls its round back before it reports the stop (the step's own restore after
+    # that only finds cordons on a node on its way out).
+    stopped = next(i for i, r in enumerate(notes) if ": stopped: " in r["text"])
+    undone = [r for r in notes[:stopped] if r["text"].startswith(("uncordoned", "removed"))]
     assert [r["text"].split()[0] for r in undone] == ["uncordoned", "removed"], [r["text"] for r in notes]
     failure_at = _at(undone[0])
+    # The surged node may already hold pods evicted from the old one: drained, then removed.
+    texts = [r["text"] for r in notes]
+    removal = next(t for t in texts if t.startswith("removed "))
+    surged = removal.split()[1]
+    drained = next(i for i, t in enumerate(texts) if t.startswith(f"drained {surged} "))
+    assert texts.index(f"cordoned {surged}") < drained < texts.index(removal), texts
+    assert upgrade.traffic.holds[-1][1] is None, "the hold went with the rollback"
     _wait(lambda: upgrade.sizes("green") == {g.name: 0 for g in upgrade.groups("green")}, timeout=10)
     _wait(lambda: upgrade.nodes("green") == [], timeout=10)
     blue = upgrade.nodes("blue")
