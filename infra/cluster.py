@@ -154,12 +154,17 @@ class Cluster(pulumi.ComponentResource):
         ]
         self.node_role_arn = node_role.arn
 
-        def addon(addon_name: str, depends_on: list[pulumi.Resource] | None = None) -> aws.eks.Addon:
+        def addon(
+            addon_name: str,
+            depends_on: list[pulumi.Resource] | None = None,
+            configuration: dict[str, str] | None = None,
+        ) -> aws.eks.Addon:
             return aws.eks.Addon(
                 f"{name}-{addon_name}",
                 cluster_name=cluster.name,
                 addon_name=addon_name,
                 addon_version=config.addon_versions[addon_name],
+                configuration_values=None if configuration is None else json.dumps(configuration),
                 resolve_conflicts_on_create="OVERWRITE",
                 # An operator's hotfix to an add-on's settings survives the next `pulumi up`.
                 resolve_conflicts_on_update="PRESERVE",
@@ -167,7 +172,10 @@ class Cluster(pulumi.ComponentResource):
                 opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on or []),
             )
 
-        self.vpc_cni = addon("vpc-cni")
+        # The network-policy agent: without it the model service's NetworkPolicy is accepted and not
+        # enforced (EKS User Guide, "Configure your cluster for Kubernetes network policies":
+        # configuration value enableNetworkPolicy, VPC CNI 1.14 or later).
+        self.vpc_cni = addon("vpc-cni", configuration={"enableNetworkPolicy": "true"})
         kube_proxy = addon("kube-proxy")
 
         system = config.system_nodes

@@ -321,6 +321,9 @@ class ModelServiceConfig:
     memory: str
     mode: ServiceMode
     ingress: IngressConfig
+    admin_source_cidrs: tuple[str, ...] = ()
+    """Hosts outside the cluster that call the pods' admin API (a runbook runner on a bastion in the
+    VPC); runners inside the cluster are let in by their pod label (`peakguard.io/admin-client`)."""
 
     @property
     def pre_stop_seconds(self) -> int:
@@ -939,6 +942,7 @@ _MODEL_SERVICE_KEYS = (
     "namespace", "image", "weightsImage", "pool", "lightPool", "gpusPerReplica", "expectedPeakReplicas",
     "minReplicas", "maxReplicas", "inFlightPerReplica", "lightMaxReplicas", "canaryMaxReplicas",
     "maxRequestSeconds", "startupSeconds", "sloP99Milliseconds", "cpu", "memory", "mode", "ingress",
+    "adminSourceCidrs",
 )  # fmt: skip
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
 
@@ -1080,7 +1084,16 @@ def _parse_model_service(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> Model
             certificate_arn=certificate,
         )
 
+    admin_cidrs = node.texts("adminSourceCidrs", default=())
+    for cidr in admin_cidrs:
+        try:
+            network = ipaddress.IPv4Network(cidr)
+        except ValueError as exc:
+            _fail(node._path("adminSourceCidrs"), cidr, f"is not an IPv4 network ({exc})")
+        if network.prefixlen == 0:
+            _fail(node._path("adminSourceCidrs"), cidr, "opens the admin API to every address; name the runners' hosts")
     return ModelServiceConfig(
+        admin_source_cidrs=tuple(admin_cidrs),
         namespace=namespace,
         image=_image(node, "image"),
         weights_image=_image(node, "weightsImage", default="public.ecr.aws/aws-cli/aws-cli:2.27.50"),

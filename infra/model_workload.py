@@ -25,6 +25,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 import pulumi_random as random
 
+from infra import scanner_skips
 from infra.config import GpuPoolConfig, ModelServiceConfig, ServiceMode
 from infra.facts import GPU_RESOURCE, GPU_TAINT, MIG_RESOURCE_PREFIX
 from infra.irsa import irsa_role
@@ -48,6 +49,17 @@ MODE_KEY = "mode.json"
 """The ConfigMap key, and the file the service watches in the mounted directory."""
 ADMIN_TOKEN_KEY = "token"  # noqa: S105 (the key name, not a token)
 """Key of the admin-token Secret; runbooks read it to call the pods' admin API."""
+_ACCEPTED = {
+    # Peer-scanner findings the model service accepts on purpose (infra/scanner_skips.py).
+    "CKV_K8S_11": "no CPU limit on purpose: a CFS quota throttles the event loop and the model thread in the "
+    "very surge the replica exists for; the CPU request reserves its share",
+    "CKV_K8S_15": "IfNotPresent: the image is pinned (digest or a tag the loader will not let move), and a new "
+    "replica in a surge must not wait on the registry",
+    "CKV_K8S_43": "pinned by the stack config: a digest, or a fixed tag the config loader and SERV-002 refuse "
+    "to let be a moving one",
+}
+ADMIN_CLIENT_LABEL = "peakguard.io/admin-client"
+"""Pod label of in-cluster runbook runners: the model-service NetworkPolicy lets them call the admin API."""
 PORT = 8080
 IN_FLIGHT_METRIC = "peakguard_in_flight_requests"
 """The service's gauge of requests being handled: it rises before latency does."""
@@ -87,6 +99,11 @@ class ModelWorkloadArgs:
     """The OpenTelemetry collector's OTLP/HTTP URL inside the cluster."""
     prometheus_url: str
     """Prometheus inside the cluster, queried by the KEDA ScaledObjects."""
+    load_balancer_cidrs: tuple[str, ...] = ()
+    """The subnets the ALB's nodes live in (public ones for an internet-facing ALB): its traffic and
+    health checks come from there, with `target-type: ip` straight to the pods."""
+    monitoring_namespace: str = "monitoring"
+    """Where Prometheus runs: it scrapes /metrics on the pods."""
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     """Add-ons whose CRDs and webhooks these objects need (KEDA, the load balancer controller)."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -211,11 +228,44 @@ class ModelWorkload(pulumi.ComponentResource):
         self.scaled_objects["canary"] = self._scaled_object(name, "canary", canary, config.canary_max_replicas)
 
         self._ingress(name, service)
+        self._network_policy(name)
         self.register_outputs(
             {"namespace": self.namespace, "service": self.service_name, "deployments": self.deployments}
         )
 
     # --- Pieces --------------------------------------------------------------------------
+
+    def _network_policy(self, name: str) -> None:
+        """Who may reach the model-service pods: the ALB (requests and health checks), Prometheus
+        (scrapes) and runbook runners (the admin API), nothing else. Enforced by the VPC CNI's
+        network-policy agent (infra/cluster.py turns it on); egress stays open (S3, OTLP, DNS)."""
+        args = self._args
+        port = [k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
+        runners = k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(),
+            pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={ADMIN_CLIENT_LABEL: "true"}),
+        )
+        prometheus = k8s.networking.v1.NetworkPolicyPeerArgs(
+            namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                match_labels={"kubernetes.io/metadata.name": args.monitoring_namespace}
+            )
+        )
+        addresses = [
+            k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr))
+            for cidr in (*args.load_balancer_cidrs, *args.config.admin_source_cidrs)
+        ]
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-ingress-sources",
+            metadata=self._metadata(f"{APP_LABEL}-ingress-sources"),
+            spec=k8s.networking.v1.NetworkPolicySpecArgs(
+                pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": APP_LABEL}),
+                policy_types=["Ingress"],
+                ingress=[
+                    k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[*addresses, prometheus, runners], ports=port)
+                ],
+            ),
+            opts=self._in_ns,
+        )
 
     def _labels(self, variant: Variant | None = None) -> dict[str, str]:
         labels = {"app.kubernetes.io/part-of": "peakguard", "app.kubernetes.io/managed-by": "pulumi"}
@@ -403,7 +453,9 @@ class ModelWorkload(pulumi.ComponentResource):
         )
         created = k8s.apps.v1.Deployment(
             f"{name}-{variant}",
-            metadata=self._metadata(deployment_name, variant=variant),
+            metadata=self._metadata(
+                deployment_name, variant=variant, annotations=scanner_skips.skip_annotations(_ACCEPTED)
+            ),
             spec=k8s.apps.v1.DeploymentSpecArgs(
                 # No replicas: the HPA or the ScaledObject owns them.
                 selector=k8s.meta.v1.LabelSelectorArgs(match_labels=selector),

@@ -14,13 +14,13 @@ import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
 from infra.cluster import Cluster, ClusterArgs
-from infra.cluster_addons import ClusterAddons, ClusterAddonsArgs
+from infra.cluster_addons import RELEASES, ClusterAddons, ClusterAddonsArgs
 from infra.config import StackConfig
 from infra.gpu_node_groups import GpuNodeGroups, GpuNodeGroupsArgs
 from infra.incident_hold import check_incident_hold
 from infra.kubernetes_provider import kubernetes_provider
 from infra.model_workload import IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
-from infra.network import Network, NetworkArgs
+from infra.network import Network, NetworkArgs, plan_subnets
 from infra.node_preflight import NodePreflight, NodePreflightArgs
 from infra.observability import Observability, ObservabilityArgs
 from infra.storage import Storage, StorageArgs
@@ -53,6 +53,14 @@ def _decode(value: Any) -> Any:
         except json.JSONDecodeError:
             return value
     return value
+
+
+def load_balancer_cidrs(config: StackConfig) -> tuple[str, ...]:
+    """Where the ALB's nodes sit: the public subnets for an internet-facing ALB, the private ones for
+    an internal one (the load balancer controller picks subnets by those roles' tags)."""
+    pairs = plan_subnets(config.network.vpc_cidr, config.network.availability_zones)
+    internal = config.kubernetes.model_service.ingress.scheme == "internal"
+    return tuple(str(pair.private if internal else pair.public) for pair in pairs)
 
 
 def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
@@ -167,6 +175,8 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             partition=config.partition,
             otlp_endpoint=addons.otlp_endpoint,
             prometheus_url=addons.prometheus_url,
+            load_balancer_cidrs=load_balancer_cidrs(config),
+            monitoring_namespace=RELEASES["kubePrometheusStack"].namespace,
             depends_on=[addons.releases["keda"], addons.releases["awsLoadBalancerController"]],
             tags=tags,
         ),

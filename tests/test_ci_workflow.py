@@ -146,6 +146,9 @@ def test_policy_job_annotates_and_uploads_reports() -> None:
     assert f"{check} --format github" in runs
     assert f"{check} --format sarif --output policy-${{{{ matrix.env }}}}.sarif" in runs
     assert f"{check} --format junit --output policy-${{{{ matrix.env }}}}.xml" in runs
+    scan = next(run for run in runs if "checkov" in run)
+    assert "--k8s-yaml k8s-${{ matrix.env }}" in scan
+    assert ".venv/opt/checkov/bin/checkov -d k8s-${{ matrix.env }} --framework kubernetes" in scan
     uses = {step["uses"].split("@")[0]: step for step in job["steps"] if "uses" in step}
     sarif = uses["github/codeql-action/upload-sarif"]
     assert sarif["with"]["category"] == "policy-${{ matrix.env }}"

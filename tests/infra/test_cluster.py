@@ -144,3 +144,11 @@ def test_service_range_is_pinned_outside_the_vpc(run: OfflineRun) -> None:
     assert service == "172.20.0.0/16"
     assert not ipaddress.IPv4Network(service).overlaps(run.config.network.vpc_cidr)
     assert run.config.cluster.dns_cluster_ip == "172.20.0.10"
+
+
+def test_the_vpc_cni_enforces_network_policies(run: OfflineRun) -> None:
+    # Without its network-policy agent the model service's NetworkPolicy is accepted and does nothing.
+    (cni,) = [r for r in run.of_type("aws:eks/addon:Addon") if r.inputs["addonName"] == "vpc-cni"]
+    assert json.loads(cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    others = [r for r in run.of_type("aws:eks/addon:Addon") if r.inputs["addonName"] != "vpc-cni"]
+    assert all("configurationValues" not in r.inputs for r in others)

@@ -11,6 +11,7 @@ import pytest
 
 from infra import facts
 from infra.config import ConfigError
+from infra.network import plan_subnets
 from infra.offline import OfflineRun, Registration
 from model_service import modes
 
@@ -478,3 +479,52 @@ def test_a_light_pool_without_mig_is_refused(run_changed: RunChanged) -> None:
 
     with pytest.raises(ConfigError, match=r"lightPool.*migProfile"):
         run_changed("prod", whole_gpus)
+
+
+def _sources(run: OfflineRun) -> list[dict[str, Any]]:
+    (policy,) = [p for p in run.of_type("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+                 if p.inputs["metadata"]["namespace"] == run.config.kubernetes.model_service.namespace]  # fmt: skip
+    spec = policy.inputs["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "model-service"}}
+    assert spec["policyTypes"] == ["Ingress"], "egress stays open: S3, OTLP, DNS"
+    (rule,) = spec["ingress"]
+    assert rule["ports"] == [{"port": 8080, "protocol": "TCP"}]
+    return list(rule["from"])
+
+
+def test_only_the_alb_prometheus_and_runbook_runners_reach_the_pods(runs: dict[str, OfflineRun]) -> None:
+    run = runs["prod"]  # internet-facing: the ALB's nodes sit in the public subnets
+    sources = _sources(run)
+
+    blocks = sorted(s["ipBlock"]["cidr"] for s in sources if "ipBlock" in s)
+    public = sorted(str(pair.public) for pair in plan_subnets(run.config.network.vpc_cidr,
+                                                              run.config.network.availability_zones))  # fmt: skip
+    assert blocks == public
+    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in sources
+    assert {"namespaceSelector": {}, "podSelector": {"matchLabels": {"peakguard.io/admin-client": "true"}}} in sources
+    assert len(sources) == len(blocks) + 2
+
+
+def test_an_internal_alb_and_admin_hosts_are_let_in_by_their_addresses(run_changed: RunChanged) -> None:
+    def internal(values: dict[str, Any]) -> None:
+        service = values["peakguard:kubernetes"]["modelService"]
+        service["ingress"] = {"scheme": "internal"}
+        service["adminSourceCidrs"] = ["10.99.0.0/24"]
+
+    run = run_changed("prod", internal)
+
+    blocks = {s["ipBlock"]["cidr"] for s in _sources(run) if "ipBlock" in s}
+    private = {str(pair.private) for pair in plan_subnets(run.config.network.vpc_cidr,
+                                                          run.config.network.availability_zones)}  # fmt: skip
+    assert blocks == private | {"10.99.0.0/24"}
+
+
+@pytest.mark.parametrize(("cidr", "says"), [("10.99.0.0/33", "is not an IPv4 network"), ("0.0.0.0/0", "every address")])
+def test_admin_source_addresses_must_be_a_network_and_not_everyone(
+    run_changed: RunChanged, cidr: str, says: str
+) -> None:
+    def admin(values: dict[str, Any]) -> None:
+        values["peakguard:kubernetes"]["modelService"]["adminSourceCidrs"] = [cidr]
+
+    with pytest.raises(ConfigError, match=says):
+        run_changed("prod", admin)

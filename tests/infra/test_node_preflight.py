@@ -269,4 +269,5 @@ def test_the_objects_validate_against_the_clusters_kubernetes_version(run: Offli
         "ValidatingAdmissionPolicyBinding",
         "ConfigMap",
         "DaemonSet",
+        "NetworkPolicy",
     }

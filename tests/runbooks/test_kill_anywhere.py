@@ -66,9 +66,11 @@ def _mirror(real: Runbook, killer: _Killer, *, failing: str | None) -> Runbook:
             killer.tick()  # right after the change, before the engine journals it
 
         verify = reads(f"{name}-ok", at_least=1.0) if original.verify is not None or name == failing else None
+        # A mirror step can always be put back, so none keeps its finished work (kept_once_done):
+        # every failing run here must end whole, rolled back.
         return dataclasses.replace(
             original, observe=observe, desired=lambda context, before: TARGET, apply=set_to, restore=None,
-            verify=verify, timeout=0.2, retries=1,
+            verify=verify, timeout=0.2, retries=1, kept_once_done=None,
         )  # fmt: skip
 
     return dataclasses.replace(
