@@ -268,8 +268,14 @@ def test_the_service_part_runs_the_real_server_through_ramp_and_overloads(tmp_pa
         "overload_shedding",
         "overload_unprotected",
     ):
-        assert report[run_]["breaker_open"] == {"before": False, "after": False}
-        assert set(report[run_]["answered_by"]) <= {"full/fp32", "cache"}
+        # Recorded, not assumed: on a busy machine an overload may open the breaker (the light model
+        # then answers part of the run; bench's _same_answerer refuses a ratio across models).
+        breaker = report[run_]["breaker_open"]
+        assert set(breaker) == {"before", "after"} and all(isinstance(v, bool) for v in breaker.values())
+        if not any(breaker.values()):
+            assert set(report[run_]["answered_by"]) <= {"full/fp32", "cache"}
+    assert report["unloaded"]["breaker_open"] == {"before": False, "after": False}
+    assert set(report["unloaded"]["answered_by"]) <= {"full/fp32", "cache"}
     # Two-second runs cannot give 2000 answers: their p99s are refused, and the goals on them too.
     figures, goals = whole["figures"], whole["goals"]
     assert not figures["unloaded_p99_ms"]["valid"]
