@@ -184,23 +184,35 @@ def _apply(context: Context, target: Any) -> None:
     pairs = {pair.key: pair for pair in _selected(context)}
     fleet = _fleet(context, list(pairs.values()))
     with _holding_pulumi(context, f"nodes move to {target['to']}"):
-        _move(context, fleet, target)
+        _each_group(
+            context,
+            fleet,
+            target,
+            upgrade_group,
+            lambda log: (
+                f"done in {log.rounds} round(s): {len(log.removed)} old node(s) replaced by {len(log.surged)} new"
+            ),
+        )
 
 
-def _move(context: Context, fleet: PortsFleet, target: Any) -> None:
+def _each_group(
+    context: Context,
+    fleet: Any,
+    target: Any,
+    upgrade: Callable[[str, Any, RoundLog], Any],
+    done: Callable[[RoundLog], str],
+) -> None:
+    """Move the target's groups one after the other, each through `upgrade` (blue/green or in place)."""
     for group in target["groups"]:
         fleet.begin(group["group"])
         log = RoundLog()
         try:
-            upgrade_group(group["group"], fleet, log)
+            upgrade(group["group"], fleet, log)
         finally:
             # What an operator changed mid-run, and what the rollback left as they set it.
             for event in log.events:
                 context.note(f"{group['group']}: {event}")
-        context.note(
-            f"{group['group']}: done in {log.rounds} round(s): {len(log.removed)} old node(s) replaced by "
-            f"{len(log.surged)} new"
-        )
+        context.note(f"{group['group']}: {done(log)}")
 
 
 def _restore(context: Context, before: Any) -> None:
@@ -332,16 +344,13 @@ def _apply_drivers(context: Context, target: Any) -> None:
     groups, _ = _serving_groups(context)
     fleet = _driver_fleet(context, [g for g in groups if g.name in {t["group"] for t in target["groups"]}], version)
     with _holding_pulumi(context, f"nodes move to driver {version}"):
-        for group in target["groups"]:
-            fleet.begin(group["group"])
-            log = RoundLog()
-            try:
-                upgrade_in_place(group["group"], fleet, log)
-            finally:
-                for event in log.events:
-                    context.note(f"{group['group']}: {event}")
-            done = f"done in {log.rounds} batch(es): {len(log.changed)} node(s) at driver {version}"
-            context.note(f"{group['group']}: {done}")
+        _each_group(
+            context,
+            fleet,
+            target,
+            upgrade_in_place,
+            lambda log: f"done in {log.rounds} batch(es): {len(log.changed)} node(s) at driver {version}",
+        )
 
 
 def _restore_drivers(context: Context, before: Any) -> None:
