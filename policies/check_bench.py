@@ -16,9 +16,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Timing", "measure", "render"]
+from infra.config import ENVIRONMENTS
 
-_ENVIRONMENTS = ("dev", "staging", "prod")
+__all__ = ["Timing", "measure", "render"]
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ def measure(project_dir: Path, *, repeat: int) -> tuple[Timing, Timing]:
     apart: list[float] = []
     together: list[float] = []
     for _ in range(repeat):
-        apart.append(sum(_run(project_dir, "--env", env) for env in _ENVIRONMENTS))
+        apart.append(sum(_run(project_dir, "--env", env) for env in ENVIRONMENTS))
         together.append(_run(project_dir, "--all"))
     return Timing("3 stacks, 3 processes", tuple(apart)), Timing("3 stacks, 1 process (--all)", tuple(together))
 

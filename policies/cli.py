@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from infra.config import ENVIRONMENTS
+
 __all__ = ["register"]
 
-_ENVIRONMENTS = ("dev", "staging", "prod")
 _EXIT = (
     "Exit status: 0 no mandatory violation, 1 a mandatory violation (or an unknown, with --strict-unknowns) "
     "or an expired waiver, 2 invalid stack config, policy config or waiver."
@@ -37,7 +38,7 @@ def register(commands: Any) -> None:
     stacks.add_argument(
         "--env",
         action="append",
-        choices=_ENVIRONMENTS,
+        choices=ENVIRONMENTS,
         help="a stack to check: Pulumi.<env>.yaml; repeat it to check several in one process",
     )
     stacks.add_argument("--all", action="store_true", help="check dev, staging and prod, in one process")
@@ -100,7 +101,7 @@ def _check(args: argparse.Namespace) -> int:
     from policies.enforcement import levels_from_config, load_policy_config
     from policies.waivers import WAIVERS, check_waivers
 
-    envs = list(_ENVIRONMENTS) if args.all else list(dict.fromkeys(args.env))
+    envs = list(ENVIRONMENTS) if args.all else list(dict.fromkeys(args.env))
     problem = None
     if args.stack_file and len(envs) > 1:
         problem = "--stack-file names one stack: give one --env with it"

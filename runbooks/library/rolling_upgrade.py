@@ -171,7 +171,7 @@ def _holding_pulumi(context: Context, what: str) -> Iterator[None]:
     try:
         yield
     finally:
-        switches.clear_hold(run_id=context.run_id)
+        _lift_our_hold(context)
         context.note("incident hold lifted")
 
 
