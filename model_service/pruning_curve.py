@@ -136,7 +136,7 @@ def run(settings: PruningSettings, *, log: Log = print) -> dict[str, Any]:
         rows.append({
             "point": point.name, "channels_kept": model.config.intermediate, "heads_kept": model.config.heads,
             "parameters": model.parameter_count(), "accuracy": score,
-            "accuracy_loss_pts": 100 * (base_accuracy - score), "recovery_seconds": round(seconds, 1),
+            "accuracy_loss_pts": 100 * (base_accuracy - score), "recovery_seconds": round(seconds, 3),
         })  # fmt: skip
     texts = list(test.texts)
     encoded = encoder([texts[i % len(texts)] for i in range(settings.batch)])

@@ -44,7 +44,8 @@ def test_each_point_is_pruned_fine_tuned_scored_and_timed_against_the_full_model
     assert (first["channels_kept"], first["heads_kept"]) == (24, 4)
     assert (second["channels_kept"], second["heads_kept"]) == (12, 2)
     assert report["full"]["parameters"] > first["parameters"] > second["parameters"]
-    assert first["recovery_seconds"] > 0  # it was fine-tuned, not only cut
+    # it was fine-tuned, not only cut: one step of even this tiny model takes well over the 1 ms the report keeps
+    assert first["recovery_seconds"] > 0
     for row in report["curve"]:
         assert row["latency_ms"] > 0
         assert row["meets_seed_row"] == (
