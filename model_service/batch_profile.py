@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from model_service import onnx_int8
+from model_service import machine, onnx_int8
 from model_service.artifacts import ArtifactError, load_model, newest_version
 from model_service.classifier import IntentClassifier
 from model_service.load_generator import query_texts
@@ -109,6 +109,7 @@ def run(settings: ProfileSettings, *, log: Log = print) -> dict[str, Any]:
         "tokens": int(ids.shape[1]),
         "repeats": settings.repeats,
         "threads": torch.get_num_threads(),
+        "machine": machine.describe(),
         "tokenizer_ms": round(tokenizer_s * 1000, 3),
         "precisions": precisions,
         "int8_onnxruntime": {

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_service import machine
 from model_service.artifacts import ArtifactError, ModelCard, load_model, newest_version, read_manifest
 from model_service.datasets import IntentData, Split, load_banking77
 from model_service.load_generator import P99_MIN_SAMPLES, SAMPLE_QUERIES, LoadSpec, invalid_because, run_load_sync
@@ -544,13 +544,7 @@ def run(settings: BenchSettings, *, log: Log = print,
     report: dict[str, Any] = {
         "version": folder.name,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
-        "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
-            "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "processor": platform.machine(),
-        },
+        "machine": machine.describe(),
     }
     if settings.repetitions < 1:
         raise ValueError(f"repetitions must be at least 1, got {settings.repetitions}")
@@ -608,10 +602,7 @@ def render(report: dict[str, Any]) -> str:
     with the reason it is invalid where it is, the seed's matrix beside ours, the goals."""
     figures = report["figures"]
     runs = len(report["repetitions"])
-    lines = [
-        f"model version {report['version']}  ({report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, "
-        f"{report['machine']['torch_threads']} model threads), {runs} repetitions"
-    ]
+    lines = [f"model version {report['version']}  ({machine.summary(report['machine'])}), {runs} repetitions"]
     lines.append(f"accuracy (banking77 test), from {report['accuracy_source']}:")
     for name, value in report["accuracy"].items():
         lines.append(f"  {name:<16} {100 * value:6.2f}%")
@@ -733,8 +724,7 @@ def markdown(report: dict[str, Any], *, command: str) -> str:
     median and min-max over the repetitions, its goal and verdict, and why it is invalid if it is."""
     runs = len(report["repetitions"])
     lines = [
-        f"`{command}` ({report['machine']['cpus']} CPUs, torch {report['machine']['torch']}, "
-        f"{report['machine']['torch_threads']} model threads, model version {report['version']}, {runs} repetitions; "
+        f"`{command}` ({machine.summary(report['machine'])}, model version {report['version']}, {runs} repetitions; "
         f"accuracy from {report['accuracy_source']}):",
         "",
         "| figure | median | min-max | goal |",

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from model_service import machine
 from model_service.artifacts import load_model, newest_version
 from model_service.benchmark import median_latencies
 from model_service.classifier import IntentClassifier
@@ -155,6 +156,7 @@ def run(settings: PruningSettings, *, log: Log = print) -> dict[str, Any]:
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(settings).items()}
         | {"points": [p.name for p in settings.points]},
         "threads": torch.get_num_threads(),
+        "machine": machine.describe(),
         "test_queries": len(test.texts),
         "full": {"parameters": full.parameter_count(), "accuracy": base_accuracy, "latency_ms": 1000 * latency["full"]},
         "curve": rows,
