@@ -141,3 +141,52 @@ def _facts_verify(args: argparse.Namespace) -> int:
         return 1
     print(f"{len(INSTANCE_TYPES)} instance types agree with DescribeInstanceTypes in {region}")
     return 0
+
+
+def register_config(commands: Any) -> None:
+    """Add `config` to the `peakguard` command (entry point `peakguard.commands`)."""
+    parser = commands.add_parser(
+        "config",
+        help="the stack config's JSON Schema, for editors",
+        description="The stack config (`config:` of Pulumi.<env>.yaml), as infra/config.py declares it.",
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    schema = actions.add_parser(
+        "schema",
+        help="write the JSON Schema of Pulumi.<env>.yaml",
+        description=(
+            "Write the JSON Schema (draft 2020-12) of a stack file: every peakguard: key with its type, bounds, "
+            "allowed values, default and description, generated from the loader's own model, so an editor "
+            'flags a misspelt key or a bad value as it is typed (README, "Stack config"). Rules across keys '
+            "(headroom, one third, prod's rules) are the loader's: `peakguard preview --env ENV` applies them. "
+            "Exit status: 0 written, 3 the file cannot be written."
+        ),
+    )
+    schema.add_argument(
+        "--output", type=Path, metavar="PATH", default=None, help="write here, atomically (default: standard output)"
+    )
+    schema.set_defaults(handler=_config_schema)
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    import json
+    import os
+    import tempfile
+
+    from infra.config import json_schema
+
+    text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+    if args.output is None:
+        sys.stdout.write(text)
+        return 0
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        handle, staging = tempfile.mkstemp(prefix=f".{args.output.name}.", dir=args.output.parent)
+        with os.fdopen(handle, "w") as out:
+            out.write(text)
+        os.replace(staging, args.output)
+    except OSError as exc:
+        print(f"peakguard config schema: cannot write {args.output}: {exc}", file=sys.stderr)
+        return EXIT_WRITE_ERROR
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0

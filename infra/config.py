@@ -15,7 +15,20 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Literal, NoReturn
+from typing import Annotated, Any, Literal, NoReturn, get_args
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 from infra import facts
 
@@ -37,6 +50,7 @@ __all__ = [
     "StackConfig",
     "StorageConfig",
     "SystemNodesConfig",
+    "json_schema",
 ]
 
 PROJECT = "peakguard"
@@ -54,7 +68,6 @@ GENERATIONS: tuple[Generation, ...] = ("blue", "green")
 _LOG_TYPES = ("api", "audit", "authenticator", "controllerManager", "scheduler")
 _POOL_NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 _CLUSTER_NAME = re.compile(r"^[a-zA-Z][a-zA-Z0-9-]{0,62}$")
-_K8S_VERSION = re.compile(r"^1\.(\d{2})$")
 _AMI_ID = re.compile(r"^ami-[0-9a-f]{8,17}$")
 _RESERVATION_ID = re.compile(r"^cr-[0-9a-f]{8,17}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d$")
@@ -67,7 +80,6 @@ _IMAGE_BY_DIGEST = re.compile(r"^[a-z0-9][a-z0-9._/:-]*@sha256:[0-9a-f]{64}$")
 _IMAGE_BY_TAG = re.compile(r"^[a-z0-9][a-z0-9._/-]*(:[0-9]+)?(/[a-z0-9._-]+)*:([A-Za-z0-9_][A-Za-z0-9._-]{0,127})$")
 _MOVING_TAGS = ("latest", "main", "master", "stable", "dev", "edge", "nightly")
 _AUTOSCALER_TAG = re.compile(r"^v(\d+\.\d+)\.\d+$")
-_KUBERNETES_KEYS = ("charts", "clusterAutoscalerImageTag", "efaDevicePluginImageTag", "modelService")
 _PLUGIN_TAG = re.compile(r"^v\d+\.\d+\.\d+$")
 EFA_DEVICE_PLUGIN_IMAGE_TAG = "v0.5.13"
 """What chart aws-efa-k8s-device-plugin v0.5.20 (eks-charts) deploys by default: its values.yaml
@@ -77,6 +89,7 @@ _HOST = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{
 # An EKS optimized AMI's release version: <kubernetes version>-<build date>, e.g. 1.33.4-20251010.
 _RELEASE_VERSION = re.compile(r"^\d+\.\d+\.\d+-\d{8}$")
 _ARN = re.compile(r"^arn:aws[a-z-]*:acm:[a-z0-9-]+:\d{12}:certificate/[0-9a-f-]+$")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
 
 CHARTS = (
     "gpuOperator",
@@ -411,162 +424,625 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 120 else text[:117] + "..."
 
 
-class _Obj:
-    """A config object being read. Its schema's keys are declared up front, so a misspelt key is
-    reported as such (with a suggestion) before anything it would have set is missed."""
-
-    def __init__(self, key: str, value: Any, *, known: Sequence[str], separator: str = ".") -> None:
-        if not isinstance(value, Mapping):
-            _fail(key, value, "must be an object (a YAML mapping)")
-        self.key = key
-        self._separator = separator
-        self._value: Mapping[Any, Any] = value
-        for name in sorted(value, key=str):
-            if name not in known:
-                close = difflib.get_close_matches(str(name), known, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(sorted(known))}"
-                _fail(self._path(name), value[name], f"is not a known key; {hint}")
-
-    def _get(self, name: str, default: Any) -> Any:
-        value = self._value.get(name, _MISSING)
-        if value is _MISSING or value is None:
-            if default is _MISSING:
-                _fail(self._path(name), _MISSING, "is required")
-            return default
-        return value
-
-    def _path(self, name: Any) -> str:
-        return f"{self.key}{self._separator}{name}"
-
-    def text(self, name: str, *, default: Any = _MISSING, choices: Sequence[str] = ()) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            # `kubernetesVersion: 1.30` is the number 1.3 to YAML: only quotes keep it text.
-            _fail(self._path(name), value, f"must be a string: YAML read a number; quote it (e.g. '{value}')")
-        if not isinstance(value, str) or not value:
-            _fail(self._path(name), value, "must be a non-empty string")
-        if choices and value not in choices:
-            _fail(self._path(name), value, f"must be one of {', '.join(choices)}")
-        return value
-
-    def number(self, name: str, *, default: Any = _MISSING, low: int = 0, high: int | None = None) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        # `pulumi config set --path` stores numbers as strings; accept plain ASCII digits too.
-        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
-            value = int(value)
-        if isinstance(value, bool) or not isinstance(value, int):
-            _fail(self._path(name), value, "must be a whole number")
-        if value < low or (high is not None and value > high):
-            bounds = f"between {low} and {high}" if high is not None else f">= {low}"
-            _fail(self._path(name), value, f"must be {bounds}")
-        return value
-
-    def flag(self, name: str, *, default: Any = _MISSING) -> Any:
-        value = self._get(name, default)
-        if isinstance(value, str) and value.lower() in ("true", "false"):
-            value = value.lower() == "true"
-        if not isinstance(value, bool):
-            _fail(self._path(name), value, "must be true or false")
-        return value
-
-    def texts(self, name: str, *, default: Any = _MISSING) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        if (
-            isinstance(value, str)
-            or not isinstance(value, Sequence)
-            or not all(isinstance(item, str) and item for item in value)
-        ):
-            _fail(self._path(name), value, "must be a list of strings")
-        return tuple(value)
-
-    def child(self, name: str, *, known: Sequence[str], default: Any = _MISSING) -> Any:
-        value = self._get(name, default)
-        if value is default:
-            return value
-        return _Obj(self._path(name), value, known=known)
-
-    def items(self, name: str, *, known: Sequence[str], default: Any = _MISSING) -> list[tuple[Any, _Obj]]:
-        """The entries of a map-of-objects key (pools by name, reservations by AZ), each an object."""
-        value = self._get(name, default)
-        if value is default:
-            return []
-        if not isinstance(value, Mapping):
-            _fail(self._path(name), value, "must be an object (a YAML mapping)")
-        container = self._path(name)
-        return [(k, _Obj(f"{container}.{k}", v, known=known)) for k, v in value.items()]
-
-
 def _fail(key: str, value: Any, problem: str) -> NoReturn:
     raise ConfigError(f"{key}: {problem} (got {_describe(value)})")
 
 
-# --- The schema ----------------------------------------------------------------------------
+def _problem(problem: str, *, got: Any = _MISSING, key: Any = _MISSING) -> PydanticCustomError:
+    """A refusal from the document's types, carried through pydantic to `_config_error`: what is wrong,
+    and, where it is not the whole value, the part that is (`got`) or the key under the value (`key`)."""
+    context: dict[str, Any] = {"problem": problem}
+    if got is not _MISSING:
+        context["got"] = got
+    if key is not _MISSING:
+        context["key"] = key
+    return PydanticCustomError("peakguard_config", "{problem}", context)
 
 
-_SCALING_KEYS = ("minSize", "desiredSize", "maxSize")
-_CLUSTER_KEYS = ("name", "kubernetesVersion", "endpoint", "serviceIpv4Cidr", "logTypes", "addons", "systemNodes")
-_POOL_KEYS = (
-    "instanceType", "availabilityZones", "amiFamily", "amiId", "releaseVersion", "migProfile",
-    "expectedPeakNodes", "headroom", "scalingPerAz", "maxUnavailablePercentage", "rootVolumeGiB",
-    "podsNeedInstanceMetadata", "gds", "capacityReservations", "generation", "next",
-)  # fmt: skip
+# --- The value types of the document ----------------------------------------------------------
+#
+# Each is `Annotated` metadata: it validates a YAML value and returns it as the program reads it,
+# refuses it with the message an SRE reads (key, value, what is allowed), and describes it in the
+# JSON Schema `peakguard config schema` writes. Pydantic's own scalar types would refuse the same
+# values, but with messages that name Python types, and they cannot take what `pulumi config set
+# --path` writes (every value a string).
+
+
+class _ValueType:
+    """Base of the value types: `check` validates, `schema` is the JSON Schema."""
+
+    def check(self, value: Any) -> Any:
+        raise NotImplementedError
+
+    def schema(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.check)
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return self.schema()
+
+
+@dataclass(frozen=True)
+class _Text(_ValueType):
+    """A non-empty string, optionally one of `choices` or matching `pattern` (else `problem`)."""
+
+    choices: tuple[str, ...] = ()
+    pattern: re.Pattern[str] | None = None
+    problem: str = ""
+    any_type: bool = False
+    """Refuse a non-string with `problem` too (aws:region: a number is no region either)."""
+
+    def check(self, value: Any) -> str:
+        if (
+            self.any_type
+            and self.pattern is not None
+            and not (isinstance(value, str) and self.pattern.fullmatch(value))
+        ):
+            raise _problem(self.problem)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            # `kubernetesVersion: 1.30` is the number 1.3 to YAML: only quotes keep it text.
+            raise _problem(f"must be a string: YAML read a number; quote it (e.g. '{value}')")
+        if not isinstance(value, str) or not value:
+            raise _problem("must be a non-empty string")
+        if self.choices and value not in self.choices:
+            raise _problem(self.problem or f"must be one of {', '.join(self.choices)}")
+        if self.pattern is not None and not self.pattern.fullmatch(value):
+            raise _problem(self.problem)
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        if self.choices:
+            return {"type": "string", "enum": list(self.choices)}
+        schema: dict[str, Any] = {"type": "string", "minLength": 1}
+        if self.pattern is not None:
+            schema["pattern"] = self.pattern.pattern
+        return schema
+
+
+@dataclass(frozen=True)
+class _Whole(_ValueType):
+    """A whole number in [low, high] (or one of `choices`); digit strings count (`pulumi config set
+    --path` stores every value as a string)."""
+
+    low: int = 0
+    high: int | None = None
+    choices: tuple[int, ...] = ()
+    problem: str = ""
+
+    def check(self, value: Any) -> int:
+        if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value.strip()):
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _problem("must be a whole number")
+        if self.choices and value not in self.choices:
+            raise _problem(self.problem)
+        if value < self.low or (self.high is not None and value > self.high):
+            raise _problem(
+                f"must be between {self.low} and {self.high}" if self.high is not None else f"must be >= {self.low}"
+            )
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        number: dict[str, Any] = {"type": "integer"}
+        if self.choices:
+            number["enum"] = list(self.choices)
+        else:
+            number["minimum"] = self.low
+            if self.high is not None:
+                number["maximum"] = self.high
+        return {"anyOf": [number, {"type": "string", "pattern": r"^[0-9]+$"}]}
+
+
+@dataclass(frozen=True)
+class _Flag(_ValueType):
+    """true or false; the strings 'true' and 'false' in any case count, YAML 1.1's yes/no/on/off do not."""
+
+    def check(self, value: Any) -> bool:
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            raise _problem("must be true or false")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {
+            "anyOf": [{"type": "boolean"}, {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"}]
+        }
+
+
+@dataclass(frozen=True)
+class _Texts(_ValueType):
+    """A list of non-empty strings, each optionally among `among`, or an IPv4 network (`networks`)."""
+
+    among: tuple[str, ...] = ()
+    networks: bool = False
+
+    def check(self, value: Any) -> tuple[str, ...]:
+        if (
+            isinstance(value, str)
+            or not isinstance(value, Sequence)
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise _problem("must be a list of strings")
+        for item in value:
+            if self.among and item not in self.among:
+                raise _problem(f"must be among {', '.join(self.among)}", got=item)
+            if self.networks:
+                try:
+                    ipaddress.IPv4Network(item)
+                except ValueError as exc:
+                    raise _problem(f"is not an IPv4 network ({exc})", got=item) from None
+        return tuple(value)
+
+    def schema(self) -> dict[str, Any]:
+        item: dict[str, Any] = {"type": "string", "minLength": 1}
+        if self.among:
+            item = {"type": "string", "enum": list(self.among)}
+        if self.networks:
+            item["format"] = "ipv4-network"
+        return {"type": "array", "items": item}
+
+
+@dataclass(frozen=True)
+class _Network(_ValueType):
+    """An IPv4 network in CIDR notation, with the prefix lengths allowed (`problem` otherwise)."""
+
+    prefixes: tuple[int, int] = (0, 32)
+    problem: str = ""
+
+    def check(self, value: Any) -> ipaddress.IPv4Network:
+        text = _Text().check(value)
+        try:
+            network = ipaddress.IPv4Network(text)
+        except ValueError as exc:
+            raise _problem(f"is not an IPv4 network ({exc})") from None
+        if not self.prefixes[0] <= network.prefixlen <= self.prefixes[1]:
+            raise _problem(self.problem)
+        return network
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "ipv4-network", "pattern": r"^[0-9.]+/[0-9]+$"}
+
+
+@dataclass(frozen=True)
+class _AddonVersion(_ValueType):
+    """An EKS add-on version, v1.2.3-eksbuild.1."""
+
+    addon: str
+
+    def check(self, value: Any) -> str:
+        text = _Text().check(value)
+        if facts.parse_addon_version(text) is None:
+            raise _problem(f"must be an EKS add-on version like v1.2.3-eksbuild.1 for {self.addon}")
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": r"^v[0-9]+\.[0-9]+\.[0-9]+-eksbuild\.[0-9]+$"}
+
+
+@dataclass(frozen=True)
+class _Headroom(_ValueType):
+    """A factor over the expected peak: a number or its text, at least facts.HEADROOM."""
+
+    def check(self, value: Any) -> Fraction:
+        try:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            headroom = Fraction(str(value))
+        except (ValueError, ZeroDivisionError):
+            raise _problem("must be a number such as 1.3") from None
+        if not facts.HEADROOM <= headroom <= _MAX_HEADROOM:
+            raise _problem(
+                f"may raise the headroom, never lower it below {float(facts.HEADROOM)} (and at most {_MAX_HEADROOM})"
+            )
+        return headroom
+
+    def schema(self) -> dict[str, Any]:
+        bounds = {"minimum": float(facts.HEADROOM), "maximum": _MAX_HEADROOM}
+        return {"anyOf": [{"type": "number", **bounds}, {"type": "string", "pattern": r"^[0-9]+(\.[0-9]+)?$"}]}
+
+
+@dataclass(frozen=True)
+class _Image(_ValueType):
+    """A container image pinned by digest or by a fixed tag."""
+
+    def check(self, value: Any) -> str:
+        image = _Text().check(value)
+        tag = image.rsplit(":", 1)[-1] if "@" not in image else ""
+        if _IMAGE_BY_DIGEST.fullmatch(image):
+            return image
+        if not _IMAGE_BY_TAG.fullmatch(image) or tag in _MOVING_TAGS:
+            raise _problem(
+                "must pin the image by digest (repo@sha256:<64 hex>) or by a fixed tag (repo:1.2.3); "
+                f"moving tags ({', '.join(_MOVING_TAGS)}) and untagged images are refused"
+            )
+        return image
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "anyOf": [{"pattern": _IMAGE_BY_DIGEST.pattern}, {"pattern": _IMAGE_BY_TAG.pattern}]}
+
+
+@dataclass(frozen=True)
+class _Quantity(_ValueType):
+    """A Kubernetes resource quantity above zero."""
+
+    def check(self, value: Any) -> str:
+        quantity = _Text().check(value)
+        if not _QUANTITY.fullmatch(quantity):
+            raise _problem("must be a Kubernetes quantity such as 4, 500m or 16Gi")
+        if not re.search(r"[1-9]", quantity.rstrip("mKiMGT")):
+            raise _problem("must be more than zero: a pod is guaranteed what it requests")
+        return quantity
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": _QUANTITY.pattern}
+
+
+# --- The document: every key of the stack's config, its type, bounds and default ------------
+
+
+class _Doc(BaseModel):
+    """One YAML object of the stack config. Keys are the camelCase of the fields; a key the object
+    does not declare is refused first, with the key it was probably meant to be."""
+
+    model_config = ConfigDict(
+        strict=True, extra="forbid", frozen=True, alias_generator=to_camel, use_attribute_docstrings=True,
+        protected_namespaces=(), arbitrary_types_allowed=True,
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise _problem("must be an object (a YAML mapping)")
+        known = sorted(str(field.alias) for field in cls.model_fields.values())
+        for name in sorted(data, key=str):
+            if name not in known:
+                close = difflib.get_close_matches(str(name), known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(known)}"
+                raise _problem(f"is not a known key; {hint}", got=data[name], key=name)
+        # `key:` with nothing after it is YAML's null: the key is absent (its default, or required).
+        return {name: value for name, value in data.items() if value is not None}
+
+
+_TEXT = _Text()
+_CIDRS = _Texts(networks=True)
+# Value types with long messages are named here: the annotations below are strings to Python.
+_KUBERNETES_VERSION = _Text(
+    choices=tuple(facts.EKS_KUBERNETES_VERSIONS),
+    problem='must be an EKS version such as "1.33" (quote it in YAML), one EKS offers: '
+    f"{', '.join(facts.EKS_KUBERNETES_VERSIONS)} (infra/facts.py EKS_KUBERNETES_VERSIONS)",
+)
+_GPU_INSTANCE_TYPE = _Text(
+    choices=tuple(sorted(facts.INSTANCE_TYPES)),
+    problem="is not in the EFA instance-type table (infra/facts.py); supported: "
+    f"{', '.join(sorted(facts.INSTANCE_TYPES))}. Add the type there, with its source, to use it",
+)
+_FSX_THROUGHPUT = _Whole(
+    choices=_FSX_THROUGHPUT_PER_TIB,
+    problem=f"must be one of {', '.join(map(str, _FSX_THROUGHPUT_PER_TIB))} (MB/s per TiB, PERSISTENT_2)",
+)
+
+
+class _ScalingDoc(_Doc):
+    min_size: Annotated[int, _Whole(0, facts.NODES_PER_MANAGED_NODE_GROUP)]
+    """Nodes the group never goes below."""
+    desired_size: Annotated[int | None, _Whole(0, facts.NODES_PER_MANAGED_NODE_GROUP)] = None
+    """Initial size only (default minSize): the autoscaler and the runbooks own it afterwards."""
+    max_size: Annotated[int, _Whole(1, facts.NODES_PER_MANAGED_NODE_GROUP)]
+    """Upper bound; with the other AZs' groups it must cover the expected peak plus headroom."""
+
+
+class _NetworkDoc(_Doc):
+    vpc_cidr: Annotated[
+        ipaddress.IPv4Network,
+        _Network((16, 20), "must be a /16 to /20: GPU nodes with EFA and many pods use many addresses"),
+    ]
+    """The VPC's address range; split into one private and one public subnet per AZ."""
+    availability_zones: Annotated[tuple[str, ...], _Texts()]
+    """AZ names of the region, in order: 3 to 4 in prod, 2 to 4 elsewhere."""
+    nat_gateways: Annotated[NatGateways | None, _Text(choices=get_args(NatGateways))] = None
+    """perAz (required in prod, the default there) or single (the default elsewhere)."""
+
+
+class _EndpointDoc(_Doc):
+    public_access: Annotated[bool, _Flag()]
+    """Whether the API endpoint is reachable from outside the VPC (private access is always on)."""
+    public_access_cidrs: Annotated[tuple[str, ...], _CIDRS] = ()
+    """Who may reach the public endpoint; prod allows at most a /16's worth, counted on the union."""
+
+
+class _AddonsDoc(_Doc):
+    vpc_cni: Annotated[str, _AddonVersion("vpc-cni")]
+    coredns: Annotated[str, _AddonVersion("coredns")]
+    kube_proxy: Annotated[str, _AddonVersion("kube-proxy")]
+    """A build for the cluster's Kubernetes version (EKS builds kube-proxy per minor)."""
+
+
+class _SystemNodesDoc(_Doc):
+    instance_type: Annotated[
+        str, _Text(pattern=facts.EC2_INSTANCE_TYPE, problem="must be an EC2 instance type such as m7i.xlarge")
+    ]
+    """Instance type of the CPU node group that runs cluster add-ons."""
+    scaling: _ScalingDoc
+
+
+class _ClusterDoc(_Doc):
+    name: Annotated[
+        str | None,
+        _Text(pattern=_CLUSTER_NAME, problem="must start with a letter and hold only letters, digits and '-' (max 63)"),
+    ] = None
+    """EKS cluster name; default peakguard-<env>."""
+    kubernetes_version: Annotated[str, _KUBERNETES_VERSION]
+    """EKS control-plane version, quoted: "1.33"."""
+    endpoint: _EndpointDoc
+    service_ipv4_cidr: Annotated[ipaddress.IPv4Network | None, _Network()] = None
+    """Kubernetes Service addresses, a /12 to /24 outside the VPC; default 172.20.0.0/16."""
+    log_types: Annotated[tuple[str, ...], _Texts(among=_LOG_TYPES)] = _LOG_TYPES
+    """Control-plane log streams sent to CloudWatch; prod keeps api and audit."""
+    addons: _AddonsDoc
+    system_nodes: _SystemNodesDoc
+
+
+class _ReservationDoc(_Doc):
+    id: Annotated[str, _Text(pattern=_RESERVATION_ID, problem="must be a capacity reservation id (cr-...)")]
+    type: Annotated[ReservationType, _Text(choices=get_args(ReservationType))] = "odcr"
+    placement_group: Annotated[str | None, _TEXT] = None
+    """The cluster placement group the reservation was created in, if any."""
+
+
+_AMI = _Text(pattern=_AMI_ID, problem="must be an AMI id (ami-0123456789abcdef0)")
+_RELEASE = _Text(pattern=_RELEASE_VERSION, problem="must be an EKS AMI release version such as 1.33.4-20251010")
+
+
+class _ImageDoc(_Doc):
+    ami_id: Annotated[str | None, _AMI] = None
+    """A custom AMI (the ubuntu family)."""
+    release_version: Annotated[str | None, _RELEASE] = None
+    """An EKS AL2023 NVIDIA AMI release (the al2023 family)."""
+
+
+class _PoolDoc(_ImageDoc):
+    instance_type: Annotated[str, _GPU_INSTANCE_TYPE]
+    """An EFA-capable GPU instance type from infra/facts.py."""
+    availability_zones: Annotated[tuple[str, ...] | None, _Texts()] = None
+    """One managed node group per AZ; default the network's AZs."""
+    ami_family: Annotated[AmiFamily, _Text(choices=get_args(AmiFamily))]
+    mig_profile: Annotated[str, _TEXT] = "none"
+    """nvidia.com/mig.config layout, e.g. all-1g.10gb; none turns MIG off."""
+    expected_peak_nodes: Annotated[int, _Whole(0)]
+    headroom: Annotated[Fraction, _Headroom()] = facts.HEADROOM
+    scaling_per_az: _ScalingDoc
+    max_unavailable_percentage: Annotated[int, _Whole(1, 100)] = facts.MAX_UNAVAILABLE_PERCENTAGE
+    """EKS rolling-update batch: at most a third of a group at once."""
+    root_volume_gib: Annotated[int, _Whole(50, _MAX_GPU_VOLUME_GIB)] = Field(200, alias="rootVolumeGiB")
+    pods_need_instance_metadata: Annotated[bool, _Flag()] = False
+    gds: Annotated[bool, _Flag()] = False
+    """GPUDirect Storage (nvidia-fs): the ubuntu family only."""
+    capacity_reservations: dict[Any, _ReservationDoc] = Field(default_factory=dict)
+    """Reservation per AZ of the pool."""
+    generation: Annotated[Generation, _Text(choices=GENERATIONS)] = "blue"
+    next: _ImageDoc | None = None
+    """The other generation's image while an upgrade is under way."""
+
+
+class _FsxDoc(_Doc):
+    enabled: Annotated[bool, _Flag()] = True
+    """false switches FSx off and leaves the other keys unread."""
+    availability_zone: Annotated[str | None, _TEXT] = None
+    """Required when enabled: an AZ with GPU nodes (Lustre is single-AZ)."""
+    storage_capacity_gib: Annotated[int | None, _Whole(1200, facts.FSX_LUSTRE_MAX_GIB)] = Field(
+        None, alias="storageCapacityGiB"
+    )
+    """Required when enabled: 1200 or a multiple of 2400 (PERSISTENT_2)."""
+    throughput_per_tib: Annotated[int, _FSX_THROUGHPUT] = Field(250, alias="throughputPerTiB")
+
+
+class _StorageDoc(_Doc):
+    fsx: _FsxDoc | None = None
+
+
+class _ModeDoc(_Doc):
+    model: Annotated[Literal["full", "light"], _Text(choices=("full", "light"))] = "full"
+    precision: Annotated[Literal["fp32", "int8"], _Text(choices=("fp32", "int8"))] = "fp32"
+    shedding: Annotated[bool, _Flag()] = False
+    batch_min: Annotated[int, _Whole(1, 256)] = 16
+    batch_max: Annotated[int, _Whole(1, 256)] = 128
+    model_version: Annotated[str, _TEXT] = ""
+    """Artifact version folder under models/ in the bucket; empty means the newest there."""
+
+
+class _IngressDoc(_Doc):
+    scheme: Annotated[Literal["internet-facing", "internal"], _Text(choices=("internet-facing", "internal"))] = (
+        "internal"
+    )
+    host: Annotated[str | None, _Text(pattern=_HOST, problem="must be a DNS name such as intent.example.com")] = None
+    certificate_arn: Annotated[str | None, _Text(pattern=_ARN, problem="must be an ACM certificate ARN")] = None
+
+
+class _ModelServiceDoc(_Doc):
+    namespace: Annotated[
+        str, _Text(pattern=_NAMESPACE, problem="must be a DNS label: lowercase letters, digits and '-'")
+    ] = PROJECT
+    image: Annotated[str, _Image()]
+    weights_image: Annotated[str, _Image()] = "public.ecr.aws/aws-cli/aws-cli:2.27.50"
+    pool: Annotated[str | None, _TEXT] = None
+    """GPU pool of the full model (a pool without migProfile); default the first pool."""
+    light_pool: Annotated[str | None, _TEXT] = None
+    """MIG pool of the light variant; default the first pool with a migProfile."""
+    gpus_per_replica: Annotated[int, _Whole(1)] = 1
+    expected_peak_replicas: Annotated[int, _Whole(1)]
+    min_replicas: Annotated[int, _Whole(1)]
+    max_replicas: Annotated[int, _Whole(1)]
+    in_flight_per_replica: Annotated[int, _Whole(1, 1024)] = 8
+    light_max_replicas: Annotated[int | None, _Whole(0)] = None
+    """Default 8 with a light pool, 0 without."""
+    canary_max_replicas: Annotated[int, _Whole(1)] = 2
+    max_request_seconds: Annotated[int, _Whole(1, 600)] = 30
+    startup_seconds: Annotated[int, _Whole(30, 3600)] = 600
+    slo_p99_milliseconds: Annotated[int, _Whole(10, 60_000)] = 1000
+    cpu: Annotated[str, _Quantity()] = "4"
+    memory: Annotated[str, _Quantity()] = "16Gi"
+    mode: _ModeDoc = Field(default_factory=_ModeDoc)
+    ingress: _IngressDoc = Field(default_factory=_IngressDoc)
+    admin_source_cidrs: Annotated[tuple[str, ...], _CIDRS] = ()
+
+
+_CHART = _Text(pattern=_CHART_VERSION, problem="must be an exact chart version such as 1.2.3 (ranges are not pinned)")
+
+
+class _ChartsDoc(_Doc):
+    gpu_operator: Annotated[str, _CHART]
+    efa_device_plugin: Annotated[str, _CHART]
+    metrics_server: Annotated[str, _CHART]
+    cluster_autoscaler: Annotated[str, _CHART]
+    aws_load_balancer_controller: Annotated[str, _CHART]
+    kube_prometheus_stack: Annotated[str, _CHART]
+    prometheus_adapter: Annotated[str, _CHART]
+    keda: Annotated[str, _CHART]
+    open_telemetry_collector: Annotated[str, _CHART]
+
+
+class _KubernetesDoc(_Doc):
+    charts: _ChartsDoc
+    cluster_autoscaler_image_tag: Annotated[str | None, _TEXT] = None
+    """A cluster-autoscaler release of the cluster's minor; default facts.CLUSTER_AUTOSCALER_RELEASES."""
+    efa_device_plugin_image_tag: Annotated[
+        str, _Text(pattern=_PLUGIN_TAG, problem="must be a plugin release such as v0.5.13")
+    ] = EFA_DEVICE_PLUGIN_IMAGE_TAG
+    model_service: _ModelServiceDoc
+
+
+_REGION_PROBLEM = "must name an AWS region, e.g. us-west-2 (`pulumi config set aws:region ...`)"
+
+
+class _StackDoc(_Doc):
+    """The stack's `config:` map: `aws:region` and our `peakguard:` keys. Other namespaces (aws:profile,
+    kubernetes:context) are not ours to check."""
+
+    model_config = ConfigDict(extra="ignore", alias_generator=lambda name: f"{PROJECT}:{to_camel(name)}")
+
+    region: Annotated[str | None, _Text(pattern=_REGION, problem=_REGION_PROBLEM, any_type=True)] = Field(
+        None, alias="aws:region"
+    )
+    network: _NetworkDoc
+    cluster: _ClusterDoc
+    gpu_pools: dict[Any, _PoolDoc]
+    storage: _StorageDoc = Field(default_factory=_StorageDoc)
+    kubernetes: _KubernetesDoc
+    tags: dict[Any, Any] = Field(default_factory=dict)
+    """Extra tags on taggable resources and GPU instances (AWS's tag rules apply)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys_only(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            raise _problem("must be a mapping of config keys to values")
+        ours = sorted(
+            str(field.alias).partition(":")[2] for field in cls.model_fields.values() if field.alias != "aws:region"
+        )
+        for key in sorted(data, key=str):
+            namespace, _, name = str(key).partition(":")
+            if namespace == PROJECT and name not in ours:
+                close = difflib.get_close_matches(name, ours, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"known keys: {', '.join(ours)}"
+                raise _problem(f"is not a known key; {hint}", got=data[key], key=key)
+            # A misspelt namespace would otherwise surface as "peakguard:network is required".
+            if namespace != PROJECT and difflib.get_close_matches(namespace, [PROJECT], n=1, cutoff=0.7):
+                raise _problem(
+                    f"is not a key of this program; did you mean '{PROJECT}:{name}'?", got=data[key], key=key
+                )
+        return {key: value for key, value in data.items() if value is not None}
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first refusal, as `key: problem (got value)`: a misspelt key first (what it would have set
+    is reported missing otherwise), then in the document's order."""
+    errors = exc.errors()
+    error = next((e for e in errors if "key" in e.get("ctx", {})), errors[0])
+    context = error.get("ctx", {})
+    loc = [str(part) for part in error["loc"]]
+    if "key" in context:
+        loc.append(str(context["key"]))
+    key = ".".join(loc)
+    if error["type"] == "missing":
+        return ConfigError(f"{key}: is required (got nothing)")
+    if error["type"] == "peakguard_config":
+        return ConfigError(f"{key}: {context['problem']} (got {_describe(context.get('got', error['input']))})")
+    if error["type"] in ("dict_type", "model_type", "model_attributes_type"):
+        return ConfigError(f"{key}: must be an object (a YAML mapping) (got {_describe(error['input'])})")
+    return ConfigError(f"{key}: {error['msg']} (got {_describe(error['input'])})")
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of a `Pulumi.<env>.yaml` for this program: editors validate and complete the
+    `config:` map as it is typed (README, "Stack config"). Only the loader knows the rules across keys
+    (headroom, one third, prod's rules), so a file the schema accepts can still be refused."""
+    config = _StackDoc.model_json_schema(by_alias=True)
+    config["additionalProperties"] = True  # other namespaces: aws:profile, kubernetes:context...
+    definitions = config.pop("$defs", {})
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"Pulumi.<env>.yaml of the {PROJECT} program",
+        "type": "object",
+        "properties": {
+            "config": config,
+            "secretsprovider": {"type": "string"},
+            "encryptedkey": {"type": "string"},
+            "encryptionsalt": {"type": "string"},
+        },
+        "$defs": definitions,
+    }
+
+
+# --- The rules across keys -------------------------------------------------------------------
 
 
 def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
     if stack not in ENVIRONMENTS:
         _fail("stack", stack, f"must be one of {', '.join(ENVIRONMENTS)} (the stack name is the environment)")
     env = stack
-    for key in values:
-        namespace = str(key).partition(":")[0]
-        # A misspelt namespace would otherwise surface as "peakguard:network is required".
-        if namespace != PROJECT and difflib.get_close_matches(namespace, [PROJECT], n=1, cutoff=0.7):
-            _fail(
-                str(key),
-                values[key],
-                f"is not a key of this program; did you mean '{PROJECT}:{str(key).partition(':')[2]}'?",
-            )
-    ours = {k.split(":", 1)[1]: v for k, v in values.items() if k.startswith(f"{PROJECT}:")}
-    root = _Obj(PROJECT, ours, known=("network", "cluster", "gpuPools", "storage", "kubernetes", "tags"), separator=":")
-
-    region = values.get("aws:region")
-    if not isinstance(region, str) or not _REGION.fullmatch(region):
-        _fail(
-            "aws:region",
-            region if region is not None else _MISSING,
-            "must name an AWS region, e.g. us-west-2 (`pulumi config set aws:region ...`)",
-        )
-
-    network = _parse_network(
-        root.child("network", known=("vpcCidr", "availabilityZones", "natGateways")), env=env, region=region
-    )
-    cluster = _parse_cluster(root.child("cluster", known=_CLUSTER_KEYS), env=env, network=network)
+    try:
+        doc = _StackDoc.model_validate(values)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
+    if doc.region is None:
+        _fail("aws:region", _MISSING, _REGION_PROBLEM)
+    root = f"{PROJECT}:"
+    network = _parse_network(doc.network, f"{root}network", env=env, region=doc.region)
+    cluster = _parse_cluster(doc.cluster, f"{root}cluster", env=env, network=network)
+    if not doc.gpu_pools:
+        _fail(f"{root}gpuPools", {}, "must define at least one GPU pool")
     pools = tuple(
-        _parse_gpu_pool(name, node, network=network) for name, node in root.items("gpuPools", known=_POOL_KEYS)
+        _parse_gpu_pool(name, pool, f"{root}gpuPools.{name}", network=network) for name, pool in doc.gpu_pools.items()
     )
-    if not pools:
-        _fail(f"{PROJECT}:gpuPools", {}, "must define at least one GPU pool")
-    storage = _parse_storage(root.child("storage", known=("fsx",), default=None), pools=pools)
+    storage = _parse_storage(doc.storage, f"{root}storage", pools=pools)
     kubernetes = _parse_kubernetes(
-        root.child("kubernetes", known=_KUBERNETES_KEYS),
-        pools=pools,
-        kubernetes_version=cluster.kubernetes_version,
+        doc.kubernetes, f"{root}kubernetes", pools=pools, kubernetes_version=cluster.kubernetes_version
     )
-    raw_tags = ours.get("tags") or {}
-    if not isinstance(raw_tags, Mapping):
-        _fail(f"{PROJECT}:tags", raw_tags, "must map tag names to values")
-    tags: dict[str, str] = {}
+    return StackConfig(
+        env=env,
+        region=doc.region,
+        network=network,
+        cluster=cluster,
+        gpu_pools=pools,
+        storage=storage,
+        kubernetes=kubernetes,
+        tags=_parse_tags(doc.tags, f"{root}tags"),
+    )
+
+
+def _parse_tags(raw: Mapping[Any, Any], path: str) -> dict[str, str]:
+    """AWS's tag rules (EC2 User Guide, "Tag restrictions") and the program's own tag keys."""
     room = facts.TAGS_PER_RESOURCE - facts.PROGRAM_TAGS_MAX
-    if len(raw_tags) > room:
+    if len(raw) > room:
         limits = f"AWS allows {facts.TAGS_PER_RESOURCE} per resource, the program adds up to {facts.PROGRAM_TAGS_MAX}"
-        _fail(f"{PROJECT}:tags", f"{len(raw_tags)} tags", f"must be at most {room}: {limits}")
-    for name, value in raw_tags.items():
-        key = f"{PROJECT}:tags.{name}"
+        _fail(path, f"{len(raw)} tags", f"must be at most {room}: {limits}")
+    tags: dict[str, str] = {}
+    for name, value in raw.items():
+        key = f"{path}.{name}"
         if not isinstance(value, str) or not value:
             _fail(key, value, "must be a non-empty string")
         if str(name).startswith("peakguard:"):
@@ -579,293 +1055,213 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
         if len(value) > facts.TAG_VALUE_MAX:
             _fail(key, f"{len(value)} characters", f"must be at most {facts.TAG_VALUE_MAX} characters (AWS's limit)")
         tags[str(name)] = value
-    return StackConfig(
-        env=env,
-        region=region,
-        network=network,
-        cluster=cluster,
-        gpu_pools=pools,
-        storage=storage,
-        kubernetes=kubernetes,
-        tags=tags,
-    )
+    return tags
 
 
-def _parse_network(node: _Obj, *, env: str, region: str) -> NetworkConfig:
-    cidr_text = node.text("vpcCidr")
-    try:
-        cidr = ipaddress.IPv4Network(cidr_text)
-    except ValueError as exc:
-        _fail(node._path("vpcCidr"), cidr_text, f"is not an IPv4 network ({exc})")
-    if not 16 <= cidr.prefixlen <= 20:
-        _fail(
-            node._path("vpcCidr"),
-            cidr_text,
-            "must be a /16 to /20: GPU nodes with EFA and many pods use many addresses",
-        )
-    azs = node.texts("availabilityZones")
+def _parse_network(doc: _NetworkDoc, path: str, *, env: str, region: str) -> NetworkConfig:
+    azs = doc.availability_zones
     if len(set(azs)) != len(azs):
-        _fail(node._path("availabilityZones"), list(azs), "lists an AZ twice")
+        _fail(f"{path}.availabilityZones", list(azs), "lists an AZ twice")
     for az in azs:
         if not (az.startswith(region) and len(az) == len(region) + 1 and az[-1].isalpha()):
-            _fail(node._path("availabilityZones"), az, f"is not an AZ of region {region} (e.g. {region}a)")
+            _fail(f"{path}.availabilityZones", az, f"is not an AZ of region {region} (e.g. {region}a)")
     minimum = 3 if env == "prod" else 2
     if not minimum <= len(azs) <= 4:
         _fail(
-            node._path("availabilityZones"),
+            f"{path}.availabilityZones",
             list(azs),
             f"must list {minimum} to 4 AZs in {env}: a single AZ's loss must not take the service down",
         )
-    nat = node.text("natGateways", default="perAz" if env == "prod" else "single", choices=("perAz", "single"))
+    nat = doc.nat_gateways or ("perAz" if env == "prod" else "single")
     if env == "prod" and nat != "perAz":
-        _fail(node._path("natGateways"), nat, "must be perAz in prod, so an AZ outage leaves the others egress")
-    return NetworkConfig(vpc_cidr=cidr, availability_zones=azs, nat_gateways=nat)
+        _fail(f"{path}.natGateways", nat, "must be perAz in prod, so an AZ outage leaves the others egress")
+    return NetworkConfig(vpc_cidr=doc.vpc_cidr, availability_zones=azs, nat_gateways=nat)
 
 
-def _parse_scaling(node: _Obj) -> Scaling:
-    low = node.number("minSize", low=0, high=450)
-    desired = node.number("desiredSize", default=low, low=0, high=450)
-    high = node.number("maxSize", low=1, high=450)
+def _parse_scaling(doc: _ScalingDoc, path: str) -> Scaling:
+    low, high = doc.min_size, doc.max_size
+    desired = low if doc.desired_size is None else doc.desired_size
     if not low <= desired <= high:
         _fail(
-            node.key,
+            path,
             {"minSize": low, "desiredSize": desired, "maxSize": high},
             "must satisfy minSize <= desiredSize <= maxSize",
         )
     return Scaling(min_size=low, desired_size=desired, max_size=high)
 
 
-def _parse_cluster(node: _Obj, *, env: str, network: NetworkConfig) -> ClusterConfig:
-    name = node.text("name", default=f"{PROJECT}-{env}")
-    if not _CLUSTER_NAME.fullmatch(name):
-        _fail(node._path("name"), name, "must start with a letter and hold only letters, digits and '-' (max 63)")
-    version = node.text("kubernetesVersion")
-    if not _K8S_VERSION.fullmatch(version):
-        _fail(node._path("kubernetesVersion"), version, 'must be an EKS version such as "1.33" (quote it in YAML)')
-
-    endpoint = node.child("endpoint", known=("publicAccess", "publicAccessCidrs"))
-    public = endpoint.flag("publicAccess")
-    cidrs = endpoint.texts("publicAccessCidrs", default=())
-    for cidr in cidrs:
-        try:
-            ipaddress.IPv4Network(cidr)
-        except ValueError as exc:
-            _fail(endpoint._path("publicAccessCidrs"), cidr, f"is not an IPv4 network ({exc})")
+def _parse_cluster(doc: _ClusterDoc, path: str, *, env: str, network: NetworkConfig) -> ClusterConfig:
+    version = doc.kubernetes_version
+    endpoint, endpoint_path = doc.endpoint, f"{path}.endpoint.publicAccessCidrs"
+    public, cidrs = endpoint.public_access, endpoint.public_access_cidrs
     if public and not cidrs:
-        _fail(
-            endpoint._path("publicAccessCidrs"),
-            [],
-            "must list who may reach the public endpoint (or set publicAccess: false)",
-        )
+        _fail(endpoint_path, [], "must list who may reach the public endpoint (or set publicAccess: false)")
     if not public and cidrs:
-        _fail(endpoint._path("publicAccessCidrs"), list(cidrs), "is set but publicAccess is false")
+        _fail(endpoint_path, list(cidrs), "is set but publicAccess is false")
     if env == "prod" and any(ipaddress.IPv4Network(c).prefixlen == 0 for c in cidrs):
-        _fail(
-            endpoint._path("publicAccessCidrs"),
-            list(cidrs),
-            "must not include 0.0.0.0/0 in prod; list your VPN/bastion ranges",
-        )
+        _fail(endpoint_path, list(cidrs), "must not include 0.0.0.0/0 in prod; list your VPN/bastion ranges")
     # Counted on the union: two /1s are the internet too, and overlapping ranges count once.
     admitted = sum(net.num_addresses for net in ipaddress.collapse_addresses(ipaddress.IPv4Network(c) for c in cidrs))
     if env == "prod" and admitted > facts.PUBLIC_ENDPOINT_MAX_ADDRESSES:
         _fail(
-            endpoint._path("publicAccessCidrs"),
+            endpoint_path,
             list(cidrs),
             f"admit {admitted} addresses together; prod allows {facts.PUBLIC_ENDPOINT_MAX_ADDRESSES} (a /16, "
             "facts.PUBLIC_ENDPOINT_MAX_ADDRESSES): list your VPN/bastion ranges",
         )
 
-    service_text = node.text("serviceIpv4Cidr", default="172.20.0.0/16")
-    try:
-        service_cidr = ipaddress.IPv4Network(service_text)
-    except ValueError as exc:
-        _fail(node._path("serviceIpv4Cidr"), service_text, f"is not an IPv4 network ({exc})")
+    service_cidr = doc.service_ipv4_cidr or ipaddress.IPv4Network("172.20.0.0/16")
     if not 12 <= service_cidr.prefixlen <= 24 or service_cidr.overlaps(network.vpc_cidr):
         _fail(
-            node._path("serviceIpv4Cidr"),
-            service_text,
+            f"{path}.serviceIpv4Cidr",
+            str(service_cidr),
             f"must be a /12 to /24 that does not overlap the VPC ({network.vpc_cidr})",
         )
-
-    log_types = node.texts("logTypes", default=_LOG_TYPES)
-    for log_type in log_types:
-        if log_type not in _LOG_TYPES:
-            _fail(node._path("logTypes"), log_type, f"must be among {', '.join(_LOG_TYPES)}")
-    if env == "prod" and not {"api", "audit"} <= set(log_types):
+    if env == "prod" and not {"api", "audit"} <= set(doc.log_types):
         # An incident's first question is who changed what: prod keeps the API server's and the audit log.
-        _fail(node._path("logTypes"), list(log_types), "must include api and audit in prod")
+        _fail(f"{path}.logTypes", list(doc.log_types), "must include api and audit in prod")
 
-    addons = node.child("addons", known=("vpcCni", "coredns", "kubeProxy"))
-    versions = {
-        "vpc-cni": addons.text("vpcCni"),
-        "coredns": addons.text("coredns"),
-        "kube-proxy": addons.text("kubeProxy"),
-    }
-    for addon_key, (addon, version_text) in zip(("vpcCni", "coredns", "kubeProxy"), versions.items(), strict=True):
-        if facts.parse_addon_version(version_text) is None:
-            _fail(
-                addons._path(addon_key),
-                version_text,
-                f"must be an EKS add-on version like v1.2.3-eksbuild.1 for {addon}",
-            )
-    kube_proxy = facts.parse_addon_version(versions["kube-proxy"])
-    assert kube_proxy is not None
+    addons = doc.addons
+    kube_proxy = facts.parse_addon_version(addons.kube_proxy)
+    assert kube_proxy is not None  # _AddonVersion checked it
     if f"{kube_proxy[0]}.{kube_proxy[1]}" != version:
         # EKS builds the kube-proxy add-on per Kubernetes version (EKS User Guide, "Manage kube-proxy",
         # its versions table: v1.33.x for 1.33, v1.34.x for 1.34).
-        _fail(addons._path("kubeProxy"), versions["kube-proxy"], f"must be a build for Kubernetes {version} "
+        _fail(f"{path}.addons.kubeProxy", addons.kube_proxy, f"must be a build for Kubernetes {version} "
               f"(v{version}.x-eksbuild.N): EKS builds kube-proxy per cluster version")  # fmt: skip
-    vpc_cni = facts.parse_addon_version(versions["vpc-cni"])
+    vpc_cni = facts.parse_addon_version(addons.vpc_cni)
     assert vpc_cni is not None
     if vpc_cni < facts.VPC_CNI_MIN_EFA_ONLY:
         minimum = ".".join(map(str, facts.VPC_CNI_MIN_EFA_ONLY))
         _fail(
-            addons._path("vpcCni"),
-            versions["vpc-cni"],
+            f"{path}.addons.vpcCni",
+            addons.vpc_cni,
             f"must be v{minimum} or newer: older VPC CNIs do not support the efa-only interfaces of the GPU nodes",
         )
 
-    system = node.child("systemNodes", known=("instanceType", "scaling"))
+    system_path = f"{path}.systemNodes"
     system_nodes = SystemNodesConfig(
-        instance_type=system.text("instanceType"),
-        scaling=_parse_scaling(system.child("scaling", known=_SCALING_KEYS)),
+        instance_type=doc.system_nodes.instance_type,
+        scaling=_parse_scaling(doc.system_nodes.scaling, f"{system_path}.scaling"),
     )
     if system_nodes.scaling.min_size < len(network.availability_zones):
         _fail(
-            system._path("scaling.minSize"),
+            f"{system_path}.scaling.minSize",
             system_nodes.scaling.min_size,
             f"must be >= the number of AZs ({len(network.availability_zones)}) so add-ons run in every AZ",
         )
     return ClusterConfig(
-        name=name,
+        name=doc.name or f"{PROJECT}-{env}",
         kubernetes_version=version,
         endpoint_public_access=public,
         public_access_cidrs=cidrs,
         service_cidr=service_cidr,
-        log_types=log_types,
-        addon_versions=versions,
+        log_types=doc.log_types,
+        addon_versions={"vpc-cni": addons.vpc_cni, "coredns": addons.coredns, "kube-proxy": addons.kube_proxy},
         system_nodes=system_nodes,
     )
 
 
-def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPoolConfig:
+def _parse_gpu_pool(name: Any, doc: _PoolDoc, path: str, *, network: NetworkConfig) -> GpuPoolConfig:
     if not isinstance(name, str) or not _POOL_NAME.fullmatch(name):
-        _fail(node.key, name, "pool names are 1-12 lowercase letters and digits, starting with a letter")
-    instance_type = node.text("instanceType")
-    if instance_type not in facts.INSTANCE_TYPES:
-        _fail(
-            node._path("instanceType"),
-            instance_type,
-            "is not in the EFA instance-type table (infra/facts.py); supported: "
-            + ", ".join(sorted(facts.INSTANCE_TYPES))
-            + ". Add the type there, with its source, to use it",
-        )
-    instance = facts.INSTANCE_TYPES[instance_type]
+        _fail(path, name, "pool names are 1-12 lowercase letters and digits, starting with a letter")
+    instance = facts.INSTANCE_TYPES[doc.instance_type]
 
-    azs = node.texts("availabilityZones", default=network.availability_zones)
+    azs = network.availability_zones if doc.availability_zones is None else doc.availability_zones
     if not azs:
-        _fail(node._path("availabilityZones"), [], "must list at least one AZ (leave it out for all of the network's)")
+        _fail(f"{path}.availabilityZones", [], "must list at least one AZ (leave it out for all of the network's)")
     for az in azs:
         if az not in network.availability_zones:
             _fail(
-                node._path("availabilityZones"),
+                f"{path}.availabilityZones",
                 az,
                 f"is not one of the network's AZs ({', '.join(network.availability_zones)})",
             )
     if len(set(azs)) != len(azs):
-        _fail(node._path("availabilityZones"), list(azs), "lists an AZ twice")
+        _fail(f"{path}.availabilityZones", list(azs), "lists an AZ twice")
 
-    family = node.text("amiFamily", choices=("al2023", "ubuntu"))
-    image = _parse_image(node, family)
-    generation = node.text("generation", default="blue", choices=GENERATIONS)
-    next_node = node.child("next", known=("amiId", "releaseVersion"), default=None)
-    next_image = None if next_node is None else _parse_image(next_node, family)
+    family = doc.ami_family
+    image = _parse_image(doc, path, family)
+    next_image = None if doc.next is None else _parse_image(doc.next, f"{path}.next", family)
     if next_image is not None and next_image.ami_id is None and next_image.release_version is None:
         _fail(
-            node._path("next.releaseVersion"),
+            f"{path}.next.releaseVersion",
             _MISSING,
             "is required: an upgrade names the AL2023 release it goes to (`aws ssm get-parameters-by-path "
             "--path /aws/service/eks/optimized-ami/<k8s version>/amazon-linux-2023/x86_64/nvidia/`)",
         )
     if next_image == image:
         _fail(
-            node._path("next"),
+            f"{path}.next",
             image.describe(),
-            f"is what the serving generation ({generation}) already runs; name the image to upgrade to, "
+            f"is what the serving generation ({doc.generation}) already runs; name the image to upgrade to, "
             "or remove `next`",
         )
 
-    mig = node.text("migProfile", default="none")
-    if mig == "none":
-        mig_profile = None
-    elif not instance.mig_profiles:
-        _fail(node._path("migProfile"), mig, f"{instance_type} ({instance.gpu_model}) has no MIG; use none")
-    elif not facts.mig_config_is_valid(mig, instance):
-        _fail(
-            node._path("migProfile"),
-            mig,
-            f"is not a MIG layout of {instance.gpu_model}; use all-<profile> with one of "
-            + ", ".join(instance.mig_profiles),
-        )
-    else:
-        mig_profile = mig
+    mig_profile = None
+    if doc.mig_profile != "none":
+        if not instance.mig_profiles:
+            _fail(
+                f"{path}.migProfile",
+                doc.mig_profile,
+                f"{doc.instance_type} ({instance.gpu_model}) has no MIG; use none",
+            )
+        if not facts.mig_config_is_valid(doc.mig_profile, instance):
+            _fail(
+                f"{path}.migProfile",
+                doc.mig_profile,
+                f"is not a MIG layout of {instance.gpu_model}; use all-<profile> with one of "
+                + ", ".join(instance.mig_profiles),
+            )
+        mig_profile = doc.mig_profile
 
-    peak = node.number("expectedPeakNodes", low=0)
-    headroom_text = node._get("headroom", str(facts.HEADROOM))
-    try:
-        headroom = Fraction(str(headroom_text))
-    except (ValueError, ZeroDivisionError):
-        _fail(node._path("headroom"), headroom_text, "must be a number such as 1.3")
-    if not facts.HEADROOM <= headroom <= _MAX_HEADROOM:
-        _fail(
-            node._path("headroom"),
-            headroom_text,
-            f"may raise the headroom, never lower it below {float(facts.HEADROOM)} (and at most {_MAX_HEADROOM})",
-        )
-    scaling = _parse_scaling(node.child("scalingPerAz", known=_SCALING_KEYS))
+    peak, headroom = doc.expected_peak_nodes, doc.headroom
+    scaling = _parse_scaling(doc.scaling_per_az, f"{path}.scalingPerAz")
     needed = facts.capacity_with_headroom(peak, headroom)
     if scaling.max_size * len(azs) < needed:
         per_az = -(-needed // len(azs))
+        if per_az > facts.NODES_PER_MANAGED_NODE_GROUP:
+            _fail(
+                f"{path}.expectedPeakNodes",
+                peak,
+                f"needs {needed} nodes with {float(headroom)}x headroom, {per_az} per AZ over {len(azs)} AZs, and an "
+                f"EKS managed node group holds at most {facts.NODES_PER_MANAGED_NODE_GROUP}: split the pool, or "
+                "use a larger instance type",
+            )
         _fail(
-            node._path("scalingPerAz.maxSize"),
+            f"{path}.scalingPerAz.maxSize",
             scaling.max_size,
             f"gives {scaling.max_size * len(azs)} nodes over {len(azs)} AZs, below the {needed} that an "
             f"expected peak of {peak} needs with {float(headroom)}x headroom; set maxSize >= {per_az}",
         )
-
-    max_unavailable = node.number("maxUnavailablePercentage", default=facts.MAX_UNAVAILABLE_PERCENTAGE, low=1, high=100)
-    if max_unavailable > facts.MAX_UNAVAILABLE_PERCENTAGE:
+    if doc.max_unavailable_percentage > facts.MAX_UNAVAILABLE_PERCENTAGE:
         _fail(
-            node._path("maxUnavailablePercentage"),
-            max_unavailable,
+            f"{path}.maxUnavailablePercentage",
+            doc.max_unavailable_percentage,
             f"must be <= {facts.MAX_UNAVAILABLE_PERCENTAGE}: never take more than a third of a group down at once",
         )
-
-    gds = node.flag("gds", default=False)
-    if gds and family != "ubuntu":
+    if doc.gds and family != "ubuntu":
         _fail(
-            node._path("gds"),
-            gds,
+            f"{path}.gds",
+            doc.gds,
             "needs amiFamily: ubuntu. GPUDirect Storage needs the nvidia-fs module from the GPU "
             "operator's driver container, which the EKS AL2023 NVIDIA AMIs (drivers preinstalled) do not run",
         )
 
     reservations: dict[str, CapacityReservation] = {}
-    for az, entry in node.items("capacityReservations", known=("id", "type", "placementGroup"), default=None):
+    for az, entry in doc.capacity_reservations.items():
         if az not in azs:
-            _fail(entry.key, az, f"is not one of this pool's AZs ({', '.join(azs)}); a reservation is per AZ")
-        reservation_id = entry.text("id")
-        if not _RESERVATION_ID.fullmatch(reservation_id):
-            _fail(entry._path("id"), reservation_id, "must be a capacity reservation id (cr-...)")
+            _fail(
+                f"{path}.capacityReservations.{az}", az,
+                f"is not one of this pool's AZs ({', '.join(azs)}); a reservation is per AZ",
+            )  # fmt: skip
         reservations[az] = CapacityReservation(
-            reservation_id=reservation_id,
-            type=entry.text("type", default="odcr", choices=("odcr", "capacity-block")),
-            placement_group=entry.text("placementGroup", default=None),
+            reservation_id=entry.id, type=entry.type, placement_group=entry.placement_group
         )
 
-    pool = GpuPoolConfig(
+    return GpuPoolConfig(
         name=name,
-        instance_type=instance_type,
+        instance_type=doc.instance_type,
         availability_zones=azs,
         ami_family=family,
         ami_id=image.ami_id,
@@ -874,91 +1270,68 @@ def _parse_gpu_pool(name: str, node: _Obj, *, network: NetworkConfig) -> GpuPool
         expected_peak_nodes=peak,
         headroom=headroom,
         scaling_per_az=scaling,
-        max_unavailable_percentage=max_unavailable,
-        root_volume_gib=node.number("rootVolumeGiB", default=200, low=50, high=_MAX_GPU_VOLUME_GIB),
-        pods_need_instance_metadata=node.flag("podsNeedInstanceMetadata", default=False),
-        gds=gds,
+        max_unavailable_percentage=doc.max_unavailable_percentage,
+        root_volume_gib=doc.root_volume_gib,
+        pods_need_instance_metadata=doc.pods_need_instance_metadata,
+        gds=doc.gds,
         capacity_reservations=reservations,
-        generation=generation,
+        generation=doc.generation,
         next_image=next_image,
     )
-    return pool
 
 
-def _parse_image(node: _Obj, family: str) -> NodeImage:
+def _parse_image(doc: _ImageDoc, path: str, family: str) -> NodeImage:
     """`amiId` / `releaseVersion` of a pool or of its `next`, by the AMI family's rules."""
-    ami_id = node.text("amiId", default=None)
-    release = node.text("releaseVersion", default=None)
     if family == "ubuntu":
-        if ami_id is None:
+        if doc.ami_id is None:
             _fail(
-                node._path("amiId"),
+                f"{path}.amiId",
                 _MISSING,
                 "is required for the ubuntu AMI family; find one with `aws ssm get-parameters-by-path "
                 "--path /aws/service/canonical/ubuntu/eks/` for your Kubernetes version",
             )
-        if not _AMI_ID.fullmatch(ami_id):
-            _fail(node._path("amiId"), ami_id, "must be an AMI id (ami-0123456789abcdef0)")
-        if release is not None:
-            _fail(node._path("releaseVersion"), release, "applies to al2023 only; the ubuntu family pins amiId")
-    elif ami_id is not None:
-        _fail(node._path("amiId"), ami_id, "applies to ubuntu only; al2023 pools pin releaseVersion")
-    if release is not None and not _RELEASE_VERSION.fullmatch(release):
-        _fail(node._path("releaseVersion"), release, "must be an EKS AMI release version such as 1.33.4-20251010")
-    return NodeImage(ami_id=ami_id, release_version=release)
+        if doc.release_version is not None:
+            _fail(f"{path}.releaseVersion", doc.release_version, "applies to al2023 only; the ubuntu family pins amiId")
+    elif doc.ami_id is not None:
+        _fail(f"{path}.amiId", doc.ami_id, "applies to ubuntu only; al2023 pools pin releaseVersion")
+    return NodeImage(ami_id=doc.ami_id, release_version=doc.release_version)
 
 
-def _parse_storage(node: _Obj | None, *, pools: Sequence[GpuPoolConfig]) -> StorageConfig:
-    if node is None:
+def _parse_storage(doc: _StorageDoc, path: str, *, pools: Sequence[GpuPoolConfig]) -> StorageConfig:
+    fsx_doc, fsx_path = doc.fsx, f"{path}.fsx"
+    if fsx_doc is None or not fsx_doc.enabled:
         return StorageConfig(fsx=None)
-    fsx_node = node.child(
-        "fsx", known=("enabled", "availabilityZone", "storageCapacityGiB", "throughputPerTiB"), default=None
+    gpu_azs = sorted({az for pool in pools for az in pool.availability_zones})
+    if fsx_doc.availability_zone is None:
+        _fail(f"{fsx_path}.availabilityZone", _MISSING, "is required")
+    if fsx_doc.availability_zone not in gpu_azs:
+        _fail(
+            f"{fsx_path}.availabilityZone",
+            fsx_doc.availability_zone,
+            f"must be an AZ with GPU nodes ({', '.join(gpu_azs)}): Lustre is single-AZ and EFA does not cross AZs",
+        )
+    capacity = fsx_doc.storage_capacity_gib
+    if capacity is None:
+        _fail(f"{fsx_path}.storageCapacityGiB", _MISSING, "is required")
+    if capacity != 1200 and capacity % 2400:
+        _fail(f"{fsx_path}.storageCapacityGiB", capacity, "must be 1200 or a multiple of 2400 (PERSISTENT_2)")
+    return StorageConfig(
+        fsx=FsxConfig(
+            availability_zone=fsx_doc.availability_zone,
+            storage_capacity_gib=capacity,
+            throughput_per_tib=fsx_doc.throughput_per_tib,
+        )
     )
-    fsx = None
-    if fsx_node is not None and fsx_node.flag("enabled", default=True):
-        gpu_azs = sorted({az for pool in pools for az in pool.availability_zones})
-        az = fsx_node.text("availabilityZone")
-        if az not in gpu_azs:
-            _fail(
-                fsx_node._path("availabilityZone"),
-                az,
-                f"must be an AZ with GPU nodes ({', '.join(gpu_azs)}): Lustre is single-AZ and EFA does not cross AZs",
-            )
-        capacity = fsx_node.number("storageCapacityGiB", low=1200)
-        if capacity != 1200 and capacity % 2400:
-            _fail(fsx_node._path("storageCapacityGiB"), capacity, "must be 1200 or a multiple of 2400 (PERSISTENT_2)")
-        throughput = fsx_node.number("throughputPerTiB", default=250)
-        if throughput not in _FSX_THROUGHPUT_PER_TIB:
-            _fail(
-                fsx_node._path("throughputPerTiB"),
-                throughput,
-                f"must be one of {', '.join(map(str, _FSX_THROUGHPUT_PER_TIB))} (MB/s per TiB, PERSISTENT_2)",
-            )
-        fsx = FsxConfig(availability_zone=az, storage_capacity_gib=capacity, throughput_per_tib=throughput)
-    return StorageConfig(fsx=fsx)
 
 
-_MODEL_SERVICE_KEYS = (
-    "namespace", "image", "weightsImage", "pool", "lightPool", "gpusPerReplica", "expectedPeakReplicas",
-    "minReplicas", "maxReplicas", "inFlightPerReplica", "lightMaxReplicas", "canaryMaxReplicas",
-    "maxRequestSeconds", "startupSeconds", "sloP99Milliseconds", "cpu", "memory", "mode", "ingress",
-    "adminSourceCidrs",
-)  # fmt: skip
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti)?$")
-
-
-def _parse_kubernetes(node: _Obj, *, pools: Sequence[GpuPoolConfig], kubernetes_version: str) -> KubernetesConfig:
-    charts = node.child("charts", known=CHARTS)
-    versions = {}
-    for chart in CHARTS:
-        version = charts.text(chart)
-        if not _CHART_VERSION.fullmatch(version):
-            _fail(charts._path(chart), version, "must be an exact chart version such as 1.2.3 (ranges are not pinned)")
-        versions[chart] = version
-    tag = node.text("clusterAutoscalerImageTag", default=facts.CLUSTER_AUTOSCALER_RELEASES.get(kubernetes_version))
+def _parse_kubernetes(
+    doc: _KubernetesDoc, path: str, *, pools: Sequence[GpuPoolConfig], kubernetes_version: str
+) -> KubernetesConfig:
+    tag = doc.cluster_autoscaler_image_tag or facts.CLUSTER_AUTOSCALER_RELEASES.get(kubernetes_version)
+    tag_path = f"{path}.clusterAutoscalerImageTag"
     if tag is None:
         _fail(
-            node._path("clusterAutoscalerImageTag"),
+            tag_path,
             None,
             f"must be set for Kubernetes {kubernetes_version}: the cluster autoscaler release of that minor, "
             f"v{kubernetes_version}.<patch> (kubernetes/autoscaler releases cluster-autoscaler-{kubernetes_version}.*)",
@@ -966,151 +1339,101 @@ def _parse_kubernetes(node: _Obj, *, pools: Sequence[GpuPoolConfig], kubernetes_
     release = _AUTOSCALER_TAG.fullmatch(tag)
     if release is None or release[1] != kubernetes_version:
         _fail(
-            node._path("clusterAutoscalerImageTag"),
+            tag_path,
             tag,
             f"must be a release of the cluster's Kubernetes minor, v{kubernetes_version}.<patch>: the autoscaler "
             "supports only the minor it was built for",
         )
-    efa_plugin = node.text("efaDevicePluginImageTag", default=EFA_DEVICE_PLUGIN_IMAGE_TAG)
-    if not _PLUGIN_TAG.fullmatch(efa_plugin):
-        _fail(node._path("efaDevicePluginImageTag"), efa_plugin, "must be a plugin release such as v0.5.13")
+    charts = doc.charts.model_dump(by_alias=True)
     return KubernetesConfig(
-        chart_versions=versions,
+        chart_versions={chart: charts[chart] for chart in CHARTS},
         cluster_autoscaler_image_tag=tag,
-        efa_device_plugin_image_tag=efa_plugin,
-        model_service=_parse_model_service(node.child("modelService", known=_MODEL_SERVICE_KEYS), pools=pools),
+        efa_device_plugin_image_tag=doc.efa_device_plugin_image_tag,
+        model_service=_parse_model_service(doc.model_service, f"{path}.modelService", pools=pools),
     )
 
 
-def _image(node: _Obj, key: str, default: Any = _MISSING) -> str:
-    image = node.text(key, default=default)
-    tag = image.rsplit(":", 1)[-1] if "@" not in image else ""
-    if _IMAGE_BY_DIGEST.fullmatch(image):
-        return str(image)
-    if not _IMAGE_BY_TAG.fullmatch(image) or tag in _MOVING_TAGS:
-        _fail(
-            node._path(key),
-            image,
-            "must pin the image by digest (repo@sha256:<64 hex>) or by a fixed tag (repo:1.2.3); "
-            f"moving tags ({', '.join(_MOVING_TAGS)}) and untagged images are refused",
-        )
-    return str(image)
-
-
-def _parse_model_service(node: _Obj, *, pools: Sequence[GpuPoolConfig]) -> ModelServiceConfig:
-    namespace = node.text("namespace", default=PROJECT)
-    if not _NAMESPACE.fullmatch(namespace):
-        _fail(node._path("namespace"), namespace, "must be a DNS label: lowercase letters, digits and '-'")
+def _parse_model_service(doc: _ModelServiceDoc, path: str, *, pools: Sequence[GpuPoolConfig]) -> ModelServiceConfig:
     by_name = {pool.name: pool for pool in pools}
-    pool_name = node.text("pool", default=pools[0].name, choices=tuple(by_name))
+    pool_name = doc.pool or pools[0].name
+    if pool_name not in by_name:
+        _fail(f"{path}.pool", pool_name, f"must be one of {', '.join(by_name)}")
     pool = by_name[pool_name]
     if pool.mig_profile is not None:
-        _fail(node._path("pool"), pool_name, "runs the full model on whole GPUs; pick a pool without migProfile")
+        _fail(f"{path}.pool", pool_name, "runs the full model on whole GPUs; pick a pool without migProfile")
     mig_pools = [p.name for p in pools if p.mig_profile is not None]
-    light_pool = node.text("lightPool", default=mig_pools[0] if mig_pools else None)
+    light_pool = doc.light_pool or (mig_pools[0] if mig_pools else None)
     if light_pool is not None and light_pool not in mig_pools:
         _fail(
-            node._path("lightPool"),
+            f"{path}.lightPool",
             light_pool,
             f"must be a pool with a migProfile ({', '.join(mig_pools) or 'this env has none'}): "
             "the light variant runs on MIG slices",
         )
     if light_pool is not None and by_name[light_pool].mig_profile == "all-balanced":
         _fail(
-            node._path("lightPool"),
+            f"{path}.lightPool",
             light_pool,
             "is cut all-balanced (three sizes of MIG instance); the light variant asks for one size: give the "
             "pool an all-<profile> migProfile such as all-1g.10gb",
         )
 
-    gpus = node.number("gpusPerReplica", default=1, low=1, high=pool.instance.gpus)
-    peak = node.number("expectedPeakReplicas", low=1)
+    gpus = doc.gpus_per_replica
+    if gpus > pool.instance.gpus:
+        _fail(f"{path}.gpusPerReplica", gpus, f"must be between 1 and {pool.instance.gpus}")
+    peak, low, high = doc.expected_peak_replicas, doc.min_replicas, doc.max_replicas
     needed = facts.capacity_with_headroom(peak)
-    low = node.number("minReplicas", low=1)
-    high = node.number("maxReplicas", low=1)
     if high < needed:
         _fail(
-            node._path("maxReplicas"),
+            f"{path}.maxReplicas",
             high,
             f"must be >= {needed}: an expected peak of {peak} replicas needs {float(facts.HEADROOM)}x headroom",
         )
     if low > high:
-        _fail(node._path("minReplicas"), low, f"exceeds maxReplicas ({high})")
+        _fail(f"{path}.minReplicas", low, f"exceeds maxReplicas ({high})")
     fits = pool.max_capacity * (pool.instance.gpus // gpus)
     if high > fits:
         _fail(
-            node._path("maxReplicas"),
+            f"{path}.maxReplicas",
             high,
             f"is more than pool {pool_name} can hold: {pool.max_capacity} nodes x {pool.instance.gpus // gpus} "
             f"replicas of {gpus} GPU(s) = {fits}; raise the pool's scalingPerAz.maxSize or lower maxReplicas",
         )
 
-    max_request = node.number("maxRequestSeconds", default=30, low=1, high=600)
-    cpu = node.text("cpu", default="4")
-    memory = node.text("memory", default="16Gi")
-    for key, quantity in (("cpu", cpu), ("memory", memory)):
-        if not _QUANTITY.fullmatch(quantity):
-            _fail(node._path(key), quantity, "must be a Kubernetes quantity such as 4, 500m or 16Gi")
-        if not re.search(r"[1-9]", quantity.rstrip("mKiMGT")):
-            _fail(node._path(key), quantity, "must be more than zero: a pod is guaranteed what it requests")
-
-    mode_node = node.child("mode", known=("model", "precision", "shedding", "batchMin", "batchMax", "modelVersion"),
-                           default=None)  # fmt: skip
-    mode = ServiceMode()
-    if mode_node is not None:
-        mode = ServiceMode(
-            model=mode_node.text("model", default="full", choices=("full", "light")),
-            precision=mode_node.text("precision", default="fp32", choices=("fp32", "int8")),
-            shedding=mode_node.flag("shedding", default=False),
-            batch_min=mode_node.number("batchMin", default=16, low=1, high=256),
-            batch_max=mode_node.number("batchMax", default=128, low=1, high=256),
-            model_version=mode_node.text("modelVersion", default=""),
-        )
-        if mode.batch_min > mode.batch_max:
-            _fail(mode_node._path("batchMin"), mode.batch_min, f"exceeds batchMax ({mode.batch_max})")
-
-    ingress_node = node.child("ingress", known=("scheme", "host", "certificateArn"), default=None)
-    ingress = IngressConfig(scheme="internal", host=None, certificate_arn=None)
-    if ingress_node is not None:
-        certificate = ingress_node.text("certificateArn", default=None)
-        if certificate is not None and not _ARN.fullmatch(certificate):
-            _fail(ingress_node._path("certificateArn"), certificate, "must be an ACM certificate ARN")
-        host = ingress_node.text("host", default=None)
-        if host is not None and not _HOST.fullmatch(host):
-            _fail(ingress_node._path("host"), host, "must be a DNS name such as intent.example.com")
-        ingress = IngressConfig(
-            scheme=ingress_node.text("scheme", default="internal", choices=("internet-facing", "internal")),
-            host=host,
-            certificate_arn=certificate,
-        )
-
-    admin_cidrs = node.texts("adminSourceCidrs", default=())
-    for cidr in admin_cidrs:
-        try:
-            network = ipaddress.IPv4Network(cidr)
-        except ValueError as exc:
-            _fail(node._path("adminSourceCidrs"), cidr, f"is not an IPv4 network ({exc})")
-        if network.prefixlen == 0:
-            _fail(node._path("adminSourceCidrs"), cidr, "opens the admin API to every address; name the runners' hosts")
+    mode_doc = doc.mode
+    if mode_doc.batch_min > mode_doc.batch_max:
+        _fail(f"{path}.mode.batchMin", mode_doc.batch_min, f"exceeds batchMax ({mode_doc.batch_max})")
+    mode = ServiceMode(
+        model=mode_doc.model, precision=mode_doc.precision, shedding=mode_doc.shedding,
+        batch_min=mode_doc.batch_min, batch_max=mode_doc.batch_max, model_version=mode_doc.model_version,
+    )  # fmt: skip
+    ingress = IngressConfig(
+        scheme=doc.ingress.scheme, host=doc.ingress.host, certificate_arn=doc.ingress.certificate_arn
+    )
+    for cidr in doc.admin_source_cidrs:
+        if ipaddress.IPv4Network(cidr).prefixlen == 0:
+            _fail(f"{path}.adminSourceCidrs", cidr, "opens the admin API to every address; name the runners' hosts")
     return ModelServiceConfig(
-        admin_source_cidrs=tuple(admin_cidrs),
-        namespace=namespace,
-        image=_image(node, "image"),
-        weights_image=_image(node, "weightsImage", default="public.ecr.aws/aws-cli/aws-cli:2.27.50"),
+        admin_source_cidrs=doc.admin_source_cidrs,
+        namespace=doc.namespace,
+        image=doc.image,
+        weights_image=doc.weights_image,
         pool=pool_name,
         light_pool=light_pool,
         gpus_per_replica=gpus,
         expected_peak_replicas=peak,
         min_replicas=low,
         max_replicas=high,
-        in_flight_per_replica=node.number("inFlightPerReplica", default=8, low=1, high=1024),
-        light_max_replicas=node.number("lightMaxReplicas", default=0 if light_pool is None else 8, low=0),
-        canary_max_replicas=node.number("canaryMaxReplicas", default=2, low=1),
-        max_request_seconds=max_request,
-        startup_seconds=node.number("startupSeconds", default=600, low=30, high=3600),
-        slo_p99_milliseconds=node.number("sloP99Milliseconds", default=1000, low=10, high=60_000),
-        cpu=cpu,
-        memory=memory,
+        in_flight_per_replica=doc.in_flight_per_replica,
+        light_max_replicas=(0 if light_pool is None else 8)
+        if doc.light_max_replicas is None
+        else doc.light_max_replicas,
+        canary_max_replicas=doc.canary_max_replicas,
+        max_request_seconds=doc.max_request_seconds,
+        startup_seconds=doc.startup_seconds,
+        slo_p99_milliseconds=doc.slo_p99_milliseconds,
+        cpu=doc.cpu,
+        memory=doc.memory,
         mode=mode,
         ingress=ingress,
     )

@@ -144,6 +144,34 @@ DRIVER_VERSION_LABEL = "nvidia.com/cuda.driver-version.full"
 label only `nvidia.com/cuda.driver.{major,minor,rev}`."""
 
 
+NODES_PER_MANAGED_NODE_GROUP = 450
+"""Most nodes one EKS managed node group holds (EKS User Guide, "View and manage Amazon EKS and
+Fargate service quotas": Nodes per managed node group, 450, not adjustable)."""
+
+EKS_KUBERNETES_VERSIONS: dict[str, str] = {
+    # Minor -> the end of its extended support in EKS (EKS User Guide, "Understand the Kubernetes
+    # version lifecycle on EKS": 14 months of standard support, then 12 of extended; dates as listed
+    # by endoflife.date/amazon-eks in February 2026). 1.31 left extended support on 2026-11-26.
+    # A newer minor is added here, with its dates, when EKS offers it.
+    "1.32": "2027-03-23",
+    "1.33": "2027-07-29",
+    "1.34": "2027-12-02",
+    "1.35": "2028-03-27",
+}
+"""The Kubernetes minors a stack may ask EKS for: `kubernetesVersion` outside these is refused."""
+
+FSX_LUSTRE_MAX_GIB = 100_800
+"""Largest FSx for Lustre file system a stack may ask for: the default per-account Lustre storage
+quota (FSx for Lustre User Guide, "Quotas"; also SageMaker's FSxLustreConfig.SizeInGiB range,
+1200-100800). Raise it here after AWS raises the account's quota."""
+
+EC2_INSTANCE_TYPE = re.compile(
+    r"^[a-z]+[0-9][a-z0-9-]*\.(nano|micro|small|medium|large|metal|[0-9]*xlarge)(-[0-9]+xl)?$"
+)
+"""The shape of an EC2 instance type name, <family><generation><options>.<size> (EC2 User Guide,
+"Amazon EC2 instance type naming conventions"): m7i.xlarge, c7gn.16xlarge, m7i.metal-24xl."""
+
+
 # --- GPU instance types with EFA -------------------------------------------------------------
 
 _ADDON_VERSION = re.compile(r"v(\d+)\.(\d+)\.(\d+)-eksbuild\.(\d+)")

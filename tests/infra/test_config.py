@@ -887,7 +887,7 @@ def test_capacity_reservation_is_read_per_az() -> None:
             {f"{FSX}.storageCapacityGiB": 1000},
             f"{FSX}.storageCapacityGiB",
             1000,
-            "must be >= 1200",
+            "must be between 1200 and 100800",
             id="fsx-capacity-below-1200",
         ),
         pytest.param(
