@@ -199,3 +199,39 @@ def test_plan_refuses_a_group_under_three_nodes(fleet: Fleet, monkeypatch: pytes
                      run_id="")  # fmt: skip
     with pytest.raises(RunbookError, match=r"write a driver as driver-<major\.minor\.patch>"):
         RUNBOOK.steps[1].observe(latest)
+
+
+def test_the_step_changes_every_planned_node_and_holds_pulumi_only_while_nodes_change(
+    three_blue: Fleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The whole upgrade-drivers step as the engine runs it (observe, desired, apply), over the real
+    # ports; the batch gate's service verdict is the seam (the e2e tests judge a live service).
+    from runbooks.library import rolling_upgrade
+
+    world = three_blue
+    _host_drivers(world)
+    ports = _ports(world, monkeypatch)
+    ports.playbooks = played = PlayedDriverUpgrade(world)
+    holds_at_gates: list[Any] = []
+
+    def gate(context: Context, pools: set[str]) -> Any:
+        return lambda: holds_at_gates.append(ports.cloud.switches.hold())
+
+    monkeypatch.setattr(rolling_upgrade, "_gate", gate)
+    notes: list[str] = []
+    params = {"to": f"driver-{NEW}", "poll": "0.1", "drain-timeout": "10", "node-timeout": "20"}
+    context = Context(env="dev", params=RUNBOOK.parse_params(params), ports=ports, run_id="run-1", note=notes.append)
+    step = RUNBOOK.steps[1]
+    before = step.observe(context)
+    target = step.desired(context, before)
+
+    step.apply(context, target)
+
+    assert len(played.runs) == 3 and len(holds_at_gates) == 3, "one batch a node, each gated"
+    assert all(hold is not None and hold["runId"] == "run-1" for hold in holds_at_gates), holds_at_gates
+    assert ports.cloud.switches.hold() is None, "the hold is lifted once the nodes are done"
+    after = step.observe(context)
+    assert after == {"groups": [{"group": world.blue.name, "drivers": dict.fromkeys(before["groups"][0]["drivers"],
+                                                                                      NEW)}]}  # fmt: skip
+    assert step.desired(context, after) == after, "a second run has nothing left to do"
+    assert f"{world.blue.name}: done in 3 batch(es): 3 node(s) at driver {NEW}" in notes
