@@ -19,13 +19,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pulumi
+import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
 from infra.config import GpuPoolConfig
 from infra.facts import GPU_TAINT, MAX_UNAVAILABLE_PERCENTAGE, PREFLIGHT_TAINT
 from infra.irsa import irsa_role
 
-__all__ = ["CHART_SOURCES", "ClusterAddons", "ClusterAddonsArgs", "ReleaseName"]
+__all__ = [
+    "CHART_SOURCES",
+    "FSX_CSI_CONTROLLER_SERVICE_ACCOUNT",
+    "FSX_CSI_DRIVER",
+    "FSX_CSI_DRIVER_ADDON",
+    "ClusterAddons",
+    "ClusterAddonsArgs",
+    "ReleaseName",
+]
 
 CHART_SOURCES: Mapping[str, tuple[str, str]] = {
     "gpuOperator": ("https://helm.ngc.nvidia.com/nvidia", "gpu-operator"),
@@ -59,6 +68,13 @@ RELEASES: Mapping[str, ReleaseName] = {
     "openTelemetryCollector": ReleaseName("otel-collector", "observability"),
 }
 
+FSX_CSI_DRIVER_ADDON = "aws-fsx-csi-driver"
+"""The EKS add-on's name (EKS User Guide, "Amazon EKS add-ons": Amazon FSx CSI driver)."""
+FSX_CSI_CONTROLLER_SERVICE_ACCOUNT = "fsx-csi-controller-sa"
+"""The add-on's controller service account in kube-system (its chart's controller.serviceAccount.name)."""
+FSX_CSI_DRIVER = "fsx.csi.aws.com"
+"""The CSI driver name a PersistentVolume names (the driver's static-provisioning example)."""
+
 _SYSTEM_NODES = {"peakguard.io/pool": "system"}
 # Node agents must run on a GPU node before it passes preflight: the checks need them (the MIG
 # manager applies the layout the check expects, the operator's driver container provides
@@ -84,6 +100,10 @@ class ClusterAddonsArgs:
     partition: str
     in_flight_metric: str
     """The model service's in-flight gauge, exposed to HPAs through the Prometheus adapter."""
+    fsx_csi_driver: bool = False
+    """Install the FSx CSI driver (EKS add-on): pods mount the stack's FSx for Lustre file system."""
+    fsx_csi_driver_version: str | None = None
+    """Pinned add-on version; None takes EKS's default for the cluster's Kubernetes version."""
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     """What must exist first: the system nodes the controllers run on."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -124,6 +144,8 @@ class ClusterAddons(pulumi.ComponentResource):
         self._release("prometheusAdapter", self._prometheus_adapter(), depends_on=[monitoring])
         self._release("keda", {"nodeSelector": _SYSTEM_NODES})
         self._release("openTelemetryCollector", self._collector())
+        if args.fsx_csi_driver:
+            self._fsx_csi_driver()
         self.register_outputs({"prometheusUrl": self.prometheus_url, "otlpEndpoint": self.otlp_endpoint})
 
     def _release(
@@ -168,6 +190,37 @@ class ClusterAddons(pulumi.ComponentResource):
         )
         arn: pulumi.Output[str] = role.arn
         return arn
+
+    def _fsx_csi_driver(self) -> aws.eks.Addon:
+        """The FSx for Lustre CSI driver, as the EKS add-on (EKS User Guide, "Deploy the FSx for Lustre
+        driver"), for the static volume the model service mounts. Its controller authenticates by IRSA
+        on `fsx-csi-controller-sa`; a static volume needs no file system created or deleted, only
+        described (the driver's install guide: static provisioning needs fsx:DescribeFileSystems)."""
+        args = self._args
+        role = irsa_role(
+            f"{self._name}-fsx-csi-driver",
+            namespace="kube-system",
+            service_account=FSX_CSI_CONTROLLER_SERVICE_ACCOUNT,
+            oidc_provider_arn=args.oidc_provider_arn,
+            oidc_issuer=args.oidc_issuer,
+            policy={
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Allow", "Action": "fsx:DescribeFileSystems", "Resource": "*"}],
+            },
+            tags=args.tags,
+            parent=self,
+        )
+        return aws.eks.Addon(
+            f"{self._name}-aws-fsx-csi-driver",
+            cluster_name=args.cluster_name,
+            addon_name=FSX_CSI_DRIVER_ADDON,
+            addon_version=args.fsx_csi_driver_version,
+            service_account_role_arn=role.arn,
+            resolve_conflicts_on_create="OVERWRITE",
+            resolve_conflicts_on_update="PRESERVE",
+            tags=dict(args.tags),
+            opts=pulumi.ResourceOptions(parent=self, depends_on=list(args.depends_on)),
+        )
 
     # --- Values per chart --------------------------------------------------------------
 

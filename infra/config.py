@@ -159,6 +159,9 @@ class ClusterConfig:
     addon_versions: Mapping[str, str]
     """Pinned EKS add-on versions by add-on name (vpc-cni, coredns, kube-proxy)."""
     system_nodes: SystemNodesConfig
+    fsx_csi_driver_version: str | None = None
+    """The FSx CSI driver add-on's version where FSx is enabled; None takes EKS's default for the
+    cluster's Kubernetes version (`aws eks describe-addon-versions --addon-name aws-fsx-csi-driver`)."""
 
     @property
     def dns_cluster_ip(self) -> str:
@@ -759,6 +762,9 @@ class _AddonsDoc(_Doc):
     coredns: Annotated[str, _AddonVersion("coredns")]
     kube_proxy: Annotated[str, _AddonVersion("kube-proxy")]
     """A build for the cluster's Kubernetes version (EKS builds kube-proxy per minor)."""
+    fsx_csi_driver: Annotated[str | None, _AddonVersion("aws-fsx-csi-driver")] = None
+    """Where FSx is enabled: the FSx CSI driver add-on's version; default EKS's default for the
+    cluster's version (`aws eks describe-addon-versions --addon-name aws-fsx-csi-driver`)."""
 
 
 class _SystemNodesDoc(_Doc):
@@ -1159,6 +1165,7 @@ def _parse_cluster(doc: _ClusterDoc, path: str, *, env: str, network: NetworkCon
         log_types=doc.log_types,
         addon_versions={"vpc-cni": addons.vpc_cni, "coredns": addons.coredns, "kube-proxy": addons.kube_proxy},
         system_nodes=system_nodes,
+        fsx_csi_driver_version=addons.fsx_csi_driver,
     )
 
 

@@ -26,9 +26,11 @@ import pulumi_kubernetes as k8s
 import pulumi_random as random
 
 from infra import scanner_skips
+from infra.cluster_addons import FSX_CSI_DRIVER
 from infra.config import GpuPoolConfig, ModelServiceConfig, ServiceMode
 from infra.facts import GPU_RESOURCE, GPU_TAINT, MIG_RESOURCE_PREFIX
 from infra.irsa import irsa_role
+from infra.storage import LUSTRE_MODELS_PATH, LustreFileSystem
 
 __all__ = [
     "ADMIN_TOKEN_KEY",
@@ -67,6 +69,8 @@ IN_FLIGHT_METRIC = "peakguard_in_flight_requests"
 _MODE_DIR = "/etc/peakguard/mode"
 _ADMIN_TOKEN_DIR = "/var/run/secrets/peakguard"  # noqa: S105 (a mount path)
 _MODELS_DIR = "/models"
+_LUSTRE_DIR = "/lustre"
+_LUSTRE_CLAIM = "models-lustre"
 _ALL_INTERFACES = "0.0.0.0"  # noqa: S104 (in a pod: the pod's own address, which the Service targets)
 # The pod's own emptyDir: the root filesystem is read-only, and nothing else shares it.
 _TMP_DIR = "/tmp"  # noqa: S108
@@ -104,6 +108,9 @@ class ModelWorkloadArgs:
     health checks come from there, with `target-type: ip` straight to the pods."""
     monitoring_namespace: str = "monitoring"
     """Where Prometheus runs: it scrapes /metrics on the pods."""
+    lustre: LustreFileSystem | None = None
+    """Where FSx is enabled: the init container copies a version from Lustre (over EFA in its AZ,
+    TCP elsewhere) instead of from S3, and falls back to S3 when Lustre does not hold it."""
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     """Add-ons whose CRDs and webhooks these objects need (KEDA, the load balancer controller)."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -199,6 +206,8 @@ class ModelWorkload(pulumi.ComponentResource):
             light_mode = dataclasses.replace(config.mode, model="light")
             self.mode_config_maps["light"] = self._mode_config_map(name, "light", light_mode)
         self.mode_config_maps["canary"] = self._mode_config_map(name, "canary", config.mode)
+        if args.lustre is not None:
+            self._lustre_claim(name, args.lustre)
 
         self.service_name = APP_LABEL
         service = k8s.core.v1.Service(
@@ -263,6 +272,47 @@ class ModelWorkload(pulumi.ComponentResource):
                 ingress=[
                     k8s.networking.v1.NetworkPolicyIngressRuleArgs(from_=[*addresses, prometheus, runners], ports=port)
                 ],
+            ),
+            opts=self._in_ns,
+        )
+
+    def _lustre_claim(self, name: str, lustre: LustreFileSystem) -> None:
+        """The file system as a static volume, bound to one claim in this namespace and read-only: FSx
+        owns the data (its link to the bucket), Kubernetes only mounts it (the FSx CSI driver's
+        static-provisioning example). No zone affinity: pods in the file system's AZ read it over
+        EFA, pods elsewhere over TCP across AZs; both beat S3 for a surge of cold replicas."""
+        volume = f"{self.namespace}-{_LUSTRE_CLAIM}"  # PersistentVolumes are cluster-wide
+        size = f"{lustre.capacity_gib}Gi"
+        k8s.core.v1.PersistentVolume(
+            f"{name}-lustre",
+            metadata=k8s.meta.v1.ObjectMetaArgs(name=volume, labels=self._labels()),
+            spec=k8s.core.v1.PersistentVolumeSpecArgs(
+                capacity={"storage": size},
+                access_modes=["ReadOnlyMany"],
+                volume_mode="Filesystem",
+                # Kubernetes did not create the file system and must never delete it.
+                persistent_volume_reclaim_policy="Retain",
+                storage_class_name="",
+                mount_options=["noatime"],
+                # Only our claim binds it: no other claim in the cluster can take the volume first.
+                claim_ref=k8s.core.v1.ObjectReferenceArgs(namespace=self.namespace, name=_LUSTRE_CLAIM),
+                csi=k8s.core.v1.CSIPersistentVolumeSourceArgs(
+                    driver=FSX_CSI_DRIVER,
+                    volume_handle=lustre.file_system_id,
+                    read_only=True,
+                    volume_attributes={"dnsname": lustre.dns_name, "mountname": lustre.mount_name},
+                ),
+            ),
+            opts=self._k8s,
+        )
+        k8s.core.v1.PersistentVolumeClaim(
+            f"{name}-lustre",
+            metadata=self._metadata(_LUSTRE_CLAIM),
+            spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
+                access_modes=["ReadOnlyMany"],
+                storage_class_name="",  # bind the static volume, never provision one
+                volume_name=volume,
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}),
             ),
             opts=self._in_ns,
         )
@@ -343,6 +393,18 @@ class ModelWorkload(pulumi.ComponentResource):
                 match_label_keys=["pod-template-hash"],
             )
 
+        lustre_env, lustre_mounts, lustre_volumes = [], [], []
+        if args.lustre is not None:
+            lustre_env = [k8s.core.v1.EnvVarArgs(name="LUSTRE_MODELS_DIR", value=_LUSTRE_DIR + LUSTRE_MODELS_PATH)]
+            lustre_mounts = [k8s.core.v1.VolumeMountArgs(name="lustre", mount_path=_LUSTRE_DIR, read_only=True)]
+            lustre_volumes = [
+                k8s.core.v1.VolumeArgs(
+                    name="lustre",
+                    persistent_volume_claim=k8s.core.v1.PersistentVolumeClaimVolumeSourceArgs(
+                        claim_name=_LUSTRE_CLAIM, read_only=True
+                    ),
+                )
+            ]
         pod = k8s.core.v1.PodSpecArgs(
             service_account_name=APP_LABEL,
             automount_service_account_token=False,
@@ -372,6 +434,7 @@ class ModelWorkload(pulumi.ComponentResource):
                         k8s.core.v1.EnvVarArgs(name="MODE_FILE", value=f"{_MODE_DIR}/{MODE_KEY}"),
                         k8s.core.v1.EnvVarArgs(name="MODELS_DIR", value=_MODELS_DIR),
                         k8s.core.v1.EnvVarArgs(name="HOME", value=_TMP_DIR),
+                        *lustre_env,
                     ],
                     resources=k8s.core.v1.ResourceRequirementsArgs(
                         requests={"cpu": "1", "memory": "1Gi"}, limits={"memory": "1Gi"}
@@ -381,6 +444,7 @@ class ModelWorkload(pulumi.ComponentResource):
                         k8s.core.v1.VolumeMountArgs(name="mode", mount_path=_MODE_DIR, read_only=True),
                         k8s.core.v1.VolumeMountArgs(name="models", mount_path=_MODELS_DIR),
                         k8s.core.v1.VolumeMountArgs(name="tmp", mount_path=_TMP_DIR),
+                        *lustre_mounts,
                     ],
                 )
             ],
@@ -449,6 +513,7 @@ class ModelWorkload(pulumi.ComponentResource):
                     secret=k8s.core.v1.SecretVolumeSourceArgs(secret_name=self.admin_token_secret, default_mode=0o440),
                 ),
                 k8s.core.v1.VolumeArgs(name="tmp", empty_dir=k8s.core.v1.EmptyDirVolumeSourceArgs(size_limit="1Gi")),
+                *lustre_volumes,
             ],
         )
         created = k8s.apps.v1.Deployment(

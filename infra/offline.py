@@ -159,10 +159,12 @@ _ID_PREFIX = {
     "aws:ec2/vpcEndpoint:VpcEndpoint": "vpce-",
     "aws:ec2/launchTemplate:LaunchTemplate": "lt-",
     "aws:fsx/lustreFileSystem:LustreFileSystem": "fs-",
+    "aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation": "dra-",
 }
 
 
 _GET_PARAMETERS_BY_PATH = "aws:ssm/getParametersByPath:getParametersByPath"
+_GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
 
 
 class _AwsAnswers(pulumi_mocks.Mocks):
@@ -275,6 +277,13 @@ class _AwsAnswers(pulumi_mocks.Mocks):
                 "values": [self.parameters[name] for name in names],
                 "types": ["String"] * len(names),
                 "arns": [f"arn:aws:ssm:{self.region}:{_ACCOUNT}:parameter{name}" for name in names],
+            }, []
+        if args.token == _GET_CALLER_IDENTITY:
+            return {
+                "id": _ACCOUNT,
+                "accountId": _ACCOUNT,
+                "arn": f"arn:aws:iam::{_ACCOUNT}:user/peakguard-offline",
+                "userId": "AIDA" + _hex("caller", length=16).upper(),
             }, []
         raise NotImplementedError(
             f"the offline engine does not answer the invoke {args.token}; teach infra/offline.py "

@@ -11,10 +11,16 @@ import pulumi_aws as aws
 
 from infra.config import FsxConfig
 
-__all__ = ["LUSTRE_PORTS", "Storage", "StorageArgs"]
+__all__ = ["LUSTRE_MODELS_PATH", "LUSTRE_PORTS", "LustreFileSystem", "Storage", "StorageArgs"]
 
 LUSTRE_PORTS = ((988, 988), (1018, 1023))
 """TCP ports Lustre clients and servers talk on (FSx for Lustre's VPC access-control guide)."""
+LUSTRE_MODELS_PATH = "/models"
+"""Where the bucket's `models/` prefix appears in the Lustre file system (its data repository
+association): version folders, as `peakguard train` wrote them and the bucket holds them."""
+_FSX_S3_ROLE = "aws-service-role/s3.data-source.lustre.fsx.amazonaws.com/AWSServiceRoleForFSxS3Access_*"
+"""The service-linked role FSx creates per file system to read a linked bucket (FSx for Lustre
+User Guide, "Using service-linked roles"): its name ends in the file system's id."""
 
 
 @dataclass(frozen=True)
@@ -29,7 +35,37 @@ class StorageArgs:
     """The GPU nodes' EFA group: Lustre over EFA rides on its all-traffic self rules."""
     node_security_group_id: pulumi.Input[str] | None = None
     """The cluster security group every node carries: TCP Lustre traffic comes from it."""
+    partition: str = "aws"
     tags: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class LustreFileSystem:
+    """What a pod's volume needs of the file system: the bucket's model versions are under
+    `LUSTRE_MODELS_PATH` in it (its data repository association)."""
+
+    file_system_id: pulumi.Output[str]
+    dns_name: pulumi.Output[str]
+    mount_name: pulumi.Output[str]
+    capacity_gib: int
+
+
+def _data_key_policy(partition: str, account: str) -> str:
+    """The account administers the key (KMS's default policy); FSx's data-repository role may use it
+    too, because the bucket is SSE-KMS and Lustre reads the weights out of it (FSx for Lustre User
+    Guide, "Working with server-side encrypted Amazon S3 buckets"). That role's name carries the
+    file system's id, unknown before the key exists, hence the ARN pattern as a condition."""
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "AccountAdministers", "Effect": "Allow", "Action": "kms:*", "Resource": "*",
+             "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"}},
+            {"Sid": "LustreReadsTheModelBucket", "Effect": "Allow", "Principal": {"AWS": "*"},
+             "Action": ["kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"], "Resource": "*",
+             "Condition": {"StringEquals": {"kms:CallerAccount": account},
+                           "ArnLike": {"aws:PrincipalArn": f"arn:{partition}:iam::{account}:role/{_FSX_S3_ROLE}"}}},
+        ],
+    })  # fmt: skip
 
 
 class Storage(pulumi.ComponentResource):
@@ -39,6 +75,8 @@ class Storage(pulumi.ComponentResource):
     data_key_arn: pulumi.Output[str]
     fsx_dns_name: pulumi.Output[str] | None
     fsx_mount_name: pulumi.Output[str] | None
+    lustre: LustreFileSystem | None
+    """The file system where FSx is enabled, else None."""
 
     def __init__(self, name: str, args: StorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("peakguard:infra:Storage", name, None, opts)
@@ -50,6 +88,9 @@ class Storage(pulumi.ComponentResource):
             description=f"peakguard {args.env}: model artifacts in S3 and FSx",
             enable_key_rotation=True,
             deletion_window_in_days=30,
+            policy=aws.get_caller_identity_output().account_id.apply(
+                lambda account: _data_key_policy(args.partition, account)
+            ),
             tags=tags,
             opts=child,
         )
@@ -119,6 +160,7 @@ class Storage(pulumi.ComponentResource):
 
         self.fsx_dns_name = None
         self.fsx_mount_name = None
+        self.lustre = None
         if args.fsx is not None:
             if args.fsx_subnet_id is None or args.efa_security_group_id is None or args.node_security_group_id is None:
                 raise ValueError("FSx needs fsx_subnet_id, efa_security_group_id and node_security_group_id")
@@ -131,6 +173,7 @@ class Storage(pulumi.ComponentResource):
                 node_security_group_id=args.node_security_group_id,
                 tags=tags,
                 data_key=data_key,
+                bucket=bucket,
             )
 
         self.register_outputs({"bucket": self.bucket_name, "fsxDnsName": self.fsx_dns_name})
@@ -146,6 +189,7 @@ class Storage(pulumi.ComponentResource):
         node_security_group_id: pulumi.Input[str],
         tags: dict[str, str],
         data_key: aws.kms.Key,
+        bucket: aws.s3.Bucket,
     ) -> None:
         child = pulumi.ResourceOptions(parent=self)
         lustre_rules = [
@@ -192,3 +236,28 @@ class Storage(pulumi.ComponentResource):
         )
         self.fsx_dns_name = filesystem.dns_name
         self.fsx_mount_name = filesystem.mount_name
+        self.lustre = LustreFileSystem(
+            file_system_id=filesystem.id,
+            dns_name=filesystem.dns_name,
+            mount_name=filesystem.mount_name,
+            capacity_gib=fsx.storage_capacity_gib,
+        )
+        # The bucket's models/ prefix, as a folder of the file system: a version uploaded to S3
+        # appears under /models as soon as FSx imports its metadata, and its bytes are read from S3
+        # once, on first access, then served from Lustre. Import only: pods never write weights.
+        aws.fsx.DataRepositoryAssociation(
+            f"{name}-models",
+            file_system_id=filesystem.id,
+            file_system_path=LUSTRE_MODELS_PATH,
+            data_repository_path=bucket.bucket.apply(lambda name_: f"s3://{name_}/models/"),
+            batch_import_meta_data_on_create=True,
+            s3=aws.fsx.DataRepositoryAssociationS3Args(
+                auto_import_policy=aws.fsx.DataRepositoryAssociationS3AutoImportPolicyArgs(
+                    events=["NEW", "CHANGED", "DELETED"]
+                )
+            ),
+            # The bucket stays the source of truth: removing the link must not delete its copy.
+            delete_data_in_filesystem=False,
+            tags=tags,
+            opts=child,
+        )

@@ -5,7 +5,9 @@
 # are UTC timestamps, so they sort). A copy that fails midway leaves no half folder behind.
 #
 # Environment: MODEL_BUCKET (bucket name), MODE_FILE (the mounted mode.json), MODELS_DIR (the
-# volume the service reads). Credentials come from IRSA, like any AWS CLI call in a pod.
+# volume the service reads), and where FSx is enabled LUSTRE_MODELS_DIR (the bucket's models/ as
+# the mounted Lustre file system shows it: a version found there is copied from it, else from S3).
+# Credentials come from IRSA, like any AWS CLI call in a pod.
 set -euo pipefail
 
 : "${MODEL_BUCKET:?MODEL_BUCKET must name the artifact bucket}"
@@ -40,11 +42,24 @@ rm -rf "$partial"
 # Whatever ends the script before the rename (a failed copy, a missing manifest, a signal)
 # takes the half-copied folder with it.
 trap 'rm -rf "$partial"' EXIT
-aws s3 sync --only-show-errors "s3://$MODEL_BUCKET/models/$version/" "$partial/" ||
-  fail "copying s3://$MODEL_BUCKET/models/$version/ failed (see above); the pod retries"
+lustre="${LUSTRE_MODELS_DIR:-}/$version"
+if [[ -n "${LUSTRE_MODELS_DIR:-}" && -f "$lustre/manifest.json" ]]; then
+  # FSx holds the bucket's versions (its data repository association): a surge of cold replicas
+  # copies from the file system, not every byte of the weights from S3 each.
+  mkdir -p "$partial"
+  cp -R "$lustre/." "$partial/" || fail "copying $lustre failed (see above); the pod retries"
+  from="$lustre"
+else
+  if [[ -n "${LUSTRE_MODELS_DIR:-}" ]]; then
+    echo "fetch-weights: $version is not on Lustre ($lustre has no manifest.json yet); copying from S3"
+  fi
+  aws s3 sync --only-show-errors "s3://$MODEL_BUCKET/models/$version/" "$partial/" ||
+    fail "copying s3://$MODEL_BUCKET/models/$version/ failed (see above); the pod retries"
+  from="s3://$MODEL_BUCKET/models/$version/"
+fi
 [[ -f "$partial/manifest.json" ]] || fail "s3://$MODEL_BUCKET/models/$version/ has no manifest.json: not a model version"
 # A folder left without a manifest (a copy from an older script, a hand edit) is not a version.
 rm -rf "$target"
 mv "$partial" "$target"
 trap - EXIT
-echo "fetch-weights: $version copied to $MODELS_DIR"
+echo "fetch-weights: $version copied to $MODELS_DIR from $from"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from infra import facts
+from infra.cluster_addons import FSX_CSI_DRIVER_ADDON
 from infra.offline import OfflineRun
 
 
@@ -82,7 +83,13 @@ def test_oidc_provider_trusts_the_cluster_issuer_for_sts(run: OfflineRun) -> Non
 
 
 def test_addons_are_pinned_and_vpc_cni_supports_efa_only(run: OfflineRun) -> None:
-    addons = {r.inputs["addonName"]: r.inputs["addonVersion"] for r in run.of_type("aws:eks/addon:Addon")}
+    # The FSx CSI driver is the storage's add-on, pinned only when the stack names a version
+    # (tests/infra/test_lustre_volume.py).
+    addons = {
+        r.inputs["addonName"]: r.inputs["addonVersion"]
+        for r in run.of_type("aws:eks/addon:Addon")
+        if r.inputs["addonName"] != FSX_CSI_DRIVER_ADDON
+    }
 
     assert addons == dict(run.config.cluster.addon_versions)
     version = facts.parse_addon_version(addons["vpc-cni"])

@@ -222,3 +222,52 @@ def test_a_model_version_that_is_not_a_plain_folder_name_is_refused_before_copyi
     # Nothing was fetched: no folder, no partial copy, on the volume or beside it.
     assert pod.local_versions() == []
     assert not [p for p in pod.root.rglob("*") if p.name.endswith(".partial")]
+
+
+def _lustre_holds(pod: Pod, version: str) -> Path:
+    """The mounted file system as the data repository association shows the bucket: the version's
+    files under <lustre>/models/<version>, with different bytes than S3 so the source is visible."""
+    folder = pod.root / "lustre" / "models" / version
+    folder.mkdir(parents=True)
+    for name in pod.uploaded[version]:
+        (folder / name).write_bytes(b"from lustre: " + pod.uploaded[version][name])
+    pod.env["LUSTRE_MODELS_DIR"] = str(pod.root / "lustre" / "models")
+    return folder
+
+
+def test_a_version_on_lustre_is_copied_from_lustre_not_downloaded(pod: Pod) -> None:
+    pod.upload(NEWEST)
+    pod.write_mode(NEWEST)
+    _lustre_holds(pod, NEWEST)
+    pod.env["AWS_ENDPOINT_URL"] = "http://127.0.0.1:9"  # S3 unreachable: only the listing may be skipped
+
+    result = pod.run()
+
+    assert result.returncode == 0, result.stderr
+    copied = {p.name: p.read_bytes() for p in (pod.models_dir / NEWEST).iterdir()}
+    assert copied == {name: b"from lustre: " + body for name, body in pod.uploaded[NEWEST].items()}
+    assert f"{NEWEST} copied to {pod.models_dir} from {pod.root}/lustre/models/{NEWEST}" in result.stdout
+
+
+def test_a_version_lustre_does_not_hold_yet_comes_from_s3(pod: Pod) -> None:
+    pod.upload(NEWER)
+    pod.upload(NEWEST)
+    pod.write_mode(NEWEST)
+    _lustre_holds(pod, NEWER)  # the file system has not imported the newest upload yet
+
+    result = pod.run()
+
+    assert result.returncode == 0, result.stderr
+    pod.assert_copied(NEWEST)
+    assert "is not on Lustre" in result.stdout and f"from s3://{pod.bucket}/models/{NEWEST}/" in result.stdout
+
+
+def test_a_lustre_folder_without_a_manifest_is_not_a_version(pod: Pod) -> None:
+    pod.upload(NEWEST)
+    pod.write_mode(NEWEST)
+    (_lustre_holds(pod, NEWEST) / "manifest.json").unlink()  # metadata imported, manifest not yet
+
+    result = pod.run()
+
+    assert result.returncode == 0, result.stderr
+    pod.assert_copied(NEWEST)  # S3's bytes
