@@ -134,7 +134,7 @@ def register(commands: Any) -> None:
 
 def _up(args: argparse.Namespace) -> int:
     from lab.lab import Lab, LabError, LabSettings
-    from runbooks.engine import sigterm_as_interrupt
+    from runbooks.engine.run import sigterm_as_interrupt
 
     # moto's server logs every request it serves (werkzeug); that is noise on the user's terminal.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)

@@ -51,7 +51,7 @@ from lab.prometheus import Firing, Prometheus
 from model_service.benchmark import UNLOADED_RPS, sustainable_rate, unloaded_p99
 from model_service.load_generator import Phase, Request, run_phases
 from model_service.service_process import ServiceProcess
-from runbooks.engine import sigterm_as_interrupt
+from runbooks.engine.run import sigterm_as_interrupt
 
 __all__ = ["FAULTS", "NEXT_RELEASE", "DrillError", "DrillSettings", "Timeline", "run"]
 Log = Callable[[str], None]

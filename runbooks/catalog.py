@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from runbooks.engine.spec import Runbook
 from runbooks.library import emergency_stop, rebuild, rolling_upgrade
-from runbooks.spec import Runbook
 
 __all__ = ["RUNBOOKS"]
 

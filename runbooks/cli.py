@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runbooks.catalog import RUNBOOKS
-from runbooks.spec import REQUIRED, Runbook
+from runbooks.engine.spec import REQUIRED, Runbook
 
 __all__ = ["register"]
 
@@ -121,8 +121,8 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _plan(args: argparse.Namespace) -> int:
+    from runbooks.engine.planning import make_plan
     from runbooks.errors import RunbookError
-    from runbooks.planning import make_plan
 
     runbook = RUNBOOKS[args.runbook_name]
     try:
@@ -140,8 +140,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from runbooks.engine.planning import Plan, make_plan
     from runbooks.errors import ApprovalError, RunbookError
-    from runbooks.planning import Plan, make_plan
 
     runbook = RUNBOOKS[args.runbook_name]
     try:
@@ -167,9 +167,9 @@ def _run(args: argparse.Namespace) -> int:
 def _freeze(args: argparse.Namespace) -> int:
     import boto3
 
-    from runbooks.aws_clients import BoundedClient
     from runbooks.errors import RunbookError
-    from runbooks.switches import SsmSwitches
+    from runbooks.ports.aws_clients import BoundedClient
+    from runbooks.ports.switches import SsmSwitches
 
     session = boto3.Session(region_name=args.region) if args.region else boto3.Session()
     switches = SsmSwitches(BoundedClient(session, "ssm"), env=args.env)
@@ -186,8 +186,8 @@ def _freeze(args: argparse.Namespace) -> int:
 
 
 def _resume(args: argparse.Namespace) -> int:
+    from runbooks.engine.journal import Journal
     from runbooks.errors import RunbookError
-    from runbooks.journal import Journal
 
     try:
         journal = Journal.open(_journal_dir(args), args.run_id)
@@ -253,7 +253,7 @@ def _save_trace(args: argparse.Namespace) -> Path | str:
 
 
 def _journal_dir(args: argparse.Namespace) -> Path:
-    from runbooks.journal import default_journal_dir
+    from runbooks.engine.journal import default_journal_dir
 
     return Path(args.journal_dir) if args.journal_dir else default_journal_dir()
 
@@ -263,7 +263,7 @@ def _operator(args: argparse.Namespace) -> str:
 
 
 def _context(args: argparse.Namespace, runbook: Runbook, *, params: dict[str, Any] | None = None) -> Any:
-    from runbooks.spec import Context
+    from runbooks.engine.spec import Context
 
     raw = params if params is not None else {
         key.removeprefix("param:"): value for key, value in vars(args).items()
@@ -276,11 +276,11 @@ def _context(args: argparse.Namespace, runbook: Runbook, *, params: dict[str, An
 def _ports(args: argparse.Namespace) -> Any:
     import boto3
 
-    from runbooks.cloud import AwsCloud
-    from runbooks.cluster import KubernetesCluster
-    from runbooks.node_work import AnsiblePlaybooks
     from runbooks.ports import Ports
-    from runbooks.service import ModelServiceClient
+    from runbooks.ports.cloud import AwsCloud
+    from runbooks.ports.cluster import KubernetesCluster
+    from runbooks.ports.node_work import AnsiblePlaybooks
+    from runbooks.ports.service import ModelServiceClient
 
     session = boto3.Session(region_name=args.region) if args.region else boto3.Session()
     cloud = AwsCloud(session, env=args.env)
@@ -299,7 +299,7 @@ def _ports(args: argparse.Namespace) -> Any:
 
 
 def _engine(args: argparse.Namespace, runbook: Runbook, context: Any) -> Any:
-    from runbooks.engine import Engine
+    from runbooks.engine.run import Engine
 
     ports = context.ports
     lock = ports.cluster.lease_lock(env=args.env, namespace=ports.namespace)
@@ -308,8 +308,8 @@ def _engine(args: argparse.Namespace, runbook: Runbook, context: Any) -> Any:
 
 
 def _approve(args: argparse.Namespace, runbook: Runbook, plan: Any) -> Any:
+    from runbooks.engine.planning import Approval
     from runbooks.errors import ApprovalError
-    from runbooks.planning import Approval
 
     operator = _operator(args)
     if args.env != "prod" or not runbook.prod_needs_approval:

@@ -22,12 +22,12 @@ from typing import Any
 
 from infra import facts
 from infra.targets import NodeGroupTarget
-from runbooks.cloud import NodeGroupSize
-from runbooks.cluster import Bounds
+from runbooks.engine.spec import Context, Gate, Param, Reading, Runbook, Step
 from runbooks.errors import RunbookError
 from runbooks.library import undo
 from runbooks.library.service_gates import REFUSAL_BUDGET, ports_of, signals, within_slo
-from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
+from runbooks.ports.cloud import NodeGroupSize
+from runbooks.ports.cluster import Bounds
 
 __all__ = ["RUNBOOK", "estimate"]
 

@@ -20,11 +20,11 @@ import shutil
 import subprocess
 from typing import Any
 
-from runbooks.cluster import Bounds
+from runbooks.engine.spec import Context, Gate, LeftToOperator, Param, Reading, Runbook, Step
 from runbooks.errors import RunbookError
 from runbooks.library import undo
 from runbooks.library.service_gates import ERROR_BUDGET, ports_of, within_slo
-from runbooks.spec import Context, Gate, LeftToOperator, Param, Reading, Runbook, Step
+from runbooks.ports.cluster import Bounds
 
 __all__ = ["NORMAL_MODE", "RUNBOOK"]
 

@@ -5,8 +5,8 @@ failure.
 Blue/green, not EKS's UpdateNodegroupVersion (README, "Rolling upgrades", says why): the new image
 is declared first (`peakguard:gpuPools.<pool>.next` in the stack file, then `pulumi up`), which adds
 an empty node group of the other generation beside each serving one. This runbook then fills it
-and empties the old one, one pool and AZ at a time (`runbooks/node_upgrade.py`, rule in
-`runbooks/node_batches.py`):
+and empties the old one, one pool and AZ at a time (`runbooks/nodes/node_upgrade.py`, rule in
+`runbooks/nodes/node_batches.py`):
 
 1. surge a batch of new nodes and wait until they are Ready and preflighted (startup taint gone);
 2. cordon as many old nodes (marked with this run), drain them through the Eviction API within the
@@ -22,10 +22,10 @@ prints the stack-config change that makes the new generation the serving one. Th
 stands while nodes move, so a `pulumi up` cannot change the groups under the run.
 
 `--to driver-<version>` is the second path, for a change that needs no new node: the NVIDIA driver
-of nodes whose driver is the host's (Ubuntu AMIs that ship it; `runbooks/driver_fleet.py` says
+of nodes whose driver is the host's (Ubuntu AMIs that ship it; `runbooks/nodes/driver_fleet.py` says
 which nodes qualify and refuses the others before anything changes). Each serving group's nodes
 are taken out a third at most at a time, changed by `playbooks/project/gpu_driver_upgrade.yml`,
-preflighted again and put back, with the same gate (`runbooks/in_place_upgrade.py`). Groups under
+preflighted again and put back, with the same gate (`runbooks/nodes/in_place_upgrade.py`). Groups under
 3 nodes are refused: in place they could only lose capacity.
 """
 
@@ -38,15 +38,15 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from infra.targets import NodeGroupTarget
-from runbooks.cluster import CORDON_MARK
-from runbooks.driver_fleet import DriverFleet, driver_of, refusals
+from runbooks.engine.spec import Context, Param, Runbook, Step
 from runbooks.errors import RunbookError
-from runbooks.fleet import GenerationPair, PortsFleet, generation_pairs
-from runbooks.in_place_upgrade import upgrade_in_place
 from runbooks.library.service_gates import ports_of, within_slo
-from runbooks.node_batches import planned_batches
-from runbooks.node_upgrade import RoundLog, upgrade_group
-from runbooks.spec import Context, Param, Runbook, Step
+from runbooks.nodes.driver_fleet import DriverFleet, driver_of, refusals
+from runbooks.nodes.fleet import GenerationPair, PortsFleet, generation_pairs
+from runbooks.nodes.in_place_upgrade import upgrade_in_place
+from runbooks.nodes.node_batches import planned_batches
+from runbooks.nodes.node_upgrade import RoundLog, upgrade_group
+from runbooks.ports.cluster import CORDON_MARK
 
 __all__ = ["RUNBOOK"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
+from runbooks.engine.spec import Context, Gate, Reading
 from runbooks.ports import Ports
-from runbooks.service import MIN_ANSWERS, Window
-from runbooks.spec import Context, Gate, Reading
+from runbooks.ports.service import MIN_ANSWERS, Window
 
 __all__ = ["ERROR_BUDGET", "REFUSAL_BUDGET", "ServiceMode", "ports_of", "signals", "within_slo"]
 

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from infra.targets import hold_parameter_name
+from runbooks.engine.spec import Context
 from runbooks.library.service_gates import ports_of
-from runbooks.spec import Context
 
 __all__ = ["bounds", "hold", "mode", "node_groups"]
 

@@ -29,7 +29,7 @@ from lab.controllers import Controllers, Delays
 from lab.kube_api import LocalKubernetes
 from lab.lor_proxy import LorProxy
 from lab.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
-from runbooks.cloud import instance_id_of
+from runbooks.ports.cloud import instance_id_of
 
 NS = "peakguard"
 REGION = "us-west-2"

@@ -1,4 +1,4 @@
-"""The runbooks' port to the playbooks (`runbooks/node_work.py`), running gpu_driver_upgrade.yml
+"""The runbooks' port to the playbooks (`runbooks/ports/node_work.py`), running gpu_driver_upgrade.yml
 for real through ansible-runner against the lab's fake nodes: what it reports per host.
 
 A host passes only when the whole run succeeded: in a run that failed on another host, a host
@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from runbooks.errors import RunbookError
-from runbooks.node_work import AnsiblePlaybooks, PlaybookResult
+from runbooks.ports.node_work import AnsiblePlaybooks, PlaybookResult
 
 from .conftest import FakeNode, Lab
 

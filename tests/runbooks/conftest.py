@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from runbooks.engine import Engine
+from runbooks.engine.locking import LockInfo
+from runbooks.engine.planning import Approval, Plan, make_plan
+from runbooks.engine.run import Engine
+from runbooks.engine.spec import Context, Gate, Param, Reading, Runbook, Step
 from runbooks.errors import LockHeldError, RunbookError
-from runbooks.locking import LockInfo
-from runbooks.planning import Approval, Plan, make_plan
-from runbooks.spec import Context, Gate, Param, Reading, Runbook, Step
 
 ENV = "dev"
 OPERATOR = "test-operator"

@@ -10,8 +10,8 @@ import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from lab.aws import CREDENTIALS, moto_server
-from runbooks.cloud import AwsCloud, instance_id_of
 from runbooks.errors import RunbookError
+from runbooks.ports.cloud import AwsCloud, instance_id_of
 
 
 @pytest.fixture(scope="module")

@@ -13,11 +13,11 @@ import boto3
 import pytest
 
 from runbooks import deadlines
-from runbooks.aws_clients import READ_TIMEOUTS, BoundedClient
-from runbooks.cloud import AwsCloud
-from runbooks.cluster import KubernetesCluster
 from runbooks.deadlines import DeadlineExceededError
 from runbooks.errors import RunbookError, TransientError
+from runbooks.ports.aws_clients import READ_TIMEOUTS, BoundedClient
+from runbooks.ports.cloud import AwsCloud
+from runbooks.ports.cluster import KubernetesCluster
 from tests.runbooks.conftest import EngineFactory, World, approved_plan, of_event, setter, toy_runbook
 
 

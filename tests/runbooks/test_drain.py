@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from lab.kube_api import ApiStatus, LocalKubernetes
-from runbooks.cluster import KubernetesCluster
-from runbooks.drain import DrainBlockedError, drain_node
 from runbooks.errors import RunbookError
+from runbooks.nodes.drain import DrainBlockedError, drain_node
+from runbooks.ports.cluster import KubernetesCluster
 
 READY = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
 

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 
 from infra.facts import DRIVER_DEPLOY_LABEL, DRIVER_VERSION_LABEL, PREFLIGHT_TAINT
-from runbooks.cluster import CORDON_MARK
-from runbooks.driver_fleet import DriverFleet
+from runbooks.engine.spec import Context
 from runbooks.errors import RunbookError
-from runbooks.in_place_upgrade import upgrade_in_place
 from runbooks.library.rolling_upgrade import RUNBOOK
-from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog
-from runbooks.node_work import PlaybookResult
+from runbooks.nodes.driver_fleet import DriverFleet
+from runbooks.nodes.in_place_upgrade import upgrade_in_place
+from runbooks.nodes.node_upgrade import GroupUpgradeStoppedError, RoundLog
 from runbooks.ports import Ports
-from runbooks.spec import Context
+from runbooks.ports.cluster import CORDON_MARK
+from runbooks.ports.node_work import PlaybookResult
 from tests.lab.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
 from tests.runbooks.test_fleet import _ports, _preflighted
 from tests.runbooks.test_fleet import three_blue as three_blue  # the fixture

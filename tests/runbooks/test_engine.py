@@ -18,6 +18,9 @@ from typing import Any
 
 import pytest
 
+from runbooks.engine.locking import run_of
+from runbooks.engine.planning import Approval, make_plan
+from runbooks.engine.spec import Context, Param
 from runbooks.errors import (
     ApprovalError,
     FreezeActiveError,
@@ -26,9 +29,6 @@ from runbooks.errors import (
     RunbookError,
     TransientError,
 )
-from runbooks.locking import run_of
-from runbooks.planning import Approval, make_plan
-from runbooks.spec import Context, Param
 from tests.runbooks.conftest import (
     OPERATOR,
     EngineFactory,
@@ -617,8 +617,8 @@ _SIGTERM_RUNNER = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from runbooks.engine import Engine
-    from runbooks.spec import Context
+    from runbooks.engine.run import Engine
+    from runbooks.engine.spec import Context
     from tests.runbooks.conftest import InMemoryLock, SettableFreeze, World, approved_plan, setter, toy_runbook
 
     ready = Path(sys.argv[2])

@@ -14,15 +14,15 @@ import boto3  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
 from lab.aws import CREDENTIALS
-from runbooks.cloud import AwsCloud
-from runbooks.cluster import KubernetesCluster
+from runbooks.engine.spec import Context
 from runbooks.errors import RunbookError
-from runbooks.fleet import SCALE_DOWN_DISABLED, PortsFleet, generation_pairs
 from runbooks.library.rolling_upgrade import RUNBOOK
-from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog, upgrade_group
+from runbooks.nodes.fleet import SCALE_DOWN_DISABLED, PortsFleet, generation_pairs
+from runbooks.nodes.node_upgrade import GroupUpgradeStoppedError, RoundLog, upgrade_group
 from runbooks.ports import Ports
-from runbooks.service import ModelServiceClient
-from runbooks.spec import Context
+from runbooks.ports.cloud import AwsCloud
+from runbooks.ports.cluster import KubernetesCluster
+from runbooks.ports.service import ModelServiceClient
 from tests.lab.test_node_groups import REGION, Fleet, _wait, aws, fleet  # noqa: F401 (fixtures)
 
 GROUP = "full/us-west-2a"

@@ -7,7 +7,7 @@ import pytest
 
 from infra.targets import ClusterTarget, NodeGroupTarget, TargetsDocument
 from runbooks.errors import RunbookError
-from runbooks.fleet import generation_pairs
+from runbooks.nodes.fleet import generation_pairs
 
 
 def _group(pool: str, az: str, generation: str, *, serving: bool) -> NodeGroupTarget:

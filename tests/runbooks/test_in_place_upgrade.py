@@ -4,7 +4,7 @@ its preflight afterwards, the gate), the upgrade never takes a node down while f
 are unavailable (a group under 3 never loses one), a stop leaves no plain cordon of ours, and a
 node is held out of service exactly when its change failed or was never confirmed.
 
-The fleet is in memory: the seam is the InPlaceFleet protocol, which `runbooks/driver_fleet.py`
+The fleet is in memory: the seam is the InPlaceFleet protocol, which `runbooks/nodes/driver_fleet.py`
 implements over the cluster port and the playbooks (tests/runbooks/test_driver_fleet.py).
 """
 
@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 
 from infra.facts import max_batch
 from runbooks.errors import RunbookError
-from runbooks.in_place_upgrade import upgrade_in_place
-from runbooks.node_batches import Drain, GroupView, NodeView, Wait, next_in_place
-from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog
+from runbooks.nodes.in_place_upgrade import upgrade_in_place
+from runbooks.nodes.node_batches import Drain, GroupView, NodeView, Wait, next_in_place
+from runbooks.nodes.node_upgrade import GroupUpgradeStoppedError, RoundLog
 
 
 @dataclass

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from runbooks.engine.journal import Journal, new_run_id
 from runbooks.errors import UnknownRunError
-from runbooks.journal import Journal, new_run_id
 
 
 def test_records_come_back_in_the_order_written(journal_dir: Path) -> None:

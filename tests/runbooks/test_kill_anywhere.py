@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from runbooks.engine import Engine, Outcome
-from runbooks.journal import Journal
+from runbooks.engine.journal import Journal
+from runbooks.engine.run import Engine, Outcome
+from runbooks.engine.spec import Context, Runbook, Step
 from runbooks.library import emergency_stop, rebuild, rolling_upgrade
-from runbooks.spec import Context, Runbook, Step
 from tests.runbooks.conftest import (
     OPERATOR,
     POLL,

@@ -13,11 +13,11 @@ import pytest
 from kubernetes import client  # type: ignore[import-untyped, unused-ignore]
 
 from lab.kube_api import LocalKubernetes
-from runbooks.engine import Engine, Outcome
+from runbooks.engine.locking import run_of, runner_identity
+from runbooks.engine.run import Engine, Outcome
+from runbooks.engine.spec import Context
 from runbooks.errors import LockHeldError, RunbookError
-from runbooks.lease_lock import LEASE_NAME, LeaseLock
-from runbooks.locking import run_of, runner_identity
-from runbooks.spec import Context
+from runbooks.ports.lease_lock import LEASE_NAME, LeaseLock
 from tests.runbooks.conftest import SettableFreeze, World, approved_plan, setter, toy_runbook
 
 

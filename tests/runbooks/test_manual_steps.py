@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runbooks.spec import Context, LeftToOperator, Step
+from runbooks.engine.spec import Context, LeftToOperator, Step
 from tests.runbooks.conftest import (
     EngineFactory,
     World,

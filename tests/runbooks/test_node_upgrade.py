@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from infra.facts import max_batch
 from runbooks.errors import RunbookError
-from runbooks.node_batches import Drain, GroupView, NodeView, Surge, Wait, next_step, planned_batches
-from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog, upgrade_group
+from runbooks.nodes.node_batches import Drain, GroupView, NodeView, Surge, Wait, next_step, planned_batches
+from runbooks.nodes.node_upgrade import GroupUpgradeStoppedError, RoundLog, upgrade_group
 
 
 @dataclass

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from runbooks.engine.planning import APPROVAL_TTL, Approval, Plan, changed_since, make_plan
+from runbooks.engine.spec import Context, Param, Runbook
 from runbooks.errors import ApprovalError
-from runbooks.planning import APPROVAL_TTL, Approval, Plan, changed_since, make_plan
-from runbooks.spec import Context, Param, Runbook
 from tests.runbooks.conftest import ENV, OPERATOR, World, setter, toy_runbook
 
 

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from runbooks.engine import Engine
+from runbooks.engine.journal import Journal
+from runbooks.engine.planning import make_plan
+from runbooks.engine.run import Engine
+from runbooks.engine.spec import Runbook
 from runbooks.errors import LockHeldError, RunbookError
-from runbooks.journal import Journal
-from runbooks.planning import make_plan
-from runbooks.spec import Runbook
 from tests.runbooks.conftest import (
     EngineFactory,
     InMemoryLock,

@@ -13,7 +13,7 @@ import pytest
 
 from runbooks import deadlines
 from runbooks.errors import RunbookError, TransientError
-from runbooks.service import OUTCOME_LABELS, ModelServiceClient, Window
+from runbooks.ports.service import OUTCOME_LABELS, ModelServiceClient, Window
 
 METRICS_BEFORE = """\
 peakguard_request_seconds_bucket{outcome="answered",served_by="model",le="0.1"} 10

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from runbooks.engine.spec import Context, Gate, Param, Reading, Runbook
 from runbooks.errors import ParameterError
-from runbooks.spec import Context, Gate, Param, Reading, Runbook
 from tests.runbooks.conftest import ENV, EngineFactory, World, approved_plan, reads, setter, toy_runbook
 
 REPLICAS = Param("to", "HPA minimum replicas", kind=int, minimum=1, maximum=200)

@@ -17,7 +17,7 @@ from tests.infra.conftest import PROJECT_DIR
 _WAITER = textwrap.dedent(
     """
     import threading
-    from runbooks.engine import sigterm_as_interrupt
+    from runbooks.engine.run import sigterm_as_interrupt
 
     with sigterm_as_interrupt():
         print("waiting", flush=True)

@@ -12,7 +12,7 @@ import pytest
 from infra.targets import freeze_parameter_name, hold_parameter_name
 from lab.aws import CREDENTIALS, moto_server
 from runbooks.errors import RunbookError
-from runbooks.switches import SsmSwitches
+from runbooks.ports.switches import SsmSwitches
 
 
 @pytest.fixture(scope="module")

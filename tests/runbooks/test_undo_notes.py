@@ -9,9 +9,9 @@ import pytest
 
 from infra.targets import ClusterTarget, ModelServiceTarget, NodeGroupTarget, TargetsDocument
 from runbooks.catalog import RUNBOOKS
+from runbooks.engine.spec import Context
 from runbooks.library import undo
 from runbooks.ports import Ports
-from runbooks.spec import Context
 
 SERVICE = ModelServiceTarget(
     namespace="peakguard",

@@ -10,7 +10,7 @@ import pytest
 
 from infra.offline import run_offline
 from infra.targets import TargetsDocument, hold_parameter_name, parameter_name
-from runbooks.lease_lock import LEASE_NAME
+from runbooks.ports.lease_lock import LEASE_NAME
 from tests.runbooks.e2e.conftest import NAMESPACE, PROJECT_DIR, World, _records
 
 # --- Cases ------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from infra.offline import OfflineRun, run_offline
 from infra.targets import NodeGroupTarget, TargetsDocument, hold_parameter_name
 from lab.lab import Lab, LabSettings, ServePod
 from lab.node_groups import NODE_GROUP_LABEL, NodeGroupDelays, NodeGroups
-from runbooks.cluster import CORDON_MARK
+from runbooks.ports.cluster import CORDON_MARK
 from tests.infra.conftest import PROJECT_DIR, stack_values
 from tests.runbooks.e2e.conftest import DELAYS, NAMESPACE, PEAKGUARD, _wait
 

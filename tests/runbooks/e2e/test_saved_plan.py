@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from runbooks.planning import APPROVAL_TTL
+from runbooks.engine.planning import APPROVAL_TTL
 from tests.runbooks.e2e.conftest import World, _records
 
 # Capacity only, as in test_emergency_stop: nothing is degraded, so no trigger re-check is due.

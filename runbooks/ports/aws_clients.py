@@ -14,8 +14,8 @@ from typing import Any
 
 from botocore.config import Config
 
-from runbooks.aws_errors import translate
 from runbooks.deadlines import call_timeout
+from runbooks.ports.aws_errors import translate
 
 __all__ = ["READ_TIMEOUTS", "BoundedClient"]
 

@@ -19,7 +19,7 @@ from runbooks.errors import RunbookError
 
 __all__ = ["PLAYBOOKS", "AnsiblePlaybooks", "PlaybookResult", "PlaybookRunner"]
 
-PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
+PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 """The repository's ansible-runner private_data_dir."""
 
 

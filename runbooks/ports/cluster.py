@@ -16,8 +16,8 @@ from typing import Any
 from infra.facts import GPU_RESOURCE, Taint
 from runbooks.deadlines import call_timeout
 from runbooks.errors import RunbookError
-from runbooks.kube_errors import translate
-from runbooks.lease_lock import LeaseLock
+from runbooks.ports.kube_errors import translate
+from runbooks.ports.lease_lock import LeaseLock
 
 __all__ = [
     "CALL_TIMEOUT",

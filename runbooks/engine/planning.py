@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+from runbooks.engine.spec import Context, Runbook
 from runbooks.errors import ApprovalError, TransientError
-from runbooks.spec import Context, Runbook
 
 __all__ = ["APPROVAL_TTL", "Approval", "Plan", "PlannedStep", "canonical", "changed_since", "make_plan"]
 

@@ -1,7 +1,7 @@
 """One runbook per environment at a time: a lock with a heartbeat, and the change freeze.
 
 The lock is a port: the production adapter is a Kubernetes `Lease` in the model-service namespace
-(`runbooks/cluster.py`). While a run lives, a heartbeat renews it; if the runner dies, the lease
+(`runbooks/ports/cluster.py`). While a run lives, a heartbeat renews it; if the runner dies, the lease
 expires and the next runner may take it. A run whose heartbeat fails stops before its next step.
 
 The lock is held by a runner, not by a name: its identity carries the operator (for people), the

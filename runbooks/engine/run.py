@@ -32,11 +32,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from runbooks import deadlines
+from runbooks.engine.journal import Journal, new_run_id
+from runbooks.engine.locking import FreezeSource, Heartbeat, Lock, LockInfo, run_of, runner_identity
+from runbooks.engine.planning import Approval, Plan, PlannedStep, canonical, changed_since
+from runbooks.engine.spec import Context, Gate, Judgement, LeftToOperator, Runbook, Step
 from runbooks.errors import FreezeActiveError, LiveStateChangedError, LockHeldError, RunbookError, TransientError
-from runbooks.journal import Journal, new_run_id
-from runbooks.locking import FreezeSource, Heartbeat, Lock, LockInfo, run_of, runner_identity
-from runbooks.planning import Approval, Plan, PlannedStep, canonical, changed_since
-from runbooks.spec import Context, Gate, Judgement, LeftToOperator, Runbook, Step
 
 __all__ = ["Engine", "Outcome", "Reporter", "sigterm_as_interrupt"]
 

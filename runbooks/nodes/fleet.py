@@ -14,7 +14,7 @@ What each call does to AWS and Kubernetes:
   take it back before the batch it is for has moved onto it. It returns once every new instance
   has joined as a Node.
 - remove: one instance terminated with its group's desired size lowered (nothing relaunches it).
-- cordon/uncordon/drain: `runbooks/run_nodes.py` (the run's mark; the Eviction API, bounded).
+- cordon/uncordon/drain: `runbooks/nodes/run_nodes.py` (the run's mark; the Eviction API, bounded).
 """
 
 from __future__ import annotations
@@ -25,13 +25,13 @@ from dataclasses import dataclass
 
 from infra.facts import NODE_GROUP_LABEL, POOL_LABEL, PREFLIGHT_TAINT
 from infra.targets import NodeGroupTarget, TargetsDocument
-from runbooks.cloud import NodeGroupSize, instance_id_of
-from runbooks.cluster import NodeState
 from runbooks.errors import RunbookError, TransientError
-from runbooks.node_batches import GroupView, NodeView
-from runbooks.node_upgrade import SurgeIncompleteError
+from runbooks.nodes.node_batches import GroupView, NodeView
+from runbooks.nodes.node_upgrade import SurgeIncompleteError
+from runbooks.nodes.run_nodes import RunNodes
 from runbooks.ports import Ports
-from runbooks.run_nodes import RunNodes
+from runbooks.ports.cloud import NodeGroupSize, instance_id_of
+from runbooks.ports.cluster import NodeState
 
 __all__ = ["NODE_GROUP_LABEL", "GenerationPair", "PortsFleet", "generation_pairs"]
 
@@ -112,7 +112,7 @@ def _instance_or_none(provider_id: str) -> str | None:
 
 
 class PortsFleet(RunNodes):
-    """`runbooks.node_upgrade.Fleet` for the ports of one run."""
+    """`runbooks.nodes.node_upgrade.Fleet` for the ports of one run."""
 
     def __init__(
         self,

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from runbooks.cluster import EvictionRefusedError, NodePod
 from runbooks.errors import RunbookError
+from runbooks.ports.cluster import EvictionRefusedError, NodePod
 
 __all__ = ["DrainBlockedError", "DrainReport", "NodePods", "drain_node"]
 

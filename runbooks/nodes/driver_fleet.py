@@ -33,13 +33,13 @@ from infra.facts import (
     PREFLIGHT_TAINT,
 )
 from infra.targets import NodeGroupTarget
-from runbooks.cloud import instance_id_of
-from runbooks.cluster import NodeState
 from runbooks.errors import RunbookError
-from runbooks.node_batches import GroupView, NodeView
-from runbooks.node_work import PlaybookRunner
+from runbooks.nodes.node_batches import GroupView, NodeView
+from runbooks.nodes.run_nodes import RunNodes
 from runbooks.ports import Ports
-from runbooks.run_nodes import RunNodes
+from runbooks.ports.cloud import instance_id_of
+from runbooks.ports.cluster import NodeState
+from runbooks.ports.node_work import PlaybookRunner
 
 __all__ = ["DRIVER_PLAYBOOK", "DriverFleet", "driver_of", "refusals"]
 
@@ -77,7 +77,7 @@ def refusals(nodes: Sequence[NodeState], version: str) -> list[str]:
 
 
 class DriverFleet(RunNodes):
-    """`runbooks.in_place_upgrade.InPlaceFleet` for serving GPU node groups of one run."""
+    """`runbooks.nodes.in_place_upgrade.InPlaceFleet` for serving GPU node groups of one run."""
 
     def __init__(
         self,

@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from runbooks.errors import RunbookError
-from runbooks.node_batches import Drain, GroupView, Wait, next_in_place
-from runbooks.node_upgrade import GroupUpgradeStoppedError, RoundLog, take_out
+from runbooks.nodes.node_batches import Drain, GroupView, Wait, next_in_place
+from runbooks.nodes.node_upgrade import GroupUpgradeStoppedError, RoundLog, take_out
 
 __all__ = ["InPlaceFleet", "upgrade_in_place"]
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from runbooks.engine.locking import LockInfo
 from runbooks.errors import LockHeldError, RunbookError
-from runbooks.kube_errors import status_of, translate
-from runbooks.locking import LockInfo
+from runbooks.ports.kube_errors import status_of, translate
 
 __all__ = ["LEASE_NAME", "LeaseLock"]
 
@@ -38,7 +38,7 @@ def _parse(value: Any) -> datetime.datetime | None:
 
 
 class LeaseLock:
-    """`runbooks.locking.Lock` on a `coordination.k8s.io/v1` Lease."""
+    """`runbooks.engine.locking.Lock` on a `coordination.k8s.io/v1` Lease."""
 
     def __init__(self, coordination: Any, *, env: str, namespace: str, name: str = LEASE_NAME) -> None:
         """`coordination` is a `kubernetes.client.CoordinationV1Api`."""

@@ -16,8 +16,8 @@ import json
 from typing import Any
 
 from infra.targets import freeze_parameter_name, hold_parameter_name
-from runbooks.aws_errors import translate
 from runbooks.errors import RunbookError
+from runbooks.ports.aws_errors import translate
 
 _PERMISSIONS = "ssm:GetParameter, PutParameter and DeleteParameter on /peakguard/*"
 
@@ -30,7 +30,7 @@ __all__ = ["SsmSwitches"]
 
 
 class SsmSwitches:
-    """`runbooks.locking.FreezeSource` and the incident hold, on SSM Parameter Store."""
+    """`runbooks.engine.locking.FreezeSource` and the incident hold, on SSM Parameter Store."""
 
     def __init__(self, ssm: Any, *, env: str) -> None:
         """`ssm` is a boto3 SSM client."""

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from infra.targets import ModelServiceTarget, TargetsDocument
-from runbooks.cloud import AwsCloud
-from runbooks.cluster import Endpoint, KubernetesCluster
 from runbooks.errors import RunbookError
-from runbooks.node_work import PlaybookRunner
-from runbooks.service import MIN_ANSWERS, ModelServiceClient, Window
+from runbooks.ports.cloud import AwsCloud
+from runbooks.ports.cluster import Endpoint, KubernetesCluster
+from runbooks.ports.node_work import PlaybookRunner
+from runbooks.ports.service import MIN_ANSWERS, ModelServiceClient, Window
 
 __all__ = ["LONGEST_WINDOW", "Ports"]
 

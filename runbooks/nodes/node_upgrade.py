@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from runbooks.errors import RunbookError
-from runbooks.node_batches import Drain, GroupView, Surge, Wait, next_step
+from runbooks.nodes.node_batches import Drain, GroupView, Surge, Wait, next_step
 
 __all__ = ["Fleet", "GroupUpgradeStoppedError", "RoundLog", "SurgeIncompleteError", "take_out", "upgrade_group"]
 

@@ -3,7 +3,7 @@
 Cordons carry the run's mark (`CORDON_MARK` = the run id), so only this run's cordons are ever
 lifted; a node held past the run carries `<run> held: why` instead, which no rollback lifts and
 which tells an operator who cordoned it and why. Drains go through the Eviction API with a
-deadline (runbooks/drain.py). The service gate and the bounded wait are the run's too.
+deadline (runbooks/nodes/drain.py). The service gate and the bounded wait are the run's too.
 """
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from runbooks.cluster import KubernetesCluster
-from runbooks.drain import drain_node
+from runbooks.nodes.drain import drain_node
+from runbooks.ports.cluster import KubernetesCluster
 
 __all__ = ["RunNodes"]
 

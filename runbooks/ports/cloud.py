@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from infra.targets import TargetsDocument, TargetsDocumentError, parameter_name
-from runbooks.aws_clients import BoundedClient
-from runbooks.aws_errors import translate as _translate
 from runbooks.errors import RunbookError
-from runbooks.switches import SsmSwitches
+from runbooks.ports.aws_clients import BoundedClient
+from runbooks.ports.aws_errors import translate as _translate
+from runbooks.ports.switches import SsmSwitches
 
 __all__ = ["AwsCloud", "NodeGroupSize", "instance_id_of"]
 
