@@ -179,13 +179,17 @@ def _config_schema(args: argparse.Namespace) -> int:
     if args.output is None:
         sys.stdout.write(text)
         return 0
+    staging = None
     try:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         handle, staging = tempfile.mkstemp(prefix=f".{args.output.name}.", dir=args.output.parent)
         with os.fdopen(handle, "w") as out:
             out.write(text)
+        os.chmod(staging, 0o644)  # a schema for editors, not a secret (mkstemp makes it 0600)
         os.replace(staging, args.output)
     except OSError as exc:
+        if staging is not None:
+            Path(staging).unlink(missing_ok=True)
         print(f"peakguard config schema: cannot write {args.output}: {exc}", file=sys.stderr)
         return EXIT_WRITE_ERROR
     print(f"wrote {args.output}", file=sys.stderr)

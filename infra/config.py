@@ -263,6 +263,11 @@ class FsxConfig:
     """1200, or a multiple of 2400 (PERSISTENT_2)."""
     throughput_per_tib: int
     """MB/s per TiB: 125, 250, 500 or 1000."""
+    model_service_mount: bool = False
+    """Whether the model-service pods mount the file system to copy their weights from it. Off by
+    default: the file system lives in one AZ, and a pod cannot start while its volume does not
+    mount, so with it on, losing that AZ (or the file system) stops new replicas in every AZ,
+    the very moment the others must scale out. The static volume exists either way."""
 
 
 @dataclass(frozen=True)
@@ -476,6 +481,8 @@ class _Text(_ValueType):
     problem: str = ""
     any_type: bool = False
     """Refuse a non-string with `problem` too (aws:region: a number is no region either)."""
+    allow_empty: bool = False
+    """"" is a value here (mode.modelVersion: the newest version)."""
 
     def check(self, value: Any) -> str:
         if (
@@ -487,7 +494,7 @@ class _Text(_ValueType):
         if isinstance(value, int | float) and not isinstance(value, bool):
             # `kubernetesVersion: 1.30` is the number 1.3 to YAML: only quotes keep it text.
             raise _problem(f"must be a string: YAML read a number; quote it (e.g. '{value}')")
-        if not isinstance(value, str) or not value:
+        if not isinstance(value, str) or not (value or self.allow_empty):
             raise _problem("must be a non-empty string")
         if self.choices and value not in self.choices:
             raise _problem(self.problem or f"must be one of {', '.join(self.choices)}")
@@ -498,7 +505,7 @@ class _Text(_ValueType):
     def schema(self) -> dict[str, Any]:
         if self.choices:
             return {"type": "string", "enum": list(self.choices)}
-        schema: dict[str, Any] = {"type": "string", "minLength": 1}
+        schema: dict[str, Any] = {"type": "string", "minLength": 0 if self.allow_empty else 1}
         if self.pattern is not None:
             schema["pattern"] = self.pattern.pattern
         return schema
@@ -584,7 +591,7 @@ class _Texts(_ValueType):
         if self.among:
             item = {"type": "string", "enum": list(self.among)}
         if self.networks:
-            item["format"] = "ipv4-network"
+            item = _Network().schema()
         return {"type": "array", "items": item}
 
 
@@ -819,7 +826,9 @@ class _PoolDoc(_ImageDoc):
     mig_profile: Annotated[str, _TEXT] = "none"
     """nvidia.com/mig.config layout, e.g. all-1g.10gb; none turns MIG off."""
     expected_peak_nodes: Annotated[int, _Whole(0)]
-    headroom: Annotated[Fraction, _Headroom()] = facts.HEADROOM
+    headroom: Annotated[Fraction, _Headroom()] = Field(
+        facts.HEADROOM, json_schema_extra={"default": float(facts.HEADROOM)}
+    )
     scaling_per_az: _ScalingDoc
     max_unavailable_percentage: Annotated[int, _Whole(1, 100)] = facts.MAX_UNAVAILABLE_PERCENTAGE
     """EKS rolling-update batch: at most a third of a group at once."""
@@ -836,7 +845,7 @@ class _PoolDoc(_ImageDoc):
 
 class _FsxDoc(_Doc):
     enabled: Annotated[bool, _Flag()] = True
-    """false switches FSx off and leaves the other keys unread."""
+    """false switches FSx off; the other keys may stay (and are still checked)."""
     availability_zone: Annotated[str | None, _TEXT] = None
     """Required when enabled: an AZ with GPU nodes (Lustre is single-AZ)."""
     storage_capacity_gib: Annotated[int | None, _Whole(1200, facts.FSX_LUSTRE_MAX_GIB)] = Field(
@@ -844,6 +853,9 @@ class _FsxDoc(_Doc):
     )
     """Required when enabled: 1200 or a multiple of 2400 (PERSISTENT_2)."""
     throughput_per_tib: Annotated[int, _FSX_THROUGHPUT] = Field(250, alias="throughputPerTiB")
+    model_service_mount: Annotated[bool, _Flag()] = False
+    """Model-service pods copy weights from Lustre (else S3 only). Every pod then needs the file
+    system to start, in every AZ: off by default."""
 
 
 class _StorageDoc(_Doc):
@@ -856,7 +868,7 @@ class _ModeDoc(_Doc):
     shedding: Annotated[bool, _Flag()] = False
     batch_min: Annotated[int, _Whole(1, 256)] = 16
     batch_max: Annotated[int, _Whole(1, 256)] = 128
-    model_version: Annotated[str, _TEXT] = ""
+    model_version: Annotated[str, _Text(allow_empty=True)] = ""
     """Artifact version folder under models/ in the bucket; empty means the newest there."""
 
 
@@ -988,6 +1000,7 @@ def json_schema() -> dict[str, Any]:
     (headroom, one third, prod's rules), so a file the schema accepts can still be refused."""
     config = _StackDoc.model_json_schema(by_alias=True)
     config["additionalProperties"] = True  # other namespaces: aws:profile, kubernetes:context...
+    config["required"] = sorted({*config.get("required", ()), "aws:region"})  # checked after the model
     definitions = config.pop("$defs", {})
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -1025,6 +1038,9 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
         _parse_gpu_pool(name, pool, f"{root}gpuPools.{name}", network=network) for name, pool in doc.gpu_pools.items()
     )
     storage = _parse_storage(doc.storage, f"{root}storage", pools=pools)
+    if storage.fsx is None and cluster.fsx_csi_driver_version is not None:
+        _fail(f"{root}cluster.addons.fsxCsiDriver", cluster.fsx_csi_driver_version,
+              "pins the FSx CSI driver, which is installed only where storage.fsx is enabled; remove it")  # fmt: skip
     kubernetes = _parse_kubernetes(
         doc.kubernetes, f"{root}kubernetes", pools=pools, kubernetes_version=cluster.kubernetes_version
     )
@@ -1327,6 +1343,7 @@ def _parse_storage(doc: _StorageDoc, path: str, *, pools: Sequence[GpuPoolConfig
             availability_zone=fsx_doc.availability_zone,
             storage_capacity_gib=capacity,
             throughput_per_tib=fsx_doc.throughput_per_tib,
+            model_service_mount=fsx_doc.model_service_mount,
         )
     )
 

@@ -166,10 +166,11 @@ quota (FSx for Lustre User Guide, "Quotas"; also SageMaker's FSxLustreConfig.Siz
 1200-100800). Raise it here after AWS raises the account's quota."""
 
 EC2_INSTANCE_TYPE = re.compile(
-    r"^[a-z]+[0-9][a-z0-9-]*\.(nano|micro|small|medium|large|metal|[0-9]*xlarge)(-[0-9]+xl)?$"
+    r"^[a-z][a-z0-9-]*[0-9][a-z0-9-]*\.(nano|micro|small|medium|large|metal|[0-9]*xlarge)(-[0-9]+xl)?$"
 )
 """The shape of an EC2 instance type name, <family><generation><options>.<size> (EC2 User Guide,
-"Amazon EC2 instance type naming conventions"): m7i.xlarge, c7gn.16xlarge, m7i.metal-24xl."""
+"Amazon EC2 instance type naming conventions"): m7i.xlarge, c7gn.16xlarge, m7i.metal-24xl,
+u-6tb1.112xlarge; a name with no generation digit (banana.huge) is none."""
 
 
 # --- GPU instance types with EFA -------------------------------------------------------------

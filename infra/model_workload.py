@@ -109,8 +109,8 @@ class ModelWorkloadArgs:
     monitoring_namespace: str = "monitoring"
     """Where Prometheus runs: it scrapes /metrics on the pods."""
     lustre: LustreFileSystem | None = None
-    """Where FSx is enabled: the init container copies a version from Lustre (over EFA in its AZ,
-    TCP elsewhere) instead of from S3, and falls back to S3 when Lustre does not hold it."""
+    """Where FSx is enabled: its static volume and claim; with `model_service_mount`, the init
+    container copies a version from it, and from S3 when it does not hold the version whole."""
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     """Add-ons whose CRDs and webhooks these objects need (KEDA, the load balancer controller)."""
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -277,18 +277,19 @@ class ModelWorkload(pulumi.ComponentResource):
         )
 
     def _lustre_claim(self, name: str, lustre: LustreFileSystem) -> None:
-        """The file system as a static volume, bound to one claim in this namespace and read-only: FSx
-        owns the data (its link to the bucket), Kubernetes only mounts it (the FSx CSI driver's
-        static-provisioning example). No zone affinity: pods in the file system's AZ read it over
-        EFA, pods elsewhere over TCP across AZs; both beat S3 for a surge of cold replicas."""
+        """The file system as a static volume bound to one claim in this namespace: FSx owns the data
+        (its link to the bucket), Kubernetes only mounts it (the FSx CSI driver's static-provisioning
+        example). ReadWriteMany because the driver publishes only single-node-writer and
+        multi-node-multi-writer volumes (a ReadOnlyMany one fails to mount, kubernetes-sigs/
+        aws-fsx-csi-driver#164); read-only by `csi.readOnly` and every mount's `readOnly` instead.
+        No zone affinity: in the file system's AZ a client can use EFA, elsewhere TCP across AZs."""
         volume = f"{self.namespace}-{_LUSTRE_CLAIM}"  # PersistentVolumes are cluster-wide
-        size = f"{lustre.capacity_gib}Gi"
         k8s.core.v1.PersistentVolume(
             f"{name}-lustre",
             metadata=k8s.meta.v1.ObjectMetaArgs(name=volume, labels=self._labels()),
             spec=k8s.core.v1.PersistentVolumeSpecArgs(
-                capacity={"storage": size},
-                access_modes=["ReadOnlyMany"],
+                capacity={"storage": f"{lustre.capacity_gib}Gi"},  # the file system's, for people: Lustre ignores it
+                access_modes=["ReadWriteMany"],
                 volume_mode="Filesystem",
                 # Kubernetes did not create the file system and must never delete it.
                 persistent_volume_reclaim_policy="Retain",
@@ -309,10 +310,12 @@ class ModelWorkload(pulumi.ComponentResource):
             f"{name}-lustre",
             metadata=self._metadata(_LUSTRE_CLAIM),
             spec=k8s.core.v1.PersistentVolumeClaimSpecArgs(
-                access_modes=["ReadOnlyMany"],
+                access_modes=["ReadWriteMany"],
                 storage_class_name="",  # bind the static volume, never provision one
                 volume_name=volume,
-                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": size}),
+                # Nominal: a static claim cannot be resized, so the file system's size here would make
+                # the `pulumi up` that grows FSx fail; any request up to the volume's binds it.
+                resources=k8s.core.v1.VolumeResourceRequirementsArgs(requests={"storage": "1Gi"}),
             ),
             opts=self._in_ns,
         )
@@ -394,7 +397,7 @@ class ModelWorkload(pulumi.ComponentResource):
             )
 
         lustre_env, lustre_mounts, lustre_volumes = [], [], []
-        if args.lustre is not None:
+        if args.lustre is not None and args.lustre.model_service_mount:
             lustre_env = [k8s.core.v1.EnvVarArgs(name="LUSTRE_MODELS_DIR", value=_LUSTRE_DIR + LUSTRE_MODELS_PATH)]
             lustre_mounts = [k8s.core.v1.VolumeMountArgs(name="lustre", mount_path=_LUSTRE_DIR, read_only=True)]
             lustre_volumes = [

@@ -119,6 +119,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             efa_security_group_id=gpu.efa_security_group_id,
             node_security_group_id=cluster.security_group_id,
             partition=config.partition,
+            region=config.region,
             tags=tags,
         ),
     )

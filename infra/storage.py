@@ -29,6 +29,8 @@ class StorageArgs:
     vpc_id: pulumi.Input[str]
     fsx: FsxConfig | None
     """None leaves FSx out (dev); weights then load from S3 onto the node's NVMe array."""
+    region: str
+    """The stack's region: FSx reads the bucket through S3 there."""
     fsx_subnet_id: pulumi.Input[str] | None = None
     """Private subnet of the FSx AZ."""
     efa_security_group_id: pulumi.Input[str] | None = None
@@ -48,22 +50,27 @@ class LustreFileSystem:
     dns_name: pulumi.Output[str]
     mount_name: pulumi.Output[str]
     capacity_gib: int
+    model_service_mount: bool
+    """The model-service pods mount it (`storage.fsx.modelServiceMount`)."""
 
 
-def _data_key_policy(partition: str, account: str) -> str:
+def _data_key_policy(partition: str, region: str, account: str) -> str:
     """The account administers the key (KMS's default policy); FSx's data-repository role may use it
     too, because the bucket is SSE-KMS and Lustre reads the weights out of it (FSx for Lustre User
-    Guide, "Working with server-side encrypted Amazon S3 buckets"). That role's name carries the
-    file system's id, unknown before the key exists, hence the ARN pattern as a condition."""
+    Guide, "Working with server-side encrypted Amazon S3 buckets"), only through S3 and only to
+    decrypt (import only). That role's name carries the file system's id, unknown before the key
+    exists, hence the ARN pattern as a condition."""
     return json.dumps({
         "Version": "2012-10-17",
         "Statement": [
             {"Sid": "AccountAdministers", "Effect": "Allow", "Action": "kms:*", "Resource": "*",
              "Principal": {"AWS": f"arn:{partition}:iam::{account}:root"}},
             {"Sid": "LustreReadsTheModelBucket", "Effect": "Allow", "Principal": {"AWS": "*"},
-             "Action": ["kms:Decrypt", "kms:GenerateDataKey*", "kms:DescribeKey"], "Resource": "*",
-             "Condition": {"StringEquals": {"kms:CallerAccount": account},
-                           "ArnLike": {"aws:PrincipalArn": f"arn:{partition}:iam::{account}:role/{_FSX_S3_ROLE}"}}},
+             "Action": ["kms:Decrypt", "kms:DescribeKey"], "Resource": "*",
+             "Condition": {
+                 "StringEquals": {"kms:CallerAccount": account, "kms:ViaService": f"s3.{region}.amazonaws.com"},
+                 "ArnLike": {"aws:PrincipalArn": f"arn:{partition}:iam::{account}:role/{_FSX_S3_ROLE}"},
+             }},
         ],
     })  # fmt: skip
 
@@ -89,7 +96,7 @@ class Storage(pulumi.ComponentResource):
             enable_key_rotation=True,
             deletion_window_in_days=30,
             policy=aws.get_caller_identity_output().account_id.apply(
-                lambda account: _data_key_policy(args.partition, account)
+                lambda account: _data_key_policy(args.partition, args.region, account)
             ),
             tags=tags,
             opts=child,
@@ -241,6 +248,7 @@ class Storage(pulumi.ComponentResource):
             dns_name=filesystem.dns_name,
             mount_name=filesystem.mount_name,
             capacity_gib=fsx.storage_capacity_gib,
+            model_service_mount=fsx.model_service_mount,
         )
         # The bucket's models/ prefix, as a folder of the file system: a version uploaded to S3
         # appears under /models as soon as FSx imports its metadata, and its bytes are read from S3
@@ -256,8 +264,9 @@ class Storage(pulumi.ComponentResource):
                     events=["NEW", "CHANGED", "DELETED"]
                 )
             ),
-            # The bucket stays the source of truth: removing the link must not delete its copy.
-            delete_data_in_filesystem=False,
+            # The file system mirrors the bucket (import only, the bucket is never written): removing
+            # the link removes the mirror, so no version the bucket no longer holds lingers in Lustre.
+            delete_data_in_filesystem=True,
             tags=tags,
             opts=child,
         )

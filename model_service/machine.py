@@ -18,8 +18,9 @@ import torch
 
 __all__ = ["INT8_INSTRUCTION_SETS", "describe", "summary"]
 
-INT8_INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
-"""The `/proc/cpuinfo` flags that decide which INT8 GEMM kernels ORT and fbgemm can pick."""
+INT8_INSTRUCTION_SETS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+"""The `/proc/cpuinfo` flags that decide which INT8 GEMM kernels ORT and fbgemm can pick (x86's
+`flags`; on Arm, such as Graviton, the dot-product and int8-matmul `Features`)."""
 
 
 def _cpuinfo(path: Path) -> tuple[str, set[str]]:
@@ -32,7 +33,7 @@ def _cpuinfo(path: Path) -> tuple[str, set[str]]:
         key, _, value = line.partition(":")
         if key.strip() == "model name" and model == "unknown":
             model = value.strip()
-        elif key.strip() == "flags" and not flags:
+        elif key.strip() in ("flags", "Features") and not flags:
             flags = set(value.split())
     return model, flags
 

@@ -42,17 +42,38 @@ rm -rf "$partial"
 # Whatever ends the script before the rename (a failed copy, a missing manifest, a signal)
 # takes the half-copied folder with it.
 trap 'rm -rf "$partial"' EXIT
+# Whether Lustre holds the version whole: every object S3 lists under it, at its size. FSx imports
+# object by object, so a manifest can be there before the weights are. When S3 cannot be asked,
+# the manifest is taken at its word: Lustre is then the only copy within reach.
+whole_on_lustre() {
+  local dir=$1 key size
+  [[ -f "$dir/manifest.json" ]] || return 1
+  while read -r key size; do
+    [[ -n "$key" && "$key" != "None" ]] || continue
+    [[ -f "$dir/${key#"models/$version/"}" && "$(stat -c %s "$dir/${key#"models/$version/"}")" == "$size" ]] ||
+      return 1
+  done < <(aws s3api list-objects-v2 --bucket "$MODEL_BUCKET" --prefix "models/$version/" \
+    --query 'Contents[].[Key,Size]' --output text 2>/dev/null || true)
+}
+
+from=""
 lustre="${LUSTRE_MODELS_DIR:-}/$version"
-if [[ -n "${LUSTRE_MODELS_DIR:-}" && -f "$lustre/manifest.json" ]]; then
-  # FSx holds the bucket's versions (its data repository association): a surge of cold replicas
-  # copies from the file system, not every byte of the weights from S3 each.
-  mkdir -p "$partial"
-  cp -R "$lustre/." "$partial/" || fail "copying $lustre failed (see above); the pod retries"
-  from="$lustre"
-else
-  if [[ -n "${LUSTRE_MODELS_DIR:-}" ]]; then
-    echo "fetch-weights: $version is not on Lustre ($lustre has no manifest.json yet); copying from S3"
+if [[ -n "${LUSTRE_MODELS_DIR:-}" ]]; then
+  if whole_on_lustre "$lustre"; then
+    # FSx holds the bucket's versions (its data repository association): a surge of cold replicas
+    # copies from the file system, not every byte of the weights from S3 each.
+    mkdir -p "$partial"
+    if cp -R "$lustre/." "$partial/"; then
+      from="$lustre"
+    else
+      echo "fetch-weights: copying $lustre failed (see above); copying from S3 instead"
+      rm -rf "$partial"
+    fi
+  else
+    echo "fetch-weights: $version is not whole on Lustre yet ($lustre); copying from S3"
   fi
+fi
+if [[ -z "$from" ]]; then
   aws s3 sync --only-show-errors "s3://$MODEL_BUCKET/models/$version/" "$partial/" ||
     fail "copying s3://$MODEL_BUCKET/models/$version/ failed (see above); the pod retries"
   from="s3://$MODEL_BUCKET/models/$version/"

@@ -1392,3 +1392,26 @@ def test_max_replicas_must_cover_the_expected_peak_with_headroom(peak: int, need
         got=needed - 1,
         says=f"must be >= {needed}: an expected peak of {peak} replicas needs 1.3x headroom",
     )
+
+
+def test_an_empty_model_version_means_the_newest_as_it_always_did() -> None:
+    config = load(changed("prod", {f"{MODEL_SERVICE}.mode": {"modelVersion": ""}}), "prod")
+    assert config.kubernetes.model_service.mode.model_version == ""
+
+
+def test_the_fsx_driver_pinned_where_there_is_no_fsx_is_named() -> None:
+    assert_refused(changed("dev", {f"{CLUSTER}.addons.fsxCsiDriver": "v1.7.0-eksbuild.1"}), "dev",
+                   key=f"{CLUSTER}.addons.fsxCsiDriver", got="v1.7.0-eksbuild.1",
+                   says="installed only where storage.fsx is enabled")  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["m7i.xlarge", "c7gn.16xlarge", "m7i.metal-24xl", "u-6tb1.112xlarge", "t3.micro"])
+def test_system_nodes_take_any_ec2_instance_type_name(name: str) -> None:
+    assert load(changed("prod", {f"{CLUSTER}.systemNodes.instanceType": name}), "prod").cluster.system_nodes
+
+
+def test_fsx_stays_out_of_the_model_service_pods_unless_asked() -> None:
+    fsx = load(stack_values("prod"), "prod").storage.fsx
+    assert fsx is not None and fsx.model_service_mount is False
+    opted = load(changed("prod", {f"{FSX}.modelServiceMount": True}), "prod").storage.fsx
+    assert opted is not None and opted.model_service_mount is True

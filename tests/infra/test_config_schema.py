@@ -74,3 +74,19 @@ def test_an_unwritable_output_is_exit_3(tmp_path: Path, capsys: pytest.CaptureFi
     (blocker := tmp_path / "file").write_text("")
     assert main(["config", "schema", "--output", str(blocker / "schema.json")]) == 3
     assert "cannot write" in capsys.readouterr().err
+
+
+def test_the_schema_file_is_readable_by_the_editor(tmp_path: Path) -> None:
+    target = tmp_path / "schema.json"
+    assert main(["config", "schema", "--output", str(target)]) == 0
+    assert target.stat().st_mode & 0o777 == 0o644
+
+
+def test_every_default_is_valid_under_its_own_schema() -> None:
+    schema = json_schema()
+    for definition in schema["$defs"].values():
+        for name, field in definition.get("properties", {}).items():
+            if field.get("default") is None or "$ref" in field:
+                continue
+            validator = jsonschema.Draft202012Validator({**field, "$defs": schema["$defs"]})
+            assert not list(validator.iter_errors(field["default"])), f"{name}: default {field['default']!r}"

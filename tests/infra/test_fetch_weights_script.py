@@ -226,11 +226,11 @@ def test_a_model_version_that_is_not_a_plain_folder_name_is_refused_before_copyi
 
 def _lustre_holds(pod: Pod, version: str) -> Path:
     """The mounted file system as the data repository association shows the bucket: the version's
-    files under <lustre>/models/<version>, with different bytes than S3 so the source is visible."""
+    files under <lustre>/models/<version> (the script's output says which source it copied)."""
     folder = pod.root / "lustre" / "models" / version
     folder.mkdir(parents=True)
     for name in pod.uploaded[version]:
-        (folder / name).write_bytes(b"from lustre: " + pod.uploaded[version][name])
+        (folder / name).write_bytes(pod.uploaded[version][name])
     pod.env["LUSTRE_MODELS_DIR"] = str(pod.root / "lustre" / "models")
     return folder
 
@@ -244,8 +244,7 @@ def test_a_version_on_lustre_is_copied_from_lustre_not_downloaded(pod: Pod) -> N
     result = pod.run()
 
     assert result.returncode == 0, result.stderr
-    copied = {p.name: p.read_bytes() for p in (pod.models_dir / NEWEST).iterdir()}
-    assert copied == {name: b"from lustre: " + body for name, body in pod.uploaded[NEWEST].items()}
+    pod.assert_copied(NEWEST)
     assert f"{NEWEST} copied to {pod.models_dir} from {pod.root}/lustre/models/{NEWEST}" in result.stdout
 
 
@@ -259,7 +258,7 @@ def test_a_version_lustre_does_not_hold_yet_comes_from_s3(pod: Pod) -> None:
 
     assert result.returncode == 0, result.stderr
     pod.assert_copied(NEWEST)
-    assert "is not on Lustre" in result.stdout and f"from s3://{pod.bucket}/models/{NEWEST}/" in result.stdout
+    assert "is not whole on Lustre" in result.stdout and f"from s3://{pod.bucket}/models/{NEWEST}/" in result.stdout
 
 
 def test_a_lustre_folder_without_a_manifest_is_not_a_version(pod: Pod) -> None:
@@ -271,3 +270,28 @@ def test_a_lustre_folder_without_a_manifest_is_not_a_version(pod: Pod) -> None:
 
     assert result.returncode == 0, result.stderr
     pod.assert_copied(NEWEST)  # S3's bytes
+
+
+def test_a_manifest_on_lustre_before_its_weights_is_not_taken_for_the_version(pod: Pod) -> None:
+    # FSx imports object by object: the small manifest can be there while the weights are not yet.
+    pod.upload(NEWEST)
+    pod.write_mode(NEWEST)
+    (_lustre_holds(pod, NEWEST) / "full.safetensors").unlink()
+
+    result = pod.run()
+
+    assert result.returncode == 0, result.stderr
+    pod.assert_copied(NEWEST)  # S3's bytes, whole
+    assert "is not whole on Lustre" in result.stdout
+
+
+def test_a_weights_file_of_another_size_on_lustre_is_not_taken(pod: Pod) -> None:
+    pod.upload(NEWEST)
+    pod.write_mode(NEWEST)
+    folder = _lustre_holds(pod, NEWEST)
+    (folder / "full.safetensors").write_bytes(b"half")  # mid-import, or a stale copy
+
+    result = pod.run()
+
+    assert result.returncode == 0, result.stderr
+    pod.assert_copied(NEWEST)

@@ -51,7 +51,7 @@ def test_the_bucket_models_prefix_is_linked_into_the_file_system_import_only(run
         assert link.inputs["dataRepositoryPath"] == f"s3://{bucket.outputs['bucket']}/models/"
         assert link.inputs["s3"] == {"autoImportPolicy": {"events": ["NEW", "CHANGED", "DELETED"]}}
         assert link.inputs["batchImportMetaDataOnCreate"] is True
-        assert link.inputs["deleteDataInFilesystem"] is False
+        assert link.inputs["deleteDataInFilesystem"] is True, "the mirror goes with the link"
 
 
 def test_the_data_key_lets_fsx_data_repository_role_decrypt_and_keeps_the_account_in_charge(
@@ -63,8 +63,11 @@ def test_the_data_key_lets_fsx_data_repository_role_decrypt_and_keeps_the_accoun
     account = key.outputs["arn"].split(":")[4]
     assert statements["AccountAdministers"]["Principal"] == {"AWS": f"arn:aws:iam::{account}:root"}
     lustre = statements["LustreReadsTheModelBucket"]
-    assert "kms:Decrypt" in lustre["Action"] and "kms:Encrypt" not in lustre["Action"]
-    assert lustre["Condition"]["StringEquals"] == {"kms:CallerAccount": account}
+    assert lustre["Action"] == ["kms:Decrypt", "kms:DescribeKey"], "import only: FSx never writes the bucket"
+    assert lustre["Condition"]["StringEquals"] == {
+        "kms:CallerAccount": account,
+        "kms:ViaService": "s3.us-west-2.amazonaws.com",
+    }
     assert lustre["Condition"]["ArnLike"]["aws:PrincipalArn"] == (
         f"arn:aws:iam::{account}:role/aws-service-role/s3.data-source.lustre.fsx.amazonaws.com/"
         "AWSServiceRoleForFSxS3Access_*"
@@ -111,22 +114,40 @@ def test_the_file_system_is_one_static_read_only_volume_bound_to_the_model_servi
     assert spec["storageClassName"] == claim_spec["storageClassName"] == ""
     assert claim_spec["volumeName"] == volume.inputs["metadata"]["name"]
     assert claim.inputs["metadata"]["namespace"] == namespace
-    assert spec["accessModes"] == claim_spec["accessModes"] == ["ReadOnlyMany"]
-    assert spec["capacity"]["storage"] == claim_spec["resources"]["requests"]["storage"] == "4800Gi"
-    assert "nodeAffinity" not in spec, "pods in every AZ mount it (TCP outside the file system's AZ)"
+    # The FSx driver publishes no ReadOnlyMany volume (it would never mount); read-only is csi.readOnly.
+    assert spec["accessModes"] == claim_spec["accessModes"] == ["ReadWriteMany"]
+    assert spec["capacity"]["storage"] == "4800Gi"
+    # A static claim cannot be resized: the file system's size there would fail the `pulumi up` that grows it.
+    assert claim_spec["resources"]["requests"]["storage"] == "1Gi"
+    assert "nodeAffinity" not in spec
 
 
-def test_every_variant_copies_weights_from_lustre_first(runs: dict[str, OfflineRun]) -> None:
-    run = runs["prod"]
-    claim = _one(run, PVC).inputs["metadata"]["name"]
-    deployments = run.of_type(DEPLOYMENT)
-    model_service = [d for d in deployments if d.inputs["metadata"]["name"].startswith("model-service-")]
-    assert {d.inputs["metadata"]["name"] for d in model_service} == {
+def _model_service(run: OfflineRun) -> list[Registration]:
+    deployments = [d for d in run.of_type(DEPLOYMENT) if d.inputs["metadata"]["name"].startswith("model-service-")]
+    assert {d.inputs["metadata"]["name"] for d in deployments} == {
         "model-service-full",
         "model-service-light",
         "model-service-canary",
     }
-    for deployment in model_service:
+    return deployments
+
+
+def test_by_default_no_model_service_pod_depends_on_the_single_az_file_system(runs: dict[str, OfflineRun]) -> None:
+    # A pod cannot start until its volumes mount: with Lustre mounted, losing its one AZ would stop
+    # new replicas in every AZ, just when the others must scale out.
+    for deployment in _model_service(runs["prod"]):
+        pod = deployment.inputs["spec"]["template"]["spec"]
+        assert not [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+        assert "LUSTRE_MODELS_DIR" not in {e["name"] for e in _init_container(deployment)["env"]}
+
+
+def test_opted_in_every_variant_copies_weights_from_lustre_first(run_changed: Any) -> None:
+    def opt_in(values: dict[str, Any]) -> None:
+        values["peakguard:storage"]["fsx"]["modelServiceMount"] = True
+
+    run = run_changed("prod", opt_in)
+    claim = _one(run, PVC).inputs["metadata"]["name"]
+    for deployment in _model_service(run):
         pod = deployment.inputs["spec"]["template"]["spec"]
         (lustre,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
         assert lustre["persistentVolumeClaim"] == {"claimName": claim, "readOnly": True}

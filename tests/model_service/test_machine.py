@@ -38,3 +38,8 @@ def test_no_cpuinfo_is_not_an_error(tmp_path: Path) -> None:
 def test_a_report_from_before_the_cpu_was_recorded_still_renders() -> None:
     old = {"cpus": 2, "torch": "2.13.0+cpu", "torch_threads": 2, "python": "3.11.7", "processor": "x86_64"}
     assert summary(old) == "2 CPUs (CPU model and instructions not recorded), torch 2.13.0+cpu, 2 model threads"
+
+
+def test_an_arm_cpu_names_its_int8_dot_product_features(tmp_path: Path) -> None:
+    (cpuinfo := tmp_path / "cpuinfo").write_text("processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16\n")
+    assert describe(cpuinfo=cpuinfo)["int8_instruction_sets"] == ["asimddp", "i8mm"]
