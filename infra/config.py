@@ -45,6 +45,7 @@ __all__ = [
     "KubernetesConfig",
     "ModelServiceConfig",
     "NetworkConfig",
+    "Pricing",
     "Scaling",
     "ServiceMode",
     "StackConfig",
@@ -386,6 +387,18 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True)
+class Pricing:
+    """On-Demand prices the capacity planner costs a plan with (`peakguard capacity plan`)."""
+
+    usd_per_hour: Mapping[str, float]
+    """Per instance type, in the stack's region."""
+    source: str
+    """Where the prices were read (a URL, the AWS Pricing API call)."""
+    date: str
+    """When they were read (YYYY-MM-DD): prices change, and a plan says how old its prices are."""
+
+
+@dataclass(frozen=True)
 class StackConfig:
     env: str
     """dev, staging or prod (the stack name)."""
@@ -398,6 +411,8 @@ class StackConfig:
     kubernetes: KubernetesConfig
     tags: Mapping[str, str] = field(default_factory=dict)
     """Extra tags on taggable resources and on GPU instances."""
+    pricing: Pricing | None = None
+    """Instance prices for capacity plans; None: plans carry no cost."""
 
     @property
     def partition(self) -> str:
@@ -933,6 +948,30 @@ class _KubernetesDoc(_Doc):
     model_service: _ModelServiceDoc
 
 
+_DATE = re.compile(r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+
+
+@dataclass(frozen=True)
+class _Price(_ValueType):
+    """US dollars per hour: a positive number."""
+
+    def check(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10_000:
+            raise _problem("must be US dollars per hour, a number above 0 (and below 10000)")
+        return float(value)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10_000}
+
+
+class _PricingDoc(_Doc):
+    usd_per_hour: dict[Any, Annotated[float, _Price()]] = Field(alias="usdPerHour")
+    """On-Demand price per instance type in the stack's region."""
+    source: Annotated[str, _TEXT]
+    """Where the prices were read: a URL, or the AWS Pricing API query."""
+    date: Annotated[str, _Text(pattern=_DATE, problem="must be the day the prices were read, YYYY-MM-DD")]
+
+
 _REGION_PROBLEM = "must name an AWS region, e.g. us-west-2 (`pulumi config set aws:region ...`)"
 
 
@@ -952,6 +991,8 @@ class _StackDoc(_Doc):
     kubernetes: _KubernetesDoc
     tags: dict[Any, Any] = Field(default_factory=dict)
     """Extra tags on taggable resources and GPU instances (AWS's tag rules apply)."""
+    pricing: _PricingDoc | None = None
+    """Instance prices for `peakguard capacity plan`, with their source and date."""
 
     @model_validator(mode="before")
     @classmethod
@@ -1053,7 +1094,17 @@ def _parse_stack(values: Mapping[str, Any], stack: str) -> StackConfig:
         storage=storage,
         kubernetes=kubernetes,
         tags=_parse_tags(doc.tags, f"{root}tags"),
+        pricing=_parse_pricing(doc.pricing, f"{root}pricing"),
     )
+
+
+def _parse_pricing(doc: _PricingDoc | None, path: str) -> Pricing | None:
+    if doc is None:
+        return None
+    for name in doc.usd_per_hour:
+        if not isinstance(name, str) or not facts.EC2_INSTANCE_TYPE.fullmatch(name):
+            _fail(f"{path}.usdPerHour.{name}", name, "must be an EC2 instance type such as p5.48xlarge")
+    return Pricing(usd_per_hour=dict(doc.usd_per_hour), source=doc.source, date=doc.date)
 
 
 def _parse_tags(raw: Mapping[Any, Any], path: str) -> dict[str, str]:

@@ -24,8 +24,8 @@ import pulumi
 from pulumi.runtime import mocks as pulumi_mocks
 from pulumi.runtime import rpc
 
-from infra import stack_yaml
-from infra.config import PROJECT, ConfigError, StackConfig
+from infra.config import PROJECT, StackConfig
+from infra.stack_files import find_project_dir, load_stack_file
 
 __all__ = ["OfflineRun", "Registration", "find_project_dir", "load_stack_file", "run_offline"]
 
@@ -88,38 +88,6 @@ class OfflineRun:
 
 
 # --- Stack files --------------------------------------------------------------------------
-
-
-def find_project_dir(start: Path | None = None) -> Path:
-    """The directory holding Pulumi.yaml: `start` or its nearest parent that has one."""
-    here = (start or Path.cwd()).resolve()
-    for candidate in (here, *here.parents):
-        if (candidate / "Pulumi.yaml").is_file():
-            return candidate
-    raise ConfigError(f"no Pulumi.yaml in {here} or its parents; run from the peakguard checkout or pass --project-dir")
-
-
-def load_stack_file(project_dir: Path, env: str, path: Path | None = None) -> dict[str, Any]:
-    """The `config:` map of `Pulumi.<env>.yaml` (or of `path`, a proposed stack file), decoded."""
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such stack file")
-    else:
-        path = project_dir / f"Pulumi.{env}.yaml"
-    if not path.is_file():
-        available = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in project_dir.glob("Pulumi.*.yaml"))
-        raise ConfigError(f"{path}: no such stack file; stacks here: {', '.join(available) or 'none'}")
-    try:
-        document = stack_yaml.load(path) or {}
-    except stack_yaml.StackYamlError as exc:
-        raise ConfigError(str(exc)) from None
-    config = document.get("config", {}) if isinstance(document, dict) else None
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: 'config' must be a mapping of keys to values")
-    for key, value in config.items():
-        if isinstance(value, dict) and set(value) == {"secure"}:
-            raise ConfigError(f"{path}: {key} is a secret; secrets cannot be decrypted offline")
-    return config
 
 
 def _engine_form(value: Any) -> str:

@@ -53,6 +53,8 @@ def describe(*, cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, Any]:
         "cpu_model": model,
         "int8_instruction_sets": [name for name in INT8_INSTRUCTION_SETS if name in flags],
         "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # What a GPU pool's capacity plan matches a bench against: a CPU figure says nothing of an H100.
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "onnxruntime": ort_version,

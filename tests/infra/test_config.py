@@ -948,7 +948,7 @@ def test_unknown_top_level_key_lists_the_known_keys() -> None:
         "prod",
         key="peakguard:owner",
         got="ml-platform",
-        says="is not a known key; known keys: cluster, gpuPools, kubernetes, network, storage, tags",
+        says="is not a known key; known keys: cluster, gpuPools, kubernetes, network, pricing, storage, tags",
     )
 
 
