@@ -28,7 +28,7 @@ def register(commands: Any) -> None:
         help="replicas, GPUs, nodes per AZ, the loss of one AZ and the cost for a request rate",
         description=(
             "Size the model service of an environment for RPS requests/s with p99 within P99_MS: the fewest "
-            "replicas an M/M/c queue (one per replica, at the replica's sustainable rate) says meet it, the 30%% "
+            "replicas an M/M/c queue (one per replica, at the replica's sustainable rate) says meet it, the 30% "
             "headroom of infra/facts.py on top, then GPUs and nodes per AZ of the stack's serving pool, what "
             "losing one AZ leaves as a share of the need, the seed's formula beside it, and the cost per hour "
             "from the stack config's pricing table when it has one. Reads Pulumi.<env>.yaml; changes nothing. "
