@@ -142,9 +142,17 @@ def figures(ours: dict[str, Any], peer: dict[str, Any]) -> dict[str, tuple[float
         "peer.equal_rate_p99_ms": (_p99_s(equal_peer) * 1000, invalid_because(equal_peer)),
         "overload_goodput_rps": (goodput_ours, ours_lag),
         "equal_rate_p99_ms": (_p99_s(equal_ours) * 1000, invalid_because(equal_ours)),
-        "peer_goodput_ratio": (goodput_ours / max(peer["overload"]["goodput_rps"], 1e-9), lag + ours_lag),
+        "peer_goodput_ratio": (_ratio(goodput_ours, peer["overload"]["goodput_rps"]), lag + ours_lag),
         "peer_equal_rate_p99_ratio": (_p99_s(equal_ours) / _p99_s(equal_peer), equal_invalid),
     }
+
+
+def _ratio(ours: float, peer: float) -> float:
+    """ours / peer; a peer that answered nothing within the SLO loses to any answer (inf), not by
+    a factor that only measures a guard against dividing by zero."""
+    if peer > 0:
+        return ours / peer
+    return math.inf if ours > 0 else math.nan
 
 
 def run_against(report: dict[str, Any], artifacts: Path, *, texts: Sequence[str], repetition: int = 1,

@@ -4,6 +4,7 @@ given, nothing left running once stopped; and how the comparison judges its figu
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from pathlib import Path
@@ -150,6 +151,14 @@ def test_the_comparison_judges_goodput_and_p99_at_an_equal_rate() -> None:
     # The generator fell behind while the peer ran: its goodput, and the ratio to it, are invalid.
     lagging = figures(*_reports(peer_lag=9.0))
     assert lagging["peer_goodput_ratio"][1] and lagging["peer.overload_goodput_rps"][1]
+
+
+def test_a_peer_that_answered_nothing_within_the_slo_loses_to_any_goodput() -> None:
+    ours, peer = _reports()
+    peer["overload"]["goodput_rps"] = 0
+    assert figures(ours, peer)["peer_goodput_ratio"][0] == math.inf  # not 55 / 1e-9
+    ours["overload_protected"]["goodput_rps"] = 0
+    assert math.isnan(figures(ours, peer)["peer_goodput_ratio"][0])  # neither answered: no ratio
 
 
 def test_a_peer_run_against_a_report_needs_its_service_run_and_its_model(tmp_path: Path) -> None:
