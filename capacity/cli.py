@@ -13,6 +13,7 @@ from infra.config import ENVIRONMENTS
 __all__ = ["register"]
 
 EXIT_INVALID = 2
+EXIT_WRITE_ERROR = 3
 
 
 def register(commands: Any) -> None:
@@ -33,7 +34,8 @@ def register(commands: Any) -> None:
             "losing one AZ leaves as a share of the need, the seed's formula beside it, and the cost per hour "
             "from the stack config's pricing table when it has one. Reads Pulumi.<env>.yaml; changes nothing. "
             "Exit status: 0 plan printed (warnings say where the stack's limits fall short), 2 invalid input "
-            "(config, an SLO no size meets, a bench that did not run on the pool's GPU)."
+            "(config, an SLO no size meets, a bench that did not run on the pool's GPU), 3 the --json file cannot be "
+            "written."
         ),
     )
     plan.add_argument("--env", required=True, choices=ENVIRONMENTS, help="stack whose config and pool to plan for")
@@ -83,6 +85,7 @@ def _replica_rate(args: argparse.Namespace, gpu_model: str) -> tuple[float, str]
 
 def _plan(args: argparse.Namespace) -> int:
     from capacity.plan import plan, render
+    from infra import atomic_file
     from infra.config import ConfigError, StackConfig
     from infra.stack_files import find_project_dir, load_stack_file
 
@@ -99,5 +102,9 @@ def _plan(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     print(render(result))
     if args.json is not None:
-        args.json.write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+        try:
+            atomic_file.write_text(args.json, json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            print(f"peakguard capacity plan: cannot write {args.json}: {exc}", file=sys.stderr)
+            return EXIT_WRITE_ERROR
     return 0

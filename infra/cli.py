@@ -170,26 +170,17 @@ def register_config(commands: Any) -> None:
 
 def _config_schema(args: argparse.Namespace) -> int:
     import json
-    import os
-    import tempfile
 
+    from infra import atomic_file
     from infra.config import json_schema
 
     text = json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
     if args.output is None:
         sys.stdout.write(text)
         return 0
-    staging = None
     try:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        handle, staging = tempfile.mkstemp(prefix=f".{args.output.name}.", dir=args.output.parent)
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.chmod(staging, 0o644)  # a schema for editors, not a secret (mkstemp makes it 0600)
-        os.replace(staging, args.output)
+        atomic_file.write_text(args.output, text)
     except OSError as exc:
-        if staging is not None:
-            Path(staging).unlink(missing_ok=True)
         print(f"peakguard config schema: cannot write {args.output}: {exc}", file=sys.stderr)
         return EXIT_WRITE_ERROR
     print(f"wrote {args.output}", file=sys.stderr)

@@ -46,12 +46,12 @@ trap 'rm -rf "$partial"' EXIT
 # object by object, so a manifest can be there before the weights are. When S3 cannot be asked,
 # the manifest is taken at its word: Lustre is then the only copy within reach.
 whole_on_lustre() {
-  local dir=$1 key size
+  local dir=$1 key size file
   [[ -f "$dir/manifest.json" ]] || return 1
   while read -r key size; do
     [[ -n "$key" && "$key" != "None" ]] || continue
-    [[ -f "$dir/${key#"models/$version/"}" && "$(stat -c %s "$dir/${key#"models/$version/"}")" == "$size" ]] ||
-      return 1
+    file="$dir/${key#"models/$version/"}"
+    [[ -f "$file" && "$(stat -c %s "$file")" == "$size" ]] || return 1
   done < <(aws s3api list-objects-v2 --bucket "$MODEL_BUCKET" --prefix "models/$version/" \
     --query 'Contents[].[Key,Size]' --output text 2>/dev/null || true)
 }

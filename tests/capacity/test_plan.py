@@ -128,3 +128,13 @@ def test_a_bad_price_table_is_named_by_the_config_loader(tmp_path: Path, capsys:
     code, _, err = _run(["--env", "prod", "--stack-file", str(stack), "--rps", "400", "--p99-ms", "300",
                          "--replica-rps", "50.6"], capsys)  # fmt: skip
     assert code == 2 and "peakguard:pricing.date: must be the day the prices were read" in err
+
+
+def test_an_unwritable_json_file_is_exit_3_and_leaves_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (blocker := tmp_path / "file").write_text("")
+    code, _, err = _run(["--env", "prod", "--rps", "400", "--p99-ms", "300", "--replica-rps", "50.6",
+                         "--json", str(blocker / "plan.json")], capsys)  # fmt: skip
+    assert code == 3 and "cannot write" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["file"]
