@@ -83,8 +83,11 @@ class BenchSettings:
     overload_factor: float = 8.0
     slo_factor: float = 3.0
     """The service's SLO: p99 within this multiple of its unloaded p99."""
-    budget_factor: float = 2.0
-    """Admission latency budget as a multiple of the unloaded p99 (under the SLO, leaving room for HTTP)."""
+    budget_factor: float = 2.5
+    """Admission latency budget as a multiple of the unloaded p99, under the SLO's 3x. Admission holds
+    admitted p99 under its budget (calibrated, admission.py), so the budget may sit near the SLO: on
+    one core at 8x (2026-12-07) a 2x budget (229 ms) answered 57/s with 5-s p99s of 179-220 ms, a 2.5x
+    budget (285 ms) 63/s at 209-286 ms; batches grow with the budget, and so does throughput."""
     unloaded_seconds: float = 215.0
     """Length of the unloaded run (10 requests/s) that sets the p99 baseline: 2000 answers and a margin."""
     step_seconds: float = 8.0

@@ -76,6 +76,7 @@ class ServiceSettings:
     token_budget: int = 4096
     """Most tokens (summed over requests) in one batch."""
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    """The circuit breaker; thresholds left out are set from `latency_budget` (breaker.py says why)."""
     layer_sample_every: int = 20
     mode_poll_interval: float = 1.0
     """Seconds between reads of the mode file."""
@@ -92,6 +93,9 @@ class ServiceSettings:
             raise ValueError(f"batch_budget_share must be in (0, 1] or null (no cap), got {self.batch_budget_share}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", self.device):
             raise ValueError(f"device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        if self.latency_budget <= 0:
+            raise ValueError(f"latency_budget must be > 0 seconds, got {self.latency_budget}")
+        object.__setattr__(self, "breaker", self.breaker.for_budget(self.latency_budget))
 
 
 @dataclass
@@ -128,6 +132,10 @@ class _Early:
     """The mode sheds to the answer table: the refused body is still read, to count a lost hit."""
 
 
+_ADMITTED = "peakguard.admitted"
+"""ASGI scope state key: (when admission admitted the request, its estimated wait)."""
+
+
 class _AdmissionGate:
     """Pure ASGI, in front of FastAPI: POST /v1/intent is checked and admitted or refused before
     routing, before the body is read, before any JSON. The order of one request (query.py): the
@@ -146,7 +154,7 @@ class _AdmissionGate:
         cap = self.service.body_cap
         content_type, content_length = _body_headers(scope)
         refusal = self.service.refuse_headers(content_type, content_length, started) or self.service.refuse_unread(
-            started
+            started, scope.setdefault("state", {})
         )
         if refusal is None:
             await self.app(scope, _capped(receive, cap), send)
@@ -238,6 +246,10 @@ class Service:
         )
         self.cache = AnswerCache()
         self.breaker = CircuitBreaker(settings.breaker, on_switch=self._on_breaker)
+        trip = settings.breaker.trip_above or 0.0
+        if settings.admission and trip <= settings.latency_budget:
+            log.warning("the breaker trips at p99 %.3f s, not above the %.3f s latency budget admission holds: it "
+                        "will open on surges admission is handling", trip, settings.latency_budget)  # fmt: skip
         self.runtime: ModelRuntime | None = None
         self.load_error: str | None = None
         self.batchers: dict[str, DynamicBatcher[_Job, _Answer]] = {}
@@ -357,6 +369,9 @@ class Service:
             except Exception as exc:  # noqa: BLE001 (logged with its traceback by _crash)
                 reply = _crash(request, exc, "unhandled", "unhandled error answering POST /v1/intent")
             end = time.time()
+            if reply.served_by == "model" and (admitted := request.scope.get("state", {}).get(_ADMITTED)):
+                admitted_at, estimated = admitted
+                self.admission.observe_answer(estimated, end - admitted_at)
             self.metrics.observe_response(
                 outcome=reply.outcome, served_by=reply.served_by, seconds=end - started, reason=reply.reason
             )
@@ -378,10 +393,12 @@ class Service:
         cap = self.batch_cap()
         return min(self.modes.mode.batch_min, cap), cap
 
-    def refuse_unread(self, started: float) -> _Early | None:
+    def refuse_unread(self, started: float, state: dict[str, Any]) -> _Early | None:
         """Admission before anything reads the body: at 8x the service refuses seven requests in
         eight, and a refusal that went through routing, body reading and JSON parsing took the core
-        the model needs. None admits; the decision is the only one the request gets."""
+        the model needs. None admits; the decision is the only one the request gets. An admitted
+        request carries its estimate in `state` (the ASGI scope's) so that its answer can calibrate
+        admission (`AdmissionController.observe_answer`)."""
         runtime = self.runtime
         if runtime is None:
             return None  # the full path says why it is not ready
@@ -389,6 +406,7 @@ class Service:
         batcher = self.batchers[mode.model]
         decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=self.batch_cap())
         if decision.admit:
+            state[_ADMITTED] = (started, decision.estimated_wait)
             return None
         message = f"overloaded: {decision.reason}; retry after {decision.retry_after} s"
         self.metrics.observe_response(
@@ -502,6 +520,7 @@ class Service:
                 "enabled": self.admission.enabled,
                 "throughput_rps": self.admission.throughput,
                 "latency_budget": self.admission.latency_budget,
+                "latency_margin": self.admission.margin,
                 "batch_cap": self.batch_cap(),
             },
             "queue": {name: {"depth": b.depth, "in_flight": b.in_flight} for name, b in self.batchers.items()},

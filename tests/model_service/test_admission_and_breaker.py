@@ -7,12 +7,14 @@ import random
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
-from model_service.admission import AdmissionController, Decision
+from model_service.admission import MAX_MARGIN_SHARE, PRESSURE_SHARE, AdmissionController, Decision
 from model_service.batcher import DynamicBatcher
-from model_service.breaker import BreakerSettings, CircuitBreaker
+from model_service.breaker import TRIP_OVER_BUDGET, BreakerSettings, CircuitBreaker
+from model_service.server import ServiceSettings
 
 
 def test_admits_up_to_the_queue_bound_until_enough_batches_have_run() -> None:
@@ -180,7 +182,8 @@ def test_sustained_slowness_opens_and_sustained_recovery_closes_with_hysteresis(
 def test_a_short_spike_does_not_trip() -> None:
     clock = Clock()
     switches: list[tuple[bool, float]] = []
-    breaker = CircuitBreaker(BreakerSettings(window=2), on_switch=lambda s, p: switches.append((s, p)), clock=clock)
+    settings = BreakerSettings(window=2).for_budget(0.5)
+    breaker = CircuitBreaker(settings, on_switch=lambda s, p: switches.append((s, p)), clock=clock)
 
     _feed(breaker, clock, 0.1, 5)
     _feed(breaker, clock, 2.0, 3)
@@ -191,11 +194,39 @@ def test_a_short_spike_does_not_trip() -> None:
 
 def test_too_few_samples_decide_nothing() -> None:
     clock = Clock()
-    breaker = CircuitBreaker(BreakerSettings(min_samples=20), on_switch=lambda s, p: None, clock=clock)
+    breaker = CircuitBreaker(BreakerSettings(min_samples=20).for_budget(0.5), on_switch=lambda s, p: None, clock=clock)
 
     breaker.record(5.0)
 
     assert breaker.p99() is None
+
+
+def test_the_default_trip_sits_above_the_budget_admission_holds() -> None:
+    settings = BreakerSettings().for_budget(0.4)
+
+    assert settings.trip_above == pytest.approx(TRIP_OVER_BUDGET * 0.4) and settings.trip_above > 0.4
+    assert settings.recover_below == pytest.approx(settings.trip_above / 2)
+    assert BreakerSettings(trip_above=0.8).for_budget(0.4).trip_above == 0.8  # an explicit trip stays
+
+
+def test_admission_held_latency_at_the_budget_does_not_open_the_default_breaker() -> None:
+    """The 8x runs of 2026-12-07: admission held p99 near its budget and the fixed 0.5 s trip, at
+    the budget, opened the breaker in every run."""
+    clock = Clock()
+    switches: list[tuple[bool, float]] = []
+    budget = 0.5
+    breaker = CircuitBreaker(ServiceSettings(artifacts=Path("unused"), latency_budget=budget).breaker,
+                             on_switch=lambda s, p: switches.append((s, p)), clock=clock)  # fmt: skip
+
+    _feed(breaker, clock, budget * 1.05, 60)  # a little over the budget, for a minute
+    assert switches == []
+    _feed(breaker, clock, budget * 2, 10)  # well past it: admission is no longer enough
+    assert [state for state, _ in switches] == [True]
+
+
+def test_a_breaker_without_thresholds_is_refused() -> None:
+    with pytest.raises(ValueError, match="for_budget"):
+        CircuitBreaker(BreakerSettings(), on_switch=lambda s, p: None)
 
 
 def test_hysteresis_must_be_a_real_gap() -> None:
@@ -217,6 +248,71 @@ def test_the_p99_is_always_that_of_the_latencies_still_in_the_window() -> None:
         if rng.random() < 0.05:
             window = sorted(lat for at, lat in recorded if at >= clock.now - 2)
             assert breaker.p99() == window[min(len(window) - 1, int(0.99 * len(window)))]
+
+
+def _calibrated(budget: float, overrun: float, answers: int = 64) -> AdmissionController:
+    """A controller whose cost model says 10 ms per request and whose answers ran `overrun` past
+    their estimates."""
+    controller = AdmissionController(latency_budget=budget, max_queue=10_000, min_batches=1, min_calibration=64,
+                                     pressure_window=20)  # fmt: skip
+    controller.observe(batch_size=1, seconds=0.01)
+    for _ in range(answers):
+        controller.observe_answer(0.05, 0.05 + overrun)
+    return controller
+
+
+def _overloaded(controller: AdmissionController, refusals: int) -> None:
+    """`refusals` decisions refused on the budget alone (a queue of 100 waits 1.01 s)."""
+    for _ in range(refusals):
+        assert not controller.decide(queued=100, in_flight=1).admit
+
+
+def test_under_overload_answers_that_ran_past_their_estimates_narrow_admission_by_their_p99() -> None:
+    controller = _calibrated(budget=0.5, overrun=0.1)
+    _overloaded(controller, 20)
+
+    assert controller.margin == pytest.approx(0.1)
+    assert controller.decide(queued=35, in_flight=1).admit  # 0.36 s + 0.10 s fits 0.5
+    refused = controller.decide(queued=45, in_flight=1)  # 0.47 s alone would have fitted
+    assert not refused.admit and refused.status == 429
+    assert "+0.10 s recent answers ran past their estimates" in refused.reason
+
+
+def test_the_margin_is_off_while_admission_refuses_under_a_quarter() -> None:
+    """Below PRESSURE_SHARE the overrun is jitter no refusal removes (the drill after its surge)."""
+    controller = _calibrated(budget=0.5, overrun=0.1)
+    for _ in range(16):
+        assert controller.decide(queued=10, in_flight=1).admit
+    _overloaded(controller, 4)  # 4 of 20 refused: 20%
+
+    assert controller.decide(queued=45, in_flight=1).admit  # the margin would refuse it
+    _overloaded(controller, 1)  # 5 of 20: 25%
+    assert not controller.decide(queued=45, in_flight=1).admit
+    assert PRESSURE_SHARE == 0.25
+
+
+def test_no_margin_before_enough_answers_or_when_answers_beat_their_estimates() -> None:
+    assert _calibrated(budget=0.5, overrun=0.1, answers=63).margin == 0.0
+    early = _calibrated(budget=0.5, overrun=-0.03)
+    assert early.margin == 0.0
+    _overloaded(early, 20)
+    assert early.decide(queued=45, in_flight=1).admit
+
+
+def test_the_margin_narrows_admission_but_never_closes_it() -> None:
+    controller = _calibrated(budget=0.5, overrun=10.0)  # a GC pause, a noisy neighbour
+    _overloaded(controller, 20)
+
+    assert controller.margin == pytest.approx(MAX_MARGIN_SHARE * 0.5)
+    assert controller.decide(queued=20, in_flight=1).admit  # 0.21 s + 0.25 s
+
+
+def test_the_margin_follows_recent_answers_not_all_of_them() -> None:
+    controller = _calibrated(budget=0.5, overrun=0.2)
+    for _ in range(512):
+        controller.observe_answer(0.05, 0.06)
+
+    assert controller.margin == pytest.approx(0.01)
 
 
 def test_the_batch_cap_is_the_largest_batch_that_runs_in_its_share_of_the_budget() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from model_service.admission import Decision
 from model_service.server import Service, ServiceSettings, _AdmissionGate
 from tests.model_service.conftest import TINY_INTENTS, TOKEN, Running, write_tiny_artifacts
 from tests.model_service.conftest import ask as _ask
@@ -270,6 +271,33 @@ def test_an_admitted_request_is_decided_once(running: Running, monkeypatch: pyte
         assert _ask(client).status_code == 200
 
     assert len(calls) == 1
+
+
+def test_each_model_answer_calibrates_admission_with_its_estimate_and_its_real_time(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    admission = running.service.admission
+    observed: list[tuple[float, float]] = []
+    monkeypatch.setattr(admission, "observe_answer", lambda estimated, seconds: observed.append((estimated, seconds)))
+    estimates = iter([0.125, 0.25])
+
+    def decide(**kwargs: Any) -> Decision:
+        return Decision(admit=True, estimated_wait=next(estimates))
+
+    monkeypatch.setattr(admission, "decide", decide)
+    running.service.cache.min_confidence = 0.0
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    with running.client() as client:
+        started = time.monotonic()
+        assert _ask(client, "Where is my card?").json()["served_by"] == "model"
+        assert _ask(client, "has my transfer gone through").json()["served_by"] == "model"
+        elapsed = time.monotonic() - started
+        client.put("/admin/mode", json={"shedding": True}, headers=auth)
+        monkeypatch.setattr(admission, "decide", lambda **kwargs: Decision(admit=True))
+        assert _ask(client, "where is my CARD").json()["served_by"] == "cache"  # no model time to learn from
+
+    assert [estimated for estimated, _ in observed] == [0.125, 0.25]
+    assert all(0 < seconds <= elapsed for _, seconds in observed)
 
 
 def test_a_shed_the_answer_table_could_have_answered_is_counted(running: Running) -> None:
