@@ -10,16 +10,20 @@ import numpy as np
 __all__ = ["holt_winters", "seasonal_naive"]
 
 
-def seasonal_naive(values: np.ndarray, season: int) -> tuple[int, np.ndarray]:
-    """(first, forecasts): the forecast of point t is point t - season, for every t from `first`."""
-    return season, values[: len(values) - season].copy()
+def seasonal_naive(values: np.ndarray, season: int, *, ahead: int = 0) -> tuple[int, np.ndarray]:
+    """(first, forecasts): the forecast of point t is point t - season, for every t from `first`
+    to the last point, and `ahead` points past it (at most a season)."""
+    return season, values[: len(values) + ahead - season].copy()
 
 
-def holt_winters(values: np.ndarray, season: int, horizon: int, cut: int) -> tuple[int, np.ndarray]:
+def holt_winters(values: np.ndarray, season: int, horizon: int, cut: int, *, ahead: int = 0) -> tuple[int, np.ndarray]:
     """(first, forecasts): Holt-Winters fitted once on `values[:cut]`, then run over the whole
     series with those parameters (statsmodels filters the states; nothing is refitted), each point
     forecast `horizon` steps ahead from the states at its origin: level + h x trend + the season of
-    the target's time of day, as last estimated."""
+    the target's time of day, as last estimated. `ahead` (at most `horizon`) adds the points past
+    the last whose origins are known."""
+    if not 0 <= ahead <= horizon:
+        raise ValueError(f"ahead ({ahead}) must be between 0 and the horizon ({horizon})")
     from statsmodels.tools.sm_exceptions import ConvergenceWarning
     from statsmodels.tsa.holtwinters import ExponentialSmoothing
 
@@ -39,5 +43,5 @@ def holt_winters(values: np.ndarray, season: int, horizon: int, cut: int) -> tup
         )  # fmt: skip
     level, trend, seasonal = np.asarray(filtered.level), np.asarray(filtered.trend), np.asarray(filtered.season)
     first = season  # the season term needs origin + horizon - season >= 0
-    origins = np.arange(first, len(values)) - horizon
+    origins = np.arange(first, len(values) + ahead) - horizon
     return first, level[origins] + horizon * trend[origins] + seasonal[origins + horizon - season]
