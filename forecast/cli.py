@@ -78,6 +78,8 @@ def parse_event(text: str) -> Any:
         window = pd.Timestamp(start), pd.Timestamp(end)
     except ValueError:
         raise ValueError(f"--event {text!r}: expected START/END, two ISO times") from None
+    # The series' timestamps are naive UTC (series.read_csv converts aware ones): so are the events'.
+    window = tuple(stamp.tz_convert(None) if stamp.tzinfo else stamp for stamp in window)
     if not window[0] < window[1]:
         raise ValueError(f"--event {text!r}: the end must come after the start")
     return window

@@ -4,9 +4,11 @@ week, known events such as a sale starting at midnight).
 
 One network, two outputs: the median (trained on pinball loss at 0.5, since MASE judges absolute
 error) and the p90 as the median plus a non-negative gap (pinball at 0.9), so the two never cross.
-Inputs are standardised with the training part's mean and deviation. Sizes were measured, not
-tuned on the held-out part's answers: a 48-step window and 32 hidden units fit both NAB series in
-3-12 s on 2 cores; the day-ago values carry the season an LSTM over 48 steps cannot see."""
+Inputs are standardised with the training part's mean and deviation. A 48-step window and 32
+hidden units fit both NAB series in 3-12 s on 2 cores. The day-ago values (the season a 48-step
+window cannot see) pay on NYC taxi and not on the ELB series: without them, two seeds gave MASE
+0.271 instead of 0.257 on taxi and 0.730 instead of 0.749 on ELB (2026-12-07); kept for the
+daily pattern of customer-service traffic, which taxi's resembles."""
 
 from __future__ import annotations
 

@@ -38,8 +38,10 @@ class Protocol:
     coverage on both NAB series, against 80-93% uncalibrated)."""
 
     def __post_init__(self) -> None:
-        if not 1 <= self.horizon < self.season:
-            raise ValueError(f"the horizon ({self.horizon} steps) must be at least 1 and under a day ({self.season})")
+        # Under a day less one step: the LSTM reads the value a day before the target and the step after it.
+        if not 1 <= self.horizon < self.season - 1:
+            raise ValueError(f"the horizon ({self.horizon} steps) must be at least 1 and under a day less one step "
+                             f"({self.season - 1})")  # fmt: skip
         if not 0.5 <= self.train_share < 1:
             raise ValueError(f"train_share must be in [0.5, 1), got {self.train_share}")
 

@@ -66,10 +66,14 @@ class Series:
 def read_csv(path: Path) -> Series:
     """The series in `path` (a header row naming `timestamp` and `value`, then one row per point)."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            rows = list(csv.reader(handle))
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which would hide the header.
+        with path.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.reader(handle)
+            rows = list(reader)
     except OSError as exc:
         raise SeriesError(f"{path}: cannot read ({exc.strerror})") from None
+    except csv.Error as exc:
+        raise SeriesError(f"{path}: line {reader.line_num}: not CSV ({exc}); a stray quote opens a field") from None
     except UnicodeDecodeError:
         raise SeriesError(f"{path}: not a UTF-8 text file; a CSV of timestamp,value rows is expected") from None
     if not rows:
@@ -90,15 +94,19 @@ def read_csv(path: Path) -> Series:
     frame = pd.Series(values, index=pd.DatetimeIndex(stamps)).sort_index()
     duplicates = int(frame.index.duplicated().sum())
     frame = frame.groupby(level=0).mean()
+    # Exporters jitter timestamps by a second or two, which the median of the gaps can keep: a step
+    # of a minute or more is taken to whole minutes, a shorter one to whole seconds.
     step = pd.Timedelta(frame.index.to_series().diff().median())
+    step = step.round("min") if step >= pd.Timedelta(minutes=1) else step.round("s")
     if step <= pd.Timedelta(0):
         raise SeriesError(f"{path}: cannot infer the interval between points")
-    grid = frame.resample(step).mean()
+    # Bins start at the first point, not at midnight: points at :15 and :45 stay at :15 and :45.
+    grid = frame.resample(step, origin="start").mean()
     filled = int(grid.isna().sum())
     grid = grid.interpolate(limit_direction="both")
     days = (grid.index[-1] - grid.index[0]) / pd.Timedelta(days=1)
     if days < MIN_DAYS:
-        raise SeriesError(f"{path}: {days:.1f} days of data; a backtest needs at least {MIN_DAYS:g} (a daily season "
+        raise SeriesError(f"{path}: {days:.2f} days of data; a backtest needs at least {MIN_DAYS:g} (a daily season "
                           "to fit and a held-out part to judge)")  # fmt: skip
     if pd.Timedelta(days=1) % step != pd.Timedelta(0):
         raise SeriesError(f"{path}: the interval ({step}) does not divide a day; resample the file to one that does")
