@@ -28,7 +28,7 @@ def register(commands: Any) -> None:
         "backtest",
         help="judge the forecasters on a timestamp,value CSV",
         description=(
-            "Fit each model on the first 80%% of the series, then forecast every held-out point HORIZON ahead "
+            "Fit each model on the first 80% of the series, then forecast every held-out point HORIZON ahead "
             "from the actual history up to its origin (no refit). Prints and writes per model: MASE (scaled by "
             "one day's seasonal naive on the training part; the main figure), sMAPE, pinball loss at p90 (in the "
             "series' units), the share of points above the p90 forecast (under-provisioned), and what "

@@ -210,6 +210,8 @@ class ModelWorkload(pulumi.ComponentResource):
             self._lustre_claim(name, args.lustre)
 
         self.service_name = APP_LABEL
+        self.ingress_name = APP_LABEL
+        """The Ingress (the AWS Load Balancer Controller tags its target group `<namespace>/<this>`)."""
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata=self._metadata(APP_LABEL),
@@ -705,7 +707,7 @@ class ModelWorkload(pulumi.ComponentResource):
             annotations["alb.ingress.kubernetes.io/listen-ports"] = '[{"HTTP": 80}]'
         k8s.networking.v1.Ingress(
             f"{name}-ingress",
-            metadata=self._metadata(APP_LABEL, annotations=annotations),
+            metadata=self._metadata(self.ingress_name, annotations=annotations),
             spec=k8s.networking.v1.IngressSpecArgs(
                 ingress_class_name="alb",
                 rules=[

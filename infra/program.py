@@ -211,6 +211,8 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         },
         gpus_per_replica=service.gpus_per_replica,
         slo_p99_ms=service.slo_p99_milliseconds,
+        ingress=workload.ingress_name,
+        replicas={"min": service.min_replicas, "max": service.max_replicas},
     )
 
     targets = pulumi.Output.all(

@@ -104,12 +104,21 @@ class ModelServiceTarget:
     gpus_per_replica: int = 1
     slo_p99_ms: int = 1000
     """The latency SLO runbooks verify against."""
+    ingress: str = ""
+    """The Ingress in front of the Service: its ALB target group's RequestCount is the request rate's
+    history (predictive-scale). Empty in documents written before it was published."""
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    """The full Deployment's HPA bounds as the stack declares them (`min`, `max`): predictive-scale
+    never sets the minimum below the declared one nor above the declared maximum. Empty in older
+    documents."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "pools": dict(self.pools),
             "gpusPerReplica": self.gpus_per_replica,
             "sloP99Ms": self.slo_p99_ms,
+            "ingress": self.ingress,
+            "replicas": dict(self.replicas),
             "namespace": self.namespace,
             "deployments": dict(self.deployments),
             "hpa": self.hpa,
@@ -232,6 +241,8 @@ class TargetsDocument:
                 pools=names_map("pools"),
                 gpus_per_replica=need(service, "gpusPerReplica", int, names),
                 slo_p99_ms=need(service, "sloP99Ms", int, names),
+                ingress=str(service.get("ingress", "")),
+                replicas={k: int(v) for k, v in service.get("replicas", {}).items()},
             )
         return cls(
             env=need(raw, "env", str, ""),

@@ -107,6 +107,12 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--override-freeze", metavar="REASON", help="act despite a change freeze (journaled)")
     parser.add_argument("--break-lock", action="store_true", help="take the lock from a runner that is gone")
+    parser.add_argument(
+        "--stand-aside",
+        action="store_true",
+        help="for scheduled runs (the predictive-scale CronJob): a change freeze, the lock held by another runner "
+        "or an incident hold ends this run with exit 0, journaled as refused, instead of an error",
+    )
 
 
 # --- Handlers --------------------------------------------------------------------------
@@ -141,9 +147,10 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from runbooks.engine.planning import Plan, make_plan
-    from runbooks.errors import ApprovalError, RunbookError
+    from runbooks.errors import ApprovalError, FreezeActiveError, LockHeldError, RunbookError, StandAsideError
 
     runbook = RUNBOOKS[args.runbook_name]
+    journaled = False
     try:
         context = _context(args, runbook)
         if args.plan:
@@ -155,7 +162,15 @@ def _run(args: argparse.Namespace) -> int:
         _print_plan(plan, runbook)
         approval = _approve(args, runbook, plan)
         engine = _engine(args, runbook, context)
+        journaled = True  # from here the engine journals a refusal itself
         outcome = engine.run(plan, approval, override_freeze=args.override_freeze, break_lock=args.break_lock)
+    except (FreezeActiveError, LockHeldError, StandAsideError) as exc:
+        if not args.stand_aside:
+            return _refused(exc)
+        if not journaled:
+            _journal_refusal(args, runbook.name, exc)
+        print(f"peakguard runbook: {runbook.name} stood aside this run: {exc}")
+        return EXIT_SUCCEEDED
     except RunbookError as exc:
         return _refused(exc)
     status = _summary(outcome)
@@ -374,6 +389,15 @@ def _summary(outcome: Any) -> int:
         "rolled-back": EXIT_ROLLED_BACK,
         "stopped": EXIT_ROLLED_BACK,
     }.get(outcome.status, EXIT_ROLLBACK_FAILED)
+
+
+def _journal_refusal(args: argparse.Namespace, runbook: str, exc: Exception) -> None:
+    """A journal of one record for a run refused before the engine had one: the cycle a scheduled
+    runbook stood aside is on record like any other."""
+    from runbooks.engine.journal import Journal, new_run_id
+
+    journal = Journal.create(_journal_dir(args), new_run_id(args.env, runbook))
+    journal.write("run_refused", runbook=runbook, env=args.env, reason=str(exc), stood_aside=True)
 
 
 def _refused(exc: Exception) -> int:

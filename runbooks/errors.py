@@ -61,5 +61,9 @@ class FreezeActiveError(RunbookError):
     """A person set the change freeze for the environment."""
 
 
+class StandAsideError(RunbookError):
+    """A scheduled runbook yields to an incident (its hold) and does not act this cycle."""
+
+
 class UnknownRunError(RunbookError):
     """No journal for a run id."""

@@ -25,8 +25,16 @@ from infra.targets import NodeGroupTarget
 from runbooks.engine.spec import Context, Gate, Param, Reading, Runbook, Step
 from runbooks.errors import RunbookError
 from runbooks.library import undo
+from runbooks.library.pool_scaling import (
+    apply_groups,
+    apply_hpa,
+    groups_as_planned,
+    nodes_for,
+    observe_groups,
+    observe_hpa,
+    spread,
+)
 from runbooks.library.service_gates import REFUSAL_BUDGET, ports_of, signals, within_slo
-from runbooks.ports.cloud import NodeGroupSize
 from runbooks.ports.cluster import Bounds
 
 __all__ = ["RUNBOOK", "estimate"]
@@ -150,20 +158,10 @@ def _hold_is_ours(context: Context) -> Reading:
                    query="SSM incident-hold runId")  # fmt: skip
 
 
-def _observe_hpa(context: Context) -> Any:
-    ports = _ports(context)
-    return ports.cluster.hpa_bounds(ports.namespace, ports.model_service.hpa).to_dict()
-
-
 def _desired_hpa(context: Context, before: Any) -> Any:
     replicas = context.basis["replicas"]
     low = max(before["min"], replicas)
     return {"min": low, "max": max(before["max"], low)}
-
-
-def _apply_hpa(context: Context, target: Any) -> None:
-    ports = _ports(context)
-    ports.cluster.set_hpa_bounds(ports.namespace, ports.model_service.hpa, Bounds(**target))
 
 
 def _capacity_arrived(context: Context) -> Reading:
@@ -179,55 +177,11 @@ def _capacity_arrived(context: Context) -> Reading:
                    query=f"Deployment {service.deployments['full']} readyReplicas / planned HPA min")  # fmt: skip
 
 
-def _node_groups(context: Context, variant: str) -> list[str]:
-    ports = _ports(context)
-    pool = ports.model_service.pools.get(variant)
-    return [] if pool is None else [g.name for g in ports.targets.node_groups_of(pool)]
-
-
-def _observe_groups(variant: str) -> Any:
-    def observe(context: Context) -> Any:
-        ports = _ports(context)
-        cluster = ports.targets.cluster.name
-        return {name: ports.cloud.node_group_size(cluster, name).to_dict() for name in _node_groups(context, variant)}
-
-    return observe
-
-
 def _desired_full_groups(context: Context, before: Any) -> Any:
     if not before:
         return before
     plan = context.basis
-    nodes = math.ceil(plan["replicas"] * _ports(context).model_service.gpus_per_replica / plan["gpusPerNode"])
-    return _spread(before, nodes)
-
-
-def _spread(before: dict[str, Any], nodes: int) -> dict[str, Any]:
-    """Raise each group's desired size to its share of `nodes` (never lower it, never past max)."""
-    share = math.ceil(nodes / len(before))
-    return {
-        name: {**size, "desired": min(size["max"], max(size["desired"], share)), "min": size["min"]}
-        for name, size in before.items()
-    }
-
-
-def _apply_groups(context: Context, target: Any) -> None:
-    ports = _ports(context)
-    for name, size in sorted(target.items()):
-        ports.cloud.set_node_group_size(ports.targets.cluster.name, name, NodeGroupSize(**size))
-
-
-def _groups_as_planned(step: str, variant: str) -> Any:
-    def probe(context: Context) -> Reading:
-        ports = _ports(context)
-        live = {n: ports.cloud.node_group_size(ports.targets.cluster.name, n).desired
-                for n in _node_groups(context, variant)}  # fmt: skip
-        planned = {n: size["desired"] for n, size in (context.planned.get(step) or {}).items()}
-        short = [n for n, desired in planned.items() if live.get(n, 0) < desired]
-        return Reading(0.0 if short else 1.0, raw={"live": live, "planned": planned},
-                       query=f"EKS desiredSize >= planned, {variant} pool")  # fmt: skip
-
-    return probe
+    return spread(before, nodes_for(context, plan["replicas"], plan["gpusPerNode"]))
 
 
 def _observe_light(context: Context) -> Any:
@@ -260,7 +214,7 @@ def _desired_mig_groups(context: Context, before: Any) -> Any:
     if light is None:
         return before
     groups = ports.targets.node_groups_of(ports.model_service.pools["light"])
-    return _spread(before, math.ceil(light["min"] / _light_replicas_per_node(groups[0])))
+    return spread(before, math.ceil(light["min"] / _light_replicas_per_node(groups[0])))
 
 
 def _light_replicas_per_node(group: NodeGroupTarget) -> int:
@@ -356,19 +310,19 @@ RUNBOOK = Runbook(
         Step(
             "gpu-node-groups",
             "raise the full pool's node groups' desired size to fit those replicas",
-            _observe_groups("full"),
+            observe_groups("full"),
             _desired_full_groups,
-            _apply_groups,
-            verify=Gate("full pool sized as planned", _groups_as_planned("gpu-node-groups", "full"), at_least=1.0),
+            apply_groups,
+            verify=Gate("full pool sized as planned", groups_as_planned("gpu-node-groups", "full"), at_least=1.0),
             timeout=60,
             undo=undo.node_groups,
         ),
         Step(
             "hpa-bounds",
             "raise the full model's HPA bounds to the measured need, capped by node capacity",
-            _observe_hpa,
+            observe_hpa,
             _desired_hpa,
-            _apply_hpa,
+            apply_hpa,
             verify=Gate("new replicas Ready", _capacity_arrived, at_least=1.0),
             timeout="capacity-timeout",
             undo=lambda context, before: undo.bounds(
@@ -389,10 +343,10 @@ RUNBOOK = Runbook(
         Step(
             "mig-node-groups",
             "raise the MIG pool's node groups for the light variant",
-            _observe_groups("light"),
+            observe_groups("light"),
             _desired_mig_groups,
-            _apply_groups,
-            verify=Gate("MIG pool sized as planned", _groups_as_planned("mig-node-groups", "light"), at_least=1.0),
+            apply_groups,
+            verify=Gate("MIG pool sized as planned", groups_as_planned("mig-node-groups", "light"), at_least=1.0),
             timeout=60,
             undo=undo.node_groups,
         ),

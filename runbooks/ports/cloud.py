@@ -14,6 +14,7 @@ from infra.targets import TargetsDocument, TargetsDocumentError, parameter_name
 from runbooks.errors import RunbookError
 from runbooks.ports.aws_clients import BoundedClient
 from runbooks.ports.aws_errors import translate as _translate
+from runbooks.ports.request_history import CloudWatchRequestHistory
 from runbooks.ports.switches import SsmSwitches
 
 __all__ = ["AwsCloud", "NodeGroupSize", "instance_id_of"]
@@ -47,6 +48,11 @@ class AwsCloud:
         self._autoscaling = BoundedClient(session, "autoscaling")
         self._ec2 = BoundedClient(session, "ec2")
         self.switches = SsmSwitches(self._ssm, env=env)
+
+    def request_history(self, *, cluster: str, namespace: str, ingress: str) -> CloudWatchRequestHistory:
+        """The model service's request-rate history (its ALB target group's RequestCount)."""
+        cloudwatch, elbv2 = BoundedClient(self._session, "cloudwatch"), BoundedClient(self._session, "elbv2")
+        return CloudWatchRequestHistory(cloudwatch, elbv2, cluster=cluster, namespace=namespace, ingress=ingress)
 
     def targets(self) -> TargetsDocument:
         """What the Pulumi program published for this env (no Pulumi backend needed)."""
