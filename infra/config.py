@@ -312,6 +312,20 @@ class IngressConfig:
 
 
 @dataclass(frozen=True)
+class PredictiveScaleConfig:
+    """The predictive-scale CronJob (runbooks/library/predictive_scale.py): absent, none runs."""
+
+    image: str
+    """The runbooks image (`peakguard[runbooks,forecast]`)."""
+    replica_rps: float
+    """Requests/s one full-model replica sustains on the pool's GPU (`peakguard bench model` there)."""
+    horizon_minutes: int
+    every_minutes: int
+    """The schedule: every this many minutes."""
+    model: Literal["holt_winters", "lstm", "seasonal_naive"]
+
+
+@dataclass(frozen=True)
 class ModelServiceConfig:
     namespace: str
     """Namespace of the workload; `peakguard` by default."""
@@ -343,6 +357,7 @@ class ModelServiceConfig:
     memory: str
     mode: ServiceMode
     ingress: IngressConfig
+    predictive_scale: PredictiveScaleConfig | None = None
     admin_source_cidrs: tuple[str, ...] = ()
     """Hosts outside the cluster that call the pods' admin API (a runbook runner on a bastion in the
     VPC); runners inside the cluster are let in by their pod label (`peakguard.io/admin-client`)."""
@@ -895,6 +910,31 @@ class _IngressDoc(_Doc):
     certificate_arn: Annotated[str | None, _Text(pattern=_ARN, problem="must be an ACM certificate ARN")] = None
 
 
+@dataclass(frozen=True)
+class _Rate(_ValueType):
+    """Requests per second: a positive number."""
+
+    def check(self, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1_000_000:
+            raise _problem("must be requests per second, a number above 0")
+        return float(value)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1_000_000}
+
+
+class _PredictiveScaleDoc(_Doc):
+    image: Annotated[str, _Image()]
+    """The runbooks image, with the forecast extra."""
+    replica_rps: Annotated[float, _Rate()]
+    """Requests/s one full-model replica sustains on the pool's GPU."""
+    horizon_minutes: Annotated[int, _Whole(1, 720)] = 15
+    every_minutes: Annotated[int, _Whole(1, 60)] = 5
+    model: Annotated[
+        Literal["holt_winters", "lstm", "seasonal_naive"], _Text(choices=("holt_winters", "lstm", "seasonal_naive"))
+    ] = "holt_winters"
+
+
 class _ModelServiceDoc(_Doc):
     namespace: Annotated[
         str, _Text(pattern=_NAMESPACE, problem="must be a DNS label: lowercase letters, digits and '-'")
@@ -920,6 +960,8 @@ class _ModelServiceDoc(_Doc):
     memory: Annotated[str, _Quantity()] = "16Gi"
     mode: _ModeDoc = Field(default_factory=_ModeDoc)
     ingress: _IngressDoc = Field(default_factory=_IngressDoc)
+    predictive_scale: _PredictiveScaleDoc | None = None
+    """The predictive-scale CronJob: be warm before the wave (absent: none)."""
     admin_source_cidrs: Annotated[tuple[str, ...], _CIDRS] = ()
 
 
@@ -1511,4 +1553,16 @@ def _parse_model_service(doc: _ModelServiceDoc, path: str, *, pools: Sequence[Gp
         memory=doc.memory,
         mode=mode,
         ingress=ingress,
+        predictive_scale=_parse_predictive_scale(doc.predictive_scale, f"{path}.predictiveScale"),
     )
+
+
+def _parse_predictive_scale(doc: _PredictiveScaleDoc | None, path: str) -> PredictiveScaleConfig | None:
+    if doc is None:
+        return None
+    if doc.horizon_minutes < doc.every_minutes:
+        _fail(f"{path}.horizonMinutes", doc.horizon_minutes,
+              f"must be at least everyMinutes ({doc.every_minutes}): a forecast shorter than the time to the next "
+              "run leaves its end uncovered")  # fmt: skip
+    return PredictiveScaleConfig(image=doc.image, replica_rps=doc.replica_rps, horizon_minutes=doc.horizon_minutes,
+                                 every_minutes=doc.every_minutes, model=doc.model)  # fmt: skip

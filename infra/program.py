@@ -23,6 +23,7 @@ from infra.model_workload import IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadA
 from infra.network import Network, NetworkArgs, plan_subnets
 from infra.node_preflight import NodePreflight, NodePreflightArgs
 from infra.observability import Observability, ObservabilityArgs
+from infra.predictive_scale_job import PredictiveScaleJob, PredictiveScaleJobArgs
 from infra.storage import Storage, StorageArgs
 from infra.targets import (
     SYSTEM_POOL,
@@ -195,6 +196,25 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             depends_on=[addons.releases["kubePrometheusStack"], workload],
         ),
     )
+    if service.predictive_scale is not None:
+        PredictiveScaleJob(
+            f"{env}-predictive-scale",
+            PredictiveScaleJobArgs(
+                env=env,
+                config=service.predictive_scale,
+                namespace=workload.namespace,
+                cluster_name=cluster.name,
+                hpa=workload.hpa_name,
+                admin_token_secret=workload.admin_token_secret,
+                region=config.region,
+                partition=config.partition,
+                provider=provider,
+                oidc_provider_arn=cluster.oidc_provider_arn,
+                oidc_issuer=cluster.oidc_issuer,
+                tags=tags,
+                depends_on=[workload],
+            ),
+        )
     model_service_target = ModelServiceTarget(
         namespace=workload.namespace,
         deployments=dict(workload.deployments),

@@ -6,6 +6,7 @@ import argparse
 import functools
 import getpass
 import json
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -302,6 +303,8 @@ def _ports(args: argparse.Namespace) -> Any:
     targets = cloud.targets()
     if args.kube_url:
         cluster = KubernetesCluster.from_url(args.kube_url)
+    elif _in_a_pod(args):
+        cluster = KubernetesCluster.in_cluster()
     else:
         cluster = KubernetesCluster.from_kubeconfig(args.kubeconfig, args.context)
     service_target = targets.model_service
@@ -311,6 +314,13 @@ def _ports(args: argparse.Namespace) -> Any:
     playbooks = AnsiblePlaybooks(env=targets.env, region=targets.cluster.region)
     return Ports(targets=targets, cluster=cluster, cloud=cloud, service=ModelServiceClient(token=token),
                  window_seconds=args.window, playbooks=playbooks)  # fmt: skip
+
+
+def _in_a_pod(args: argparse.Namespace) -> bool:
+    """In a pod (the predictive-scale CronJob) with no kubeconfig named or found: the pod's own
+    service account, as kubectl does."""
+    named = args.kubeconfig or args.context or os.environ.get("KUBECONFIG")
+    return not named and "KUBERNETES_SERVICE_HOST" in os.environ and not (Path.home() / ".kube" / "config").exists()
 
 
 def _engine(args: argparse.Namespace, runbook: Runbook, context: Any) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,26 @@ class KubernetesCluster:
 
         configuration = client.Configuration()
         configuration.host = url
+        return cls(bounded_api_client(configuration))
+
+    @classmethod
+    def in_cluster(cls, *, token_file: str | None = None, cert_file: str | None = None,
+                   environ: Mapping[str, str] | None = None) -> KubernetesCluster:  # fmt: skip
+        """The cluster a pod runs in, as its service account (a CronJob's runbook): the API server
+        from $KUBERNETES_SERVICE_HOST/PORT, the token and CA the kubelet mounts. The files and the
+        environment are parameters for tests; by default the kubelet's paths and os.environ."""
+        from kubernetes import client
+        from kubernetes.config import ConfigException, incluster_config  # type: ignore[import-untyped, unused-ignore]
+
+        configuration = client.Configuration()
+        try:
+            incluster_config.InClusterConfigLoader(
+                token_filename=token_file or incluster_config.SERVICE_TOKEN_FILENAME,
+                cert_filename=cert_file or incluster_config.SERVICE_CERT_FILENAME,
+                environ=os.environ if environ is None else environ,
+            ).load_and_set(configuration)
+        except ConfigException as exc:
+            raise RunbookError(f"cannot use the pod's service account for the Kubernetes API: {exc}") from None
         return cls(bounded_api_client(configuration))
 
     @classmethod
