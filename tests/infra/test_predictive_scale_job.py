@@ -125,3 +125,14 @@ def test_bad_predictive_scale_values_name_the_key(key: str, value: Any) -> None:
 
     with pytest.raises(ConfigError, match=rf"predictiveScale\.{key}"):
         StackConfig.from_mapping(values, stack="dev")
+
+
+def test_the_pod_runs_as_the_runbooks_images_user_with_its_journal_directory(dev_predictive: OfflineRun) -> None:
+    dockerfile = (PROJECT_DIR / "runbooks" / "Dockerfile").read_text()
+    pod = _one(dev_predictive, CRON_JOB).inputs["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    user = int(pod["securityContext"]["runAsUser"])  # numbers cross the mocks as floats
+    assert f"USER {user}:{user}" in dockerfile and pod["securityContext"]["runAsNonRoot"] is True
+    journals = {e["name"]: e["value"] for e in container["env"]}["PEAKGUARD_JOURNAL_DIR"]
+    assert f"PEAKGUARD_JOURNAL_DIR={journals}" in dockerfile
+    assert journals in {m["mountPath"] for m in container["volumeMounts"]}, "a writable emptyDir, not the image"
