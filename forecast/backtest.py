@@ -64,7 +64,7 @@ class Backtest:
                 "held_out_from": self.series.index[self.targets[0]].isoformat(),
                 "refit": False,
                 "p90": f"the model's own p90 plus the 90th percentile of its excess over the last "
-                f"{self.protocol.calibration_points} points known at each origin",
+                f"{self.protocol.calibration_points} held-out points known at each origin",
                 "mase_scale": "MAE of one day's seasonal naive on the training part",
             },
             "models": models,
@@ -93,7 +93,7 @@ def run(series: Series, *, horizon: pd.Timedelta, seeds: Sequence[int] = (0,), m
     result = Backtest(series, protocol, targets, seeds=tuple(seeds))
 
     def judged(name: str, first: int, point: np.ndarray, raw_p90: np.ndarray, seconds: float) -> ModelRun:
-        p90 = calibrated_p90(values, raw_p90, first, targets, protocol)
+        p90 = calibrated_p90(values, raw_p90, first, targets, protocol, since=cut)
         held_point, actual = point[targets - first], values[targets]
         figures = {
             "mase": metrics.mase(actual, held_point, scale),

@@ -58,5 +58,5 @@ def predict(values: np.ndarray, index: pd.DatetimeIndex, *, horizon: int, model:
         future = pd.date_range(index[0], periods=n + horizon, freq=step)
         first, point, raw = lstm.forecast(extended, lstm.calendar_features(future, events), season=protocol.season,
                                           horizon=horizon, cut=cut, settings=lstm.LstmSettings(seed=seed))  # fmt: skip
-    p90 = calibrated_p90(extended, raw, first, np.array([target]), protocol)[0]
+    p90 = calibrated_p90(extended, raw, first, np.array([target]), protocol, since=cut)[0]
     return Prediction(index[-1] + horizon * step, float(point[target - first]), float(p90), model, cut)

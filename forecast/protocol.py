@@ -4,9 +4,9 @@
 Every model's p90 is calibrated the same way (`calibrated_p90`): its own p90 (the LSTM's quantile
 output; a baseline's point forecast) plus the 90th percentile of how far actuals exceeded it over
 the last `calibration_points` points already known at the origin. That is split-conformal
-calibration on a rolling window, fed only the history the protocol allows; it keeps the p90 honest
-when the held-out part differs from the training part (NYC taxi's test months hold the holidays:
-the LSTM's own quantile covered 80-86% there, calibrated 87-89%)."""
+calibration on a rolling window, fed only the history the protocol allows, and only points the
+model was not fitted on; it keeps the p90 honest when the held-out part differs from the training
+part (NYC taxi's test months hold the holidays: the LSTM's own quantile covered 80-86% there)."""
 
 from __future__ import annotations
 
@@ -54,15 +54,17 @@ class Protocol:
 
 
 def calibrated_p90(actual: np.ndarray, raw_p90: np.ndarray, first: int, targets: np.ndarray,
-                   protocol: Protocol) -> np.ndarray:  # fmt: skip
+                   protocol: Protocol, *, since: int) -> np.ndarray:  # fmt: skip
     """The p90 for each of `targets` (indices into `actual`). `raw_p90[i]` is the model's own p90
     for point `first + i`, made `protocol.horizon` steps before it; only points up to each
-    target's origin calibrate it."""
+    target's origin calibrate it, and only those from `since` on: points the model was fitted on
+    would flatter it (its in-sample excesses are smaller), so a backtest calibrates on held-out
+    points alone, and its first targets go uncalibrated until some are known."""
     excess = actual[first : first + len(raw_p90)] - raw_p90
     out = np.empty(len(targets))
     for k, target in enumerate(targets):
         known = target - protocol.horizon - first + 1  # excesses of points up to the origin
-        window = excess[max(0, known - protocol.calibration_points) : max(0, known)]
+        window = excess[max(0, since - first, known - protocol.calibration_points) : max(0, known)]
         offset = float(np.quantile(window, 0.9)) if len(window) else 0.0
         out[k] = raw_p90[target - first] + offset
     return out

@@ -95,9 +95,10 @@ def read_csv(path: Path) -> Series:
     duplicates = int(frame.index.duplicated().sum())
     frame = frame.groupby(level=0).mean()
     # Exporters jitter timestamps by a second or two, which the median of the gaps can keep: a step
-    # of a minute or more is taken to whole minutes, a shorter one to whole seconds.
-    step = pd.Timedelta(frame.index.to_series().diff().median())
-    step = step.round("min") if step >= pd.Timedelta(minutes=1) else step.round("s")
+    # within 3 s of whole minutes is taken to them (90 s stays 90 s), any other to whole seconds.
+    step = pd.Timedelta(frame.index.to_series().diff().median()).round("s")
+    if step >= pd.Timedelta(minutes=1) and abs(step - step.round("min")) <= pd.Timedelta(seconds=3):
+        step = step.round("min")
     if step <= pd.Timedelta(0):
         raise SeriesError(f"{path}: cannot infer the interval between points")
     # Bins start at the first point, not at midnight: points at :15 and :45 stay at :15 and :45.

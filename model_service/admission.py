@@ -72,6 +72,8 @@ class AdmissionController:
         self._min_calibration = min_calibration
         self._margin = 0.0
         """p99 of how far answers ran past their estimate, in [0, MAX_MARGIN_SHARE x budget]."""
+        self._since_recalibration = 0
+        """Answers fed since the margin was last computed (the window's length stops counting once full)."""
         self._recent: deque[bool] = deque(maxlen=pressure_window)
         """Whether each of the latest decisions admitted."""
         self._refusals = 0
@@ -91,11 +93,20 @@ class AdmissionController:
         admission to the answer. Every `_RECALIBRATE_EVERY` answers the margin is the p99 overrun."""
         with self._lock:
             self._overruns.append(seconds - estimated)
+            self._since_recalibration += 1
             count = len(self._overruns)
-            if count >= self._min_calibration and count % _RECALIBRATE_EVERY == 0:
+            if count >= self._min_calibration and self._since_recalibration >= _RECALIBRATE_EVERY:
+                self._since_recalibration = 0
                 overruns = sorted(self._overruns)
                 p99 = overruns[min(count - 1, int(0.99 * count))]
                 self._margin = min(max(p99, 0.0), MAX_MARGIN_SHARE * self.latency_budget)
+
+    @property
+    def estimating(self) -> bool:
+        """Whether the cost model has run batches to estimate from: before, an estimate is 0 and an
+        answer's overrun would be its whole latency, which says nothing about the estimate."""
+        with self._lock:
+            return self._cost is not None
 
     @property
     def margin(self) -> float:

@@ -394,7 +394,10 @@ def _service(folder: Path, settings: BenchSettings, texts: Sequence[str], log: L
                        "latency_budget_ms": budget * 1000}  # fmt: skip
             log(f"  p99 {baseline * 1000:.1f} ms; SLO p99 {slo * 1000:.1f} ms; budget {budget * 1000:.1f} ms")
 
-            with ServiceProcess(base | {"admission": True, "latency_budget": budget}, cpus=server_cpus) as protected:
+            # The breaker opens when the SLO breaks (its default, 1.5x the budget, would sit above this SLO).
+            breaker = {"trip_above": slo, "recover_below": slo / 2}
+            with ServiceProcess(base | {"admission": True, "latency_budget": budget, "breaker": breaker},
+                                cpus=server_cpus) as protected:  # fmt: skip
                 sustainable, steps = sustainable_rate(
                     protected.url, texts, slo=slo, start_rps=settings.start_rps, step_seconds=settings.step_seconds,
                     seed=seed, log=log, confirm_samples=settings.confirm_samples,

@@ -406,7 +406,8 @@ class Service:
         batcher = self.batchers[mode.model]
         decision = self.admission.decide(queued=batcher.depth, in_flight=batcher.in_flight, batch_max=self.batch_cap())
         if decision.admit:
-            state[_ADMITTED] = (started, decision.estimated_wait)
+            if self.admission.estimating:  # a cold pod's estimates are 0: nothing to calibrate
+                state[_ADMITTED] = (started, decision.estimated_wait)
             return None
         message = f"overloaded: {decision.reason}; retry after {decision.retry_after} s"
         self.metrics.observe_response(

@@ -111,8 +111,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stand-aside",
         action="store_true",
-        help="for scheduled runs (the predictive-scale CronJob): a change freeze, the lock held by another runner "
-        "or an incident hold ends this run with exit 0, journaled as refused, instead of an error",
+        help="for scheduled runs (the predictive-scale CronJob): a change freeze, the lock held by another runner, "
+        "an incident hold or live state that moved since the plan ends this run with exit 0, journaled as refused, "
+        "instead of an error",
     )
 
 
@@ -148,7 +149,14 @@ def _plan(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from runbooks.engine.planning import Plan, make_plan
-    from runbooks.errors import ApprovalError, FreezeActiveError, LockHeldError, RunbookError, StandAsideError
+    from runbooks.errors import (
+        ApprovalError,
+        FreezeActiveError,
+        LiveStateChangedError,
+        LockHeldError,
+        RunbookError,
+        StandAsideError,
+    )
 
     runbook = RUNBOOKS[args.runbook_name]
     journaled = False
@@ -165,7 +173,9 @@ def _run(args: argparse.Namespace) -> int:
         engine = _engine(args, runbook, context)
         journaled = True  # from here the engine journals a refusal itself
         outcome = engine.run(plan, approval, override_freeze=args.override_freeze, break_lock=args.break_lock)
-    except (FreezeActiveError, LockHeldError, StandAsideError) as exc:
+    # A scheduled run whose state moved between its plan and its lock (an incident's hold, another
+    # runner's change) acts next cycle, on a new plan.
+    except (FreezeActiveError, LockHeldError, StandAsideError, LiveStateChangedError) as exc:
         if not args.stand_aside:
             return _refused(exc)
         if not journaled:

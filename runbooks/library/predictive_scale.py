@@ -9,15 +9,21 @@ to what that p90 needs, with the node groups raised to hold it, before the wave 
 - replicas = the 30% headroom of `infra/facts.py` on ceil(rate / one replica's rate), for the rate
   now and for the p90 ahead; the minimum is the larger, never below the stack's declared minimum,
   never above its declared maximum (nor the HPA's live one);
-- node groups' desired sizes are only raised (never lowered: the cluster autoscaler removes idle
+- the HPA minimum and node groups' desired sizes are only raised (never lowered: the cluster autoscaler removes idle
   nodes), each within its maximum;
 - it stands aside for an incident: under an incident hold it does not act (`StandAsideError`), and
   the engine refuses under a change freeze or while another runner holds the lock. Scheduled with
   `--stand-aside`, each of those ends the cycle with exit 0, journaled as refused. It holds the lock
-  for seconds: its steps set bounds and desired sizes and wait for nothing to start.
+  for seconds: its steps set bounds and desired sizes and wait for nothing to start. The hold is
+  read again under the lock (the `no-incident-hold` step pins its absence in the plan), so a hold
+  set between the plan and the run stops it too.
 
-Adding capacity cannot break the SLO, so its health gate is its own change: the HPA minimum is as
-planned once the run ends. A failed step rolls back like every runbook's.
+It only ever raises the HPA minimum and the node groups: a minimum set higher by someone else (an
+operator before a sale, an incident's runbook) is theirs, and lowering after the peak is left to
+`pulumi up` (which sets the declared minimum again). Adding capacity cannot break the SLO, so its
+health gate is its own change: the HPA minimum is as planned once the run ends. A failed step rolls
+back like every runbook's. The forecast covers `--horizon` from now: the history ends at the last
+complete period (CloudWatch's newest may still be filling), and the steps ahead count from there.
 """
 
 from __future__ import annotations
@@ -64,10 +70,14 @@ def forecast_need(context: Context) -> dict[str, Any]:
     per_replica = float(params["replica-rps"])
     history = ports.cloud.request_history(cluster=ports.targets.cluster.name, namespace=service.namespace,
                                           ingress=service.ingress)  # fmt: skip
-    end = dt.datetime.now(dt.UTC).replace(microsecond=0)
-    rates = history.rates(end=end, hours=24 * params["history-days"])
-    values, index = _regular(rates.times, rates.rates)
-    horizon = max(1, math.ceil(params["horizon"] * 60 / PERIOD_SECONDS))
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    rates = history.rates(now=now, hours=24 * params["history-days"])
+    values, index = _regular(rates.times, rates.rates, rates.until)
+    # Steps from the last complete period's start to the one that holds now + horizon: the forecast
+    # covers the horizon from now, not from the last datum (which is minutes old).
+    last_start = rates.until - dt.timedelta(seconds=PERIOD_SECONDS)
+    target = now + dt.timedelta(minutes=params["horizon"])
+    horizon = max(1, int((target - last_start).total_seconds() // PERIOD_SECONDS))
     try:
         from forecast.predict import predict
     except ImportError as exc:
@@ -105,17 +115,26 @@ def forecast_need(context: Context) -> dict[str, Any]:
     }
 
 
-def _regular(times: tuple[dt.datetime, ...], rates: tuple[float, ...]) -> tuple[Any, Any]:
-    """One rate per period from the first point to the last; a period CloudWatch has no datum for
-    had no requests (an ALB reports RequestCount only for periods with requests)."""
+def _regular(times: tuple[dt.datetime, ...], rates: tuple[float, ...], until: dt.datetime) -> tuple[Any, Any]:
+    """One rate per period from the first point to the last complete period (ending at `until`); a
+    period CloudWatch has no datum for had no requests (an ALB reports RequestCount only for periods
+    with requests), a quiet night up to now included."""
     import numpy as np
     import pandas as pd
 
     if not times:
         raise RunbookError("CloudWatch has no RequestCount for the target group in the history asked for")
     observed = pd.Series(rates, index=pd.DatetimeIndex([t.astimezone(dt.UTC) for t in times]).tz_convert(None))
-    index = pd.date_range(observed.index[0], observed.index[-1], freq=f"{PERIOD_SECONDS}s")
+    last = pd.Timestamp(until.astimezone(dt.UTC)).tz_convert(None) - pd.Timedelta(seconds=PERIOD_SECONDS)
+    index = pd.date_range(observed.index[0], last, freq=f"{PERIOD_SECONDS}s")
     return observed.groupby(level=0).sum().reindex(index, fill_value=0.0).to_numpy(dtype=np.float64), index
+
+
+def _observe_hold(context: Context) -> Any:
+    """The hold, as the plan pins it: the engine re-reads every step's state under the lock and
+    refuses a run whose state moved, so a hold set after the plan was made stops the run."""
+    hold = ports_of(context).cloud.switches.hold()
+    return None if hold is None else {"runId": hold.get("runId"), "runbook": hold.get("runbook")}
 
 
 def _desired_groups(context: Context, before: Any) -> Any:
@@ -126,7 +145,9 @@ def _desired_groups(context: Context, before: Any) -> Any:
 
 
 def _desired_hpa(context: Context, before: Any) -> Any:
-    return {"min": context.basis["minReplicas"], "max": before["max"]}
+    # Only raised: a minimum someone set higher (an operator before a sale, an incident's runbook) is
+    # theirs, and a forecast must not undo it.
+    return {"min": max(before["min"], context.basis["minReplicas"]), "max": before["max"]}
 
 
 def _hpa_as_planned(context: Context) -> Reading:
@@ -156,10 +177,10 @@ RUNBOOK = Runbook(
         ),
         Param(
             "history-days",
-            "days of RequestCount history to forecast from",
+            "days of RequestCount history to forecast from (the forecaster needs 4 whole days; 5 leaves a margin)",
             kind=float,
             default=14.0,
-            minimum=3.0,
+            minimum=5.0,
             maximum=63.0,
         ),
         Param(
@@ -170,6 +191,14 @@ RUNBOOK = Runbook(
         ),
     ),
     steps=(
+        Step(
+            "no-incident-hold",
+            "change nothing; the incident hold's absence, pinned in the plan, is checked again under the lock",
+            _observe_hold,
+            lambda context, before: before,
+            lambda context, target: None,
+            timeout=10,
+        ),
         Step(
             "gpu-node-groups",
             "raise the full pool's node groups' desired size to hold the planned minimum (never lowered)",

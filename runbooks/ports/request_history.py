@@ -20,6 +20,9 @@ from runbooks.ports.aws_errors import translate
 
 __all__ = ["PERIOD_SECONDS", "CloudWatchRequestHistory", "RateHistory"]
 
+INGESTION_LAG = dt.timedelta(minutes=3)
+"""How long an ALB's datapoints may take to reach CloudWatch: a period that ended less than this ago
+may still be filling, and would read low."""
 PERIOD_SECONDS = 300
 """One point per 5 minutes: CloudWatch keeps 1-minute ALB data for 15 days and 5-minute data for 63
 (GetMetricStatistics, retention), and the forecaster's protocol was measured at 5 minutes."""
@@ -35,6 +38,8 @@ class RateHistory:
     rates: tuple[float, ...]
     source: str
     """Where it came from, for the journal: the metric and its dimensions."""
+    until: dt.datetime
+    """The end of the last complete period (UTC): periods after it are left out, not read low."""
 
 
 class CloudWatchRequestHistory:
@@ -72,9 +77,13 @@ class CloudWatchRequestHistory:
             raise RunbookError(f"target group {ours[0]} is attached to no load balancer: no RequestCount to read")
         return {"TargetGroup": _suffix(ours[0], "targetgroup/"), "LoadBalancer": _suffix(balancers[0], "app/")}
 
-    def rates(self, *, end: dt.datetime, hours: float) -> RateHistory:
-        """Requests/s per `PERIOD_SECONDS` over the `hours` before `end`."""
+    def rates(self, *, now: dt.datetime, hours: float) -> RateHistory:
+        """Requests/s per `PERIOD_SECONDS` over the `hours` before the last period complete at `now`
+        (one that ended at least `INGESTION_LAG` ago)."""
         dimensions = self.dimensions()
+        period = dt.timedelta(seconds=PERIOD_SECONDS)
+        lagged = now.astimezone(dt.UTC) - INGESTION_LAG
+        end = lagged - (lagged - dt.datetime(2000, 1, 1, tzinfo=dt.UTC)) % period
         query = {
             "Id": "requests",
             "MetricStat": {
@@ -106,11 +115,13 @@ class CloudWatchRequestHistory:
             raise translate(
                 exc, "read the target group's RequestCount", permissions="cloudwatch:GetMetricData"
             ) from exc
-        ordered = sorted(points)
+        # Keep only periods that start before `end` (so end by it): CloudWatch's end bound, and moto's, may let the
+        # period starting at `end` in.
+        ordered = sorted(t for t in points if t.astimezone(dt.UTC) < end)
         source = f"AWS/ApplicationELB RequestCount Sum/{PERIOD_SECONDS}s " + ", ".join(
             f"{k}={v}" for k, v in sorted(dimensions.items())
         )
-        return RateHistory(tuple(ordered), tuple(points[t] / PERIOD_SECONDS for t in ordered), source)
+        return RateHistory(tuple(ordered), tuple(points[t] / PERIOD_SECONDS for t in ordered), source, end)
 
 
 def _suffix(arn: str, marker: str) -> str:

@@ -1,6 +1,7 @@
 """The forecaster on the real NAB series, under the protocol the README reports: what issue 20
-accepts, checked with one LSTM seed (seed 0) so that a change that makes forecasting worse fails
-here, not in the next README run. The three-seed figures are the README's, not this test's."""
+accepts, so that a change that makes forecasting worse fails here, not in the next README run.
+Taxi with one LSTM seed (its margin is wide: every seed beats Holt-Winters by 15%); ELB with the
+README's three, whose mean is what holds there (one seed is 0.3% worse than Holt-Winters)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ def nab() -> Path:
     return folder
 
 
-def _figures(path: Path) -> dict[str, dict[str, float]]:
-    result = backtest.run(read_csv(path), horizon=pd.Timedelta(minutes=15), seeds=[0], log=lambda line: None)
+def _figures(path: Path, seeds: tuple[int, ...] = (0,)) -> dict[str, dict[str, float]]:
+    """Each model's figures; the LSTM's are the seeds' means."""
+    result = backtest.run(read_csv(path), horizon=pd.Timedelta(minutes=15), seeds=seeds, log=lambda line: None)
     models: dict[str, dict[str, float]] = result.to_dict()["models"]
     return models
 
@@ -39,7 +41,7 @@ def test_on_nyc_taxi_the_lstm_beats_holt_winters_by_15_percent_with_an_honest_p9
 
 
 def test_on_the_elb_series_the_lstm_is_no_worse_than_holt_winters(nab: Path) -> None:
-    models = _figures(nab / "elb_request_count_8c0756.csv")
+    models = _figures(nab / "elb_request_count_8c0756.csv", seeds=(0, 1, 2))
 
     assert models["lstm"]["mase"] <= models["holt_winters"]["mase"]
     assert 0.05 <= models["lstm"]["under_p90_share"] <= 0.15

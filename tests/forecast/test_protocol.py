@@ -85,7 +85,7 @@ def test_the_p90_is_calibrated_only_on_excesses_known_at_each_targets_origin() -
     actual[12:] += 1000.0
     targets = np.arange(first, len(actual))
 
-    p90 = calibrated_p90(actual, raw, first, targets, protocol)
+    p90 = calibrated_p90(actual, raw, first, targets, protocol, since=0)
 
     offsets = p90 - raw
     assert list(offsets[:5]) == [0.0] * 5  # targets 10-14: origins up to point 11
@@ -99,7 +99,7 @@ def test_the_p90_is_calibrated_on_at_most_the_last_calibration_points() -> None:
     actual = np.array([1000.0] * 20 + [1.0, 2.0, 3.0, 4.0] + [0.0] * 6)
     raw = np.zeros(len(actual))
 
-    p90 = calibrated_p90(actual, raw, 0, np.array([24]), protocol)  # origin 23: points 0-23 known
+    p90 = calibrated_p90(actual, raw, 0, np.array([24]), protocol, since=0)  # origin 23: points 0-23 known
 
     assert p90[0] == pytest.approx(np.quantile([1.0, 2.0, 3.0, 4.0], 0.9))
 
@@ -110,7 +110,7 @@ def test_a_target_with_no_known_excess_keeps_the_models_own_p90() -> None:
     raw = np.array([5.0, 6.0, 7.0, 8.0, 9.0])
     actual = np.concatenate([np.zeros(first), raw + 500.0])
 
-    p90 = calibrated_p90(actual, raw, first, np.array([10, 11, 12]), protocol)
+    p90 = calibrated_p90(actual, raw, first, np.array([10, 11, 12]), protocol, since=0)
 
     assert list(p90) == [5.0, 6.0, 7.0]
 
@@ -121,7 +121,7 @@ def test_a_p90_that_was_too_high_is_lowered_by_the_calibration() -> None:
     raw = np.full(20, 100.0)
     actual = np.full(20, 60.0)
 
-    p90 = calibrated_p90(actual, raw, 0, np.array([19]), protocol)
+    p90 = calibrated_p90(actual, raw, 0, np.array([19]), protocol, since=0)
 
     assert p90[0] == pytest.approx(60.0)
 
@@ -177,3 +177,15 @@ def test_a_holt_winters_forecast_does_not_change_when_a_later_value_does() -> No
     last_blind = changed_from + horizon - 1 - first  # the point whose origin is 419
     assert np.array_equal(before[: last_blind + 1], after[: last_blind + 1])
     assert after[last_blind + 1] != before[last_blind + 1]
+
+
+def test_points_before_since_never_calibrate() -> None:
+    """A backtest calibrates on held-out points only: the fitted part's excesses would flatter it."""
+    protocol = Protocol(horizon=1, season=SEASON, calibration_points=10)
+    actual = np.zeros(40)
+    actual[:20] = 100.0  # large excesses, all before `since`
+    raw = np.zeros(40)
+
+    p90 = calibrated_p90(actual, raw, 0, np.array([21, 30]), protocol, since=20)
+
+    assert list(p90) == [0.0, 0.0]

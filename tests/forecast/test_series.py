@@ -22,7 +22,7 @@ def _rate(at: datetime) -> float:
     return 100 + 50 * math.sin(2 * math.pi * minute / 1440)
 
 
-def _lines(minutes: int = 30, days: float = 4.0, start: datetime = START) -> list[str]:
+def _lines(minutes: float = 30, days: float = 4.0, start: datetime = START) -> list[str]:
     """The CSV's lines, header first: line N of the file is `lines[N - 1]`."""
     stamps = [start + timedelta(minutes=minutes * i) for i in range(int(days * 1440 / minutes))]
     return ["timestamp,value", *(f"{at.isoformat()},{_rate(at):.4f}" for at in stamps)]
@@ -202,3 +202,9 @@ def test_timestamps_jittered_by_seconds_still_make_a_regular_series(tmp_path: Pa
 
     assert series.step == pd.Timedelta(minutes=5)
     assert len(series.values) == len(lines) - 1
+
+
+def test_a_step_of_ninety_seconds_is_kept(tmp_path: Path) -> None:
+    series = read_csv(_write(tmp_path / "rate.csv", _lines(minutes=1.5, days=3.5)))
+
+    assert series.step == pd.Timedelta(seconds=90)

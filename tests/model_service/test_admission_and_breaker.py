@@ -307,6 +307,18 @@ def test_the_margin_narrows_admission_but_never_closes_it() -> None:
     assert controller.decide(queued=20, in_flight=1).admit  # 0.21 s + 0.25 s
 
 
+def test_the_margin_follows_a_window_of_any_length() -> None:
+    """The window full, its length no longer counts answers: with 500 (not a multiple of the
+    recalibration interval) the margin once froze at its first value."""
+    controller = AdmissionController(latency_budget=0.5, min_batches=1, min_calibration=64, calibration_window=500)
+    for _ in range(600):
+        controller.observe_answer(0.05, 0.25)
+    for _ in range(2000):
+        controller.observe_answer(0.05, 0.06)
+
+    assert controller.margin == pytest.approx(0.01)
+
+
 def test_the_margin_follows_recent_answers_not_all_of_them() -> None:
     controller = _calibrated(budget=0.5, overrun=0.2)
     for _ in range(512):

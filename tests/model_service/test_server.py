@@ -285,6 +285,7 @@ def test_each_model_answer_calibrates_admission_with_its_estimate_and_its_real_t
         return Decision(admit=True, estimated_wait=next(estimates))
 
     monkeypatch.setattr(admission, "decide", decide)
+    monkeypatch.setattr(type(admission), "estimating", property(lambda self: True))
     running.service.cache.min_confidence = 0.0
     auth = {"authorization": f"Bearer {TOKEN}"}
     with running.client() as client:
@@ -298,6 +299,19 @@ def test_each_model_answer_calibrates_admission_with_its_estimate_and_its_real_t
 
     assert [estimated for estimated, _ in observed] == [0.125, 0.25]
     assert all(0 < seconds <= elapsed for _, seconds in observed)
+
+
+def test_a_cold_pods_answers_do_not_calibrate_admission(running: Running, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before its cost model has batches, every estimate is 0: a cold pod's slow first answers
+    would read as overruns of their whole latency and narrow admission for minutes."""
+    admission = running.service.admission
+    observed: list[tuple[float, float]] = []
+    monkeypatch.setattr(admission, "observe_answer", lambda estimated, seconds: observed.append((estimated, seconds)))
+    monkeypatch.setattr(type(admission), "estimating", property(lambda self: False))
+    with running.client() as client:
+        assert _ask(client, "Where is my card?").json()["served_by"] == "model"
+
+    assert observed == []
 
 
 def test_a_shed_the_answer_table_could_have_answered_is_counted(running: Running) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from lab.aws import CREDENTIALS, moto_server
 from runbooks.errors import RunbookError
-from runbooks.ports.request_history import PERIOD_SECONDS, CloudWatchRequestHistory
+from runbooks.ports.request_history import INGESTION_LAG, PERIOD_SECONDS, CloudWatchRequestHistory
 
 
 @pytest.fixture(scope="module")
@@ -54,16 +54,18 @@ def test_the_rate_is_each_periods_request_count_over_its_seconds(aws: dict[str, 
     end -= dt.timedelta(minutes=end.minute % 5)
     dimensions = [{"Name": "TargetGroup", "Value": group[group.index("targetgroup/"):]},
                   {"Name": "LoadBalancer", "Value": balancer[balancer.index("app/"):]}]  # fmt: skip
-    counts = [600.0, 1200.0, 3000.0]
+    counts = [600.0, 1200.0, 3000.0, 90.0]  # the last period, starting at `end`, is still filling
     aws["cloudwatch"].put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
         {"MetricName": "RequestCount", "Dimensions": dimensions, "Timestamp": end - dt.timedelta(minutes=5 * (3 - i)),
          "Value": count, "Unit": "Count"} for i, count in enumerate(counts)
     ])  # fmt: skip
 
     history = CloudWatchRequestHistory(aws["cloudwatch"], aws["elbv2"], cluster=cluster, namespace="peakguard",
-                                       ingress="model-service").rates(end=end, hours=1)  # fmt: skip
+                                       ingress="model-service").rates(now=end + INGESTION_LAG + dt.timedelta(minutes=4),
+                                                                      hours=1)  # fmt: skip
 
-    assert list(history.rates) == [count / PERIOD_SECONDS for count in counts]
+    assert list(history.rates) == [count / PERIOD_SECONDS for count in counts[:3]], "the filling period is left out"
+    assert history.until == end
     assert list(history.times) == sorted(history.times)
     assert group[group.index("targetgroup/") :] in history.source
 

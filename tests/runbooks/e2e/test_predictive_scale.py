@@ -50,12 +50,14 @@ def _alb(world: World) -> list[dict[str, str]]:
             {"Name": "LoadBalancer", "Value": arn[arn.index("app/"):]}]  # fmt: skip
 
 
-def _history(world: World, rate: Callable[[dt.datetime], float], *, days: float = 5) -> None:
-    """Five days of RequestCount every 5 minutes up to now, `rate(t)` requests/s."""
+def _history(world: World, rate: Callable[[dt.datetime], float], *, days: float = 5, skip_zero: bool = False) -> None:
+    """Five days of RequestCount every 5 minutes up to now, `rate(t)` requests/s; with `skip_zero`,
+    periods without requests have no datapoint, as an ALB reports them."""
     dimensions = _alb(world)
     now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
     now -= dt.timedelta(minutes=now.minute % 5)
-    points = [now - dt.timedelta(minutes=5 * k) for k in range(int(days * 288), 0, -1)]
+    points = [now - dt.timedelta(minutes=5 * k) for k in range(int(days * 288), -1, -1)]
+    points = [t for t in points if not (skip_zero and rate(t) == 0)]
     cloudwatch = boto3.client("cloudwatch", **world.lab.client_args())
     for start in range(0, len(points), 500):
         cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
@@ -120,6 +122,36 @@ def test_never_above_the_declared_maximum(world: World) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert _basis(world)["cappedByMax"] is True
     assert world.hpa() == {"min": 6, "max": 6}
+
+
+def test_a_minimum_someone_set_higher_is_never_lowered(world: World) -> None:
+    hpa = world.store.get("horizontalpodautoscalers", NAMESPACE, "model-service-full")
+    world.store.replace("horizontalpodautoscalers", NAMESPACE, "model-service-full",
+                        {**hpa, "spec": {**hpa["spec"], "minReplicas": 5}})  # fmt: skip
+    _history(world, _daily_peak(quiet=5, peak=5))
+
+    done = _predictive(world)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _basis(world)["minReplicas"] < 5
+    assert world.hpa() == {"min": 5, "max": 6}
+
+
+def test_a_quiet_night_up_to_now_is_read_as_no_traffic_not_as_its_last_busy_period(world: World) -> None:
+    """No datapoint for the last hours (an ALB reports none without requests): the rate now is 0."""
+
+    def busy_until_three_hours_ago(t: dt.datetime) -> float:
+        return 0.0 if dt.datetime.now(dt.UTC) - t < dt.timedelta(hours=3) else 40.0
+
+    _history(world, busy_until_three_hours_ago, skip_zero=True)
+
+    done = _predictive(world)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    basis = _basis(world)
+    assert basis["rpsNow"] == 0
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)  # the basis is in naive UTC
+    assert dt.datetime.fromisoformat(basis["forecastAt"]) >= now + dt.timedelta(minutes=10)
 
 
 def test_a_failed_step_rolls_back_the_node_groups_it_raised(world: World) -> None:
