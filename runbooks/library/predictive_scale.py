@@ -198,6 +198,7 @@ RUNBOOK = Runbook(
             lambda context, before: before,
             lambda context, target: None,
             timeout=10,
+            undo=lambda context, before: "nothing: this step only reads the incident hold and changes nothing",
         ),
         Step(
             "gpu-node-groups",
