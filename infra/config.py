@@ -911,22 +911,29 @@ class _IngressDoc(_Doc):
 
 
 @dataclass(frozen=True)
-class _Rate(_ValueType):
-    """Requests per second: a positive number."""
+class _Positive(_ValueType):
+    """A number above 0 and below `high`; `problem` says what it is (rates, prices)."""
+
+    problem: str
+    high: float
 
     def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1_000_000:
-            raise _problem("must be requests per second, a number above 0")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < self.high:
+            raise _problem(self.problem)
         return float(value)
 
     def schema(self) -> dict[str, Any]:
-        return {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1_000_000}
+        return {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": self.high}
+
+
+_RATE = _Positive("must be requests per second, a number above 0", 1_000_000)
+_PRICE = _Positive("must be US dollars per hour, a number above 0 (and below 10000)", 10_000)
 
 
 class _PredictiveScaleDoc(_Doc):
     image: Annotated[str, _Image()]
     """The runbooks image, with the forecast extra."""
-    replica_rps: Annotated[float, _Rate()]
+    replica_rps: Annotated[float, _RATE]
     """Requests/s one full-model replica sustains on the pool's GPU."""
     horizon_minutes: Annotated[int, _Whole(1, 720)] = 15
     every_minutes: Annotated[int, _Whole(1, 60)] = 5
@@ -993,21 +1000,8 @@ class _KubernetesDoc(_Doc):
 _DATE = re.compile(r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
 
 
-@dataclass(frozen=True)
-class _Price(_ValueType):
-    """US dollars per hour: a positive number."""
-
-    def check(self, value: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 10_000:
-            raise _problem("must be US dollars per hour, a number above 0 (and below 10000)")
-        return float(value)
-
-    def schema(self) -> dict[str, Any]:
-        return {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10_000}
-
-
 class _PricingDoc(_Doc):
-    usd_per_hour: dict[Any, Annotated[float, _Price()]] = Field(alias="usdPerHour")
+    usd_per_hour: dict[Any, Annotated[float, _PRICE]] = Field(alias="usdPerHour")
     """On-Demand price per instance type in the stack's region."""
     source: Annotated[str, _TEXT]
     """Where the prices were read: a URL, or the AWS Pricing API query."""

@@ -27,13 +27,11 @@ import pulumi_kubernetes as k8s
 
 from infra.config import PredictiveScaleConfig
 from infra.irsa import irsa_role
-from infra.targets import freeze_parameter_name, hold_parameter_name, parameter_name
+from infra.targets import RUNBOOK_LOCK, freeze_parameter_name, hold_parameter_name, parameter_name
 
-__all__ = ["LEASE_NAME", "SERVICE_ACCOUNT", "PredictiveScaleJob", "PredictiveScaleJobArgs"]
+__all__ = ["SERVICE_ACCOUNT", "PredictiveScaleJob", "PredictiveScaleJobArgs"]
 
 SERVICE_ACCOUNT = "predictive-scale"
-LEASE_NAME = "peakguard-runbook-lock"
-"""The runbooks' lock (runbooks/ports/lease_lock.py), which this Role may take."""
 _JOURNALS = "/var/lib/peakguard/runs"
 
 
@@ -135,7 +133,7 @@ def rules(hpa: str, admin_token_secret: str) -> list[dict[str, Any]]:
          "verbs": ["get", "patch"]},
         # `create` cannot be limited by name (RBAC: resourceNames does not apply to create).
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [LEASE_NAME],
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": [RUNBOOK_LOCK],
          "verbs": ["get", "update"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": [admin_token_secret], "verbs": ["get"]},
     ]  # fmt: skip

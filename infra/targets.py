@@ -41,6 +41,11 @@ def freeze_parameter_name(env: str) -> str:
     return f"/peakguard/{env}/change-freeze"
 
 
+RUNBOOK_LOCK = "peakguard-runbook-lock"
+"""The Lease in the model service's namespace that one runbook runner holds at a time
+(runbooks/ports/lease_lock.py); the predictive-scale CronJob's Role names it."""
+
+
 def hold_parameter_name(env: str) -> str:
     """The incident hold a runbook sets while it holds temporary overrides: `pulumi up` refuses."""
     return f"/peakguard/{env}/incident-hold"

@@ -139,8 +139,7 @@ def _incident_on(context: Context) -> Reading:
 
 
 def _observe_hold(context: Context) -> Any:
-    hold = _ports(context).cloud.switches.hold()
-    return None if hold is None else {"runId": hold.get("runId"), "runbook": hold.get("runbook")}
+    return _ports(context).cloud.switches.hold_owner()
 
 
 def _apply_hold(context: Context, target: Any) -> None:

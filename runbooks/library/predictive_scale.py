@@ -133,8 +133,7 @@ def _regular(times: tuple[dt.datetime, ...], rates: tuple[float, ...], until: dt
 def _observe_hold(context: Context) -> Any:
     """The hold, as the plan pins it: the engine re-reads every step's state under the lock and
     refuses a run whose state moved, so a hold set after the plan was made stops the run."""
-    hold = ports_of(context).cloud.switches.hold()
-    return None if hold is None else {"runId": hold.get("runId"), "runbook": hold.get("runbook")}
+    return ports_of(context).cloud.switches.hold_owner()
 
 
 def _desired_groups(context: Context, before: Any) -> Any:

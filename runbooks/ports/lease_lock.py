@@ -11,13 +11,14 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from infra.targets import RUNBOOK_LOCK
 from runbooks.engine.locking import LockInfo
 from runbooks.errors import LockHeldError, RunbookError
 from runbooks.ports.kube_errors import status_of, translate
 
 __all__ = ["LEASE_NAME", "LeaseLock"]
 
-LEASE_NAME = "peakguard-runbook-lock"
+LEASE_NAME = RUNBOOK_LOCK
 
 
 def _now() -> datetime.datetime:

@@ -60,6 +60,11 @@ class SsmSwitches:
         """The incident hold's document (`runId`, `runbook`, `reason`, `since`), or None."""
         return self._read(hold_parameter_name(self._env))
 
+    def hold_owner(self) -> dict[str, Any] | None:
+        """Whose the hold is (run id and runbook), or None: what a plan pins of it."""
+        hold = self.hold()
+        return None if hold is None else {"runId": hold.get("runId"), "runbook": hold.get("runbook")}
+
     def set_hold(self, *, run_id: str, runbook: str, reason: str) -> None:
         current = self.hold()
         if current is not None and current.get("runId") != run_id:

@@ -12,7 +12,8 @@ import pytest
 
 from infra.config import ConfigError, StackConfig
 from infra.offline import OfflineRun, Registration
-from infra.predictive_scale_job import LEASE_NAME, SERVICE_ACCOUNT
+from infra.predictive_scale_job import SERVICE_ACCOUNT
+from infra.targets import RUNBOOK_LOCK
 from runbooks.ports import lease_lock
 from tests.infra.conftest import PROJECT_DIR, stack_values
 
@@ -101,10 +102,10 @@ def test_its_kubernetes_role_reaches_the_hpa_the_runbook_lock_and_the_admin_toke
     assert named == {
         ("horizontalpodautoscalers", ("model-service-full",), ("get", "patch")),
         ("leases", (), ("create",)),
-        ("leases", (LEASE_NAME,), ("get", "update")),
+        ("leases", (RUNBOOK_LOCK,), ("get", "update")),
         ("secrets", ("model-service-admin",), ("get",)),
     }
-    assert LEASE_NAME == lease_lock.LEASE_NAME, "the Role names the lock the runbooks take"
+    assert lease_lock.LEASE_NAME == RUNBOOK_LOCK, "the Role names the lock the runbooks take"
     binding = _one(dev_predictive, "kubernetes:rbac.authorization.k8s.io/v1:RoleBinding", SERVICE_ACCOUNT).inputs
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": SERVICE_ACCOUNT, "namespace": "peakguard"}]
 

