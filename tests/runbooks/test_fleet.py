@@ -8,6 +8,7 @@ run again."""
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from typing import Any
 
 import boto3  # type: ignore[import-untyped, unused-ignore]
@@ -30,7 +31,9 @@ GROUP = "full/us-west-2a"
 
 def _ports(world: Fleet, monkeypatch: pytest.MonkeyPatch) -> Ports:
     monkeypatch.setenv("AWS_ENDPOINT_URL", world.aws["endpoint_url"])
-    cloud = AwsCloud(boto3.Session(region_name=REGION, **CREDENTIALS), env="dev")
+    # An env of its own: moto keeps one account per process, so a hold or freeze another test left
+    # for "dev" in this worker would stop this test's runbook.
+    cloud = AwsCloud(boto3.Session(region_name=REGION, **CREDENTIALS), env=f"t{uuid.uuid4().hex[:8]}")
     return Ports(world.targets, KubernetesCluster.from_url(world.kubernetes.url), cloud, ModelServiceClient(token=""))
 
 
