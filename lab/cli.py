@@ -99,7 +99,20 @@ def register(commands: Any) -> None:
             "patch refused: it rolls back, timed, then runs again)"
         ),
     )
-    surge.add_argument("--steady", type=float, default=15.0, help="seconds of steady traffic first (default 15)")
+    surge.add_argument(
+        "--predictive",
+        action="store_true",
+        help="the variant for predictive-scale (lab/drill_predictive.py): CloudWatch holds six days in which this "
+        "surge came daily at this time; the surge runs twice on fresh labs, reactive (paged, emergency-stop) and "
+        "after predictive-scale's CronJob cycle, and the report says when capacity came in each",
+    )
+    surge.add_argument(
+        "--steady",
+        type=float,
+        default=None,
+        help="seconds of steady traffic first (default 15; 30 with --predictive: 10 minutes of the history's time "
+        "at k = 0.05, within the forecast's 15)",
+    )
     surge.add_argument("--surge", type=float, default=55.0, help="seconds the surge is held (default 55)")
     surge.add_argument(
         "--after",
@@ -118,10 +131,11 @@ def register(commands: Any) -> None:
     surge.add_argument(
         "--max-pods",
         type=int,
-        default=3,
+        default=None,
         help="pods the lab may run, each a serving process on these cores: the full model's HPA maximum is one "
         "less (rebuild's canary needs the last); at least 3 (default 3: with 5, four full-model processes on 2 "
-        "cores timed out thousands of requests while the runbook scaled out)",
+        "cores timed out thousands of requests while the runbook scaled out; 4 with --predictive, whose night "
+        "already asks for two replicas with the 30%% headroom, so that only the forecast asks for the third)",
     )
     surge.add_argument(
         "--k",
@@ -196,17 +210,19 @@ def _drill(args: argparse.Namespace) -> int:
             out=args.out,
             cache=args.cache,
             artifacts=args.artifacts,
-            steady_seconds=args.steady,
+            steady_seconds=args.steady if args.steady is not None else (30.0 if args.predictive else 15.0),
             surge_seconds=args.surge,
             after_seconds=args.after,
             surge_factor=args.factor,
             max_surge_rps=args.max_surge_rps,
             time_scale=args.k,
-            max_pods=args.max_pods,
+            max_pods=args.max_pods if args.max_pods is not None else (4 if args.predictive else 3),
             autopilot=not args.no_autopilot,
             upgrade=not args.no_upgrade,
             fault=args.fault,
         )
+        if args.predictive:
+            return _predictive(settings, args)
         timeline = run(settings, log=lambda line: print(line, flush=True))
     except KeyboardInterrupt:
         print("drill stopped: every process and port it started is stopped", file=sys.stderr)
@@ -221,5 +237,23 @@ def _drill(args: argparse.Namespace) -> int:
         print(f"report: {args.json}")
     if args.plot:
         plot(timeline, numbers, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+def _predictive(settings: Any, args: argparse.Namespace) -> int:
+    """Both arms, then the comparison (every arm's full report in the JSON)."""
+    from lab import drill_predictive
+    from lab.drill_report import report, write_json
+
+    result = drill_predictive.run(settings, log=lambda line: print(line, flush=True))
+    numbers = drill_predictive.compare(result, settings)
+    numbers["reports"] = {arm: report(timeline, settings) for arm, timeline in result.arms.items()}
+    print("\n" + drill_predictive.render(numbers))
+    if args.json:
+        write_json(numbers, args.json)
+        print(f"report: {args.json}")
+    if args.plot:
+        drill_predictive.plot(result, numbers, args.plot)
         print(f"plot: {args.plot}")
     return 0

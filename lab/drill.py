@@ -53,12 +53,26 @@ from model_service.load_generator import Phase, Request, run_phases
 from model_service.service_process import ServiceProcess
 from runbooks.engine.run import sigterm_as_interrupt
 
-__all__ = ["FAULTS", "NEXT_RELEASE", "DrillError", "DrillSettings", "Timeline", "run"]
+__all__ = [
+    "FAULTS",
+    "FULL_DEPLOYMENT",
+    "NEXT_RELEASE",
+    "DrillError",
+    "DrillSettings",
+    "Prepared",
+    "Timeline",
+    "prepare",
+    "run",
+    "run_lab",
+    "run_runbook",
+]
 Log = Callable[[str], None]
 
 NEXT_RELEASE = "1.33.4-20251010"
 """The EKS-optimized AMI release the drill's stack config declares as the full pool's next
 generation (`gpuPools.full.next.releaseVersion`; the dev cluster is 1.33), for rolling-upgrade."""
+FULL_DEPLOYMENT = "model-service-full"
+"""The full model's Deployment and HPA (infra/model_workload.py names both so)."""
 _POD_THREADS = 1
 """Torch threads of every serving process, the calibration's too: replicas here share the
 machine's cores (on a cluster each has its own device), and two full-model replicas with a thread
@@ -113,6 +127,8 @@ class DrillSettings:
     project_dir: Path | None = None
     """The checkout holding Pulumi.yaml (the program the lab is seeded from): default, the current
     directory or a parent, else the checkout this code runs from."""
+    rebuild: bool = True
+    """With the autopilot: once the surge is over and calm, `rebuild` takes the fleet back to normal mode."""
     upgrade: bool = True
     """With the autopilot: after rebuild, `rolling-upgrade` to `NEXT_RELEASE` under the steady load."""
     window: float | None = None
@@ -176,6 +192,10 @@ class Timeline:
     """The fault's effect: when it struck (Unix time), Ready replicas just before and a few seconds after."""
     evaluation_interval: float = 1.0
     """Seconds between Prometheus's rule evaluations (and scrapes)."""
+    history: dict[str, Any] = field(default_factory=dict)
+    """The request history CloudWatch was given before the traffic (the predictive variant)."""
+    capacity: list[tuple[float, int, int]] = field(default_factory=list)
+    """(Unix time, Ready full-model replicas, the HPA's minimum), every half second from the traffic's start."""
     balancer_errors: dict[str, int] = field(default_factory=dict)
     """The load balancer's own error answers by status and cause, at the end."""
     autopilot_done: threading.Event = field(default_factory=threading.Event)
@@ -197,16 +217,44 @@ class Timeline:
         raise KeyError(name)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """What every run of the lab on this machine shares: the queries, the models, the calibration."""
+
+    texts: list[str]
+    models: Path
+    models_line: str
+    calibration: dict[str, Any]
+
+
+AtStart = Callable[[Lab, "Timeline"], None]
+"""Run in a thread of its own when the traffic starts (the predictive variant's CronJob cycle)."""
+
+
 def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
     """Run the drill; the timeline it leaves (lab.drill_report turns it into numbers)."""
-    timeline = Timeline()
+    return run_lab(settings, prepare(settings, log=log), log=log)
+
+
+def prepare(settings: DrillSettings, *, log: Log = print) -> Prepared:
+    """The models (made or found) and this machine's calibration, once for every run that follows."""
     settings.out.mkdir(parents=True, exist_ok=True)
-    _clear_scratch(settings.out)
     texts = _queries(settings.data)
     models = _models(settings, log)
-    timeline.models = _models_line(models)
-    log(f"models: {timeline.models}")
-    timeline.calibration = _calibrate(models, texts, settings, log)
+    line = _models_line(models)
+    log(f"models: {line}")
+    return Prepared(texts, models, line, _calibrate(models, texts, settings, log))
+
+
+def run_lab(
+    settings: DrillSettings, prepared: Prepared, *, log: Log = print, at_start: AtStart | None = None
+) -> Timeline:
+    """One run of the traffic against a fresh lab: its timeline."""
+    timeline = Timeline()
+    _clear_scratch(settings.out)
+    texts, models = prepared.texts, prepared.models
+    timeline.models = prepared.models_line
+    timeline.calibration = dict(prepared.calibration)
     slo, budget = timeline.calibration["slo_seconds"], timeline.calibration["latency_budget_seconds"]
     sustainable = timeline.calibration["sustainable_rps"]
     surge_rps = settings.surge_factor * sustainable
@@ -272,6 +320,9 @@ def run(settings: DrillSettings, *, log: Log = print) -> Timeline:
             timeline.autopilot_done.set()
         if settings.fault is not None and WHEN[settings.fault] != "before-rebuild":
             threads.append(threading.Thread(target=_fault, args=(lab, settings, timeline, stop, log), daemon=True))
+        threads.append(threading.Thread(target=_sample_capacity, args=(lab, timeline, stop), daemon=True))
+        if at_start is not None:
+            threads.append(threading.Thread(target=at_start, args=(lab, timeline), daemon=True))
         # Every thread times itself from the traffic's start: set before any of them runs.
         timeline.started = time.time()
         for thread in threads:
@@ -472,6 +523,18 @@ def _follow_pods(lab: Lab, prometheus: Prometheus, stop: threading.Event) -> Non
         stop.wait(0.5)
 
 
+def _sample_capacity(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
+    """The full model's Ready replicas and HPA minimum, every half second: when capacity arrived."""
+    while not stop.is_set():
+        with contextlib.suppress(Exception):  # a busy API at the peak: a missing sample, never a guess
+            deployment = lab.store.get("deployments", NAMESPACE, FULL_DEPLOYMENT)
+            hpa = lab.store.get("horizontalpodautoscalers", NAMESPACE, FULL_DEPLOYMENT)
+            ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
+            with timeline.lock:
+                timeline.capacity.append((time.time(), ready, int(hpa["spec"].get("minReplicas", 1))))
+        stop.wait(0.5)
+
+
 def _watch(prometheus: Prometheus, timeline: Timeline) -> list[Firing]:
     """Record when each alert is first seen firing; the alerts firing now."""
     firing: list[Firing] = []
@@ -505,7 +568,7 @@ def _autopilot(
             again = " again, after its rollback" if attempts else ""
             timeline.note(f"paged: {names}; running emergency-stop{again}")
             log(f"autopilot: {names} firing; running emergency-stop{again}")
-            exit_status = _runbook(
+            exit_status = run_runbook(
                 lab, settings, timeline, "emergency-stop", "--capacity-timeout", "120", "--recovery-timeout", "60"
             )
             attempts += 1
@@ -514,20 +577,23 @@ def _autopilot(
             continue
         quiet_since = (quiet_since or now) if not firing else None
         calm = quiet_since is not None and now - quiet_since >= settings.quiet_before_rebuild
-        if mitigated and not rebuilt and calm and now >= timeline.phase_start("after") and _flowing(timeline):
+        if mitigated and not settings.rebuild:
+            if now >= timeline.phase_start("after") + settings.after_seconds:
+                timeline.autopilot_done.set()  # mitigated; taking it back is not this run's question
+        elif mitigated and not rebuilt and calm and now >= timeline.phase_start("after") and _flowing(timeline):
             version = _served_version(lab)
             timeline.note(f"calm for {settings.quiet_before_rebuild:g} s after the surge; running rebuild")
             log("autopilot: the surge is over and nothing fires; running rebuild (back to normal mode)")
             undo = _strike(lab, settings, timeline, log) if settings.fault == "bad-step" else None
             rebuild = ("rebuild", "--version", version, "--canary-timeout", "120")
-            normal = _runbook(lab, settings, timeline, *rebuild) == 0
+            normal = run_runbook(lab, settings, timeline, *rebuild) == 0
             if not normal:
                 if undo is not None:
                     undo()
                 if _flowing(timeline):  # the drill is ending: no second run against a lab going away
                     timeline.note("rebuild did not finish; running it again")
                     log("autopilot: rebuild did not finish; running it again")
-                    normal = _runbook(lab, settings, timeline, *rebuild) == 0
+                    normal = run_runbook(lab, settings, timeline, *rebuild) == 0
             rebuilt = True
             # Nodes are changed only on a fleet back to normal, as a change freeze would have it.
             if settings.upgrade and normal and _flowing(timeline):
@@ -559,7 +625,7 @@ def _upgrade(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) ->
     log(f"autopilot: the fleet is back to normal; running rolling-upgrade to {NEXT_RELEASE} under steady load")
     timeline.upgrade["before"] = _generations(lab)
     bounds = ("--drain-timeout", "60", "--node-timeout", "120", "--gate-timeout", "60", "--poll", "0.5")
-    _runbook(lab, settings, timeline, "rolling-upgrade", "--to", NEXT_RELEASE, *bounds)
+    run_runbook(lab, settings, timeline, "rolling-upgrade", "--to", NEXT_RELEASE, *bounds)
     # A removed node's instance ends, then its Node goes (lab.node_groups): read once that settled.
     deadline = time.monotonic() + 10
     while len(_generations(lab) or {}) > 1 and time.monotonic() < deadline:
@@ -569,13 +635,10 @@ def _upgrade(lab: Lab, settings: DrillSettings, timeline: Timeline, log: Log) ->
 
 def _replicas_short(lab: Lab) -> str | None:
     """Why the full fleet is not whole (fewer Ready replicas than it wants), or None."""
-    deployment = lab.store.get("deployments", NAMESPACE, _FULL_DEPLOYMENT)
+    deployment = lab.store.get("deployments", NAMESPACE, FULL_DEPLOYMENT)
     wanted = int(deployment.get("spec", {}).get("replicas") or 0)
     ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
-    return None if ready >= wanted else f"{_FULL_DEPLOYMENT} has {ready} of {wanted} replicas Ready"
-
-
-_FULL_DEPLOYMENT = "model-service-full"
+    return None if ready >= wanted else f"{FULL_DEPLOYMENT} has {ready} of {wanted} replicas Ready"
 
 
 def _generations(lab: Lab) -> dict[str, int] | None:
@@ -599,7 +662,7 @@ def _served_version(lab: Lab) -> str:
     return newest_version(lab.settings.artifacts)
 
 
-def _runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *args: str) -> int:
+def run_runbook(lab: Lab, settings: DrillSettings, timeline: Timeline, name: str, *args: str) -> int:
     """`peakguard runbook run NAME --yes` as the on-call would type it; waits for it to end; its exit status."""
     journals = settings.out / "journal"
     command = [

@@ -37,6 +37,7 @@ import httpx
 from infra.manifests import Manifest, manifests
 from infra.offline import OfflineRun, run_offline
 from infra.targets import TargetsDocument, freeze_parameter_name, hold_parameter_name, parameter_name
+from lab.alb import play_ingress_alb
 from lab.aws import CREDENTIALS, moto_server
 from lab.controllers import Controllers, Delays
 from lab.kube_api import RESOURCES, LocalKubernetes, ObjectStore
@@ -174,6 +175,8 @@ class Lab:
         self.controllers: Controllers
         self.node_groups: NodeGroups | None = None
         self.proxy: LorProxy
+        self.request_count_dimensions: list[dict[str, str]] = []
+        """The dimensions of the model service's ALB RequestCount in CloudWatch (lab.alb), if it has an Ingress."""
         self._stack = contextlib.ExitStack()
 
     # --- Lifecycle ------------------------------------------------------------------------------
@@ -300,6 +303,11 @@ class Lab:
                 nodeRole="arn:aws:iam::123456789012:role/node",
                 scalingConfig={"minSize": 0, "desiredSize": desired, "maxSize": self.settings.node_group_max_size},
                 **incoming,
+            )
+        service = self.targets.model_service
+        if service is not None and service.ingress:
+            self.request_count_dimensions = play_ingress_alb(
+                self.client_args(), cluster=cluster, namespace=service.namespace, ingress=service.ingress
             )
         env = self.settings.env
         ssm.put_parameter(Name=parameter_name(env), Value=self.targets.to_json(), Type="String", Overwrite=True)

@@ -86,3 +86,54 @@ def test_a_short_drill_pages_mitigates_rolls_back_a_bad_step_and_loses_nothing(
             "requests_shed", "runbooks", "timeline", "series"} <= set(written)  # fmt: skip
     assert written["series"]["responses_per_second_by_outcome"], "the scraped series per pod"
     assert (tmp_path / "plot.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+@pytest.mark.alone  # like the drill above: calibrated to this machine, then every core loaded
+@pytest.mark.timeout(600)
+def test_the_predictive_variant_has_capacity_ready_before_the_daily_peak_and_reactive_scaling_after_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lab import drill_predictive
+
+    monkeypatch.chdir(PROJECT_DIR)
+    artifacts = tmp_path / "models"
+    write_tiny_artifacts(artifacts, full=FULL)
+    # 25 s of steady traffic: the surge is 8.3 minutes of the history's time away (k = 0.05), inside
+    # the forecast's 15, and lasts past its period (40 s: 13.3 minutes); the CronJob's cycle has
+    # seconds to start the replicas before it. Three replicas at most: the night's rate with the 30%
+    # headroom already asks for two, so only the forecast asks for the third.
+    settings = DrillSettings(
+        data=DATA, out=tmp_path / "out", cache=tmp_path / "cache", artifacts=artifacts,
+        steady_seconds=25, surge_seconds=40, after_seconds=5, after_max_seconds=120, calibration_seconds=3,
+        max_pods=4, max_surge_rps=300,
+    )  # fmt: skip
+
+    result = drill_predictive.run(settings, log=print)
+    numbers = drill_predictive.compare(result, settings)
+    drill_predictive.plot(result, numbers, tmp_path / "predictive.png")
+    print(drill_predictive.render(numbers))
+
+    # The CronJob's cycle forecast the daily peak and raised the HPA minimum to the lab's most.
+    cycle = numbers["predictive_scale"]
+    assert cycle is not None and cycle["exit"] == 0, cycle
+    basis = cycle["basis"]
+    surge_rps = result.arms["predictive"].phases[1].rps
+    assert basis["forecastP90Rps"] >= 0.9 * surge_rps, basis
+    assert basis["minReplicas"] == settings.max_pods - 1 <= basis["needAhead"], basis
+    assert basis["needNow"] < basis["minReplicas"], "the forecast, not the rate now, asked for the most"
+    predictive, reactive = numbers["arms"]["predictive"], numbers["arms"]["reactive"]
+    # Forecast: every replica Ready before the surge began; reactive: one as it began, the rest after.
+    assert predictive["ready_replicas_at_surge"] == settings.max_pods - 1, predictive
+    assert predictive["full_capacity_lead_s"] > 0 and predictive["short_of_full_capacity_in_surge_s"] == 0, predictive
+    assert reactive["ready_replicas_at_surge"] == 1, reactive
+    assert reactive["full_capacity_lead_s"] is None or reactive["full_capacity_lead_s"] < 0, reactive
+    assert reactive["short_of_full_capacity_in_surge_s"] > 0, reactive
+    assert [entry["runbook"] for entry in reactive["runbooks"]][:1] in ([], ["emergency-stop"])
+    # Nothing lost in either.
+    for arm in drill_predictive.ARMS:
+        whole = report(result.arms[arm], settings)
+        assert whole["requests_failed"] == 0, (arm, whole["failed_by_status"], whole["balancer_errors"])
+        early = numbers["arms"][arm]["early_surge"]
+        assert early["failed"] == 0 and early["requests"] > 0, (arm, early)
+    assert (tmp_path / "predictive.png").stat().st_size > 10_000

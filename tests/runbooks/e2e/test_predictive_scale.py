@@ -11,10 +11,9 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-import boto3  # type: ignore[import-untyped, unused-ignore]
-
 from infra import facts
 from infra.targets import hold_parameter_name
+from lab.alb import write_request_count
 from runbooks.ports.lease_lock import LEASE_NAME
 from tests.runbooks.e2e.conftest import NAMESPACE, World, _records
 
@@ -28,42 +27,12 @@ def _predictive(world: World, *args: str) -> Any:
                            "--replica-rps", str(REPLICA_RPS), *args)  # fmt: skip
 
 
-def _alb(world: World) -> list[dict[str, str]]:
-    """The target group and ALB the controller makes from the Ingress; the metric's dimensions."""
-    ec2, elbv2 = (boto3.client(name, **world.lab.client_args()) for name in ("ec2", "elbv2"))
-    vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
-    subnets = [ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.9.{i}.0/24", AvailabilityZone=f"us-west-2{zone}")
-               ["Subnet"]["SubnetId"] for i, zone in ((1, "a"), (2, "b"))]  # fmt: skip
-    group = elbv2.create_target_group(Name="k8s-peakguar-modelser-0a1b2c3d4e", Protocol="HTTP", Port=8080, VpcId=vpc,
-                                      TargetType="ip")["TargetGroups"][0]["TargetGroupArn"]  # fmt: skip
-    service = world.targets.model_service
-    assert service is not None
-    elbv2.add_tags(ResourceArns=[group], Tags=[
-        {"Key": "elbv2.k8s.aws/cluster", "Value": world.targets.cluster.name},
-        {"Key": "ingress.k8s.aws/stack", "Value": f"{service.namespace}/{service.ingress}"},
-    ])  # fmt: skip
-    balancer = elbv2.create_load_balancer(Name="k8s-peakguar-modelser", Subnets=subnets)["LoadBalancers"][0]
-    elbv2.create_listener(LoadBalancerArn=balancer["LoadBalancerArn"], Protocol="HTTP", Port=80,
-                          DefaultActions=[{"Type": "forward", "TargetGroupArn": group}])  # fmt: skip
-    arn = balancer["LoadBalancerArn"]
-    return [{"Name": "TargetGroup", "Value": group[group.index("targetgroup/"):]},
-            {"Name": "LoadBalancer", "Value": arn[arn.index("app/"):]}]  # fmt: skip
-
-
 def _history(world: World, rate: Callable[[dt.datetime], float], *, days: float = 5, skip_zero: bool = False) -> None:
-    """Five days of RequestCount every 5 minutes up to now, `rate(t)` requests/s; with `skip_zero`,
-    periods without requests have no datapoint, as an ALB reports them."""
-    dimensions = _alb(world)
-    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-    now -= dt.timedelta(minutes=now.minute % 5)
-    points = [now - dt.timedelta(minutes=5 * k) for k in range(int(days * 288), -1, -1)]
-    points = [t for t in points if not (skip_zero and rate(t) == 0)]
-    cloudwatch = boto3.client("cloudwatch", **world.lab.client_args())
-    for start in range(0, len(points), 500):
-        cloudwatch.put_metric_data(Namespace="AWS/ApplicationELB", MetricData=[
-            {"MetricName": "RequestCount", "Dimensions": dimensions, "Timestamp": t, "Value": rate(t) * 300,
-             "Unit": "Count"} for t in points[start : start + 500]
-        ])  # fmt: skip
+    """Five days of RequestCount every 5 minutes up to now, `rate(t)` requests/s, for the target
+    group the lab's played load balancer controller made from the Ingress."""
+    assert world.lab.request_count_dimensions, "the lab plays the Ingress's ALB"
+    write_request_count(world.lab.client_args(), world.lab.request_count_dimensions, rate, days=days,
+                        skip_zero=skip_zero)  # fmt: skip
 
 
 def _daily_peak(quiet: float, peak: float, *, now_rate: float | None = None) -> Callable[[dt.datetime], float]:
