@@ -110,8 +110,8 @@ def register(commands: Any) -> None:
         "--steady",
         type=float,
         default=None,
-        help="seconds of steady traffic first (default 15; 30 with --predictive: 10 minutes of the history's time "
-        "at k = 0.05, within the forecast's 15)",
+        help="seconds of steady traffic first (default 15; with --predictive, 10 minutes of the history's time, as "
+        "far ahead as the 15-minute forecast sees: 600k s, 30 at k = 0.05)",
     )
     surge.add_argument("--surge", type=float, default=55.0, help="seconds the surge is held (default 55)")
     surge.add_argument(
@@ -199,6 +199,7 @@ def _drill(args: argparse.Namespace) -> int:
     import os
 
     from lab.drill import DrillError, DrillSettings, run
+    from lab.drill_predictive import default_steady
     from lab.drill_report import plot, render, report, write_json
     from lab.lab import LabError
 
@@ -210,7 +211,9 @@ def _drill(args: argparse.Namespace) -> int:
             out=args.out,
             cache=args.cache,
             artifacts=args.artifacts,
-            steady_seconds=args.steady if args.steady is not None else (30.0 if args.predictive else 15.0),
+            steady_seconds=args.steady
+            if args.steady is not None
+            else (default_steady(args.k) if args.predictive else 15.0),
             surge_seconds=args.surge,
             after_seconds=args.after,
             surge_factor=args.factor,
@@ -242,18 +245,18 @@ def _drill(args: argparse.Namespace) -> int:
 
 
 def _predictive(settings: Any, args: argparse.Namespace) -> int:
-    """Both arms, then the comparison (every arm's full report in the JSON)."""
-    from lab import drill_predictive
+    """Both arms, then the comparison (every arm's full report in the JSON); exit 1 if not a valid one."""
+    from lab import drill_comparison, drill_predictive
     from lab.drill_report import report, write_json
 
     result = drill_predictive.run(settings, log=lambda line: print(line, flush=True))
-    numbers = drill_predictive.compare(result, settings)
+    numbers = drill_comparison.compare(result, settings)
     numbers["reports"] = {arm: report(timeline, settings) for arm, timeline in result.arms.items()}
-    print("\n" + drill_predictive.render(numbers))
+    print("\n" + drill_comparison.render(numbers))
     if args.json:
         write_json(numbers, args.json)
         print(f"report: {args.json}")
     if args.plot:
-        drill_predictive.plot(result, numbers, args.plot)
+        drill_comparison.plot(result, numbers, args.plot)
         print(f"plot: {args.plot}")
-    return 0
+    return 0 if numbers["valid"] else 1

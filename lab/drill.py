@@ -45,6 +45,7 @@ from infra.config import ConfigError
 from infra.facts import GENERATION_LABEL, HEADROOM, INSTANCE_TYPES, POOL_LABEL
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
 from lab.drill_faults import FAULTS, WHEN, inject
+from lab.kube_api import ApiStatus
 from lab.lab import NAMESPACE, Lab, LabSettings
 from lab.node_groups import NodeGroupDelays
 from lab.prometheus import Firing, Prometheus
@@ -458,6 +459,11 @@ def _calibrate(models: Path, texts: list[str], settings: DrillSettings, log: Log
     }
 
 
+def full_replicas_most(max_pods: int) -> int:
+    """The full model's HPA maximum in a lab of `max_pods`: every pod but rebuild's canary."""
+    return max(1, max_pods - 1)
+
+
 def _program(project_dir: Path, env: str, slo: float, max_pods: int) -> OfflineRun:
     """The Pulumi program for `env` with the SLO this machine was measured to meet and the replicas
     it can run (the alerts, the HPA and the runbooks' plans read them from there, as they would from
@@ -466,7 +472,7 @@ def _program(project_dir: Path, env: str, slo: float, max_pods: int) -> OfflineR
     its next generation, for rolling-upgrade."""
     values = load_stack_file(project_dir, env)
     kubernetes = dict(values.get("peakguard:kubernetes") or {})
-    most = max(1, max_pods - 1)
+    most = full_replicas_most(max_pods)
     pools = dict(values.get("peakguard:gpuPools") or {})
     pool = pools.get("full", {})
     pools["full"] = {**pool, "next": {"releaseVersion": NEXT_RELEASE}}
@@ -526,7 +532,7 @@ def _follow_pods(lab: Lab, prometheus: Prometheus, stop: threading.Event) -> Non
 def _sample_capacity(lab: Lab, timeline: Timeline, stop: threading.Event) -> None:
     """The full model's Ready replicas and HPA minimum, every half second: when capacity arrived."""
     while not stop.is_set():
-        with contextlib.suppress(Exception):  # a busy API at the peak: a missing sample, never a guess
+        with contextlib.suppress(ApiStatus):  # not created yet, or gone: a missing sample, never a guess
             deployment = lab.store.get("deployments", NAMESPACE, FULL_DEPLOYMENT)
             hpa = lab.store.get("horizontalpodautoscalers", NAMESPACE, FULL_DEPLOYMENT)
             ready = int((deployment.get("status") or {}).get("readyReplicas") or 0)
@@ -577,10 +583,14 @@ def _autopilot(
             continue
         quiet_since = (quiet_since or now) if not firing else None
         calm = quiet_since is not None and now - quiet_since >= settings.quiet_before_rebuild
-        if mitigated and not settings.rebuild:
-            if now >= timeline.phase_start("after") + settings.after_seconds:
-                timeline.autopilot_done.set()  # mitigated; taking it back is not this run's question
-        elif mitigated and not rebuilt and calm and now >= timeline.phase_start("after") and _flowing(timeline):
+        if (
+            mitigated
+            and not rebuilt
+            and settings.rebuild
+            and calm
+            and now >= timeline.phase_start("after")
+            and _flowing(timeline)
+        ):
             version = _served_version(lab)
             timeline.note(f"calm for {settings.quiet_before_rebuild:g} s after the surge; running rebuild")
             log("autopilot: the surge is over and nothing fires; running rebuild (back to normal mode)")
@@ -599,8 +609,8 @@ def _autopilot(
             if settings.upgrade and normal and _flowing(timeline):
                 _upgrade(lab, settings, timeline, log)
             timeline.autopilot_done.set()
-        elif not mitigated and now >= timeline.phase_start("after") + settings.after_seconds:
-            timeline.autopilot_done.set()  # nothing paged: nothing to take back
+        elif (not mitigated or not settings.rebuild) and now >= timeline.phase_start("after") + settings.after_seconds:
+            timeline.autopilot_done.set()  # nothing paged, or nothing to take back in this run
         stop.wait(1.0)
 
 
