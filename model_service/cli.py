@@ -336,6 +336,12 @@ def register_bench(commands: Any) -> None:
     )  # fmt: skip
     pruning.add_argument("--recovery-epochs", type=float, default=0.5, help="fine-tune after pruning (default 0.5)")
     pruning.add_argument(
+        "--distill",
+        action="store_true",
+        help="recover from the unpruned model's answers (its logits on the training split) as well as the labels, "
+        "as the light model is trained",
+    )
+    pruning.add_argument(
         "--seed", type=int, default=13, help="the training run's seed (keeps its validation split out)"
     )
     pruning.add_argument("--repeats", type=_positive_int, default=20, help="timed forwards per model (default 20)")
@@ -499,7 +505,7 @@ def _bench_pruning(args: argparse.Namespace) -> int:
         points = tuple(parse_point(text) for text in args.points) if args.points else DEFAULT_POINTS
         settings = PruningSettings(
             artifacts=args.artifacts, data=args.data, version=args.version, points=points,
-            recovery_epochs=args.recovery_epochs, seed=args.seed, repeats=args.repeats,
+            recovery_epochs=args.recovery_epochs, distill=args.distill, seed=args.seed, repeats=args.repeats,
         )  # fmt: skip
         return run(settings, log=_say)
 

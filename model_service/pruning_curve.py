@@ -2,7 +2,8 @@
 
 The seed's row says structured pruning cut latency by 32% at a 0.5-point accuracy cost. Each point
 of the curve prunes the trained full model (feed-forward channels and attention heads, see
-`pruning`), gives it a short recovery fine-tune on banking77's training split, and measures its
+`pruning`), gives it a short recovery fine-tune on banking77's training split (on the labels, or
+distilled from the unpruned model's answers with `distill`), and measures its
 test accuracy; then every point's latency at batch 32 is timed interleaved with the unpruned
 model's, so the ratios are side by side. The seed's row is met when some point is at least 30%
 faster at no more than 0.5 points lost.
@@ -80,6 +81,9 @@ class PruningSettings:
     points: tuple[Point, ...] = DEFAULT_POINTS
     recovery_epochs: float = 0.5
     """Passes over the training split after pruning (the full model trained for 2)."""
+    distill: bool = False
+    """Recover from the unpruned model's answers too (its logits on the training split, as the light
+    model learns from the full one), not from the labels alone."""
     batch: int = 32
     repeats: int = 20
     seed: int = 13
@@ -120,17 +124,21 @@ def run(settings: PruningSettings, *, log: Log = print) -> dict[str, Any]:
     training = TrainingSettings(seed=settings.seed)
     base_accuracy = accuracy(predict(full, test.texts, encoder), test.labels)
     log(f"full: {full.parameter_count() / 1e6:.1f}M parameters, test accuracy {base_accuracy:.4f}")
+    teacher = None
+    if settings.distill and settings.recovery_epochs > 0:
+        log("the unpruned model's logits on the training split, to distil from")
+        teacher = predict(full, train.texts, encoder)
     variants: dict[str, nn.Module] = {"full": full}
     rows: list[dict[str, Any]] = []
     for point in settings.points:
         model = _pruned(full, point)
         size = f"{model.parameter_count() / 1e6:.1f}M parameters"
-        log(f"{point.name}: {size}; recovery {settings.recovery_epochs:g} epochs")
+        how = "distilled from the unpruned model" if teacher is not None else "on the labels"
+        log(f"{point.name}: {size}; recovery {settings.recovery_epochs:g} epochs {how}")
         seconds = 0.0
         if settings.recovery_epochs > 0:
-            seconds = fit(
-                model, train, encoder, training, epochs=settings.recovery_epochs, lr=training.lr_full, log=log
-            )
+            seconds = fit(model, train, encoder, training, epochs=settings.recovery_epochs, lr=training.lr_full,
+                          teacher_logits=teacher, log=log)  # fmt: skip
         score = accuracy(predict(model, test.texts, encoder), test.labels)
         log(f"  test accuracy {score:.4f} ({100 * (score - base_accuracy):+.2f} pt)")
         variants[point.name] = model.eval()
@@ -169,7 +177,8 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         f"structured pruning, version {report['version']}: batch {report['settings']['batch']}, "
         f"{report['threads']} threads, {report['test_queries']} test queries, recovery "
-        f"{report['settings']['recovery_epochs']:g} epochs",
+        f"{report['settings']['recovery_epochs']:g} epochs"
+        f"{', distilled from the unpruned model' if report['settings'].get('distill') else ''}",
         f"{'model':32} {'params':>7} {'latency':>9} {'vs full':>8} {'accuracy':>9} {'loss':>8}",
         f"{'full':32} {full['parameters'] / 1e6:6.1f}M {full['latency_ms']:7.1f}ms {'':>8} "
         f"{100 * full['accuracy']:8.2f}%",

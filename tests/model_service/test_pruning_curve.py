@@ -56,6 +56,35 @@ def test_each_point_is_pruned_fine_tuned_scored_and_timed_against_the_full_model
     assert ("met" if report["seed_row"]["met"] else "missed") in render(report).splitlines()[-1]
 
 
+def test_with_distill_each_point_recovers_from_the_unpruned_model_s_logits(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from model_service import pruning_curve
+
+    _tiny_banking77_model(tmp_path / "models", data_dir)
+    seen: list[Any] = []
+    real_fit = pruning_curve.fit
+
+    def spying_fit(*args: Any, **kwargs: Any) -> float:
+        seen.append(kwargs.get("teacher_logits"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(pruning_curve, "fit", spying_fit)
+    settings = PruningSettings(
+        artifacts=tmp_path / "models", data=data_dir, points=(Point(0.5), Point(0.25)), recovery_epochs=1.0,
+        repeats=2, sample_limit=64, distill=True,
+    )  # fmt: skip
+
+    report = run(settings, log=lambda _: None)
+
+    assert len(seen) == 2 and all(t is not None for t in seen)
+    assert seen[0] is seen[1], "the unpruned model's logits, computed once, not a pruned point's"
+    assert tuple(seen[0].shape) == (64, 77), "one row of logits per training example, one column per intent"
+    assert "distilled from the unpruned model" in render(report).splitlines()[0]
+    labels_only = run(PruningSettings(**{**vars(settings), "distill": False}), log=lambda _: None)
+    assert seen[2] is None and "distilled" not in render(labels_only)
+
+
 @pytest.mark.parametrize(
     ("text", "point"),
     [("channels=0.5", Point(0.5)), ("channels=0.375,heads=8", Point(0.375, 8)), (" channels=1 ", Point(1.0))],
