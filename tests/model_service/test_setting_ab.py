@@ -15,9 +15,13 @@ from tests.model_service.conftest import write_tiny_artifacts
 
 def test_a_real_run_alternates_the_variants_at_one_rate_and_reports_both(tmp_path: Path) -> None:
     write_tiny_artifacts(tmp_path / "models")
+    # The breaker out of the way: its default trip is 1.5x admission's budget, which for a tiny model
+    # is tens of milliseconds, within what a CI worker beside this one adds (it opened in the CI of
+    # 16e50cb). A run it was open for is refused: test_a_run_the_breaker_was_open_for_... below.
+    calm = ("breaker", {"trip_above": 10.0, "recover_below": 5.0})
     settings = AbSettings(
-        artifacts=tmp_path / "models", b=(("batch_budget_share", 0.5),), sustainable_rps=30, seconds=3,
-        rounds=2, unloaded_seconds=3, warm_seconds=2,
+        artifacts=tmp_path / "models", a=(calm,), b=(("batch_budget_share", 0.5), calm), sustainable_rps=30,
+        seconds=3, rounds=2, unloaded_seconds=3, warm_seconds=2,
     )  # fmt: skip
     order: list[str] = []
 
@@ -29,8 +33,8 @@ def test_a_real_run_alternates_the_variants_at_one_rate_and_reports_both(tmp_pat
     assert report["overload_rps"] == 240
     assert len(report["runs"]["A"]) == len(report["runs"]["B"]) == 2
     assert len(report["b_over_a"]) == 2
-    assert report["variants"]["B"]["serve_settings"] == {"batch_budget_share": 0.5}
-    assert report["variants"]["A"]["serve_settings"] == {}
+    assert report["variants"]["B"]["serve_settings"] == {"batch_budget_share": 0.5, **dict([calm])}
+    assert report["variants"]["A"]["serve_settings"] == dict([calm])
     for entry in report["variants"].values():
         assert entry["errors_5xx"] == 0
         assert entry["answered_rps"] > 0
