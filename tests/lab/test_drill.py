@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,23 +23,25 @@ FULL = {"hidden": 256, "attention_dim": 256, "heads": 4, "layers": 4, "intermedi
 DATA = Path(os.environ.get("PEAKGUARD_DATA", PROJECT_DIR.parent / "shared" / "data"))
 
 
+def _short_drill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **timing: Any) -> DrillSettings:
+    """A CI-sized drill's settings, run from the checkout, serving models made for it: a full model
+    big enough that its latency is compute, not scheduling jitter (a tiny one's p99 of ~20 ms moved
+    the SLO run to run) and slow enough that 8x of what it sustains (about 10 requests/s here) is
+    within what the generator offers; the light model stays tiny, so degrading helps."""
+    monkeypatch.chdir(PROJECT_DIR)
+    write_tiny_artifacts(tmp_path / "models", full=FULL)
+    return DrillSettings(data=DATA, out=tmp_path / "out", cache=tmp_path / "cache", artifacts=tmp_path / "models",
+                         **{"after_seconds": 5, "calibration_seconds": 3, "max_surge_rps": 300, **timing})  # fmt: skip
+
+
 @pytest.mark.slow
 @pytest.mark.alone  # it measures what this machine sustains, then loads every core: nothing else may run
 @pytest.mark.timeout(600)
 def test_a_short_drill_pages_mitigates_rolls_back_a_bad_step_and_loses_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.chdir(PROJECT_DIR)
-    artifacts = tmp_path / "models"
-    # A full model big enough that its latency is compute, not scheduling jitter (a tiny one's p99
-    # of ~20 ms moved the SLO run to run) and slow enough that 8x of what it sustains (about 10
-    # requests/s here) is within what the generator offers; the light model stays tiny, so degrading helps.
-    write_tiny_artifacts(artifacts, full=FULL)
-    settings = DrillSettings(
-        data=DATA, out=tmp_path / "out", cache=tmp_path / "cache", artifacts=artifacts,
-        steady_seconds=8, surge_seconds=25, after_seconds=5, after_max_seconds=240, calibration_seconds=3,
-        max_pods=3, max_surge_rps=300, fault="bad-step",
-    )  # fmt: skip
+    settings = _short_drill(tmp_path, monkeypatch, steady_seconds=8, surge_seconds=25, after_max_seconds=240,
+                            max_pods=3, fault="bad-step")  # fmt: skip
 
     timeline = run(settings, log=print)
     numbers = report(timeline, settings)
@@ -96,18 +99,12 @@ def test_the_predictive_variant_has_capacity_ready_before_the_daily_peak_and_rea
 ) -> None:
     from lab import drill_comparison, drill_predictive
 
-    monkeypatch.chdir(PROJECT_DIR)
-    artifacts = tmp_path / "models"
-    write_tiny_artifacts(artifacts, full=FULL)
     # 25 s of steady traffic: the surge is 8.3 minutes of the history's time away (k = 0.05), inside
     # the forecast's 15, and lasts past its period (40 s: 13.3 minutes); the CronJob's cycle has
     # seconds to start the replicas before it. Three replicas at most: the night's rate with the 30%
     # headroom already asks for two, so only the forecast asks for the third.
-    settings = DrillSettings(
-        data=DATA, out=tmp_path / "out", cache=tmp_path / "cache", artifacts=artifacts,
-        steady_seconds=25, surge_seconds=40, after_seconds=5, after_max_seconds=120, calibration_seconds=3,
-        max_pods=4, max_surge_rps=300,
-    )  # fmt: skip
+    settings = _short_drill(tmp_path, monkeypatch, steady_seconds=25, surge_seconds=40, after_max_seconds=120,
+                            max_pods=4)  # fmt: skip
 
     result = drill_predictive.run(settings, log=print)
     numbers = drill_comparison.compare(result, settings)
