@@ -1,11 +1,6 @@
 """Structured pruning: remove whole structures that carry the least weight, so the model is really
 smaller and faster, unlike zeroing weights.
 
-- Feature dimensions (`prune_features`): one channel of the residual stream, which every layer
-  reads and writes. Its weight is the squared norm of every parameter that touches it (embedding
-  columns, the input columns of attention, router and expert projections, the output rows that
-  write it back, and the LayerNorm scales). The seed removed 12 of 384: 3% of the width, 2.6% of
-  the latency here.
 - Feed-forward channels (`prune_channels`): inner channels of every expert (or dense feed-forward
   layer). Channel c of an expert adds `down[:, c] * gelu(up[c] . x)`, so it scores
   `|up[c]|^2 * |down[:, c]|^2`; each expert keeps its own best `keep`. The experts' GEMMs are
@@ -14,7 +9,9 @@ smaller and faster, unlike zeroing weights.
   it scores `|value[h]|^2 * |output[:, h]|^2`, and each layer keeps its own best `keep`.
 
 Every layer keeps the same number of channels and heads (the config has one width for all), and
-a pruned model needs a short recovery fine-tune (`peakguard bench pruning` does both).
+a pruned model needs a short recovery fine-tune (`peakguard bench pruning` does both; `peakguard
+train` writes the `pruned` model this way). Residual-stream dimensions were pruned once (the seed
+removed 12 of 384): 2.6% less latency here, so that option is gone.
 """
 
 from __future__ import annotations
@@ -28,83 +25,7 @@ from torch import nn
 from model_service.classifier import IntentClassifier
 from model_service.moe import ExpertFeedForward, MixtureOfExperts
 
-__all__ = ["feature_scores", "prune_channels", "prune_features", "prune_heads"]
-
-
-def _readers(model: IntentClassifier) -> Iterator[nn.Linear]:
-    """Linear layers whose input is the residual stream."""
-    for block in model.block_list:
-        yield from (block.attention.query, block.attention.key, block.attention.value)
-        feed_forward = block.feed_forward
-        if isinstance(feed_forward, MixtureOfExperts):
-            yield feed_forward.router
-            yield from (expert.up for expert in feed_forward.expert_list)
-        else:
-            yield feed_forward.up
-    yield model.head
-
-
-def _writers(model: IntentClassifier) -> Iterator[nn.Linear]:
-    """Linear layers whose output is added to the residual stream."""
-    for block in model.block_list:
-        yield block.attention.output
-        feed_forward = block.feed_forward
-        if isinstance(feed_forward, MixtureOfExperts):
-            yield from (expert.down for expert in feed_forward.expert_list)
-        else:
-            yield feed_forward.down
-
-
-def _norms(model: IntentClassifier) -> Iterator[nn.LayerNorm]:
-    yield model.embedding_norm
-    for block in model.block_list:
-        yield from (block.attention_norm, block.feed_forward_norm)
-
-
-def feature_scores(model: IntentClassifier) -> torch.Tensor:
-    """(hidden,) weight carried by each feature dimension; each tensor is normalised by its own
-    size so no single large matrix decides alone."""
-    with torch.no_grad():
-        scores = torch.zeros(model.config.hidden)
-        for embedding in (model.word_embeddings.weight, model.position_embeddings.weight):
-            scores += embedding.pow(2).mean(dim=0)
-        for layer in _readers(model):
-            scores += layer.weight.pow(2).mean(dim=0)
-        for layer in _writers(model):
-            scores += layer.weight.pow(2).mean(dim=1)
-        for norm in _norms(model):
-            scores += norm.weight.pow(2)
-    return scores
-
-
-def prune_features(model: IntentClassifier, count: int) -> tuple[IntentClassifier, list[int]]:
-    """A copy of `model` without its `count` lowest-scoring feature dimensions, and their indices."""
-    hidden = model.config.hidden
-    if not 0 < count < hidden:
-        raise ValueError(f"can prune 1 to {hidden - 1} of {hidden} feature dimensions, not {count}")
-    removed = sorted(feature_scores(model).argsort()[:count].tolist())
-    keep = torch.tensor(sorted(set(range(hidden)) - set(removed)))
-    pruned = copy.deepcopy(model)
-    with torch.no_grad():
-        pruned.word_embeddings.weight = nn.Parameter(model.word_embeddings.weight[:, keep].clone())
-        pruned.position_embeddings.weight = nn.Parameter(model.position_embeddings.weight[:, keep].clone())
-        pruned.type_embedding = nn.Parameter(model.type_embedding[keep].clone())
-        for layer in _readers(pruned):
-            layer.weight = nn.Parameter(layer.weight[:, keep].clone())
-            layer.in_features = len(keep)
-        for layer in _writers(pruned):
-            layer.weight = nn.Parameter(layer.weight[keep].clone())
-            if layer.bias is not None:
-                layer.bias = nn.Parameter(layer.bias[keep].clone())
-            layer.out_features = len(keep)
-        for norm in _norms(pruned):
-            norm.weight = nn.Parameter(norm.weight[keep].clone())
-            norm.bias = nn.Parameter(norm.bias[keep].clone())
-            norm.normalized_shape = (len(keep),)
-    pruned.word_embeddings.embedding_dim = len(keep)
-    pruned.position_embeddings.embedding_dim = len(keep)
-    pruned.config = model.config.replace(hidden=len(keep))
-    return pruned, removed
+__all__ = ["prune_channels", "prune_heads"]
 
 
 def _keep_rows(layer: nn.Linear, rows: torch.Tensor) -> None:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from model_service import training
 from model_service.artifacts import ArtifactError, ModelCard, load_model, read_manifest, write_version
 from model_service.classifier import IntentClassifier
 from model_service.training import TrainingSettings, run
@@ -65,7 +67,17 @@ def test_a_missing_model_names_those_present(tmp_path: Path, tiny_model: IntentC
         load_model(folder, "light")
 
 
-def test_training_writes_full_light_and_pruned_with_cards(tmp_path: Path, data_dir: Path) -> None:
+def test_training_writes_full_light_and_pruned_with_cards(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fitted: list[tuple[int, int, bool]] = []  # (layers, channels, distilled) of each model trained
+    real_fit = training.fit
+
+    def fit(model: IntentClassifier, *args: Any, teacher_logits: torch.Tensor | None = None, **kwargs: Any) -> float:
+        fitted.append((model.config.layers, model.config.intermediate, teacher_logits is not None))
+        return real_fit(model, *args, teacher_logits=teacher_logits, **kwargs)
+
+    monkeypatch.setattr(training, "fit", fit)
     folder = run(
         data_dir, tmp_path, TrainingSettings(sample_limit=48, epochs_full=0.7, epochs_light=0.7), log=lambda _: None
     )
@@ -76,8 +88,11 @@ def test_training_writes_full_light_and_pruned_with_cards(tmp_path: Path, data_d
     full, light, pruned = cards["full"], cards["light"], cards["pruned"]
     assert full["config"]["num_experts"] == 8 and light["config"]["num_experts"] == 0
     assert 1 - light["parameters"] / full["parameters"] >= 0.76
-    assert pruned["config"]["hidden"] == full["config"]["hidden"] - 12
-    assert len(pruned["training"]["removed_feature_dimensions"]) == 12
+    assert pruned["config"]["intermediate"] == full["config"]["intermediate"] // 2
+    assert pruned["training"]["channels_kept"] == pruned["config"]["intermediate"]
+    assert pruned["training"]["teacher"] == "full" and pruned["training"]["epochs"] > 0
+    width = full["config"]["intermediate"]
+    assert fitted == [(6, width, False), (2, width, True), (6, width // 2, True)], "the pruned model recovers distilled"
     for card in cards.values():
         assert set(card["metrics"]) >= {"validation_accuracy", "test_accuracy", "test_accuracy_int8", "oos_test_recall"}
         assert math.isfinite(card["handover_threshold"])
