@@ -7,7 +7,8 @@ The order of a run:
    saw, else the run refuses and asks for a new plan;
 3. each step: re-check the trigger if the step is destructive, apply (retrying transient errors),
    then poll its gate until it passes or the step's timeout runs out. A gate that cannot read its
-   data is inconclusive, which is not a pass;
+   data is inconclusive, which is not a pass. A watched step (a chaos experiment) then reads its
+   watch's gate until the change ends by itself, and fails at the first failed reading;
 4. on a failed or timed-out verification, an error, Ctrl-C or SIGTERM, or a trigger that no
    longer holds before a destructive step (status `stopped`): roll back every step that
    began, in reverse, to the state the plan observed, then poll the runbook's health gate; the
@@ -244,6 +245,8 @@ class Engine:
                         f"(query {verdict.reading.query if verdict.reading else '-'}, "
                         f"threshold {step.verify.threshold})"
                     )
+            if step.watch is not None:
+                self._watch(journal, step, deadline)
         self._write(journal, "step_done", step=step.name, observed=step.observe(self.context))
 
     def _roll_back(
@@ -369,6 +372,40 @@ class Engine:
                 return verdict
             if self.clock() >= deadline:
                 return failed if verdict.verdict == "inconclusive" and failed is not None else verdict
+            self.sleep(min(self.runbook.poll_interval, max(0.0, deadline - self.clock())))
+
+    def _watch(self, journal: Journal, step: Step, deadline: float) -> None:
+        """Read the watch's gate until the change ends; journal each change of verdict (not every
+        reading: a drill may last an hour) and the end."""
+        watch = step.watch
+        assert watch is not None
+        self._write(journal, "step_watch_started", step=step.name, gate=watch.gate.name, threshold=watch.gate.threshold)
+        readings, last, blind_since = 0, "", None
+        while True:
+            ended = watch.over(self.context)
+            if ended is not None:
+                self._write(journal, "step_watch_ended", step=step.name, ok=ended.ok, how=ended.how, readings=readings)
+                if not ended.ok:
+                    raise _StepFailedError(f"{step.name}: {ended.how}")
+                return
+            if self.clock() >= deadline:
+                raise _StepFailedError(f"{step.name}: still running at its timeout; stopping it")
+            verdict = watch.gate.judge(self.context)
+            readings += 1
+            if verdict.verdict != last:
+                self._write(journal, "step_watch_reading", step=step.name, gate=verdict.to_dict())
+                last = verdict.verdict
+            if verdict.verdict == "fail":
+                raise _StepFailedError(f"{step.name}: {watch.gate.name} broke while watched: {verdict.reason}")
+            if verdict.verdict == "inconclusive":
+                blind_since = self.clock() if blind_since is None else blind_since
+                if self.clock() - blind_since >= watch.blind_for:
+                    raise _StepFailedError(
+                        f"{step.name}: {watch.gate.name} could not judge for {self.clock() - blind_since:.0f} s "
+                        f"({verdict.reason}); a fault nobody can see is stopped"
+                    )
+            else:
+                blind_since = None
             self.sleep(min(self.runbook.poll_interval, max(0.0, deadline - self.clock())))
 
     def _with_retries(self, action: Callable[[], LeftToOperator | None], *, step: Step, deadline: float) -> Any:

@@ -21,6 +21,7 @@ from runbooks.errors import ParameterError
 __all__ = [
     "REQUIRED",
     "Context",
+    "Ended",
     "Gate",
     "Judgement",
     "LeftToOperator",
@@ -29,6 +30,7 @@ __all__ = [
     "Runbook",
     "Step",
     "Verdict",
+    "Watch",
 ]
 
 Verdict = Literal["pass", "fail", "inconclusive"]
@@ -187,6 +189,32 @@ class Gate:
 
 
 @dataclass(frozen=True)
+class Ended:
+    """How a watched change ended by itself: `ok` if it ran its course, else why not."""
+
+    ok: bool
+    how: str
+
+
+@dataclass(frozen=True)
+class Watch:
+    """A change that runs a course after its apply (a chaos experiment): `gate` is read every poll
+    interval until `over` reports the change ended. The first `fail` ends the step at once (and the
+    rollback stops the change), never waiting for a pass the way verification does. Readings that
+    cannot judge count as blindness: past `blind_for` seconds of it, the step fails too, because a
+    fault nobody can see must not go on."""
+
+    gate: Gate
+    over: Callable[[Context], Ended | None]
+    """None while the change runs; how it ended once it has."""
+    blind_for: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.blind_for <= 0:
+            raise ValueError(f"watch {self.gate.name!r}: blind_for must be positive seconds")
+
+
+@dataclass(frozen=True)
 class LeftToOperator:
     """What a step's `apply` returns when the change is a person's to make (a `pulumi up` on a machine
     without the Pulumi CLI): the run then ends "succeeded, manual step pending", never plainly
@@ -209,6 +237,8 @@ class Step:
     """Set the live state to a target (idempotent); or say what a person must run to do it."""
     verify: Gate | None = None
     """Polled after `apply` until it passes or `timeout` runs out."""
+    watch: Watch | None = None
+    """Held after verification until the change ends by itself (within `timeout`); see Watch."""
     restore: Callable[[Context, State], None] | None = None
     """Rollback to the observed state; default: `apply` of it."""
     timeout: float | str = 60.0
