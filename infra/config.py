@@ -33,10 +33,12 @@ from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 from infra import facts
 
 __all__ = [
+    "CHAOS_EXPERIMENTS",
     "CHARTS",
     "ENVIRONMENTS",
     "PROJECT",
     "CapacityReservation",
+    "ChaosConfig",
     "ClusterConfig",
     "ConfigError",
     "FsxConfig",
@@ -59,6 +61,10 @@ PROJECT = "peakguard"
 
 ENVIRONMENTS = ("dev", "staging", "prod")
 """Stack names. The stack name is the environment."""
+
+CHAOS_EXPERIMENTS = ("gpu-zone-stop", "subnet-disconnect", "model-pod-delete")
+"""The fault experiments a stack may declare (infra/chaos.py): the full pool's GPU instances in one
+AZ stopped, one AZ's private subnets cut off, a share of the model pods deleted."""
 
 AmiFamily = Literal["al2023", "ubuntu"]
 NatGateways = Literal["perAz", "single"]
@@ -326,6 +332,18 @@ class PredictiveScaleConfig:
 
 
 @dataclass(frozen=True)
+class ChaosConfig:
+    """AWS FIS experiment templates for the chaos-drill runbook (infra/chaos.py): absent, none."""
+
+    experiments: tuple[str, ...]
+    """Which of CHAOS_EXPERIMENTS; the zone-wide ones get a template per AZ."""
+    duration_minutes: int
+    """How long a zone stays stopped or cut off (FIS restarts and reconnects it after)."""
+    pod_delete_percent: int
+    """Share of the model pods `model-pod-delete` deletes at once."""
+
+
+@dataclass(frozen=True)
 class ModelServiceConfig:
     namespace: str
     """Namespace of the workload; `peakguard` by default."""
@@ -358,6 +376,7 @@ class ModelServiceConfig:
     mode: ServiceMode
     ingress: IngressConfig
     predictive_scale: PredictiveScaleConfig | None = None
+    chaos: ChaosConfig | None = None
     admin_source_cidrs: tuple[str, ...] = ()
     """Hosts outside the cluster that call the pods' admin API (a runbook runner on a bastion in the
     VPC); runners inside the cluster are let in by their pod label (`peakguard.io/admin-client`)."""
@@ -942,6 +961,14 @@ class _PredictiveScaleDoc(_Doc):
     ] = "holt_winters"
 
 
+class _ChaosDoc(_Doc):
+    experiments: Annotated[tuple[str, ...], _Texts(among=CHAOS_EXPERIMENTS)] = CHAOS_EXPERIMENTS
+    duration_minutes: Annotated[int, _Whole(1, 60)] = 10
+    """FIS takes 1 minute to 12 hours; a drill longer than an hour is an outage, not a drill."""
+    pod_delete_percent: Annotated[int, _Whole(1, 33)] = 33
+    """At most a third: the disruption budget's bound (policy SAFE-003)."""
+
+
 class _ModelServiceDoc(_Doc):
     namespace: Annotated[
         str, _Text(pattern=_NAMESPACE, problem="must be a DNS label: lowercase letters, digits and '-'")
@@ -969,6 +996,8 @@ class _ModelServiceDoc(_Doc):
     ingress: _IngressDoc = Field(default_factory=_IngressDoc)
     predictive_scale: _PredictiveScaleDoc | None = None
     """The predictive-scale CronJob: be warm before the wave (absent: none)."""
+    chaos: _ChaosDoc | None = None
+    """FIS experiment templates for `peakguard runbook run chaos-drill` (absent: none)."""
     admin_source_cidrs: Annotated[tuple[str, ...], _CIDRS] = ()
 
 
@@ -1548,7 +1577,19 @@ def _parse_model_service(doc: _ModelServiceDoc, path: str, *, pools: Sequence[Gp
         mode=mode,
         ingress=ingress,
         predictive_scale=_parse_predictive_scale(doc.predictive_scale, f"{path}.predictiveScale"),
+        chaos=_parse_chaos(doc.chaos, f"{path}.chaos"),
     )
+
+
+def _parse_chaos(doc: _ChaosDoc | None, path: str) -> ChaosConfig | None:
+    if doc is None:
+        return None
+    if not doc.experiments:
+        _fail(f"{path}.experiments", [], "is empty: leave chaos out instead, or name the experiments to declare")
+    if len(set(doc.experiments)) != len(doc.experiments):
+        _fail(f"{path}.experiments", list(doc.experiments), "names an experiment twice")
+    return ChaosConfig(experiments=doc.experiments, duration_minutes=doc.duration_minutes,
+                       pod_delete_percent=doc.pod_delete_percent)  # fmt: skip
 
 
 def _parse_predictive_scale(doc: _PredictiveScaleDoc | None, path: str) -> PredictiveScaleConfig | None:

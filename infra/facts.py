@@ -14,6 +14,7 @@ from fractions import Fraction
 __all__ = [
     "CLUSTER_AUTOSCALER_RELEASES",
     "EKS_TAINT_EFFECTS",
+    "FIS_ACTIONS",
     "GENERATION_LABEL",
     "GPU_RESOURCE",
     "GPU_TAINT",
@@ -351,3 +352,17 @@ def mig_config_is_valid(label: str, instance: InstanceType) -> bool:
     if label in ("all-disabled", "all-balanced"):
         return True
     return label.startswith("all-") and label[len("all-") :] in instance.mig_profiles
+
+
+# --- AWS Fault Injection Service -------------------------------------------------------------
+
+FIS_ACTIONS: dict[str, tuple[str, str]] = {
+    "aws:ec2:stop-instances": ("Instances", "aws:ec2:instance"),
+    "aws:network:disrupt-connectivity": ("Subnets", "aws:ec2:subnet"),
+    "aws:eks:pod-delete": ("Pods", "aws:eks:pod"),
+}
+"""The FIS actions peakguard's experiments use: action id -> (the action's `targets` key, the target's
+resource type). From the FIS actions reference
+(https://docs.aws.amazon.com/fis/latest/userguide/fis-actions-reference.html) and its target keys
+(https://docs.aws.amazon.com/fis/latest/userguide/action-sequence.html#action-targets). infra/chaos.py
+declares nothing else, and the policy pack refuses an action outside it."""

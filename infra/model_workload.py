@@ -705,7 +705,7 @@ class ModelWorkload(pulumi.ComponentResource):
             }
         else:
             annotations["alb.ingress.kubernetes.io/listen-ports"] = '[{"HTTP": 80}]'
-        k8s.networking.v1.Ingress(
+        self.ingress = k8s.networking.v1.Ingress(
             f"{name}-ingress",
             metadata=self._metadata(self.ingress_name, annotations=annotations),
             spec=k8s.networking.v1.IngressSpecArgs(

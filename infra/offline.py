@@ -113,6 +113,7 @@ _AUTONAMED = {
     "aws:ec2/placementGroup:PlacementGroup": "name",
     "aws:ec2/securityGroup:SecurityGroup": "name",
     "aws:ec2/launchTemplate:LaunchTemplate": "name",
+    "aws:cloudwatch/metricAlarm:MetricAlarm": "name",
 }
 
 _ID_PREFIX = {
@@ -128,11 +129,14 @@ _ID_PREFIX = {
     "aws:ec2/launchTemplate:LaunchTemplate": "lt-",
     "aws:fsx/lustreFileSystem:LustreFileSystem": "fs-",
     "aws:fsx/dataRepositoryAssociation:DataRepositoryAssociation": "dra-",
+    "aws:fis/experimentTemplate:ExperimentTemplate": "EXT",
 }
 
 
 _GET_PARAMETERS_BY_PATH = "aws:ssm/getParametersByPath:getParametersByPath"
 _GET_CALLER_IDENTITY = "aws:index/getCallerIdentity:getCallerIdentity"
+_GET_TARGET_GROUP = "aws:lb/getTargetGroup:getTargetGroup"
+_GET_LOAD_BALANCER = "aws:lb/getLoadBalancer:getLoadBalancer"
 
 
 class _AwsAnswers(pulumi_mocks.Mocks):
@@ -227,6 +231,11 @@ class _AwsAnswers(pulumi_mocks.Mocks):
                 placementGroupId="pg-" + _hex(kind, name),
                 arn=f"arn:aws:ec2:{region}:{account}:placement-group/{state['name']}",
             )
+        elif kind == "aws:cloudwatch/metricAlarm:MetricAlarm":
+            resource_id = state["name"]
+            state.update(arn=f"arn:aws:cloudwatch:{region}:{account}:alarm:{state['name']}")
+        elif kind == "aws:fis/experimentTemplate:ExperimentTemplate":
+            state.update(arn=f"arn:aws:fis:{region}:{account}:experiment-template/{resource_id}")
         elif kind == "random:index/randomPassword:RandomPassword":
             # What the random provider computes on create: a password of the asked length.
             state.update(result=_hex("password", name, length=64)[: int(state.get("length", 32))])
@@ -253,10 +262,28 @@ class _AwsAnswers(pulumi_mocks.Mocks):
                 "arn": f"arn:aws:iam::{_ACCOUNT}:user/peakguard-offline",
                 "userId": "AIDA" + _hex("caller", length=16).upper(),
             }, []
+        if args.token == _GET_TARGET_GROUP:
+            return self._target_group(args.args), []
+        if args.token == _GET_LOAD_BALANCER:
+            arn = str(args.args.get("arn", ""))
+            return {"id": arn, "arn": arn, "arnSuffix": arn[arn.index("app/") :], "loadBalancerType": "application"}, []
         raise NotImplementedError(
             f"the offline engine does not answer the invoke {args.token}; teach infra/offline.py "
             "a realistic answer for it"
         )
+
+    def _target_group(self, query: Mapping[str, Any]) -> dict[str, Any]:
+        """The Ingress's target group and its ALB as the AWS Load Balancer Controller names them
+        (k8s-<namespace, 8>-<name, 8>-<hash>), found by the controller's tags."""
+        tags = dict(query.get("tags") or {})
+        stack = str(tags.get("ingress.k8s.aws/stack", "peakguard/model-service"))
+        namespace, _, ingress = stack.partition("/")
+        prefix = f"k8s-{namespace[:8]}-{ingress[:8]}"
+        elb = f"arn:aws:elasticloadbalancing:{self.region}:{_ACCOUNT}"
+        group = f"targetgroup/{prefix}-{_hex('tg', stack, length=10)}/{_hex('tg-id', stack, length=16)}"
+        balancer = f"{elb}:loadbalancer/app/{prefix}-{_hex('lb', stack, length=10)}/{_hex('lb-id', stack, length=16)}"
+        return {"id": f"{elb}:{group}", "arn": f"{elb}:{group}", "arnSuffix": group, "tags": tags,
+                "loadBalancerArns": [balancer], "port": 8080, "protocol": "HTTP", "targetType": "ip"}  # fmt: skip
 
 
 class _RecordingMonitor(pulumi_mocks.MockMonitor):

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -13,13 +14,14 @@ import pulumi
 import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
+from infra.chaos import ChaosExperiments, ChaosExperimentsArgs
 from infra.cluster import Cluster, ClusterArgs
 from infra.cluster_addons import RELEASES, ClusterAddons, ClusterAddonsArgs
 from infra.config import StackConfig
 from infra.gpu_node_groups import GpuNodeGroups, GpuNodeGroupsArgs
 from infra.incident_hold import check_incident_hold
 from infra.kubernetes_provider import kubernetes_provider
-from infra.model_workload import IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
+from infra.model_workload import APP_LABEL, IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
 from infra.network import Network, NetworkArgs, plan_subnets
 from infra.node_preflight import NodePreflight, NodePreflightArgs
 from infra.observability import Observability, ObservabilityArgs
@@ -215,6 +217,29 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
                 depends_on=[workload],
             ),
         )
+    chaos_ids: pulumi.Output[dict[str, str]] = pulumi.Output.from_input({})
+    if service.chaos is not None:
+        chaos = ChaosExperiments(
+            f"{env}-chaos",
+            ChaosExperimentsArgs(
+                env=env,
+                config=service.chaos,
+                cluster_name=cluster.name,
+                full_pool=service.pool,
+                private_subnet_ids={az: network.private_subnet_ids[az] for az in config.network.availability_zones},
+                namespace=workload.namespace,
+                app_label=APP_LABEL,
+                ingress=workload.ingress,
+                ingress_name=workload.ingress_name,
+                slo_p99_milliseconds=service.slo_p99_milliseconds,
+                partition=config.partition,
+                region=config.region,
+                provider=provider,
+                tags=tags,
+            ),
+            opts=pulumi.ResourceOptions(depends_on=[workload]),
+        )
+        chaos_ids = pulumi.Output.all(**chaos.template_ids)
     model_service_target = ModelServiceTarget(
         namespace=workload.namespace,
         deployments=dict(workload.deployments),
@@ -272,6 +297,9 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             ),
             model_service=model_service_target,
         )
+    )
+    targets = pulumi.Output.all(targets, chaos_ids).apply(
+        lambda values: dataclasses.replace(values[0], chaos_experiments=values[1])
     )
     aws.ssm.Parameter(
         f"{env}-targets",

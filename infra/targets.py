@@ -142,6 +142,9 @@ class TargetsDocument:
     node_groups: tuple[NodeGroupTarget, ...]
     model_service: ModelServiceTarget | None = None
     """The Kubernetes side: namespace, Deployments, HPA, ScaledObjects, ConfigMaps, Service URL."""
+    chaos_experiments: Mapping[str, str] = field(default_factory=dict)
+    """AWS FIS experiment template id by experiment name (`infra/chaos.py`; `chaos-drill` starts
+    one). Empty where the stack declares no chaos, and in documents written before it was published."""
     schema_version: int = field(default=SCHEMA_VERSION)
 
     def node_groups_of(self, pool: str) -> tuple[NodeGroupTarget, ...]:
@@ -173,6 +176,7 @@ class TargetsDocument:
                 for group in raw["node_groups"]
             ],
             "modelService": raw["model_service"],
+            "chaosExperiments": dict(self.chaos_experiments),
         }
 
     def to_json(self) -> str:
@@ -258,5 +262,12 @@ class TargetsDocument:
             ),
             node_groups=tuple(groups),
             model_service=model_service,
+            chaos_experiments=_names(raw.get("chaosExperiments", {}), source, "chaosExperiments"),
             schema_version=version,
         )
+
+
+def _names(value: Any, source: str, key: str) -> dict[str, str]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise TargetsDocumentError(f"{source}: {key} must map names to strings, got {value!r}")
+    return dict(value)

@@ -15,7 +15,7 @@ from runbooks.engine.spec import Context, Gate, Reading
 from runbooks.ports import Ports
 from runbooks.ports.service import MIN_ANSWERS, Window
 
-__all__ = ["ERROR_BUDGET", "REFUSAL_BUDGET", "ServiceMode", "ports_of", "signals", "within_slo"]
+__all__ = ["ERROR_BUDGET", "REFUSAL_BUDGET", "ServiceMode", "ports_of", "signals", "within_slo", "within_slo_of"]
 
 ERROR_BUDGET = 0.01
 """Share of responses that may be server errors while the service counts as recovered (the
@@ -47,6 +47,16 @@ def within_slo(mode: ServiceMode) -> Gate:
     """Served within the SLO as clients see it: max of p99/SLO, server errors/1%, refusals/budget."""
     budget = REFUSAL_BUDGET[mode]
     return Gate(f"service within SLO ({mode} mode)", _judged(budget), at_most=1.0)
+
+
+def within_slo_of(param: str) -> Gate:
+    """As `within_slo`, in the mode a runbook parameter names (`normal` or `degraded`) at run time."""
+
+    def probe(context: Context) -> Reading:
+        mode: ServiceMode = context.params[param]
+        return _judged(REFUSAL_BUDGET[mode])(context)
+
+    return Gate(f"service within SLO (the --{param} mode)", probe, at_most=1.0)
 
 
 def _judged(refusal_budget: float) -> Callable[[Context], Reading]:

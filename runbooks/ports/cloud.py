@@ -14,6 +14,7 @@ from infra.targets import TargetsDocument, TargetsDocumentError, parameter_name
 from runbooks.errors import RunbookError
 from runbooks.ports.aws_clients import BoundedClient
 from runbooks.ports.aws_errors import translate as _translate
+from runbooks.ports.fault_experiments import FaultExperiments
 from runbooks.ports.request_history import CloudWatchRequestHistory
 from runbooks.ports.switches import SsmSwitches
 
@@ -53,6 +54,10 @@ class AwsCloud:
         """The model service's request-rate history (its ALB target group's RequestCount)."""
         cloudwatch, elbv2 = BoundedClient(self._session, "cloudwatch"), BoundedClient(self._session, "elbv2")
         return CloudWatchRequestHistory(cloudwatch, elbv2, cluster=cluster, namespace=namespace, ingress=ingress)
+
+    def fault_experiments(self) -> FaultExperiments:
+        """AWS FIS: the env's experiment templates and the experiments a run starts."""
+        return FaultExperiments(BoundedClient(self._session, "fis"), env=self._env)
 
     def targets(self) -> TargetsDocument:
         """What the Pulumi program published for this env (no Pulumi backend needed)."""

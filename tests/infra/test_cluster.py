@@ -140,7 +140,11 @@ def test_roles_trust_only_their_service(run: OfflineRun) -> None:
     )
     env = run.config.env
 
-    assert principals == {f"{env}-cluster": "eks.amazonaws.com", f"{env}-node": "ec2.amazonaws.com"}
+    assert principals == {
+        f"{env}-cluster": "eks.amazonaws.com",
+        f"{env}-node": "ec2.amazonaws.com",
+        f"{env}-chaos-fis": "fis.amazonaws.com",  # infra/chaos.py; tests/infra/test_chaos.py
+    }
 
 
 def test_service_range_is_pinned_outside_the_vpc(run: OfflineRun) -> None:

@@ -96,6 +96,17 @@ def test_a_document_published_before_the_mig_layout_was_still_reads() -> None:
     assert TargetsDocument.from_dict(raw).node_groups[0].mig_config is None
 
 
+def test_chaos_experiments_round_trip_and_older_documents_have_none() -> None:
+    document = dataclasses.replace(_document(), chaos_experiments={"model-pod-delete": "EXT1a2b3c"})
+    assert TargetsDocument.from_json(document.to_json()) == document
+    raw = _document().to_dict()
+    del raw["chaosExperiments"]
+    assert TargetsDocument.from_dict(raw).chaos_experiments == {}
+    raw["chaosExperiments"] = {"model-pod-delete": 7}
+    with pytest.raises(TargetsDocumentError, match="chaosExperiments must map names to strings"):
+        TargetsDocument.from_dict(raw)
+
+
 def test_names_the_model_service_objects_the_runbooks_act_on(run: OfflineRun) -> None:
     document = TargetsDocument.from_json(_parameter(run)["insecureValue"])
     service = document.model_service

@@ -85,6 +85,7 @@ LT, NG, SG = (
 )
 DEPLOYMENT, HPA = "kubernetes:apps/v1:Deployment", "kubernetes:autoscaling/v2:HorizontalPodAutoscaler"
 PDB = "kubernetes:policy/v1:PodDisruptionBudget"
+FIS = "aws:fis/experimentTemplate:ExperimentTemplate"
 OTEL_POLICY = json.dumps(
     {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "xray:*", "Resource": "*"}]}
 )
@@ -235,13 +236,28 @@ CASES: dict[str, Case] = {
         "a BucketPublicAccessBlock for this bucket",
         reported_on="prod-storage-models",
     ),
+    "CHAOS-001": Case(
+        FIS,
+        lambda n: n == "prod-chaos-model-pod-delete",
+        _set("stopConditions", [{"source": "none"}]),
+        "at least one aws:cloudwatch:alarm, and no `none`",
+    ),
+    "CHAOS-002": Case(
+        FIS,
+        lambda n: n == "prod-chaos-gpu-zone-stop-us-west-2a",
+        _set("actions.0.actionId", "aws:ec2:terminate-instances"),
+        "actionId is 'aws:ec2:terminate-instances'",
+    ),
+    "CHAOS-003": Case(
+        FIS, lambda n: n == "prod-chaos-model-pod-delete", _set("targets.0.selectionMode", "PERCENT(50)"), "PERCENT(50)"
+    ),
 }
 
 
 def test_every_rule_has_its_metadata_and_cases() -> None:
-    domains = {"gpu/efa", "availability", "safe change", "capacity", "serving", "security"}
+    domains = {"gpu/efa", "availability", "safe change", "capacity", "serving", "security", "chaos"}
     for rule_id, rule in RULES.items():
-        assert rule_id == rule.id and re.fullmatch(r"(EFA|AVAIL|SAFE|CAP|SERV|SEC)-\d{3}", rule_id)
+        assert rule_id == rule.id and re.fullmatch(r"(EFA|AVAIL|SAFE|CAP|SERV|SEC|CHAOS)-\d{3}", rule_id)
         assert re.fullmatch(r"[a-z0-9-]+", rule.name), rule.name
         assert rule.severity in ("mandatory", "advisory")
         assert rule.domain in domains
@@ -544,3 +560,21 @@ def test_a_daemon_set_without_a_reason_rolls_a_third_of_its_nodes_at_most(
     edited, _ = _edited(_stack(runs["prod"]), case)
 
     assert bool(failed(evaluate(edited, {"SAFE-004": RULES["SAFE-004"]}))) is violates
+
+
+@pytest.mark.parametrize(("edit", "expect"), [
+    (_set("stopConditions.0.value", "arn:aws:cloudwatch:us-west-2:123456789012:alarm:someone-elses"),
+     "alarms this stack declares"),
+    (_set("actions.0.target.key", "Subnets"), "key Instances naming a target of type aws:ec2:instance"),
+    (_set("targets.0.name", "renamed"), "key Instances naming a target of type aws:ec2:instance"),
+])  # fmt: skip
+def test_a_fault_experiment_stops_on_its_own_alarms_and_acts_on_its_own_target(
+    edit: Edit, expect: str, runs: dict[str, OfflineRun]
+) -> None:
+    stack = _stack(runs["prod"])
+    case = Case(FIS, lambda n: n == "prod-chaos-gpu-zone-stop-us-west-2b", edit, expect)
+    rules = {rule_id: RULES[rule_id] for rule_id in ("CHAOS-001", "CHAOS-002")}
+
+    report = evaluate(_edited(stack, case)[0], rules)
+
+    assert [f.violation.required for f in report.findings if f.status == "violation"] == [expect]
