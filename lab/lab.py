@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import socket
 import threading
 import time
@@ -40,6 +41,7 @@ from infra.targets import TargetsDocument, freeze_parameter_name, hold_parameter
 from lab.alb import play_ingress_alb
 from lab.aws import CREDENTIALS, moto_server
 from lab.controllers import Controllers, Delays
+from lab.fis import play_experiment_templates
 from lab.kube_api import RESOURCES, LocalKubernetes, ObjectStore
 from lab.lor_proxy import LorProxy
 from lab.node_groups import NodeGroupDelays, NodeGroups
@@ -190,6 +192,7 @@ class Lab:
         ):
             _refuse_if_taken(name, port)
         program = settings.program or run_offline(settings.env, project_dir=settings.project_dir)
+        self._program = program
         self.targets = TargetsDocument.from_dict(program.outputs["targets"])
         objects = manifests(program)
         self._idle_timeout, self._keep_alive = _connection_timeouts(objects)
@@ -309,6 +312,10 @@ class Lab:
             self.request_count_dimensions = play_ingress_alb(
                 self.client_args(), cluster=cluster, namespace=service.namespace, ingress=service.ingress
             )
+        if self.targets.chaos_experiments:
+            # The program's templates, created in moto: the targets document names moto's ids.
+            chaos = play_experiment_templates(self.client_args(), self._program)
+            self.targets = dataclasses.replace(self.targets, chaos_experiments=chaos)
         env = self.settings.env
         ssm.put_parameter(Name=parameter_name(env), Value=self.targets.to_json(), Type="String", Overwrite=True)
         for name in (hold_parameter_name(env), freeze_parameter_name(env)):

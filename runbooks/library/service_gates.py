@@ -36,11 +36,22 @@ def ports_of(context: Context) -> Ports:
 
 def signals(window: Window, *, slo_seconds: float, refusal_budget: float) -> dict[str, float] | None:
     """Each health signal of a window as a share of its limit (1.0 = at the limit); None when the
-    window has no answers, or too few for a p99 (a verdict on it would be noise)."""
-    p99, errors, refused = window.quantile(0.99), window.error_rate, window.shed_rate
-    if p99 is None or errors is None or refused is None or not window.p99_resolved:
+    window has no responses, or too few answers for a p99 (a verdict on it would be noise) while
+    nothing else is over its limit.
+
+    A window with too few answers for a p99 is still judged on its server errors and refusals when
+    it counted enough responses (MIN_ANSWERS) and one of them is over its limit: an overloaded
+    service refusing most requests answers few of them, and that is a breach, not a lack of data."""
+    errors, refused = window.error_rate, window.shed_rate
+    if errors is None or refused is None:
         return None
-    return {"latency": p99 / slo_seconds, "serverErrors": errors / ERROR_BUDGET, "refusals": refused / refusal_budget}
+    shares = {"serverErrors": errors / ERROR_BUDGET, "refusals": refused / refusal_budget}
+    p99 = window.quantile(0.99)
+    if p99 is not None and window.p99_resolved:
+        return {"latency": p99 / slo_seconds, **shares}
+    if window.requests >= MIN_ANSWERS and max(shares.values()) > 1.0:
+        return shares
+    return None
 
 
 def within_slo(mode: ServiceMode) -> Gate:
@@ -71,7 +82,10 @@ def _judged(refusal_budget: float) -> Callable[[Context], Reading]:
             raw["why"] = f"{window.answered:g} answers in {window.seconds:.1f} s; a p99 needs {MIN_ANSWERS}"
             return Reading(None, raw=raw, query=query)
         raw.update({key: round(value, 4) for key, value in found.items()})
-        raw["p99Seconds"] = round(window.quantile(0.99) or 0.0, 4)
+        if "latency" in found:
+            raw["p99Seconds"] = round(window.quantile(0.99) or 0.0, 4)
+        else:
+            raw["why"] = f"{window.answered:g} answers are too few for a p99; judged on errors and refusals"
         return Reading(max(found.values()), raw=raw, query=query)
 
     return probe

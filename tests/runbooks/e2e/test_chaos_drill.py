@@ -1,0 +1,120 @@
+"""chaos-drill end to end: the real `peakguard runbook run chaos-drill` against the lab, whose moto
+holds the FIS templates the Pulumi program declares for dev (lab.fis plays `pulumi up` for them).
+
+moto's FIS runs an experiment as a state machine and injects nothing (lab/fis.py says what it
+lacks), so the fault that breaks the SLO here is the lab's own: every pod's first layer made to sleep
+past the SLO before each batch (the service's chaos setting). The experiment's states advance on wall
+time (`progression_seconds`), as a real one's do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+from typing import Any
+
+import boto3
+import httpx
+import pytest
+
+from lab.fis import progression_seconds
+from model_service.load_generator import SAMPLE_QUERIES, LoadSpec, run_load_sync
+from tests.runbooks.e2e.conftest import World, _records, _wait
+
+CHAOS = {"chaos": True}
+"""The pods accept `PUT /admin/chaos` (a slow layer)."""
+
+
+def _drill(world: World, *args: str) -> list[str]:
+    return ["runbook", "run", "chaos-drill", "--env", "dev", "--kube-url", world.kube_url, "--window", "1",
+            "--experiment", "model-pod-delete", *args]  # fmt: skip
+
+
+def _fis(world: World) -> Any:
+    return boto3.client("fis", **world.lab.client_args())
+
+
+def _experiments(world: World) -> list[dict[str, Any]]:
+    template = world.targets.chaos_experiments["model-pod-delete"]
+    fis = _fis(world)
+    return [fis.get_experiment(id=e["id"])["experiment"]
+            for e in fis.list_experiments(experimentTemplateId=template)["experiments"]]  # fmt: skip
+
+
+def _at(record: dict[str, Any]) -> float:
+    return dt.datetime.fromisoformat(record["at"]).timestamp()
+
+
+def _slow_every_pod(world: World, seconds: float) -> None:
+    auth = {"authorization": f"Bearer {world.token}"}
+    for _, url in world.ready_backends():
+        answer = httpx.put(f"{url}/admin/chaos", json={"slow_layer": {"layer": "block0", "seconds": seconds}},
+                           headers=auth, timeout=10)  # fmt: skip
+        answer.raise_for_status()
+
+
+@pytest.mark.parametrize("world", [CHAOS], indirect=True)
+def test_an_experiment_the_service_rides_out_runs_to_its_end_and_the_drill_succeeds(world: World) -> None:
+    progression_seconds(world.aws_env["AWS_ENDPOINT_URL"], 3)  # pending -> ... -> completed in about 9 s
+
+    done = world.peakguard(*_drill(world, "--yes"), timeout=180)
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    (experiment,) = _experiments(world)
+    assert experiment["state"]["status"] == "completed"
+    records = _records(world)
+    run_id = records[0]["runId"] if "runId" in records[0] else next(world.journal_dir.glob("*.jsonl")).stem
+    assert experiment["tags"]["peakguard:run"] == run_id, "the run's experiment, found again by its tag"
+    (ended,) = [r for r in records if r["event"] == "step_watch_ended"]
+    assert ended["ok"] and ended["readings"] >= 2, "watched for the experiment's length, not read once"
+    readings = [r["gate"] for r in records if r["event"] == "step_watch_reading"]
+    assert [g["verdict"] for g in readings] == ["pass"], "the service held its SLO throughout"
+    assert readings[0]["raw"]["answered"] >= 100, "judged on enough answers for a p99"
+    assert not [r for r in records if r["event"] == "rollback_started"]
+
+
+@pytest.mark.parametrize("world", [CHAOS], indirect=True)
+def test_the_drill_stops_the_experiment_within_one_reading_once_the_slo_breaks(world: World) -> None:
+    progression_seconds(world.aws_env["AWS_ENDPOINT_URL"], 60)  # left alone, it would run for minutes
+    runner = world.start(*_drill(world, "--yes"))
+    _wait(lambda: any(r["event"] == "step_watch_reading" for r in _safe_records(world)), timeout=120)
+    (experiment,) = _experiments(world)
+    assert experiment["state"]["status"] in ("pending", "initiating", "running")
+
+    # Open-loop clients, as a real service's are: the lab's steady sender waits for each answer, so a
+    # slow service would starve the gate of the 100 answers a p99 needs (and the drill would stop it as
+    # blind, not as broken).
+    clients = threading.Thread(
+        target=run_load_sync,
+        args=(LoadSpec(f"{world.proxy_url}/v1/intent", rps=40, duration=40, texts=SAMPLE_QUERIES, timeout=10),),
+        daemon=True,
+    )
+    clients.start()
+    broke = time.time()
+    _slow_every_pod(world, 1.5)  # every batch now takes longer than dev's 1 s p99 SLO
+    runner.wait(timeout=120)
+
+    assert runner.returncode == 1
+    records = _records(world)
+    failures = [r for r in records if r["event"] == "step_watch_reading" and r["gate"]["verdict"] == "fail"]
+    assert len(failures) == 1, json.dumps(records[-10:], indent=1)
+    (failed,) = failures
+    # Slowed past the SLO, the pods' admission control refuses most requests: refusals break first.
+    assert failed["gate"]["value"] > 1.0 and failed["gate"]["raw"]["refusals"] > 1.0
+    (stopping,) = [r for r in records if r["event"] == "step_note" and r["text"].startswith("stopping FIS experiment")]
+    # One reading lasts a window (1 s, stretched to at most 5 s to gather 100 answers) plus the 1 s
+    # poll: the reading under way at the break may still pass, the next one fails.
+    assert _at(stopping) - broke <= 2 * (5 + 1), json.dumps(records[-8:], indent=1)
+    (experiment,) = _experiments(world)
+    assert experiment["state"]["status"] == "stopped", "stopped in FIS, not only in the journal"
+    finished = next(r for r in reversed(records) if r["event"] == "run_finished")
+    assert "broke while watched" in finished["reason"]
+
+
+def _safe_records(world: World) -> list[dict[str, Any]]:
+    try:
+        return _records(world)
+    except (StopIteration, json.JSONDecodeError):
+        return []  # no journal yet, or its last line half-written
