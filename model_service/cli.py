@@ -38,7 +38,7 @@ def register_train(commands: Any) -> None:
     )
     parser.add_argument("--seed", type=int, default=13, help="seed for the split, initialisation and shuffling")
     parser.add_argument("--epochs-full", type=float, default=None,
-                        help="passes over the training split (full; default 2)")  # fmt: skip
+                        help="passes over the training split (full; default 3)")  # fmt: skip
     parser.add_argument("--epochs-light", type=float, default=None,
                         help="passes for the distilled light model (default 3)")  # fmt: skip
     parser.add_argument("--sample-limit", type=int, default=None,

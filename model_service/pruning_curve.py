@@ -80,7 +80,7 @@ class PruningSettings:
     version: str = ""
     points: tuple[Point, ...] = DEFAULT_POINTS
     recovery_epochs: float = 0.5
-    """Passes over the training split after pruning (the full model trained for 2)."""
+    """Passes over the training split after pruning (the full model trains for 3)."""
     distill: bool = False
     """Recover from the unpruned model's answers too (its logits on the training split, as the light
     model learns from the full one), not from the labels alone."""
