@@ -48,10 +48,11 @@ def _at(record: dict[str, Any]) -> float:
 
 
 def _slow_every_pod(world: World, seconds: float) -> None:
+    """Every Ready pod's first layer sleeps `seconds` before each batch (0: the slow layer is lifted)."""
     auth = {"authorization": f"Bearer {world.token}"}
+    slow = {"layer": "block0", "seconds": seconds} if seconds > 0 else None
     for _, url in world.ready_backends():
-        answer = httpx.put(f"{url}/admin/chaos", json={"slow_layer": {"layer": "block0", "seconds": seconds}},
-                           headers=auth, timeout=10)  # fmt: skip
+        answer = httpx.put(f"{url}/admin/chaos", json={"slow_layer": slow}, headers=auth, timeout=10)
         answer.raise_for_status()
 
 
@@ -77,7 +78,8 @@ def test_an_experiment_the_service_rides_out_runs_to_its_end_and_the_drill_succe
 
 @pytest.mark.parametrize("world", [CHAOS], indirect=True)
 def test_the_drill_stops_the_experiment_within_one_reading_once_the_slo_breaks(world: World) -> None:
-    progression_seconds(world.aws_env["AWS_ENDPOINT_URL"], 60)  # left alone, it would run for minutes
+    # Left alone it would run 90 s; a stop lands within 30 s (moto's next transition).
+    progression_seconds(world.aws_env["AWS_ENDPOINT_URL"], 30)
     runner = world.start(*_drill(world, "--yes"))
     _wait(lambda: any(r["event"] == "step_watch_reading" for r in _safe_records(world)), timeout=120)
     (experiment,) = _experiments(world)
@@ -94,6 +96,10 @@ def test_the_drill_stops_the_experiment_within_one_reading_once_the_slo_breaks(w
     clients.start()
     broke = time.time()
     _slow_every_pod(world, 1.5)  # every batch now takes longer than dev's 1 s p99 SLO
+    # The fault is over once the drill stops the experiment (as FIS undoes its actions): the service
+    # recovers, and the run's health gate after the rollback passes.
+    _wait(lambda: any(r["event"] == "rollback_started" for r in _safe_records(world)), timeout=60)
+    _slow_every_pod(world, 0.0)
     runner.wait(timeout=120)
 
     assert runner.returncode == 1
@@ -113,7 +119,7 @@ def test_the_drill_stops_the_experiment_within_one_reading_once_the_slo_breaks(w
     (experiment,) = _experiments(world)
     assert experiment["state"]["status"] == "stopped", "stopped in FIS, not only in the journal"
     finished = next(r for r in reversed(records) if r["event"] == "run_finished")
-    assert "broke while watched" in finished["reason"]
+    assert finished["status"] == "rolled-back" and "broke while watched" in finished["reason"]
 
 
 def _safe_records(world: World) -> list[dict[str, Any]]:
