@@ -11,6 +11,7 @@ the HPA at its maximum. The labels they select are the model service's metrics c
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -134,26 +135,39 @@ ALERTS: tuple[Alert, ...] = (
 )  # fmt: skip
 
 
-def alert_rules(env: str, namespace: str, slo_seconds: float, *, time_scale: float = 1.0) -> list[dict[str, Any]]:
+def alert_rules(
+    env: str,
+    namespace: str,
+    slo_seconds: float,
+    *,
+    time_scale: float = 1.0,
+    incidents: Mapping[str, Sequence[str]] | None = None,
+) -> list[dict[str, Any]]:
     """The alerting rules, rendered for one environment.
 
     `time_scale` (the drill's k, below 1) shortens every `for:`, range and offset alike, so a rule
-    that waits 2 minutes over a 5-minute rate waits 2k over 5k: the same rule, faster, never dropped."""
+    that waits 2 minutes over a 5-minute rate waits 2k over 5k: the same rule, faster, never dropped.
+    `incidents` maps a signal to the incident documents that showed it (infra/incident_index.py):
+    each alert's annotations link its runbook's source and those documents."""
     rules = []
     for alert in ALERTS:
         expr = alert.expr.format(ns=namespace, slo=f"{slo_seconds:g}")
+        annotations = {
+            "summary": alert.summary,
+            "signal": alert.signal,
+            "runbook": alert.runbook,
+            "runbook_command": f"peakguard runbook plan {alert.runbook} --env {env}",
+            "runbook_source": f"runbooks/library/{alert.runbook.replace('-', '_')}.py",
+        }
+        if links := (incidents or {}).get(alert.signal):
+            annotations["incidents"] = " ".join(links)
         rules.append(
             {
                 "alert": alert.name,
                 "expr": expr if time_scale == 1.0 else _scaled_expr(expr, time_scale),
                 "for": alert.for_ if time_scale == 1.0 else scaled_duration(alert.for_, time_scale),
                 "labels": {"severity": alert.severity, "service": "model-service", "env": env},
-                "annotations": {
-                    "summary": alert.summary,
-                    "signal": alert.signal,
-                    "runbook": alert.runbook,
-                    "runbook_command": f"peakguard runbook plan {alert.runbook} --env {env}",
-                },
+                "annotations": annotations,
             }
         )
     return rules

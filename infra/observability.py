@@ -2,14 +2,15 @@
 
 The alerts cover the seed's twelve signals: QPS, p50 and p99 latency, error rate, shed rate, queue
 depth, batch size, GPU utilisation and memory (DCGM), OOM kills, pod restarts, node NotReady and
-the HPA at its maximum. Each carries a `runbook` annotation (the peakguard runbook to run) and the
-command that plans it, so the page tells the on-call what to do, not only what broke.
+the HPA at its maximum. Each carries a `runbook` annotation (the peakguard runbook to run), the
+command that plans it and the runbook's source, and links the reviewed incidents that showed its
+signal (`incidents/`), so the page tells the on-call what to do and what happened last time.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -37,6 +38,9 @@ class ObservabilityArgs:
     depends_on: list[pulumi.Resource] = field(default_factory=list)
     """kube-prometheus-stack, whose CRDs these objects are."""
     labels: Mapping[str, str] = field(default_factory=dict)
+    incidents: Mapping[str, Sequence[str]] = field(default_factory=dict)
+    """Signal -> the reviewed incident documents that showed it (infra/incident_index.py): each
+    alert links them."""
 
 
 class Observability(pulumi.ComponentResource):
@@ -69,7 +73,9 @@ class Observability(pulumi.ComponentResource):
                 "groups": [
                     {
                         "name": "peakguard.model-service",
-                        "rules": alert_rules(args.env, namespace, args.config.slo_p99_milliseconds / 1000),
+                        "rules": alert_rules(
+                            args.env, namespace, args.config.slo_p99_milliseconds / 1000, incidents=args.incidents
+                        ),
                     }
                 ]
             },

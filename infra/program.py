@@ -14,6 +14,7 @@ import pulumi
 import pulumi_aws as aws
 from pulumi.runtime import config as runtime_config
 
+from infra import incident_index
 from infra.chaos import ChaosExperiments, ChaosExperimentsArgs
 from infra.cluster import Cluster, ClusterArgs
 from infra.cluster_addons import RELEASES, ClusterAddons, ClusterAddonsArgs
@@ -196,6 +197,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             config=service,
             provider=provider,
             depends_on=[addons.releases["kubePrometheusStack"], workload],
+            incidents=incident_index.links_by_signal(incident_index.load()),
         ),
     )
     if service.predictive_scale is not None:
