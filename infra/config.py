@@ -45,6 +45,7 @@ __all__ = [
     "GpuPoolConfig",
     "IngressConfig",
     "KubernetesConfig",
+    "LoadTestConfig",
     "ModelServiceConfig",
     "NetworkConfig",
     "Pricing",
@@ -410,6 +411,16 @@ class ModelServiceConfig:
 
 
 @dataclass(frozen=True)
+class LoadTestConfig:
+    """The distributed load's node pool and namespace (infra/load_test.py): absent, neither exists."""
+
+    instance_type: str
+    """A CPU type of facts.CPU_INSTANCE_TYPES: one load worker a vCPU."""
+    max_nodes: int
+    namespace: str
+
+
+@dataclass(frozen=True)
 class KubernetesConfig:
     chart_versions: Mapping[str, str]
     """Pinned Helm chart version per add-on (keys: `CHARTS`)."""
@@ -418,6 +429,7 @@ class KubernetesConfig:
     efa_device_plugin_image_tag: str
     """The EFA device plugin's own release: the chart's version is not the plugin's (chart v0.5.20 runs v0.5.13)."""
     model_service: ModelServiceConfig
+    load_test: LoadTestConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -1016,6 +1028,15 @@ class _ChartsDoc(_Doc):
     open_telemetry_collector: Annotated[str, _CHART]
 
 
+class _LoadTestDoc(_Doc):
+    instance_type: Annotated[str, _Text(choices=tuple(facts.CPU_INSTANCE_TYPES))] = "c7i.4xlarge"
+    max_nodes: Annotated[int, _Whole(1, 200)] = 8
+    """Nodes at most: workers = nodes x vCPUs (8 c7i.4xlarge hold 128 workers)."""
+    namespace: Annotated[
+        str, _Text(pattern=_NAMESPACE, problem="must be a DNS label: lowercase letters, digits and '-'")
+    ] = "peakguard-load"
+
+
 class _KubernetesDoc(_Doc):
     charts: _ChartsDoc
     cluster_autoscaler_image_tag: Annotated[str | None, _TEXT] = None
@@ -1024,6 +1045,8 @@ class _KubernetesDoc(_Doc):
         str, _Text(pattern=_PLUGIN_TAG, problem="must be a plugin release such as v0.5.13")
     ] = EFA_DEVICE_PLUGIN_IMAGE_TAG
     model_service: _ModelServiceDoc
+    load_test: _LoadTestDoc | None = None
+    """The distributed load's CPU node pool, namespace, service account and quotas (absent: none)."""
 
 
 _DATE = re.compile(r"^20[0-9]{2}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
@@ -1490,6 +1513,13 @@ def _parse_kubernetes(
         cluster_autoscaler_image_tag=tag,
         efa_device_plugin_image_tag=doc.efa_device_plugin_image_tag,
         model_service=_parse_model_service(doc.model_service, f"{path}.modelService", pools=pools),
+        load_test=None
+        if doc.load_test is None
+        else LoadTestConfig(
+            instance_type=doc.load_test.instance_type,
+            max_nodes=doc.load_test.max_nodes,
+            namespace=doc.load_test.namespace,
+        ),
     )
 
 

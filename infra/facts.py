@@ -13,6 +13,7 @@ from fractions import Fraction
 
 __all__ = [
     "CLUSTER_AUTOSCALER_RELEASES",
+    "CPU_INSTANCE_TYPES",
     "EKS_TAINT_EFFECTS",
     "FIS_ACTIONS",
     "GENERATION_LABEL",
@@ -366,3 +367,16 @@ resource type). From the FIS actions reference
 (https://docs.aws.amazon.com/fis/latest/userguide/fis-actions-reference.html) and its target keys
 (https://docs.aws.amazon.com/fis/latest/userguide/action-sequence.html#action-targets). infra/chaos.py
 declares nothing else, and the policy pack refuses an action outside it."""
+
+
+# --- CPU instances (the load pool) -----------------------------------------------------------
+
+CPU_INSTANCE_TYPES: dict[str, tuple[int, int]] = {
+    "c7i.xlarge": (4, 8),
+    "c7i.2xlarge": (8, 16),
+    "c7i.4xlarge": (16, 32),
+    "c7i.8xlarge": (32, 64),
+    "c7i.16xlarge": (64, 128),
+}
+"""vCPUs and GiB of memory of the CPU types the load pool may use (Amazon EC2 C7i instances,
+https://aws.amazon.com/ec2/instance-types/c7i/): the namespace's quota is sized from them."""

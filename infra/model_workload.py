@@ -108,6 +108,9 @@ class ModelWorkloadArgs:
     health checks come from there, with `target-type: ip` straight to the pods."""
     monitoring_namespace: str = "monitoring"
     """Where Prometheus runs: it scrapes /metrics on the pods."""
+    load_test_namespace: str | None = None
+    """Where the distributed load's workers run (infra/load_test.py), if the stack has them: they
+    reach the pods through the Service, so the network policy lets them in."""
     lustre: LustreFileSystem | None = None
     """Where FSx is enabled: its static volume and claim; with `model_service_mount`, the init
     container copies a version from it, and from S3 when it does not hold the version whole."""
@@ -248,7 +251,8 @@ class ModelWorkload(pulumi.ComponentResource):
 
     def _network_policy(self, name: str) -> None:
         """Who may reach the model-service pods: the ALB (requests and health checks), Prometheus
-        (scrapes) and runbook runners (the admin API), nothing else. Enforced by the VPC CNI's
+        (scrapes), runbook runners (the admin API) and, where the stack has them, the load workers,
+        nothing else. Enforced by the VPC CNI's
         network-policy agent (infra/cluster.py turns it on); egress stays open (S3, OTLP, DNS)."""
         args = self._args
         port = [k8s.networking.v1.NetworkPolicyPortArgs(port=PORT, protocol="TCP")]
@@ -265,6 +269,15 @@ class ModelWorkload(pulumi.ComponentResource):
             k8s.networking.v1.NetworkPolicyPeerArgs(ip_block=k8s.networking.v1.IPBlockArgs(cidr=cidr))
             for cidr in (*args.load_balancer_cidrs, *args.config.admin_source_cidrs)
         ]
+        if args.load_test_namespace is not None:
+            addresses.append(
+                k8s.networking.v1.NetworkPolicyPeerArgs(
+                    namespace_selector=k8s.meta.v1.LabelSelectorArgs(
+                        match_labels={"kubernetes.io/metadata.name": args.load_test_namespace}
+                    ),
+                    pod_selector=k8s.meta.v1.LabelSelectorArgs(match_labels={"app.kubernetes.io/name": "load-worker"}),
+                )
+            )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-ingress-sources",
             metadata=self._metadata(f"{APP_LABEL}-ingress-sources"),

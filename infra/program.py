@@ -22,6 +22,7 @@ from infra.config import StackConfig
 from infra.gpu_node_groups import GpuNodeGroups, GpuNodeGroupsArgs
 from infra.incident_hold import check_incident_hold
 from infra.kubernetes_provider import kubernetes_provider
+from infra.load_test import LoadTestPool, LoadTestPoolArgs
 from infra.model_workload import APP_LABEL, IN_FLIGHT_METRIC, ModelWorkload, ModelWorkloadArgs
 from infra.network import Network, NetworkArgs, plan_subnets
 from infra.node_preflight import NodePreflight, NodePreflightArgs
@@ -159,6 +160,23 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             tags=tags,
         ),
     )
+    load_test = config.kubernetes.load_test
+    if load_test is not None:
+        LoadTestPool(
+            f"{env}-load-test",
+            LoadTestPoolArgs(
+                env=env,
+                config=load_test,
+                cluster_name=cluster.name,
+                cluster_security_group_id=cluster.security_group_id,
+                node_role_arn=cluster.node_role_arn,
+                private_subnet_ids=private_subnets,
+                provider=provider,
+                # Nodes need the CNI to come up; the namespace's objects need a node for the API's webhooks.
+                depends_on=[cluster.vpc_cni, cluster.system_node_group],
+                tags=tags,
+            ),
+        )
     NodePreflight(
         f"{env}-node-preflight",
         NodePreflightArgs(
@@ -186,6 +204,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             load_balancer_cidrs=load_balancer_cidrs(config),
             monitoring_namespace=RELEASES["kubePrometheusStack"].namespace,
             lustre=storage.lustre,
+            load_test_namespace=load_test.namespace if load_test is not None else None,
             depends_on=[addons.releases["keda"], addons.releases["awsLoadBalancerController"]],
             tags=tags,
         ),
