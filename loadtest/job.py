@@ -62,6 +62,8 @@ def job_manifest(
                 "metadata": {"labels": {"app.kubernetes.io/name": "load-worker"}},
                 "spec": {
                     "restartPolicy": "Never",
+                    # The namespace enforces the restricted Pod Security Standard (infra/load_test.py).
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
                     "serviceAccountName": pods.service_account,
                     "nodeSelector": dict(pods.node_selector),
                     "tolerations": [dict(t) for t in pods.tolerations],
@@ -71,8 +73,8 @@ def job_manifest(
                         "command": ["python", "-m", "loadtest.worker"],
                         "env": [{"name": key, "value": value} for key, value in sorted(env.items())],
                         "resources": {"requests": resources, "limits": resources},
-                        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False,
-                                            "readOnlyRootFilesystem": True},
+                        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                            "capabilities": {"drop": ["ALL"]}},
                     }],
                 },
             },

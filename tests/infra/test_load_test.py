@@ -79,6 +79,11 @@ def test_the_load_job_lands_on_the_pool_the_program_declares() -> None:
         {"key": "peakguard.io/load", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
     ]
     assert spec["serviceAccountName"] == "load-worker"
+    # What the namespace's restricted Pod Security Standard asks of every pod.
+    assert spec["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    (container,) = spec["containers"]
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
 
 
 @pytest.mark.parametrize(("load", "message"), [
