@@ -13,9 +13,17 @@ __all__ = ["register"]
 
 
 def register(commands: Any) -> None:
-    parser = commands.add_parser(
+    root = commands.add_parser(
         "loadtest",
-        help="open-loop load from N workers as a Kubernetes Indexed Job; one merged report",
+        help="open-loop load from N workers as a Kubernetes Indexed Job; one worker's capacity",
+        description="Distributed load: `run` offers a rate from N pods of an Indexed Job and merges their "
+        "histograms; `capacity` measures how fast one worker sends on schedule, and so N for a rate.",
+    )
+    actions = root.add_subparsers(dest="loadtest_action", metavar="ACTION", required=True)
+    _register_capacity(actions)
+    parser = actions.add_parser(
+        "run",
+        help="offer --rps from --workers pods of an Indexed Job; one merged report",
         description=(
             "Offer --rps to --url from --workers pods of an Indexed Job (each a share of the rate, its own seed, "
             "all started together once every one is running), for --duration seconds, and merge their HDR "
@@ -41,6 +49,52 @@ def register(commands: Any) -> None:
     parser.add_argument("--json", type=Path, help="write the report here")
     parser.add_argument("--plot", type=Path, help="write the latency-by-percentile plot here (PNG)")
     parser.set_defaults(handler=_run)
+
+
+def _register_capacity(actions: Any) -> None:
+    parser = actions.add_parser(
+        "capacity",
+        help="one worker's ceiling on this machine, and the workers 100k rps needs",
+        description=(
+            "Run one worker's generator pinned to one core against a bare endpoint pinned to another, at each "
+            "--rates for --seconds, and report the highest rate it sent on schedule (lateness p99 within the "
+            "generator's 5 ms bar, nothing lost) and the workers 100k rps needs at that rate. Refused on a busy "
+            "machine. Exit status: 0 a ceiling found, 1 no rate sustained, 2 refused."
+        ),
+    )
+    parser.add_argument("--rates", default="1000,1500,2000,2500,3000,3500",
+                        help="requests per second to try, comma-separated")  # fmt: skip
+    parser.add_argument("--seconds", type=float, default=8.0, help="seconds at each rate (the first quarter, "
+                        "at most 1 s, is warm-up)")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.set_defaults(handler=_capacity)
+
+
+def _capacity(args: argparse.Namespace) -> int:
+    from loadtest.capacity import measure
+
+    try:
+        rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
+    except ValueError:
+        print(f"peakguard loadtest capacity: --rates {args.rates!r}: give numbers, e.g. 1000,2000", file=sys.stderr)
+        return 2
+    try:
+        report = measure(rates, args.seconds)
+    except RuntimeError as exc:
+        print(f"peakguard loadtest capacity: {exc}", file=sys.stderr)
+        return 2
+    for row in report["rates"]:
+        print(f"{row['rps']:>8g} rps: sent {row['sent']}, answered {row['answered']}, lost {row['lost']}, lateness "
+              f"p99 {row['latenessMs']['p99']} ms, latency p99 {row['latencyMs']['p99']} ms: "
+              f"{'on schedule' if row['sustained'] else 'behind'}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if report["ceilingRps"] is None:
+        print("no rate was sustained: try lower --rates")
+        return 1
+    print(f"one worker (one core) sustains {report['ceilingRps']:g} rps: {report['workersFor100k']} workers for "
+          "100k rps")  # fmt: skip
+    return 0
 
 
 def _apis(args: argparse.Namespace) -> tuple[Any, Any]:
