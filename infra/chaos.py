@@ -3,8 +3,9 @@ role FIS acts as, and the CloudWatch alarms every experiment stops on.
 
 The experiments (the stack picks from `CHAOS_EXPERIMENTS`):
 - `gpu-zone-stop-<az>`: stop every instance of the full model's GPU pool in one AZ
-  (`aws:ec2:stop-instances`, restarted by FIS after `durationMinutes`): the seed's lost nodes, a
-  zone at a time, which the 30% headroom and the zone spread must absorb.
+  (`aws:ec2:stop-instances`, restarted by FIS after `durationMinutes`, unless the node group's
+  Auto Scaling group replaced them first): the seed's lost nodes, a zone at a time, which the 30%
+  headroom and the zone spread must absorb.
 - `subnet-disconnect-<az>`: cut one AZ's private subnet off (`aws:network:disrupt-connectivity`,
   scope `all`), for `durationMinutes`: a zone's network failing rather than its machines.
 - `model-pod-delete`: delete a share of the model pods at once (`aws:eks:pod-delete`), what a
@@ -18,10 +19,10 @@ the policy pack refuses an action outside it.
 
 Stop conditions: two alarms on the model service's ALB target group, which the Load Balancer
 Controller creates from the Ingress (so the program finds it by the controller's tags once the
-Ingress is up): target 5xx over 1% of requests (the error-rate alert's bound), and the targets' p99
-response time over the SLO, each for 2 of the last 3 minutes (ALB metrics are per minute). FIS
-stops an experiment when either alarms; the chaos-drill runbook stops it sooner, on the pods' own
-metrics (runbooks/library/chaos_drill.py).
+Ingress is up): 5xx from the targets or the ALB itself over 1% of requests (the error-rate alert's
+bound), and the targets' p99 response time over the SLO, each for 2 of the last 3 minutes (ALB
+metrics are per minute). FIS stops an experiment when either alarms; the chaos-drill runbook stops
+it sooner, on the pods' own metrics (runbooks/library/chaos_drill.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ FIS_USER = "fis-experiment"
 ERROR_RATE = 0.01
 """Target 5xx share that alarms: the model service's error-rate alert (infra/alerts.py)."""
 _SERVICE_ACCOUNT = "fis-experiments"
+_ERROR_SHARE = (
+    "IF(FILL(requests, 0) + FILL(balancer, 0) > 0, "
+    "(FILL(targets, 0) + FILL(balancer, 0)) / (FILL(requests, 0) + FILL(balancer, 0)), 0)"
+)
+"""CloudWatch metric math (FILL: a minute the ALB reported no such error counts as 0)."""
 _CLUSTER_TAG, _STACK_TAG = "elbv2.k8s.aws/cluster", "ingress.k8s.aws/stack"
 """The tags the AWS Load Balancer Controller puts on what it creates for an Ingress
 (aws-load-balancer-controller, pkg/deploy/tracking/provider.go)."""
@@ -57,6 +63,8 @@ class ChaosExperimentsArgs:
     cluster_name: pulumi.Input[str]
     full_pool: str
     """The GPU pool whose instances `gpu-zone-stop` stops (tagged peakguard:pool by the node groups)."""
+    full_pool_zones: Sequence[str]
+    """Its AZs: a zone without it would give a template whose target is always empty."""
     private_subnet_ids: Mapping[str, pulumi.Input[str]]
     """By AZ, in the stack's AZ order."""
     namespace: str
@@ -109,14 +117,17 @@ class ChaosExperiments(pulumi.ComponentResource):
         stop = [aws.fis.ExperimentTemplateStopConditionArgs(source="aws:cloudwatch:alarm", value=a.arn) for a in alarms]
         self.template_ids = {}
         minutes = f"PT{args.config.duration_minutes}M"
-        zones = list(args.private_subnet_ids)
+        zones = [az for az in args.private_subnet_ids if az in args.full_pool_zones]
         for experiment in args.config.experiments:
             if experiment == "gpu-zone-stop":
                 for az in zones:
                     self._template(
                         name, f"gpu-zone-stop-{az}", args, role, stop,
                         f"stop the {args.full_pool} pool's GPU instances in {az} for {minutes}",
-                        "aws:ec2:stop-instances", {"startInstancesAfterDuration": minutes},
+                        # The managed node group's Auto Scaling group replaces a stopped instance; FIS
+                        # then cannot start it again, and completes instead of failing (FIS reference).
+                        "aws:ec2:stop-instances",
+                        {"startInstancesAfterDuration": minutes, "completeIfInstancesTerminated": "true"},
                         aws.fis.ExperimentTemplateTargetArgs(
                             name="gpu-instances", resource_type="aws:ec2:instance", selection_mode="ALL",
                             resource_tags=[
@@ -146,7 +157,9 @@ class ChaosExperiments(pulumi.ComponentResource):
                 self._template(
                     name, "model-pod-delete", args, role, stop,
                     f"delete {percent}% of the model pods at once",
-                    "aws:eks:pod-delete", {"kubernetesServiceAccount": _SERVICE_ACCOUNT},
+                    # Its orchestration pod must pass the namespace's restricted Pod Security Standard.
+                    "aws:eks:pod-delete",
+                    {"kubernetesServiceAccount": _SERVICE_ACCOUNT, "fisPodSecurityPolicy": "restricted"},
                     aws.fis.ExperimentTemplateTargetArgs(
                         name="model-pods", resource_type="aws:eks:pod", selection_mode=f"PERCENT({percent})",
                         parameters={
@@ -213,18 +226,22 @@ class ChaosExperiments(pulumi.ComponentResource):
             # The ALB reports nothing for a minute without requests: a quiet minute is not a failure.
             "treat_missing_data": "notBreaching", "tags": dict(args.tags),
         }  # fmt: skip
+        # A zone stopped or cut off shows as the ALB's own 502/503/504 (HTTPCode_ELB_5XX_Count, per load
+        # balancer), not the targets': both count. A request refused before a target was chosen is
+        # not in RequestCount, so the ALB's errors are added to the denominator too.
         errors = aws.cloudwatch.MetricAlarm(
             f"{name}-target-5xx",
-            alarm_description=f"peakguard {args.env}: model-service targets answer 5xx to over {ERROR_RATE:.0%} "
-            "of requests (stops FIS experiments)",
+            alarm_description=f"peakguard {args.env}: over {ERROR_RATE:.0%} of model-service requests answered 5xx "
+            "by the targets or the ALB (stops FIS experiments)",
             threshold=ERROR_RATE,
             metric_queries=[
-                _metric("errors", "HTTPCode_Target_5XX_Count", dimensions),
+                _metric("targets", "HTTPCode_Target_5XX_Count", dimensions),
+                _metric("balancer", "HTTPCode_ELB_5XX_Count", {"LoadBalancer": dimensions["LoadBalancer"]}),
                 _metric("requests", "RequestCount", dimensions),
                 aws.cloudwatch.MetricAlarmMetricQueryArgs(
                     id="share",
-                    expression="IF(requests > 0, errors / requests, 0)",
-                    label="target 5xx share",
+                    expression=_ERROR_SHARE,
+                    label="5xx share, targets' and the ALB's",
                     return_data=True,
                 ),
             ],

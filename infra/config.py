@@ -1031,7 +1031,7 @@ class _ChartsDoc(_Doc):
 class _LoadTestDoc(_Doc):
     instance_type: Annotated[str, _Text(choices=tuple(facts.CPU_INSTANCE_TYPES))] = "c7i.4xlarge"
     max_nodes: Annotated[int, _Whole(1, 200)] = 8
-    """Nodes at most: workers = nodes x vCPUs (8 c7i.4xlarge hold 128 workers)."""
+    """Nodes at most: workers = nodes x (vCPUs - 1) (8 c7i.4xlarge hold 120 workers)."""
     namespace: Annotated[
         str, _Text(pattern=_NAMESPACE, problem="must be a DNS label: lowercase letters, digits and '-'")
     ] = "peakguard-load"

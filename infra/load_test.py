@@ -21,12 +21,22 @@ from infra import facts
 from infra.config import LoadTestConfig
 from infra.launch_templates import encrypted_root_volume, instance_metadata_options
 
-__all__ = ["LOAD_POOL", "LOAD_TAINT", "WORKER_ACCOUNT", "LoadTestPool", "LoadTestPoolArgs", "scale_from_zero_tags"]
+__all__ = [
+    "LOAD_POOL", "LOAD_TAINT", "WORKER_ACCOUNT", "LoadTestPool", "LoadTestPoolArgs", "scale_from_zero_tags",
+    "workers_per_node",
+]  # fmt: skip
 
 LOAD_POOL = "load"
 LOAD_TAINT = facts.Taint(key="peakguard.io/load", value="true", effect="NoSchedule")
 WORKER_ACCOUNT = "load-worker"
 _TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
+
+
+def workers_per_node(config: LoadTestConfig) -> int:
+    """One-vCPU workers a node holds: its vCPUs less one, for what the kubelet reserves and the
+    node's own DaemonSets (aws-node, kube-proxy) request."""
+    cpus, _ = facts.CPU_INSTANCE_TYPES[config.instance_type]
+    return cpus - 1
 
 
 def scale_from_zero_tags(config: LoadTestConfig) -> dict[str, str]:
@@ -131,15 +141,16 @@ class LoadTestPool(pulumi.ComponentResource):
             subjects=[k8s.rbac.v1.SubjectArgs(kind="ServiceAccount", name=WORKER_ACCOUNT, namespace=config.namespace)],
             opts=in_ns,
         )
-        cpus, memory = facts.CPU_INSTANCE_TYPES[config.instance_type]
+        workers = workers_per_node(config) * config.max_nodes
+        _, memory = facts.CPU_INSTANCE_TYPES[config.instance_type]
         # A run can never ask for more than the pool holds: one worker a vCPU, the pool's nodes at most.
         k8s.core.v1.ResourceQuota(
             f"{name}-quota",
             metadata={**metadata, "name": "load"},
-            spec={"hard": {"requests.cpu": str(cpus * config.max_nodes), "limits.cpu": str(cpus * config.max_nodes),
+            spec={"hard": {"requests.cpu": str(workers), "limits.cpu": str(workers),
                            "requests.memory": f"{memory * config.max_nodes}Gi",
                            "limits.memory": f"{memory * config.max_nodes}Gi",
-                           "pods": str(cpus * config.max_nodes), "count/jobs.batch": "2"}},
+                           "pods": str(workers), "count/jobs.batch": "2"}},
             opts=in_ns,
         )  # fmt: skip
         k8s.core.v1.LimitRange(

@@ -216,7 +216,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
             config=service,
             provider=provider,
             depends_on=[addons.releases["kubePrometheusStack"], workload],
-            incidents=incident_index.links_by_signal(incident_index.load()),
+            incidents=_incident_links(),
         ),
     )
     if service.predictive_scale is not None:
@@ -247,6 +247,7 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
                 config=service.chaos,
                 cluster_name=cluster.name,
                 full_pool=service.pool,
+                full_pool_zones=config.pool(service.pool).availability_zones,
                 private_subnet_ids={az: network.private_subnet_ids[az] for az in config.network.availability_zones},
                 namespace=workload.namespace,
                 app_label=APP_LABEL,
@@ -346,6 +347,16 @@ def declare(config: StackConfig) -> dict[str, pulumi.Output[Any]]:
         "targetsParameter": pulumi.Output.from_input(parameter_name(env)),
         "targets": targets.apply(lambda document: document.to_dict()),
     }
+
+
+def _incident_links() -> dict[str, list[str]]:
+    """Signal -> reviewed incident documents, for the alerts; a document that does not check is
+    CI's to catch (tests/infra/test_incident_index.py), never a reason to fail a deploy."""
+    try:
+        return incident_index.links_by_signal(incident_index.load())
+    except incident_index.IncidentError as exc:
+        pulumi.log.warn(f"the alerts link no incidents this time: {exc}")
+        return {}
 
 
 def run() -> None:

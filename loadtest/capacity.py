@@ -66,8 +66,9 @@ def _wait_for(port: int, timeout: float = 30.0) -> None:
 
 
 def measure(rates: Sequence[float], seconds: float, *, worker_core: int = 0, server_core: int = 1) -> dict[str, Any]:
+    import socket
+
     from model_service.load_generator import LAG_BAR_MS, SAMPLE_QUERIES, LoadSpec, run_load_sync
-    from model_service.service_process import free_port
 
     cores = os.cpu_count() or 1
     busy = os.getloadavg()[0]
@@ -76,7 +77,9 @@ def measure(rates: Sequence[float], seconds: float, *, worker_core: int = 0, ser
             f"the machine is busy (1-minute load average {busy:.2f} on {cores} cores, over {BUSY_LOAD_PER_CORE} a "
             "core): a worker's capacity measured now would measure its neighbours; run it on a quiet machine"
         )
-    port = free_port()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
     server = subprocess.Popen(  # noqa: S603 (this interpreter, this module)
         [sys.executable, "-m", "loadtest.capacity", "--serve", str(port)], stdin=subprocess.DEVNULL,
         preexec_fn=lambda: os.sched_setaffinity(0, {server_core % cores}),

@@ -119,6 +119,9 @@ def _run(args: argparse.Namespace) -> int:
                     timeout=args.timeout, max_requests=args.max_requests)  # fmt: skip
     # SIGTERM as Ctrl-C: the coordinator's cleanup runs either way.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
+    from kubernetes.client.exceptions import ApiException  # type: ignore[import-untyped, unused-ignore]
+    from kubernetes.config import ConfigException  # type: ignore[import-untyped, unused-ignore]
+
     try:
         plan.check()
         core, batch = _apis(args)
@@ -126,11 +129,22 @@ def _run(args: argparse.Namespace) -> int:
     except LoadRefusedError as exc:
         print(f"peakguard loadtest: {exc}", file=sys.stderr)
         return 2
+    except ConfigException as exc:
+        print(f"peakguard loadtest: no cluster to run on: {exc}; pass --kubeconfig, or for EKS: aws eks "
+              "update-kubeconfig --name <cluster>", file=sys.stderr)  # fmt: skip
+        return 2
+    except ApiException as exc:
+        hints = {404: f"is there a namespace {args.namespace}? A stack declares it with "
+                      "peakguard:kubernetes.loadTest (then `pulumi up`)",
+                 403: f"your identity may not create Jobs and ConfigMaps in {args.namespace}"}  # fmt: skip
+        hint = hints.get(exc.status, "see the message above")
+        print(f"peakguard loadtest: the Kubernetes API answered {exc.status} {exc.reason}; {hint}", file=sys.stderr)
+        return 2
     except (TimeoutError, RuntimeError) as exc:
-        print(f"peakguard loadtest: {exc}; the Job was deleted", file=sys.stderr)
+        print(f"peakguard loadtest: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("peakguard loadtest: interrupted; the Job was deleted", file=sys.stderr)
+        print("peakguard loadtest: interrupted", file=sys.stderr)
         return 2
     if args.json:
         args.json.write_text(json.dumps(report, indent=1) + "\n")

@@ -170,6 +170,8 @@ def _clean_up(core: Any, batch: Any, namespace: str, job: str, config_map: str, 
     for what, delete in deletions:
         try:
             delete()
+            log(f"deleted {what}")
         except ApiException as exc:
             if exc.status != 404:
-                log(f"could not delete {what} in {namespace}: {exc.status} {exc.reason}; delete it by hand")
+                log(f"could not delete {what} in {namespace}: {exc.status} {exc.reason}; delete it by hand "
+                    f"(kubectl -n {namespace} delete job,configmap -l app.kubernetes.io/name=load-worker)")  # fmt: skip

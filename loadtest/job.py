@@ -13,8 +13,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["JOB_NAME_LABEL", "WorkerPods", "job_manifest", "start_config_map"]
+__all__ = ["JOB_NAME_LABEL", "WORKER_UID", "WorkerPods", "job_manifest", "start_config_map"]
 
+WORKER_UID = 10001
+"""The load worker image's numeric user (loadtest/Dockerfile), so runAsNonRoot can be verified."""
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 """The label Kubernetes puts on a Job's pods (Kubernetes 1.27+; `job-name` before)."""
 
@@ -24,7 +26,7 @@ class WorkerPods:
     """Where and as what the workers run."""
 
     image: str
-    """An image with peakguard's [model,load] extras (the load worker's; not the service image)."""
+    """The load worker image (loadtest/Dockerfile: peakguard[load], not the service image)."""
     namespace: str = "peakguard-load"
     service_account: str = "load-worker"
     node_selector: Mapping[str, str] = field(default_factory=lambda: {"peakguard.io/pool": "load"})
@@ -63,7 +65,8 @@ def job_manifest(
                 "spec": {
                     "restartPolicy": "Never",
                     # The namespace enforces the restricted Pod Security Standard (infra/load_test.py).
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                    "securityContext": {"runAsNonRoot": True, "runAsUser": WORKER_UID, "runAsGroup": WORKER_UID,
+                                        "seccompProfile": {"type": "RuntimeDefault"}},
                     "serviceAccountName": pods.service_account,
                     "nodeSelector": dict(pods.node_selector),
                     "tolerations": [dict(t) for t in pods.tolerations],

@@ -12,7 +12,9 @@ from typing import Any
 from loadtest import histograms
 from model_service.load_generator import LAG_BAR_MS, P99_MIN_SAMPLES
 
-__all__ = ["merge", "plot"]
+__all__ = ["START_SPREAD_SECONDS", "merge", "plot"]
+
+START_SPREAD_SECONDS = 1.0
 
 _COUNTS = ("sent", "ok", "shed", "errors5xx", "transportErrors", "droppedByGenerator")
 
@@ -30,6 +32,7 @@ def merge(results: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], *, expe
                            f"{LAG_BAR_MS:g} ms (give it more CPU, or use more workers)")  # fmt: skip
         workers.append({
             "index": result["index"], "seed": result["seed"], "rps": result["rps"], "startedAt": result["startedAt"],
+            "sendingFrom": result.get("sendingFrom"),
             **{key: result[key] for key in _COUNTS},
             "latencyMs": histograms.summary_ms(histograms.decode(result["latency"])), "latenessMs": own_lateness,
         })  # fmt: skip
@@ -38,14 +41,21 @@ def merge(results: Sequence[Mapping[str, Any]], plan: Mapping[str, Any], *, expe
     totals = {key: sum(int(r[key]) for r in results) for key in _COUNTS}
     if totals["ok"] < P99_MIN_SAMPLES:
         invalid.append(f"p99 from {totals['ok']} answers < {P99_MIN_SAMPLES}: lengthen the run")
-    starts = [r["startedAt"] for r in results]
+    # When each worker's schedule began, by its own clock (node clocks are NTP-synced on EKS; a spread
+    # above a second means the ramp was not shared).
+    starts = [r.get("sendingFrom", r["startedAt"]) for r in results]
+    spread = (max(starts) - min(starts)) if starts else None
+    if spread is not None and spread > START_SPREAD_SECONDS:
+        invalid.append(
+            f"the workers began {spread:.2f} s apart (> {START_SPREAD_SECONDS:g} s): the ramp was not shared"
+        )
     return {
         "plan": dict(plan),
         "totals": totals,
         "throughputRps": totals["ok"] / float(plan["duration"]),
         "latencyMs": histograms.summary_ms(latency),
         "latenessMs": histograms.summary_ms(lateness),
-        "startSpreadSeconds": (max(starts) - min(starts)) if starts else None,
+        "startSpreadSeconds": spread,
         "workers": workers,
         "histograms": {
             "latency": histograms.encode(latency),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -79,22 +80,34 @@ def wait_for_start(
     """Poll the barrier until the start time is written, then sleep until it; the start time.
     Raises TimeoutError if it is not written within `barrier_seconds`."""
     give_up = clock() + barrier_seconds
-    while (start := read_start()) is None:
+    # Once a second, jittered: a hundred workers polling together must not look like a flood to the
+    # API server's priority and fairness.
+    jitter = random.Random()  # noqa: S311 (spreading polls, not secrets)
+    while True:
+        try:
+            start = read_start()
+        except Exception as exc:  # noqa: BLE001 (a 429 or 5xx at the barrier is waited out, not fatal)
+            print(f"loadtest worker: reading the start time failed ({exc}); trying again", file=sys.stderr)
+            start = None
+        if start is not None:
+            break
         if clock() >= give_up:
             raise TimeoutError(f"no start time within {barrier_seconds:g} s: did the coordinator stop?")
-        sleep(0.2)
+        sleep(0.5 + jitter.random())
     if (wait := start - clock()) > 0:
         sleep(wait)
     return start
 
 
-def result_of(spec: WorkerSpec, report: Any, started_at: float) -> dict[str, Any]:
-    """What the coordinator merges: counts, and the histograms encoded."""
+def result_of(spec: WorkerSpec, report: Any, started_at: float, sending_from: float) -> dict[str, Any]:
+    """What the coordinator merges: counts, and the histograms encoded. `started_at` is the barrier's
+    start time, `sending_from` this worker's clock when its schedule began."""
     return {
         "index": spec.index,
         "seed": spec.seed + spec.index,
         "rps": spec.rps,
         "startedAt": started_at,
+        "sendingFrom": sending_from,
         "sent": report.sent,
         "ok": report.completed_ok,
         "shed": report.shed,
@@ -141,8 +154,9 @@ def main() -> int:
         return 2
     load = LoadSpec(url=spec.url, rps=spec.rps, duration=spec.duration, texts=SAMPLE_QUERIES,
                     timeout=spec.timeout, seed=spec.seed + spec.index)  # fmt: skip
+    sending_from = time.time()
     report = run_load_sync(load)
-    print(RESULT_PREFIX + json.dumps(result_of(spec, report, start)), flush=True)
+    print(RESULT_PREFIX + json.dumps(result_of(spec, report, start, sending_from)), flush=True)
     return 0
 
 

@@ -140,7 +140,8 @@ def draft(journal: Journal) -> tuple[str, str]:
     lines.append(f"- Steps done: {', '.join(done) or 'none'}; put back: {', '.join(undone) or 'none'}.")
     if finished:
         lines.append(f"- Outcome: {finished['status']}: {finished.get('reason', '')}")
-    lines += ["", f"## {SECTIONS[4]}", "", f"- `{journal.run_id}` ({status}), journal `{journal.path}`", ""]
+    lines += ["", f"## {SECTIONS[4]}", "", f"- `{journal.run_id}` ({status}), journal `{journal.path.name}` in the "
+              "runner's journal folder", ""]  # fmt: skip
     return document_id, "\n".join(lines)
 
 

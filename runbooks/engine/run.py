@@ -382,7 +382,15 @@ class Engine:
         self._write(journal, "step_watch_started", step=step.name, gate=watch.gate.name, threshold=watch.gate.threshold)
         readings, last, blind_since = 0, "", None
         while True:
-            ended = watch.over(self.context)
+            try:
+                ended = watch.over(self.context)
+            except TransientError as exc:
+                # Throttled, or not listed yet: a reading that cannot judge, not the change's end.
+                blind_since = self.clock() if blind_since is None else blind_since
+                if self.clock() - blind_since >= watch.blind_for:
+                    raise _StepFailedError(f"{step.name}: cannot tell whether the change still runs: {exc}") from exc
+                self.sleep(min(self.runbook.poll_interval, max(0.0, deadline - self.clock())))
+                continue
             if ended is not None:
                 self._write(journal, "step_watch_ended", step=step.name, ok=ended.ok, how=ended.how, readings=readings)
                 if not ended.ok:

@@ -206,7 +206,7 @@ class Watch:
 
     gate: Gate
     over: Callable[[Context], Ended | None]
-    """None while the change runs; how it ended once it has."""
+    """None while the change runs; how it ended once it has. A TransientError counts as blindness."""
     blind_for: float = 30.0
 
     def __post_init__(self) -> None:

@@ -8,13 +8,15 @@ watches itself. This runbook adds the service's own view, the gate every runbook
 (p99 against the SLO, server errors, refusals, from the pods' metrics): it starts the experiment,
 reads that gate every window until the experiment ends, and at the first failed reading stops it
 (the rollback stops it: FIS then restarts the instances or restores the network ACLs its actions
-changed). Readings that cannot judge (no traffic to judge by) are tolerated for three windows, then
-stop it too: a fault nobody can see must not go on.
+changed). Readings that cannot judge (no traffic to judge by, FIS not answering) are tolerated for
+30 s, then stop it too: a fault nobody can see must not go on.
 
 It refuses to start while the service is outside its SLO (the trigger, checked again just before
-the start) or while another experiment of the same template is active, and it holds the runbook
-lock for the experiment's length: no other runbook changes the service under a drill; a real
-incident during one breaks the gate, which stops the drill and frees the lock.
+the start) or while another experiment of the same template is active, and while its runner lives
+it holds the runbook lock for the experiment's length: no other runbook changes the service under
+a drill; a real incident during one breaks the gate, which stops the drill and frees the lock. A
+runner killed mid-drill lets the lock lapse (30 s) with the fault still running, until FIS's own
+alarms stop it or `peakguard runbook resume` takes the drill back.
 """
 
 from __future__ import annotations
@@ -23,15 +25,14 @@ import time
 from typing import Any
 
 from runbooks.engine.spec import REQUIRED, Context, Ended, Param, Runbook, Step, Watch
-from runbooks.errors import RunbookError
+from runbooks.errors import RunbookError, TransientError
 from runbooks.library.service_gates import ports_of, within_slo, within_slo_of
 from runbooks.ports.fault_experiments import RUN_TAG, FaultExperiments
 
-__all__ = ["RUNBOOK", "STOP_WAIT_SECONDS"]
+__all__ = ["LIST_RETRIES", "RUNBOOK"]
 
-STOP_WAIT_SECONDS = 60.0
-"""How long a rollback waits for FIS to report a stopped experiment as ended (FIS undoes its
-actions while `stopping`)."""
+LIST_RETRIES = 10
+"""Seconds a rollback looks again for this run's experiment when FIS does not list it."""
 _ENDED_WELL = ("completed",)
 
 
@@ -40,11 +41,17 @@ def _experiments(context: Context) -> FaultExperiments:
 
 
 def _template_id(context: Context) -> str:
-    ports = ports_of(context)
-    declared = ports.targets.chaos_experiments
+    """The template the plan pinned (a `pulumi up` that replaced it since must not make a resume start a
+    second experiment, or a rollback look for this run's under another id); while planning, the
+    targets document's."""
+    if pinned := context.basis.get("template"):
+        return str(pinned)
+    declared = ports_of(context).targets.chaos_experiments
     name = context.params["experiment"]
     if name not in declared:
-        known = ", ".join(sorted(declared)) or "none (the stack declares no chaos: set peakguard:chaos and `pulumi up`)"
+        known = ", ".join(sorted(declared)) or (
+            "none (the stack declares no chaos: set peakguard:kubernetes.modelService.chaos and `pulumi up`)"
+        )
         raise RunbookError(f"--experiment {name!r} is not one of this environment's experiments: {known}")
     return declared[name]
 
@@ -86,10 +93,21 @@ def _start(context: Context, target: Any) -> None:
 
 
 def _stop(context: Context, before: Any) -> None:
-    """Stop every experiment this run started, and wait until FIS says each has ended."""
+    """Stop every experiment this run started, and wait until FIS says each has ended (it undoes its
+    actions while `stopping`: restarting instances can take minutes, hence `--stop-wait`)."""
     experiments, template_id = _experiments(context), _template_id(context)
-    deadline = time.monotonic() + STOP_WAIT_SECONDS
-    for experiment in experiments.of_run(template_id, context.run_id):
+    found = experiments.of_run(template_id, context.run_id)
+    for _ in range(LIST_RETRIES):
+        if found:
+            break
+        # Not listed: none was started (the start failed), or FIS does not list it yet. Look again.
+        time.sleep(1.0)
+        found = experiments.of_run(template_id, context.run_id)
+    if not found:
+        context.note(f"no experiment of template {template_id} tagged {RUN_TAG}={context.run_id} in FIS: none started")
+    wait = float(context.params["stop-wait"])
+    deadline = time.monotonic() + wait
+    for experiment in found:
         if not experiment.active:
             continue
         context.note(f"stopping FIS experiment {experiment.id} ({experiment.status})")
@@ -97,8 +115,8 @@ def _stop(context: Context, before: Any) -> None:
         while state.active:
             if time.monotonic() >= deadline:
                 raise RunbookError(
-                    f"FIS experiment {experiment.id} still {state.status} {STOP_WAIT_SECONDS:g} s after it was "
-                    "stopped: see it in the FIS console, and what its actions changed"
+                    f"FIS experiment {experiment.id} still {state.status} {wait:g} s after it was stopped: FIS is "
+                    "still undoing its actions, or cannot; see it in the FIS console, and what its actions changed"
                 )
             time.sleep(1.0)
             state = experiments.get(experiment.id)
@@ -108,7 +126,9 @@ def _stop(context: Context, before: Any) -> None:
 def _over(context: Context) -> Ended | None:
     found = _experiments(context).of_run(_template_id(context), context.run_id)
     if not found:
-        return Ended(False, "this run's experiment is gone from FIS")
+        # Counted as a reading that cannot judge: a listing that lags the start is forgiven for a
+        # while, an experiment really gone ends the drill after the watch's blind_for.
+        raise TransientError("this run's experiment is not listed by FIS")
     experiment = found[0]
     if experiment.active:
         return None
@@ -143,6 +163,15 @@ RUNBOOK = Runbook(
             default=1800.0,
             minimum=60.0,
             maximum=43_200.0,
+        ),
+        Param(
+            "stop-wait",
+            "seconds a rollback waits for FIS to finish undoing a stopped experiment (restarting instances "
+            "takes minutes)",
+            kind=float,
+            default=600.0,
+            minimum=10.0,
+            maximum=3600.0,
         ),
         Param(
             "tolerate",

@@ -64,21 +64,21 @@ class FaultExperiments:
             raise translate(exc, f"read FIS experiment template {template_id}", permissions=_PERMISSIONS) from exc
         return found
 
+    def _listed(self, template_id: str) -> list[dict[str, Any]]:
+        """Every experiment of the template, through every page (ListExperiments pages at 100)."""
+        try:
+            pages = self._fis.get_paginator("list_experiments").paginate(experimentTemplateId=template_id)
+            return [raw for page in pages for raw in page.get("experiments", [])]
+        except Exception as exc:
+            raise translate(exc, f"list the experiments of template {template_id}", permissions=_PERMISSIONS) from exc
+
     def of_template(self, template_id: str) -> list[Experiment]:
         """Every experiment of the template FIS still lists, as listed."""
-        try:
-            pages = self._fis.list_experiments(experimentTemplateId=template_id)
-        except Exception as exc:
-            raise translate(exc, f"list the experiments of template {template_id}", permissions=_PERMISSIONS) from exc
-        return [_experiment(raw) for raw in pages.get("experiments", [])]
+        return [_experiment(raw) for raw in self._listed(template_id)]
 
     def of_run(self, template_id: str, run_id: str) -> list[Experiment]:
-        """The experiments of the template that `run_id` started (by their tag)."""
-        try:
-            listed = self._fis.list_experiments(experimentTemplateId=template_id).get("experiments", [])
-        except Exception as exc:
-            raise translate(exc, f"list the experiments of template {template_id}", permissions=_PERMISSIONS) from exc
-        return [self.get(raw["id"]) for raw in listed if raw.get("tags", {}).get(RUN_TAG) == run_id]
+        """The experiments of the template that `run_id` started (by their tag), read one by one."""
+        return [self.get(raw["id"]) for raw in self._listed(template_id) if raw.get("tags", {}).get(RUN_TAG) == run_id]
 
     def start(self, template_id: str, *, run_id: str) -> Experiment:
         """Start the template's experiment for `run_id`; a second call for the same run starts nothing new."""

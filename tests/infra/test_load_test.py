@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from infra import facts
 from infra.config import ConfigError, StackConfig
+from infra.load_test import WORKER_ACCOUNT
 from infra.offline import OfflineRun
 from loadtest.job import WorkerPods, job_manifest
 from tests.infra.conftest import stack_values
@@ -50,7 +52,7 @@ def test_the_namespace_bounds_a_run_to_the_pool_and_the_workers_read_only_their_
     run = runs["staging"]
     (quota,) = _in(run, "kubernetes:core/v1:ResourceQuota")
     hard = quota.inputs["spec"]["hard"]
-    assert (hard["requests.cpu"], hard["pods"], hard["count/jobs.batch"]) == ("128", "128", "2"), "8 nodes x 16 vCPUs"
+    assert (hard["requests.cpu"], hard["pods"], hard["count/jobs.batch"]) == ("120", "120", "2"), "8 nodes x 15 workers"
     (role,) = _in(run, "kubernetes:rbac.authorization.k8s.io/v1:Role")
     assert role.inputs["rules"] == [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"]}]
     (account,) = _in(run, "kubernetes:core/v1:ServiceAccount")
@@ -70,17 +72,20 @@ def test_the_model_service_admits_the_load_workers_only_where_they_exist(runs: d
     assert admits_load(runs["staging"]) and not admits_load(runs["dev"])
 
 
-def test_the_load_job_lands_on_the_pool_the_program_declares() -> None:
+def test_the_load_job_lands_on_the_pool_the_program_declares(runs: dict[str, OfflineRun]) -> None:
     pods = WorkerPods(image="registry/load:1")
     spec = job_manifest("run", pods, workers=4, env={}, deadline_seconds=60)["spec"]["template"]["spec"]
+    (group,) = [r for r in runs["staging"].of_type(NODE_GROUP) if r.inputs.get("nodeGroupName") == "load"]
+    (taint,) = group.inputs["taints"]
+    effect = {api: kubernetes for kubernetes, api in facts.EKS_TAINT_EFFECTS.items()}[taint["effect"]]
 
-    assert spec["nodeSelector"] == {"peakguard.io/pool": "load"}
-    assert spec["tolerations"] == [
-        {"key": "peakguard.io/load", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-    ]
-    assert spec["serviceAccountName"] == "load-worker"
+    assert spec["nodeSelector"].items() <= group.inputs["labels"].items()
+    toleration = {"key": taint["key"], "operator": "Equal", "value": taint["value"], "effect": effect}
+    assert spec["tolerations"] == [toleration]
+    assert (spec["serviceAccountName"], pods.namespace) == (WORKER_ACCOUNT, "peakguard-load")
     # What the namespace's restricted Pod Security Standard asks of every pod.
-    assert spec["securityContext"] == {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     (container,) = spec["containers"]
     assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert container["securityContext"]["allowPrivilegeEscalation"] is False

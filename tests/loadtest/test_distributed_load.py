@@ -123,6 +123,7 @@ def test_four_workers_run_as_an_indexed_job_start_together_and_merge(tmp_path: P
         assert [w["seed"] for w in workers] == [0, 1, 2, 3], "each worker its own seed"
         assert all(w["rps"] == 50 for w in workers), "each a quarter of the rate"
         assert len({w["startedAt"] for w in workers}) == 1, "one start time, written once all were running"
+        assert report["startSpreadSeconds"] < 1.0, "each worker's schedule began within a second of the others'"
         assert all(w["latenessMs"]["p99"] <= 5.0 for w in workers), "each sent on its schedule from the start"
         totals = report["totals"]
         assert 600 <= totals["sent"] <= 1000, "about 200 rps for 4 s (Poisson)"
@@ -151,3 +152,19 @@ def test_an_interrupted_coordinator_deletes_the_job_and_stops_its_workers(tmp_pa
         jobs.tick()
         assert len(running) == 2 and all(process.poll() is not None for process in running)
         assert kube.store.list("pods") == []
+
+
+def test_an_api_refusal_is_one_line_naming_the_namespace_and_the_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lab.kube_api import ApiStatus
+    from peakguard.cli import main
+
+    with _cluster(tmp_path) as (kube, _, _, _):
+        kube.store.faults[("POST", "configmaps")] = ApiStatus(403, "Forbidden", "configmaps is forbidden")
+        code = main(["loadtest", "run", "--url", "http://127.0.0.1:1/v1/intent", "--rps", "10", "--duration", "5",
+                     "--workers", "1", "--image", "x", "--kube-url", kube.url])  # fmt: skip
+
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "answered 403 Forbidden; your identity may not create Jobs and ConfigMaps in peakguard-load" in err

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from runbooks.engine.spec import Context, Ended, Gate, Reading, Step, Watch
+from runbooks.errors import TransientError
 from tests.runbooks.conftest import (
     EngineFactory,
     World,
@@ -42,7 +43,7 @@ def _experiment(world: World, *, ends: Ended | None = None, blind_for: float = 3
         w = context.ports
         if w.values["chaos"] != "on":
             return Ended(False, "the experiment is not running")
-        if w.values["readings"] >= COURSE:
+        if w.values["readings"] >= w.values.get("course", COURSE):
             return ends or Ended(True, "completed")
         return None
 
@@ -125,10 +126,10 @@ def test_blindness_is_tolerated_only_for_blind_for_seconds(
 
 
 def test_an_experiment_still_running_at_the_step_timeout_is_stopped(engine_for: EngineFactory, world: World) -> None:
-    world.values["script"] = [0.2]
     step = _experiment(world, timeout=0.4)
-    # It never ends by itself: every reading is the first.
-    world.values["readings"] = -10_000
+    # It never ends by itself within the test: a passing reading each time, far fewer than COURSE.
+    world.values["script"] = [0.2] * 10_000
+    world.values["course"] = 10_000
 
     started = time.monotonic()
     outcome = _run(engine_for, world, step)
@@ -141,3 +142,34 @@ def test_an_experiment_still_running_at_the_step_timeout_is_stopped(engine_for: 
 def test_a_watch_needs_positive_blind_seconds() -> None:
     with pytest.raises(ValueError, match="blind_for must be positive"):
         Watch(gate("p99", lambda w: 0.1, at_most=1.0), lambda c: None, blind_for=0)
+
+
+def test_a_change_that_cannot_be_read_for_a_moment_is_watched_on(engine_for: EngineFactory, world: World) -> None:
+    world.values["script"] = [0.2] * COURSE
+    step = _experiment(world)
+    unreadable = {"left": 2}
+    over = step.watch.over
+
+    def flaky(context: Context) -> Ended | None:
+        if unreadable["left"]:
+            unreadable["left"] -= 1
+            raise TransientError("ThrottlingException: rate exceeded")
+        return over(context)
+
+    outcome = _run(engine_for, world, dataclasses.replace(step, watch=dataclasses.replace(step.watch, over=flaky)))
+
+    assert outcome.status == "succeeded", outcome.reason
+    assert unreadable["left"] == 0
+
+
+def test_a_change_that_stays_unreadable_is_stopped_after_blind_for(engine_for: EngineFactory, world: World) -> None:
+    world.values["script"] = [0.2] * COURSE
+    step = _experiment(world, blind_for=0.2)
+
+    def gone(context: Context) -> Ended | None:
+        raise TransientError("this run's experiment is not listed by FIS")
+
+    outcome = _run(engine_for, world, dataclasses.replace(step, watch=dataclasses.replace(step.watch, over=gone)))
+
+    assert outcome.status == "rolled-back"
+    assert "cannot tell whether the change still runs" in outcome.reason
