@@ -79,9 +79,10 @@ class PruningSettings:
     """A folder with banking77/: recovery fine-tunes on its training split, accuracy is its test split."""
     version: str = ""
     points: tuple[Point, ...] = DEFAULT_POINTS
-    recovery_epochs: float = 0.5
-    """Passes over the training split after pruning (the full model trains for 3)."""
-    distill: bool = False
+    recovery_epochs: float = 2.0
+    """Passes over the training split after pruning (the full model trains for 3); 2 with `distill` met
+    the seed's row (docs/bench/pruning-distill-20261207.json), half an epoch on the labels did not."""
+    distill: bool = True
     """Recover from the unpruned model's answers too (its logits on the training split, as the light
     model learns from the full one), not from the labels alone."""
     batch: int = 32
