@@ -1,7 +1,7 @@
 """A runner killed at any moment, then resumed, ends where an uninterrupted run would: every step at
 its target, or everything back as the plan found it. Never a mix.
 
-Each real runbook (emergency-stop, rebuild, rolling-upgrade) keeps its shape here (step names and
+Each real runbook (emergency-stop, rebuild, rolling-upgrade, chaos-drill) keeps its shape here (step names and
 order, which steps are destructive, which verify, its trigger and health gate) while its steps act
 on an in-memory world, so the engine can be killed at every journal record and after every change
 it makes, not at a hand-picked list of points. The kill is a BaseException the engine cannot catch,
@@ -19,8 +19,8 @@ import pytest
 
 from runbooks.engine.journal import Journal
 from runbooks.engine.run import Engine, Outcome
-from runbooks.engine.spec import Context, Runbook, Step
-from runbooks.library import emergency_stop, rebuild, rolling_upgrade
+from runbooks.engine.spec import Context, Ended, Runbook, Step, Watch
+from runbooks.library import chaos_drill, emergency_stop, rebuild, rolling_upgrade
 from tests.runbooks.conftest import (
     OPERATOR,
     POLL,
@@ -33,7 +33,7 @@ from tests.runbooks.conftest import (
     reads,
 )
 
-REAL = (emergency_stop.RUNBOOK, rebuild.RUNBOOK, rolling_upgrade.RUNBOOK)
+REAL = (emergency_stop.RUNBOOK, rebuild.RUNBOOK, rolling_upgrade.RUNBOOK, chaos_drill.RUNBOOK)
 BEFORE, TARGET = 0, 1
 
 
@@ -66,11 +66,20 @@ def _mirror(real: Runbook, killer: _Killer, *, failing: str | None) -> Runbook:
             killer.tick()  # right after the change, before the engine journals it
 
         verify = reads(f"{name}-ok", at_least=1.0) if original.verify is not None or name == failing else None
+        watch = None
+        if original.watch is not None:
+            # chaos-drill's experiment: it runs two readings, then ends by itself.
+            def over(context: Context) -> Ended | None:
+                values = _world(context).values
+                values[f"{name}-watched"] = values.get(f"{name}-watched", 0) + 1
+                return Ended(True, "completed") if values[f"{name}-watched"] >= 2 else None
+
+            watch = Watch(reads(f"{name}-ok", at_least=1.0), over, blind_for=1.0)
         # A mirror step can always be put back, so none keeps its finished work (kept_once_done):
         # every failing run here must end whole, rolled back.
         return dataclasses.replace(
             original, observe=observe, desired=lambda context, before: TARGET, apply=set_to, restore=None,
-            verify=verify, timeout=0.2, retries=1, kept_once_done=None,
+            verify=verify, watch=watch, timeout=0.2, retries=1, kept_once_done=None, undo=None,
         )  # fmt: skip
 
     return dataclasses.replace(
