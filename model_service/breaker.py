@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["TRIP_OVER_BUDGET", "BreakerSettings", "CircuitBreaker"]
+__all__ = ["TRIP_MARGIN_SECONDS", "TRIP_OVER_BUDGET", "BreakerSettings", "CircuitBreaker"]
 
 TRIP_OVER_BUDGET = 1.5
 """Default trip: p99 this many times the admission budget. With calibrated admission (admission.py),
@@ -33,13 +33,19 @@ TRIP_OVER_BUDGET = 1.5
 (the first 5 s, while calibration learns). The trip leaves clear room above that. Where the SLO
 is known and lower than this trip, set `trip_above` to it (`peakguard bench model` does)."""
 
+TRIP_MARGIN_SECONDS = 0.05
+"""The default trip is at least this far above the budget: on a busy 2-core machine scheduling alone
+added tens of milliseconds (the breaker opened at 1.5x a 30 ms budget in a CI run and before the
+predictive drill's surge). A real service's budget is hundreds of milliseconds, where 1.5x is wider."""
+
 log = logging.getLogger("peakguard.breaker")
 
 
 @dataclass(frozen=True)
 class BreakerSettings:
     trip_above: float | None = None
-    """p99 seconds that, sustained, opens the breaker; None: `TRIP_OVER_BUDGET` x the latency budget."""
+    """p99 seconds that, sustained, opens the breaker; None: `TRIP_OVER_BUDGET` x the latency budget,
+    and at least `TRIP_MARGIN_SECONDS` above it."""
     trip_after: float = 5.0
     """Seconds p99 must stay above `trip_above`."""
     recover_below: float | None = None
@@ -62,7 +68,9 @@ class BreakerSettings:
 
     def for_budget(self, latency_budget: float) -> BreakerSettings:
         """These settings with the thresholds left to defaults set from admission's `latency_budget`."""
-        trip = self.trip_above if self.trip_above is not None else TRIP_OVER_BUDGET * latency_budget
+        trip = self.trip_above
+        if trip is None:
+            trip = max(TRIP_OVER_BUDGET * latency_budget, latency_budget + TRIP_MARGIN_SECONDS)
         recover = self.recover_below if self.recover_below is not None else trip / 2
         return dataclasses.replace(self, trip_above=trip, recover_below=recover)
 

@@ -13,7 +13,7 @@ import pytest
 
 from model_service.admission import MAX_MARGIN_SHARE, PRESSURE_SHARE, AdmissionController, Decision
 from model_service.batcher import DynamicBatcher
-from model_service.breaker import TRIP_OVER_BUDGET, BreakerSettings, CircuitBreaker
+from model_service.breaker import TRIP_MARGIN_SECONDS, TRIP_OVER_BUDGET, BreakerSettings, CircuitBreaker
 from model_service.server import ServiceSettings
 
 
@@ -207,6 +207,13 @@ def test_the_default_trip_sits_above_the_budget_admission_holds() -> None:
     assert settings.trip_above == pytest.approx(TRIP_OVER_BUDGET * 0.4) and settings.trip_above > 0.4
     assert settings.recover_below == pytest.approx(settings.trip_above / 2)
     assert BreakerSettings(trip_above=0.8).for_budget(0.4).trip_above == 0.8  # an explicit trip stays
+
+
+def test_a_small_budget_s_default_trip_keeps_a_margin_scheduling_jitter_cannot_cross() -> None:
+    small = BreakerSettings().for_budget(0.02)
+
+    assert small.trip_above == pytest.approx(0.02 + TRIP_MARGIN_SECONDS), "not 30 ms: jitter alone reached that"
+    assert BreakerSettings().for_budget(0.3).trip_above == pytest.approx(TRIP_OVER_BUDGET * 0.3), "wide budgets: 1.5x"
 
 
 def test_admission_held_latency_at_the_budget_does_not_open_the_default_breaker() -> None:
