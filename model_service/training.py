@@ -288,6 +288,9 @@ def run(data_dir: Path, out: Path, settings: TrainingSettings | None = None, *, 
         return card
 
     log(f"full: MoE (8 experts, top-2) upcycled from MiniLM-L6, {settings.epochs_full} epochs")
+    # The router and the head start random: seeded here, or the seed would decide only the training
+    # order (two runs of one seed differed by 0.4 points before).
+    _seed_everything(settings.seed)
     full = IntentClassifier.from_bert(ClassifierConfig(num_labels=len(data.intents)), pretrained)
     seconds = fit(full, data.train, encoder, settings, epochs=settings.epochs_full, lr=settings.lr_full, log=log)
     record("full", full, {"epochs": settings.epochs_full, "lr": settings.lr_full, "seconds": round(seconds, 1),

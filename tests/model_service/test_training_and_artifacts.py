@@ -101,3 +101,14 @@ def test_training_writes_full_light_and_pruned_with_cards(
         assert len(card["intents"]) == 77
         model, _ = load_model(folder, card["name"])
         assert model.config.hidden == card["config"]["hidden"]
+
+
+def test_one_seed_trains_the_same_full_model_twice(tmp_path: Path, data_dir: Path) -> None:
+    settings = TrainingSettings(seed=5, sample_limit=32, epochs_full=0.3, epochs_light=0.3, epochs_pruned=0.3)
+    first = run(data_dir, tmp_path / "a", settings, log=lambda _: None)
+    torch.manual_seed(12345)  # whatever the process did before must not matter
+    second = run(data_dir, tmp_path / "b", settings, log=lambda _: None)
+
+    (a, _), (b, _) = load_model(first, "full"), load_model(second, "full")
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+        assert torch.equal(x, y), name
