@@ -92,8 +92,9 @@ def _capacity(args: argparse.Namespace) -> int:
     if report["ceilingRps"] is None:
         print("no rate was sustained: try lower --rates")
         return 1
-    print(f"one worker (one core) sustains {report['ceilingRps']:g} rps: {report['workersFor100k']} workers for "
-          "100k rps")  # fmt: skip
+    at_least = "at least " if report["ceilingRps"] == max(rates) else ""
+    print(f"one worker (one core) sustains {at_least}{report['ceilingRps']:g} rps: {report['workersFor100k']} "
+          f"workers for 100k rps{' or fewer (try higher --rates)' if at_least else ''}")  # fmt: skip
     return 0
 
 
