@@ -59,6 +59,7 @@ def _slow_every_pod(world: World, seconds: float) -> None:
 @pytest.mark.parametrize("world", [CHAOS], indirect=True)
 def test_an_experiment_the_service_rides_out_runs_to_its_end_and_the_drill_succeeds(world: World) -> None:
     progression_seconds(world.aws_env["AWS_ENDPOINT_URL"], 3)  # pending -> ... -> completed in about 9 s
+    _open_loop_clients(world, seconds=90)  # enough answers for every gate, however busy the machine
 
     done = world.peakguard(*_drill(world, "--yes"), timeout=180)
 
@@ -80,20 +81,20 @@ def test_an_experiment_the_service_rides_out_runs_to_its_end_and_the_drill_succe
 def test_the_drill_stops_the_experiment_within_one_reading_once_the_slo_breaks(world: World) -> None:
     # Left alone it would run 90 s; a stop lands within 30 s (moto's next transition).
     progression_seconds(world.aws_env["AWS_ENDPOINT_URL"], 30)
+    # Open-loop clients from the start, as a real service's are: the lab's steady sender waits for each
+    # answer, so on a busy machine (or a slowed service) it starves the gates of the 100 answers a
+    # p99 needs, and the drill refuses to start (trigger inconclusive) or stops as blind, not broken.
+    _open_loop_clients(world, seconds=150)
     runner = world.start(*_drill(world, "--yes"))
-    _wait(lambda: any(r["event"] == "step_watch_reading" for r in _safe_records(world)), timeout=120)
+
+    def watching() -> bool:
+        assert runner.poll() is None, "the drill ended before it watched:\n" + _output(world)
+        return any(r["event"] == "step_watch_reading" for r in _safe_records(world))
+
+    _wait(watching, timeout=120)
     (experiment,) = _experiments(world)
     assert experiment["state"]["status"] in ("pending", "initiating", "running")
 
-    # Open-loop clients, as a real service's are: the lab's steady sender waits for each answer, so a
-    # slow service would starve the gate of the 100 answers a p99 needs (and the drill would stop it as
-    # blind, not as broken).
-    clients = threading.Thread(
-        target=run_load_sync,
-        args=(LoadSpec(f"{world.proxy_url}/v1/intent", rps=40, duration=40, texts=SAMPLE_QUERIES, timeout=10),),
-        daemon=True,
-    )
-    clients.start()
     broke = time.time()
     _slow_every_pod(world, 1.5)  # every batch now takes longer than dev's 1 s p99 SLO
     # The fault is over once the drill stops the experiment (as FIS undoes its actions): the service
@@ -120,6 +121,16 @@ def test_the_drill_stops_the_experiment_within_one_reading_once_the_slo_breaks(w
     assert experiment["state"]["status"] == "stopped", "stopped in FIS, not only in the journal"
     finished = next(r for r in reversed(records) if r["event"] == "run_finished")
     assert finished["status"] == "rolled-back" and "broke while watched" in finished["reason"]
+
+
+def _open_loop_clients(world: World, *, seconds: float) -> None:
+    """40 requests a second through the lab's load balancer for `seconds`, whatever the answers take."""
+    spec = LoadSpec(f"{world.proxy_url}/v1/intent", rps=40, duration=seconds, texts=SAMPLE_QUERIES, timeout=10)
+    threading.Thread(target=run_load_sync, args=(spec,), daemon=True).start()
+
+
+def _output(world: World) -> str:
+    return "\n".join(path.read_text() for path in sorted(world.journal_dir.glob("runner-*.out")))
 
 
 def _safe_records(world: World) -> list[dict[str, Any]]:
