@@ -20,7 +20,13 @@ from infra.facts import (
     POOL_LABEL,
     PREFLIGHT_TAINT,
 )
-from infra.launch_templates import efa_network_interfaces, encrypted_root_volume, instance_metadata_options
+from infra.launch_templates import (
+    CLUSTER_AUTOSCALER_TEMPLATE,
+    efa_network_interfaces,
+    encrypted_root_volume,
+    instance_metadata_options,
+    tag_for_scale_from_zero,
+)
 from infra.node_bootstrap import NodeJoin, al2023_user_data, encode, ubuntu_user_data
 
 __all__ = [
@@ -55,7 +61,6 @@ def node_labels(pool: GpuPoolConfig) -> dict[str, str]:
     return labels
 
 
-CLUSTER_AUTOSCALER_TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
 """Tag prefix the cluster autoscaler reads a group's would-be node from (its AWS README, "Auto-Discovery
 Setup" / scaling a node group to and from 0)."""
 
@@ -351,13 +356,7 @@ class _GpuPool(pulumi.ComponentResource):
             ),
         )
         autoscaling_group = node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
-        for key, value in scale_from_zero_tags(pool).items():
-            aws.autoscaling.Tag(
-                f"{resource_name}-ca-" + key.removeprefix(CLUSTER_AUTOSCALER_TEMPLATE + "/").replace("/", "-"),
-                autoscaling_group_name=autoscaling_group,
-                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
-                opts=child,
-            )
+        tag_for_scale_from_zero(resource_name, autoscaling_group, scale_from_zero_tags(pool), child)
         return GpuNodeGroup(
             pool=pool.name,
             availability_zone=az,

@@ -9,7 +9,17 @@ import pulumi_aws as aws
 
 from infra import facts
 
-__all__ = ["efa_network_interfaces", "encrypted_root_volume", "instance_metadata_options"]
+__all__ = [
+    "CLUSTER_AUTOSCALER_TEMPLATE",
+    "efa_network_interfaces",
+    "encrypted_root_volume",
+    "instance_metadata_options",
+    "tag_for_scale_from_zero",
+]
+
+CLUSTER_AUTOSCALER_TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
+"""Auto Scaling group tags under this prefix describe the node a group would start: the cluster
+autoscaler reads them to scale a group up from zero nodes."""
 
 
 def instance_metadata_options(*, hop_limit: int) -> aws.ec2.LaunchTemplateMetadataOptionsArgs:
@@ -58,3 +68,17 @@ def efa_network_interfaces(
         )
         for slot in facts.efa_interfaces(instance)
     ]
+
+
+def tag_for_scale_from_zero(
+    prefix: str, autoscaling_group: pulumi.Input[str], template: dict[str, str], opts: pulumi.ResourceOptions
+) -> None:
+    """One Auto Scaling group tag per node-template entry (EKS copies none of a node group's labels,
+    taints or resources to its group: eksctl guide, "Scaling up from 0"); not propagated to instances."""
+    for key, value in template.items():
+        aws.autoscaling.Tag(
+            f"{prefix}-ca-" + key.removeprefix(CLUSTER_AUTOSCALER_TEMPLATE + "/").replace("/", "-"),
+            autoscaling_group_name=autoscaling_group,
+            tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
+            opts=opts,
+        )

@@ -19,7 +19,12 @@ import pulumi_kubernetes as k8s
 
 from infra import facts
 from infra.config import LoadTestConfig
-from infra.launch_templates import encrypted_root_volume, instance_metadata_options
+from infra.launch_templates import (
+    CLUSTER_AUTOSCALER_TEMPLATE,
+    encrypted_root_volume,
+    instance_metadata_options,
+    tag_for_scale_from_zero,
+)
 
 __all__ = [
     "LOAD_POOL", "LOAD_TAINT", "WORKER_ACCOUNT", "LoadTestPool", "LoadTestPoolArgs", "scale_from_zero_tags",
@@ -29,7 +34,6 @@ __all__ = [
 LOAD_POOL = "load"
 LOAD_TAINT = facts.Taint(key="peakguard.io/load", value="true", effect="NoSchedule")
 WORKER_ACCOUNT = "load-worker"
-_TEMPLATE = "k8s.io/cluster-autoscaler/node-template"
 
 
 def workers_per_node(config: LoadTestConfig) -> int:
@@ -45,10 +49,10 @@ def scale_from_zero_tags(config: LoadTestConfig) -> dict[str, str]:
     the workers select, the taint they tolerate, the CPU and memory a node offers."""
     cpus, memory = facts.CPU_INSTANCE_TYPES[config.instance_type]
     return {
-        f"{_TEMPLATE}/label/{facts.POOL_LABEL}": LOAD_POOL,
-        f"{_TEMPLATE}/taint/{LOAD_TAINT.key}": f"{LOAD_TAINT.value}:{LOAD_TAINT.effect}",
-        f"{_TEMPLATE}/resources/cpu": str(cpus),
-        f"{_TEMPLATE}/resources/memory": f"{memory}Gi",
+        f"{CLUSTER_AUTOSCALER_TEMPLATE}/label/{facts.POOL_LABEL}": LOAD_POOL,
+        f"{CLUSTER_AUTOSCALER_TEMPLATE}/taint/{LOAD_TAINT.key}": f"{LOAD_TAINT.value}:{LOAD_TAINT.effect}",
+        f"{CLUSTER_AUTOSCALER_TEMPLATE}/resources/cpu": str(cpus),
+        f"{CLUSTER_AUTOSCALER_TEMPLATE}/resources/memory": f"{memory}Gi",
     }
 
 
@@ -105,13 +109,7 @@ class LoadTestPool(pulumi.ComponentResource):
                                         ignore_changes=["scalingConfig.desiredSize"]),
         )  # fmt: skip
         group = self.node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name)
-        for key, value in scale_from_zero_tags(config).items():
-            aws.autoscaling.Tag(
-                f"{name}-ca-" + key.removeprefix(_TEMPLATE + "/").replace("/", "-"),
-                autoscaling_group_name=group,
-                tag=aws.autoscaling.TagTagArgs(key=key, value=value, propagate_at_launch=False),
-                opts=child,
-            )
+        tag_for_scale_from_zero(name, group, scale_from_zero_tags(config), child)
         self._kubernetes(name, args)
         self.register_outputs({"nodeGroup": self.node_group.node_group_name})
 

@@ -39,7 +39,6 @@ _INDEX = "batch.kubernetes.io/job-completion-index"
 class _Run:
     namespace: str
     job: str
-    started: float
     deadline: float | None
     processes: dict[str, tuple[int, subprocess.Popen[bytes]]] = field(default_factory=dict)
     """Pod name -> (index, its container's process)."""
@@ -114,7 +113,7 @@ class PlayedJobs:
         namespace, name = job["metadata"]["namespace"], job["metadata"]["name"]
         spec = job["spec"]
         deadline = spec.get("activeDeadlineSeconds")
-        run = _Run(namespace, name, time.monotonic(), time.monotonic() + deadline if deadline else None)
+        run = _Run(namespace, name, time.monotonic() + deadline if deadline else None)
         template = spec["template"]
         for index in range(int(spec.get("parallelism", spec.get("completions", 1)))):
             pod = f"{name}-{index}-{os.urandom(3).hex()[:5]}"
