@@ -253,7 +253,11 @@ class ClusterAddons(pulumi.ComponentResource):
             # The MIG manager applies the layout named by the node's `nvidia.com/mig.config`
             # label, which the node group sets at launch.
             "migManager": {"enabled": True},
-            "dcgmExporter": {"serviceMonitor": {"enabled": True}},
+            # honorLabels: the exporter labels each GPU's series with the pod using it
+            # (DCGM_EXPORTER_KUBERNETES, on in the chart), and without it Prometheus renames those to
+            # exported_pod/exported_namespace (the chart's default is false: deployments/gpu-operator/
+            # values.yaml, dcgmExporter.serviceMonitor), so no per-pod query would match them.
+            "dcgmExporter": {"serviceMonitor": {"enabled": True, "honorLabels": True}},
             "daemonsets": {"tolerations": _GPU_NODE_TOLERATIONS},
             "node-feature-discovery": {"worker": {"tolerations": _GPU_NODE_TOLERATIONS}},
         }

@@ -145,6 +145,30 @@ def register(commands: Any) -> None:
     )
     surge.set_defaults(handler=_drill)
 
+    recorded = kinds.add_parser(
+        "record",
+        help="recordings for `peakguard diagnose`: steady traffic, one known cause injected at a random moment",
+        description=(
+            "For each cause and seed, a fresh lab under steady traffic of real banking77 queries, one known cause "
+            "injected at a moment the seed draws (with the load, the replicas, the pod struck and how hard: "
+            "lab/diagnosis_recordings.py), and what the cluster's Prometheus would hold, written as "
+            "<cause>-<seed>.json.gz for `peakguard diagnose --from-drill`. One calibration first, as the drill's; "
+            "each run takes 1.5-2 minutes on 2 cores."
+        ),
+    )
+    recorded.add_argument("--cause", action="append", choices=("none", "overload", "cold-replica", "slow-layer",
+                                                                "node-not-ready"), required=True,
+                          help="what to inject (repeatable; none: nothing, the no-fault run)")  # fmt: skip
+    recorded.add_argument("--seeds", default="0", help="seeds, e.g. 0-4 or 0,3,7: one recording each (default 0)")
+    recorded.add_argument("--folder", type=Path, default=Path("recordings"), help="where the recordings go")
+    recorded.add_argument("--data", type=Path, default=None,
+                          help="the data sets (banking77/ inside); default $PEAKGUARD_DATA, else "
+                               "../shared/data")  # fmt: skip
+    recorded.add_argument("--artifacts", type=Path, default=None, help="trained models (default: quick models)")
+    recorded.add_argument("--cache", type=Path, default=Path(".peakguard-cache"), help="where quick models are kept")
+    recorded.add_argument("--out", type=Path, default=Path("drill-out"), help="the labs' scratch (replaced each run)")
+    recorded.set_defaults(handler=_record)
+
 
 def _up(args: argparse.Namespace) -> int:
     from lab.lab import Lab, LabError, LabSettings
@@ -241,6 +265,42 @@ def _drill(args: argparse.Namespace) -> int:
     if args.plot:
         plot(timeline, numbers, args.plot)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _seeds(text: str) -> list[int]:
+    seeds: list[int] = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        try:
+            seeds.extend(range(int(low), int(high or low) + 1))
+        except ValueError:
+            raise ValueError(f"--seeds {text!r}: expected numbers and ranges, e.g. 0-4 or 0,3,7") from None
+    return seeds
+
+
+def _record(args: argparse.Namespace) -> int:
+    import os
+
+    from lab.diagnosis_recordings import record_many
+    from lab.drill import DrillError, DrillSettings
+    from lab.lab import LabError
+    from lab.prometheus import PrometheusError
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    data = args.data or Path(os.environ.get("PEAKGUARD_DATA") or Path.cwd().parent / "shared" / "data")
+    try:
+        seeds = _seeds(args.seeds)
+        settings = DrillSettings(data=data, out=args.out, cache=args.cache, artifacts=args.artifacts, autopilot=False)
+        written = record_many(settings, list(dict.fromkeys(args.cause)), seeds, args.folder,
+                              log=lambda line: print(line, flush=True))  # fmt: skip
+    except KeyboardInterrupt:
+        print("recording stopped: every process and port it started is stopped", file=sys.stderr)
+        return 130
+    except (DrillError, LabError, PrometheusError, ValueError) as exc:
+        print(f"peakguard drill record: {exc}", file=sys.stderr)
+        return 2
+    print(f"{len(written)} recording(s) in {args.folder}")
     return 0
 
 

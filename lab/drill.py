@@ -41,11 +41,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diagnosis.series import Recording, record
 from infra.config import ConfigError
 from infra.facts import GENERATION_LABEL, HEADROOM, INSTANCE_TYPES, POOL_LABEL
 from infra.offline import OfflineRun, find_project_dir, load_stack_file, run_offline
 from lab.drill_faults import FAULTS, WHEN, inject
 from lab.kube_api import ApiStatus
+from lab.kube_state_metrics import KubeStateMetrics
 from lab.lab import NAMESPACE, Lab, LabSettings
 from lab.node_groups import NodeGroupDelays
 from lab.prometheus import Firing, Prometheus
@@ -185,8 +187,8 @@ class Timeline:
     """(Unix time, what happened): faults, decisions, notes."""
     calibration: dict[str, Any] = field(default_factory=dict)
     models: str = ""
-    series: dict[str, Any] = field(default_factory=dict)
-    """Scraped series per pod, from Prometheus, at the end."""
+    recording: Recording | None = None
+    """What `peakguard diagnose` reads (diagnosis.series), from Prometheus at the end; None if it could not answer."""
     upgrade: dict[str, Any] = field(default_factory=dict)
     """The full pool's Ready nodes by generation before and after rolling-upgrade."""
     fault: dict[str, Any] = field(default_factory=dict)
@@ -297,12 +299,14 @@ def run_lab(
     with (
         sigterm_as_interrupt(),
         Lab(lab_settings) as lab,
+        KubeStateMetrics(lab.store) as kube_state,
         Prometheus(
             settings.out / "prometheus",
             env=settings.env,
             namespace=NAMESPACE,
             slo_seconds=slo,
             time_scale=settings.time_scale,
+            static_jobs={"kube-state-metrics": kube_state.url.removeprefix("http://")},
         ) as prometheus,
     ):
         timeline.evaluation_interval = prometheus.interval
@@ -349,7 +353,7 @@ def run_lab(
             stop.set()
             for thread in [*threads, following, progress]:
                 thread.join(timeout=30)
-        timeline.series = _series(prometheus, timeline)
+        timeline.recording = _record(prometheus, timeline, slo, settings)
         errors = lab.proxy.errors()
         timeline.balancer_errors = {
             cause: errors[cause] - warm_up_errors.get(cause, 0)
@@ -802,18 +806,20 @@ def _phase_at(timeline: Timeline, offset: float) -> str:
     return "done"
 
 
-def _series(prometheus: Prometheus, timeline: Timeline) -> dict[str, Any]:
-    """The scraped series per pod, so a run can be diagnosed later."""
-    end = time.time()
-    queries = {
-        "responses_per_second_by_outcome": "sum by (pod, outcome) (rate(peakguard_request_seconds_count[5s]))",
-        "in_flight": "peakguard_in_flight_requests",
-        "queue_depth": "peakguard_queue_depth",
-        "breaker_open": "peakguard_breaker_open",
-        "mode": "peakguard_mode",
+def _record(prometheus: Prometheus, timeline: Timeline, slo: float, settings: DrillSettings) -> Recording | None:
+    """What `peakguard diagnose` reads, as the cluster's Prometheus would answer it, over the traffic:
+    the run can be diagnosed later (`peakguard diagnose --from-drill`)."""
+    notes: dict[str, Any] = {
+        "fault": settings.fault,
+        "events": [[t - timeline.started, text] for t, text in timeline.events],
     }
-    found: dict[str, Any] = {}
-    for name, expr in queries.items():
-        with contextlib.suppress(Exception):
-            found[name] = prometheus.query_range(expr, timeline.started, end, 1.0)
-    return found
+    if timeline.fault.get("at") is not None:
+        notes["fault_at"] = timeline.fault["at"]
+    errors: list[str] = []
+    recording = record(prometheus.query_range, namespace=NAMESPACE, start=timeline.started, end=time.time(),
+                       step=prometheus.interval, slo_seconds=slo, notes=notes,
+                       on_error=lambda name, exc: errors.append(f"{name}: {exc}"))  # fmt: skip
+    if errors:
+        timeline.note(f"recording: not read from Prometheus: {'; '.join(errors)}")
+    # The drill's figures stand without it; the report then says there is no recording.
+    return recording if recording.series else None

@@ -105,7 +105,7 @@ def report(timeline: Timeline, settings: DrillSettings) -> dict[str, Any]:
         "generator_behind": None if lag is None else lag > LAG_BAR_MS,
         "runbooks": [{key: value for key, value in entry.items() if key != "output"} for entry in timeline.runbooks],
         "timeline": [{"t_s": round(at - timeline.started, 2), "what": what} for at, what in sorted(timeline.events)],
-        "series": timeline.series,
+        "recording": None if timeline.recording is None else timeline.recording.to_dict(),
         "one_machine": ONE_MACHINE,
         "after_surge_starts_s": round(after_start - timeline.started, 1),
     }

@@ -16,7 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +61,11 @@ class Prometheus:
     """`with Prometheus(folder, env=..., namespace=..., slo_seconds=..., time_scale=k) as prometheus:`."""
 
     def __init__(self, folder: Path, *, env: str, namespace: str, slo_seconds: float, time_scale: float = 1.0,
-                 interval: float = 1.0) -> None:  # fmt: skip
+                 interval: float = 1.0, static_jobs: Mapping[str, str] | None = None) -> None:  # fmt: skip
+        """`static_jobs`: more scrape jobs, name -> host:port, whose series keep their own labels (as
+        kube-prometheus-stack scrapes kube-state-metrics, `honorLabels`)."""
         self.folder = folder.resolve()  # Prometheus resolves file_sd paths against its config's folder
+        self.static_jobs = dict(static_jobs or {})
         self.namespace = namespace
         self.time_scale = time_scale
         self.interval = interval
@@ -84,7 +87,8 @@ class Prometheus:
             "scrape_configs": [{
                 "job_name": "model-service",
                 "file_sd_configs": [{"files": [str(self._targets)], "refresh_interval": every}],
-            }],
+            }, *({"job_name": name, "honor_labels": True, "static_configs": [{"targets": [address]}]}
+                 for name, address in self.static_jobs.items())],
         }  # fmt: skip
         (self.folder / "prometheus.yml").write_text(yaml.safe_dump(config))
         port = free_port()

@@ -51,6 +51,7 @@ class ModeReply(BaseModel):
 
 class ChaosReply(BaseModel):
     slow_layers: dict[str, float]
+    slow_down: float = Field(description="every layer takes this many times its time (1: not slowed)")
 
 
 def _error(description: str, **extra: Any) -> dict[str, Any]:
@@ -80,14 +81,21 @@ MODE_DOCUMENT: dict[str, Any] = {
 """PUT /admin/mode's body (model_service.modes.OperatingMode.from_mapping is what checks it)."""
 
 CHAOS_DOCUMENT: dict[str, Any] = {
-    "type": "object", "additionalProperties": False, "required": ["slow_layer"],
-    "properties": {"slow_layer": {"oneOf": [
-        {"type": "null"},
-        {"type": "object", "required": ["layer", "seconds"], "additionalProperties": False,
-         "properties": {"layer": {"type": "string"}, "seconds": {"type": "number", "minimum": 0}}},
-    ]}},
+    "type": "object", "additionalProperties": False, "minProperties": 1,
+    "properties": {
+        "slow_layer": {"oneOf": [
+            {"type": "null"},
+            {"type": "object", "required": ["layer", "seconds"], "additionalProperties": False,
+             "properties": {"layer": {"type": "string"}, "seconds": {"type": "number", "minimum": 0}}},
+        ]},
+        "slow_down": {"oneOf": [
+            {"type": "null"},
+            {"type": "object", "required": ["factor"], "additionalProperties": False,
+             "properties": {"factor": {"type": "number", "minimum": 1}}},
+        ]},
+    },
 }  # fmt: skip
-"""PUT /admin/chaos's body: a slow layer, or null to end it."""
+"""PUT /admin/chaos's body: a slow layer and/or a slow-down of every layer; null ends either."""
 
 
 def intent_docs(max_chars: int) -> dict[str, Any]:

@@ -95,6 +95,8 @@ class ModelRuntime:
         self._chaos = chaos
         self._layer_delays: dict[str, float] = {}
         """Chaos (a drill's slow layer): seconds added before a layer runs, by layer label, every model."""
+        self._slow_down = 1.0
+        """Chaos (a drill's cold replica): every layer takes this many times its time."""
         self.version = version
         self._variants = self._load(version)
         self.ready = False
@@ -119,13 +121,16 @@ class ModelRuntime:
     def _hook_delays(self, model: nn.Module) -> None:
         if not hasattr(model, "block_list"):
             # A compiled graph (INT8 in ONNX Runtime) has no layers to hook: the slowed layer's delay
-            # comes before the whole forward, the same seconds on every batch.
+            # comes before the whole forward, the same seconds on every batch, and a slow-down
+            # stretches the whole forward.
             def delay_all(_module: nn.Module, _inputs: object) -> None:
                 seconds = sum(self._layer_delays.values())
                 if seconds:
                     time.sleep(seconds)
+                self._stretch_start("all")
 
             model.register_forward_pre_hook(delay_all)
+            model.register_forward_hook(lambda _m, _i, _o: self._stretch("all"), prepend=True)
             return
         blocks: list[nn.Module] = getattr(model, "block_list")  # noqa: B009 (an IntentClassifier's or a quantized copy's)
         layers = [*((f"block{i}", block) for i, block in enumerate(blocks)), ("head", getattr(model, "head"))]  # noqa: B009
@@ -136,8 +141,28 @@ class ModelRuntime:
                 if seconds:
                     self._synchronize()
                     time.sleep(seconds)
+                self._stretch_start(label)
+
+            def stretch(_module: nn.Module, _inputs: object, _output: object, label: str = label) -> None:
+                self._stretch(label)
 
             module.register_forward_pre_hook(delay)
+            # Before the layer-time hook (registered first), so the sampled time includes the stretch.
+            module.register_forward_hook(stretch, prepend=True)
+
+    def _stretch_start(self, label: str) -> None:
+        if self._slow_down > 1.0:
+            self._synchronize()
+            starts: dict[str, float] = self._local.__dict__.setdefault("stretch_starts", {})
+            starts[label] = time.perf_counter()
+
+    def _stretch(self, label: str) -> None:
+        """Chaos: the layer just run takes `slow_down` times as long (the rest of it slept)."""
+        factor = self._slow_down
+        started = self._local.__dict__.get("stretch_starts", {}).pop(label, None)
+        if factor > 1.0 and started is not None:
+            self._synchronize()
+            time.sleep((factor - 1.0) * (time.perf_counter() - started))
 
     def layers(self) -> list[str]:
         """The layer labels every model has (block0.., head), as the per-layer metrics name them."""
@@ -162,6 +187,19 @@ class ModelRuntime:
     @property
     def slowed(self) -> dict[str, float]:
         return dict(self._layer_delays)
+
+    def slow_down(self, factor: float) -> None:
+        """Chaos for drills: every layer of every model takes `factor` times its time (1 ends it), as
+        a cold replica's does while its caches fill (the seed's cold nodes ran at 18% of warm ones)."""
+        if not self._chaos:
+            raise ValueError("this runtime was loaded without chaos: nothing can be slowed down")
+        if not 1.0 <= factor <= 20.0:
+            raise ValueError(f"factor must be in [1, 20] (1 ends the slow-down), got {factor}")
+        self._slow_down = float(factor)
+
+    @property
+    def slowed_down(self) -> float:
+        return self._slow_down
 
     def _hook_layers(self, name: str, model: IntentClassifier) -> None:
         layers: list[tuple[str, nn.Module]] = [(f"block{i}", block) for i, block in enumerate(model.block_list)]

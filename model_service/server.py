@@ -526,7 +526,9 @@ class Service:
             },
             "queue": {name: {"depth": b.depth, "in_flight": b.in_flight} for name, b in self.batchers.items()},
             "cache_entries": len(self.cache),
-            "chaos": {"slow_layers": runtime.slowed} if runtime and self.settings.chaos else None,
+            "chaos": {"slow_layers": runtime.slowed, "slow_down": runtime.slowed_down}
+            if runtime and self.settings.chaos
+            else None,
             "handover_threshold": {m: runtime.card(m).handover_threshold for m in ("full", "light")}
             if runtime
             else None,
@@ -626,14 +628,15 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
             return JSONResponse({"error": str(exc)}, status_code=422)
         return JSONResponse({"mode": service.modes.mode.to_dict(), "revision": service.modes.status()["revision"]})
 
-    @app.put("/admin/chaos", summary="Slow a layer of every model (drills; only with the chaos setting)",
+    @app.put("/admin/chaos", summary="Slow a layer, or every layer, of every model (drills; the chaos setting only)",
              response_model=None, openapi_extra={"security": api.SECURITY, **api.json_body(api.CHAOS_DOCUMENT)},
              responses={200: {"model": api.ChaosReply, "description": "the slowed layers now"}, **api.BAD_BODY,
                         **api.ADMIN_RESPONSES,
                         503: {"model": api.ErrorBody, "description": "the models are not loaded yet"}})  # fmt: skip
     async def admin_chaos(request: Request) -> Response:
         """`{"slow_layer": {"layer": "block1", "seconds": 0.05}}` slows that layer of every model on this
-        process; `{"slow_layer": null}` ends it. Only with the `chaos` setting (drills)."""
+        process; `{"slow_down": {"factor": 4}}` makes every layer take 4 times its time (a cold replica);
+        null ends either. Only with the `chaos` setting (drills)."""
         if (refusal := service.authorised(request)) is not None:
             return refusal
         if not settings.chaos:
@@ -642,19 +645,26 @@ def create_app(settings: ServiceSettings, *, tracing: Tracing | None = None) -> 
             return JSONResponse({"error": "the models are not loaded yet"}, status_code=503)
         try:
             raw = await _admin_document(request)
-            slow = raw["slow_layer"]
-            if slow is None:
-                service.runtime.slow_layer(None)
-            else:
-                service.runtime.slow_layer(str(slow["layer"]), float(slow["seconds"]))
+            if not isinstance(raw, dict) or not raw or set(raw) - {"slow_layer", "slow_down"}:
+                raise KeyError("slow_layer or slow_down, nothing else")
+            if "slow_layer" in raw:
+                slow = raw["slow_layer"]
+                if slow is None:
+                    service.runtime.slow_layer(None)
+                else:
+                    service.runtime.slow_layer(str(slow["layer"]), float(slow["seconds"]))
+            if "slow_down" in raw:
+                down = raw["slow_down"]
+                service.runtime.slow_down(1.0 if down is None else float(down["factor"]))
         except BadRequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
         except (KeyError, TypeError) as exc:
             return JSONResponse(
-                {"error": f'body must be {{"slow_layer": {{"layer": ..., "seconds": ...}}}} or null ({exc!r})'}, 422
-            )
+                {"error": f'body must be {{"slow_layer": {{"layer": ..., "seconds": ...}} or null}} and/or '
+                          f'{{"slow_down": {{"factor": ...}} or null}} ({exc!r})'}, 422
+            )  # fmt: skip
         except ValueError as exc:
             return JSONResponse({"error": str(exc)}, status_code=422)
-        return JSONResponse({"slow_layers": service.runtime.slowed})
+        return JSONResponse({"slow_layers": service.runtime.slowed, "slow_down": service.runtime.slowed_down})
 
     return app

@@ -3,8 +3,10 @@ the incident memory (`incidents/`, checked by infra/incident_index.py).
 
 What the journal can say is filled in: the signals the run's readings found over their limits (by
 the alert signal that watches each), a time line of what the run did, what it changed or put back,
-and the run itself. What only a person can say is not invented: the root cause is left to the
-review, and the document stays `status: draft` (linked from no alert) until someone writes it and
+and the run itself. With `--diagnosis` (what `peakguard diagnose --json` wrote), the root cause
+section carries its verdict, ranked causes and where the time went, marked as the diagnosis's, not
+the review's. What only a person can say is not invented: the root cause stays the reviewer's to
+write, and the document stays `status: draft` (linked from no alert) until someone writes it and
 marks it reviewed. A document is never overwritten.
 """
 
@@ -12,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,7 @@ from infra.incident_index import DEFAULT_FOLDER, SECTIONS, IncidentError, parse
 from runbooks.engine.journal import Journal, default_journal_dir
 from runbooks.errors import UnknownRunError
 
-__all__ = ["READING_SIGNALS", "draft", "register", "signals_seen"]
+__all__ = ["READING_SIGNALS", "diagnosis_lines", "draft", "register", "signals_seen"]
 
 READING_SIGNALS = {
     "latency": "p99 latency",
@@ -83,8 +86,28 @@ def _what(record: dict[str, Any]) -> str:
     return text.replace("|", "/").replace("\n", " ")
 
 
-def draft(journal: Journal) -> tuple[str, str]:
-    """(document id, Markdown) for the run the journal records."""
+def diagnosis_lines(diagnosis: Mapping[str, Any], *, source: str) -> list[str]:
+    """The root cause section's part from a diagnosis (`peakguard diagnose --json`)."""
+    lines = [f"What `peakguard diagnose` said ({source}), for the reviewer to confirm or correct:", ""]
+    try:
+        lines.append(f"- **Verdict**: {diagnosis['verdict']}: {diagnosis['reason']}")
+        for rank, finding in enumerate(diagnosis["findings"], 1):
+            runbook = finding.get("runbook") or "no runbook"
+            lines.append(f"- {rank}. `{finding['cause']}` (score {float(finding['score']):.2f}, {runbook}): "
+                         f"{finding['summary']}")  # fmt: skip
+        stages = dict((diagnosis.get("time") or {}).get("stages_ms") or {})
+        if stages:
+            lines.append("- Where a request's time went: " + ", ".join(
+                f"{k} {float(v):.1f} ms" for k, v in sorted(stages.items(), key=lambda kv: -float(kv[1]))))  # fmt: skip
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise ValueError(f"{source}: not a diagnosis (`peakguard diagnose --json` writes one): {exc!r}") from None
+    return [*lines, ""]
+
+
+def draft(
+    journal: Journal, diagnosis: Mapping[str, Any] | None = None, *, diagnosis_source: str = ""
+) -> tuple[str, str]:
+    """(document id, Markdown) for the run the journal records, with the diagnosis if one is given."""
     records = list(journal.records())
     started = next((r for r in records if r["event"] == "run_started"), None)
     if started is None:
@@ -129,6 +152,7 @@ def draft(journal: Journal) -> tuple[str, str]:
         "",
         f"## {SECTIONS[2]}",
         "",
+        *([] if diagnosis is None else diagnosis_lines(diagnosis, source=diagnosis_source or "a diagnosis")),
         "_For the reviewer: what made the signals above go over their limits. The journal shows what the "
         "runbook saw and did, not why._",
         "",
@@ -165,6 +189,10 @@ def register(commands: Any) -> None:
     draft_parser.add_argument("--journal-dir", type=Path, default=None,
                               help="where run journals are (default: $PEAKGUARD_JOURNAL_DIR or "
                               "~/.local/state/peakguard/runs)")  # fmt: skip
+    draft_parser.add_argument("--diagnosis", type=Path, default=None,
+                              help="a diagnosis of the incident (`peakguard diagnose --json FILE`): its verdict, "
+                              "ranked causes and where the time went go in the root cause section, as the "
+                              "diagnosis's, for the reviewer")  # fmt: skip
     draft_parser.add_argument("--out", type=Path, default=DEFAULT_FOLDER,
                               help="the incidents folder (default: this checkout's incidents/)")  # fmt: skip
     draft_parser.set_defaults(handler=_draft)
@@ -173,8 +201,14 @@ def register(commands: Any) -> None:
 def _draft(args: argparse.Namespace) -> int:
     try:
         journal = Journal.open(args.journal_dir or default_journal_dir(), args.run_id)
-        document_id, text = draft(journal)
-    except UnknownRunError as exc:
+        diagnosis = None
+        if args.diagnosis is not None:
+            try:
+                diagnosis = json.loads(args.diagnosis.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"--diagnosis {args.diagnosis}: {exc}") from None
+        document_id, text = draft(journal, diagnosis, diagnosis_source=str(args.diagnosis or ""))
+    except (UnknownRunError, ValueError) as exc:
         print(f"peakguard incident: {exc}", file=sys.stderr)
         return 2
     path = args.out / f"{document_id}.md"

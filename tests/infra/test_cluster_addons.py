@@ -91,6 +91,14 @@ def test_gpu_operator_uses_mixed_mig_and_its_mig_manager(run: OfflineRun) -> Non
     assert values["toolkit"]["enabled"] is False
 
 
+def test_gpu_metrics_keep_the_pod_they_were_measured_for(run: OfflineRun) -> None:
+    # `peakguard diagnose` reads DCGM's GPU memory by pod and namespace: with the chart's default
+    # honorLabels false, Prometheus would rename those labels to exported_pod/exported_namespace.
+    monitor = _values(run, "gpu-operator")["dcgmExporter"]["serviceMonitor"]
+
+    assert monitor == {"enabled": True, "honorLabels": True}
+
+
 def test_an_operator_driver_upgrade_takes_at_most_a_third_of_the_nodes_each_drained(run_changed) -> None:
     def ubuntu(values: dict[str, Any]) -> None:
         pool = values["peakguard:gpuPools"]["full"]

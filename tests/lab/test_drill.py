@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from diagnosis.series import Recording
 from lab.drill import DrillSettings, run
 from lab.drill_report import plot, render, report, write_json
 from tests.infra.conftest import PROJECT_DIR
@@ -86,8 +87,11 @@ def test_a_short_drill_pages_mitigates_rolls_back_a_bad_step_and_loses_nothing(
     # The files a person reads afterwards.
     written = json.loads((tmp_path / "report.json").read_text())
     assert {"time_to_detect_s", "time_to_mitigate_s", "p50_ms", "p99_ms", "requests_total", "requests_failed",
-            "requests_shed", "runbooks", "timeline", "series"} <= set(written)  # fmt: skip
-    assert written["series"]["responses_per_second_by_outcome"], "the scraped series per pod"
+            "requests_shed", "runbooks", "timeline", "recording"} <= set(written)  # fmt: skip
+    # What `peakguard diagnose --from-drill` reads: the service's per-pod series and kube-state-metrics'.
+    recorded = Recording.read(tmp_path / "report.json")
+    for name in ("responses", "stage_sum", "layer_sum", "node_ready", "pod_node", "pod_created"):
+        assert recorded.has(name), (name, sorted(recorded.series))
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 

@@ -129,14 +129,17 @@ def test_slow_layer_slows_one_ready_pod_until_undone(lab: Lab) -> None:
     chaos = {
         pod: httpx.get(f"{url}/admin/status", headers=auth, timeout=10).json()["chaos"] for pod, url in urls.items()
     }
-    assert chaos[slowed] == {"slow_layers": {"block0": 0.3}}
-    assert all(state == {"slow_layers": {}} for pod, state in chaos.items() if pod != slowed)
+    assert chaos[slowed] == {"slow_layers": {"block0": 0.3}, "slow_down": 1.0}
+    assert all(state == {"slow_layers": {}, "slow_down": 1.0} for pod, state in chaos.items() if pod != slowed)
     started = time.perf_counter()
     httpx.post(f"{urls[slowed]}/v1/intent", json={"text": "my card is lost"}, timeout=10).raise_for_status()
     assert time.perf_counter() - started >= 0.3
     assert undo is not None
     undo()
-    assert httpx.get(f"{urls[slowed]}/admin/status", headers=auth, timeout=10).json()["chaos"] == {"slow_layers": {}}
+    assert httpx.get(f"{urls[slowed]}/admin/status", headers=auth, timeout=10).json()["chaos"] == {
+        "slow_layers": {},
+        "slow_down": 1.0,
+    }
 
 
 def test_cold_leaves_no_warm_spare(lab: Lab) -> None:

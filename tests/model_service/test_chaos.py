@@ -47,16 +47,58 @@ def test_a_slowed_layer_slows_every_answer_and_its_layer_metric_until_ended(chao
         after = _median_latency(client)
         metrics = client.get("/metrics").text
 
-    assert slowed.status_code == 200 and slowed.json() == {"slow_layers": {"block1": 0.2}}
+    assert slowed.status_code == 200 and slowed.json() == {"slow_layers": {"block1": 0.2}, "slow_down": 1.0}
     assert during >= 0.2 and during - before >= 0.15
     assert light.status_code == 200 and during_light >= 0.2  # every model and precision of this process
-    assert status["chaos"] == {"slow_layers": {"block1": 0.2}}
-    assert ended.json() == {"slow_layers": {}}
+    assert status["chaos"] == {"slow_layers": {"block1": 0.2}, "slow_down": 1.0}
+    assert ended.json() == {"slow_layers": {}, "slow_down": 1.0}
     assert after < 0.2
     # The layer-time histogram saw it (fp32 batches are timed layer by layer).
     sums = [line for line in metrics.splitlines() if line.startswith("peakguard_layer_seconds_sum")]
     (block1,) = [line for line in sums if 'model="full"' in line and "block1" in line]
     assert float(block1.rsplit(" ", 1)[1]) >= 0.2 * 5
+
+
+def _layer_means(metrics: str) -> dict[str, tuple[float, float]]:
+    """(sum, count) of the full model's per-layer histogram, by layer."""
+    found: dict[str, list[float]] = {}
+    for line in metrics.splitlines():
+        for part, index in (("peakguard_layer_seconds_sum", 0), ("peakguard_layer_seconds_count", 1)):
+            if line.startswith(part) and 'model="full"' in line:
+                layer = line.split('layer="', 1)[1].split('"', 1)[0]
+                found.setdefault(layer, [0.0, 0.0])[index] = float(line.rsplit(" ", 1)[1])
+    return {layer: (pair[0], pair[1]) for layer, pair in found.items()}
+
+
+def test_a_slow_down_stretches_every_layer_by_its_factor_until_ended(chaotic: Running) -> None:
+    def mean_per_layer(
+        first: dict[str, tuple[float, float]], second: dict[str, tuple[float, float]]
+    ) -> dict[str, float]:
+        return {layer: (second[layer][0] - first[layer][0]) / (second[layer][1] - first[layer][1]) for layer in second}
+
+    with chaotic.client() as client:
+        for _ in range(5):
+            _ask(client)
+        start = _layer_means(client.get("/metrics").text)
+        for _ in range(20):
+            _ask(client)
+        warm = _layer_means(client.get("/metrics").text)
+        slowed = client.put("/admin/chaos", json={"slow_down": {"factor": 6}}, headers=AUTH)
+        for _ in range(20):
+            _ask(client)
+        cold = _layer_means(client.get("/metrics").text)
+        ended = client.put("/admin/chaos", json={"slow_down": None}, headers=AUTH)
+        for _ in range(20):
+            _ask(client)
+        after = _layer_means(client.get("/metrics").text)
+
+    assert slowed.json() == {"slow_layers": {}, "slow_down": 6.0} and ended.json()["slow_down"] == 1.0
+    before, during, later = mean_per_layer(start, warm), mean_per_layer(warm, cold), mean_per_layer(cold, after)
+    # Every layer, not one: each takes several times its time (6x less scheduling noise), and no longer after.
+    assert set(during) == {"block0", "block1", "head"}
+    for layer in during:
+        assert during[layer] >= 3 * before[layer], (layer, before, during)
+        assert later[layer] < during[layer] / 2, (layer, during, later)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +107,7 @@ def test_a_slowed_layer_slows_every_answer_and_its_layer_metric_until_ended(chao
         ({"slow_layer": {"layer": "block9", "seconds": 0.1}}, 422, "no layer 'block9'; the layers are block0, block1"),
         ({"slow_layer": {"layer": "head", "seconds": 60}}, 422, "seconds must be in (0, 10]"),
         ({"slow": 1}, 422, 'body must be {"slow_layer"'),
+        ({"slow_down": {"factor": 0.5}}, 422, "factor must be in [1, 20]"),
     ],
 )
 def test_a_wrong_chaos_request_is_refused_naming_what_is_wrong(

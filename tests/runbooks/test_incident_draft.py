@@ -5,6 +5,7 @@ existing document."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,31 @@ def test_an_unknown_run_is_refused_naming_the_runs_there(tmp_path: Path, capsys:
 
     assert main(["incident", "draft", "dev-nope", "--journal-dir", str(tmp_path / "runs"), "--out", str(tmp_path)]) == 2
     assert "runs there: dev-toy-20261207T000000Z-abcd" in capsys.readouterr().err
+
+
+def test_a_draft_with_a_diagnosis_carries_its_ranked_causes_as_the_diagnosis_s_not_the_review_s(
+    engine_for: EngineFactory, world: World, journal_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from diagnosis.causes import diagnose
+    from tests.diagnosis.fleet import Pod, build
+
+    run_id = _rolled_back_run(engine_for, journal_dir)
+    surge = {"answered": 40.0, "shed": 30.0, "queue": 0.35, "latency": 0.75}
+    diagnosis = diagnose(build([Pod("a", changes=[(40, surge)]), Pod("b", node="node-b", changes=[(40, surge)])]))
+    (tmp_path / "diagnosis.json").write_text(json.dumps(diagnosis.to_dict(), default=str))
+    (tmp_path / "wrong.json").write_text(json.dumps({"verdict": "cause"}))
+    out = tmp_path / "incidents"
+    args = ["incident", "draft", run_id, "--journal-dir", str(journal_dir), "--out", str(out)]
+
+    assert main([*args, "--diagnosis", str(tmp_path / "wrong.json")]) == 2
+    assert "not a diagnosis" in capsys.readouterr().err
+    assert not out.exists() or not list(out.glob("*.md")), "nothing is written from a wrong diagnosis"
+    assert main([*args, "--diagnosis", str(tmp_path / "diagnosis.json")]) == 0
+
+    (path,) = out.glob("*.md")
+    parse(path)
+    text = path.read_text()
+    assert "What `peakguard diagnose` said" in text and "for the reviewer to confirm or correct" in text
+    assert "- 1. `overload` (score" in text and "emergency-stop" in text
+    assert "Where a request's time went: queue" in text
+    assert "_For the reviewer:" in text, "the diagnosis does not replace the review"
