@@ -104,6 +104,13 @@ def cluster(tmp_path: Path) -> Iterator[dict[str, Any]]:
             yield {"prometheus": prometheus, "service": service, "store": kube.store}
 
 
+def _wait_scraped(prometheus: Prometheus, expr: str, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not prometheus.query(expr):
+        assert time.monotonic() < deadline, f"Prometheus did not have {expr} within {timeout:.0f} s"
+        time.sleep(0.5)
+
+
 def test_the_live_path_reads_the_service_and_kube_state_metrics_from_prometheus(cluster: dict[str, Any]) -> None:
     prometheus, service = cluster["prometheus"], cluster["service"]
     start = time.time()
@@ -112,6 +119,8 @@ def test_the_live_path_reads_the_service_and_kube_state_metrics_from_prometheus(
         while time.monotonic() < deadline:
             assert client.post("/v1/intent", json={"text": "my card has not arrived"}).status_code == 200
             time.sleep(0.02)
+    _wait_scraped(prometheus, "peakguard_layer_seconds_count")
+    _wait_scraped(prometheus, "kube_pod_created")
     time.sleep(2.5)  # two more scrapes
 
     recording = record(prometheus_range(prometheus.url), namespace="peakguard", start=start, end=time.time(), step=1.0)
@@ -138,7 +147,9 @@ def test_the_live_command_reads_the_env_from_ssm_and_its_metrics_from_prometheus
         with cluster["service"].client() as client:
             for _ in range(30):
                 client.post("/v1/intent", json={"text": "where is my card"})
-        time.sleep(2.5)
+        # On a busy machine Prometheus's first scrapes can lag seconds: wait until it holds the answers.
+        _wait_scraped(prometheus, 'sum(peakguard_request_seconds_count{outcome="answered"}) >= 30')
+        _wait_scraped(prometheus, "kube_node_status_condition")
         aws = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-west-2",
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}  # fmt: skip
         ran = _diagnose("--env", "dev", "--prometheus", prometheus.url, "--minutes", "1", "--recent-minutes", "0.5",
