@@ -144,15 +144,17 @@ def test_the_live_command_reads_the_env_from_ssm_and_its_metrics_from_prometheus
     with moto_server() as url:
         ssm = boto3.client("ssm", endpoint_url=url, region_name="us-west-2", **CREDENTIALS)
         ssm.put_parameter(Name=parameter_name("dev"), Value=targets.to_json(), Type="String", Overwrite=True)
+        # On a busy machine Prometheus's first scrapes lag seconds: answers made before its first sample
+        # are in that sample and increase nothing after it, so the answers come once it scrapes the pod.
+        _wait_scraped(prometheus, "peakguard_request_seconds_count")
         with cluster["service"].client() as client:
             for _ in range(30):
                 client.post("/v1/intent", json={"text": "where is my card"})
-        # On a busy machine Prometheus's first scrapes can lag seconds: wait until it holds the answers.
         _wait_scraped(prometheus, 'sum(peakguard_request_seconds_count{outcome="answered"}) >= 30')
         _wait_scraped(prometheus, "kube_node_status_condition")
         aws = {"AWS_ENDPOINT_URL": url, "AWS_DEFAULT_REGION": "us-west-2",
                "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}  # fmt: skip
-        ran = _diagnose("--env", "dev", "--prometheus", prometheus.url, "--minutes", "1", "--recent-minutes", "0.5",
+        ran = _diagnose("--env", "dev", "--prometheus", prometheus.url, "--minutes", "2", "--recent-minutes", "1",
                         env=aws)  # fmt: skip
 
     # The env's SLO came from SSM, the pod and its figures from Prometheus; 30 answers are too few for
