@@ -315,7 +315,8 @@ def _slow_layers(recording: Recording, now: FleetReading, before: FleetReading) 
         return "layer_sum/layer_count (peakguard_layer_seconds)"
     findings = []
     for pod in now.serving:
-        reference = _peer_layers(now, pod) or dict(before.pods[pod.pod].layer_seconds if pod.pod in before.pods else {})
+        peers = _peer_layers(now, pod)
+        reference = peers or dict(before.pods[pod.pod].layer_seconds if pod.pod in before.pods else {})
         ratios = _layer_ratios(pod, reference)
         if len(ratios) < 2:
             continue
@@ -329,7 +330,7 @@ def _slow_layers(recording: Recording, now: FleetReading, before: FleetReading) 
                 "slow-layer", min(0.99, 0.9 + relative / 1000),
                 f"on {pod.pod} the {model} model's {layer} takes {pod.layer_seconds[key] * 1000:.0f} ms a batch "
                 f"against "
-                f"{reference[key] * 1000:.1f} ms on {'its peers' if _peer_layers(now, pod) else 'itself before'} "
+                f"{reference[key] * 1000:.1f} ms on {'its peers' if peers else 'itself before'} "
                 f"({relative:.1f}x, its other layers {others:.2f}x)",
                 {"pod": pod.pod, "node": pod.node, "model": model, "layer": layer, "ratio": round(relative, 2),
                  "seconds": pod.layer_seconds[key], "reference_seconds": reference[key],

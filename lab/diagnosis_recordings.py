@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import shutil
@@ -39,6 +40,7 @@ from typing import Any
 import httpx
 
 from diagnosis.series import Recording, RecordingError, record
+from infra.offline import OfflineRun
 from lab.drill import DrillSettings, Prepared, _follow_pods, _program, prepare
 from lab.kube_state_metrics import KubeStateMetrics
 from lab.lab import NAMESPACE, Lab, LabSettings, ServePod
@@ -109,13 +111,20 @@ def common_layers(models: Path) -> list[str]:
     return [*(f"block{i}" for i in range(depth)), "head"]
 
 
+@functools.cache
+def _program_for(project_dir: Path, env: str, slo: float, replicas: int) -> OfflineRun:
+    """The program under mocks, once per replica count (each run takes seconds; recordings repeat them)."""
+    # The full model's HPA may reach one more than the replicas (cold-replica's new pod).
+    return _program(project_dir, env, slo, replicas + 2)
+
+
 def record_run(settings: DrillSettings, prepared: Prepared, run: Plan, *, log: Log = print) -> Recording:
     """Run `run` against a fresh lab and return what Prometheus held, the plan and what struck in its notes."""
     calibration = prepared.calibration
     slo, budget = calibration["slo_seconds"], calibration["latency_budget_seconds"]
-    assert settings.project_dir is not None
-    # The full model's HPA may reach one more than the replicas (cold-replica's new pod).
-    program = _program(settings.project_dir, settings.env, slo, run.replicas + 2)
+    if settings.project_dir is None:
+        raise ValueError("DrillSettings resolves project_dir: none given")
+    program = _program_for(settings.project_dir, settings.env, slo, run.replicas)
     (full_pool,) = [pool for pool in program.config.gpu_pools if pool.name == "full"]
     lab_settings = LabSettings(
         artifacts=prepared.models, workdir=settings.out / "lab", env=settings.env, program=program,
@@ -179,7 +188,7 @@ def record_run(settings: DrillSettings, prepared: Prepared, run: Plan, *, log: L
 
 
 def _lag_p99_ms(requests: list[Request]) -> float | None:
-    lags = sorted(r.lag for r in requests if r.lag is not None)
+    lags = sorted(r.lag for r in requests)
     return round(lags[int(0.99 * (len(lags) - 1))] * 1000, 1) if lags else None
 
 
