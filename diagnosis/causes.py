@@ -16,7 +16,8 @@ overloads its peers too, and the fix is for it, not for them.
 - `cold-replica`: a pod created in the recording serves with every layer slower than its warm peers
   (the seed's cold nodes ran at 18% of warm ones); `slow-replica` is the same on an old pod.
 - `gpu-memory`: a pod's GPU memory is over 90% (DCGM; absent on CPU).
-- `overload`: the fleet sheds or queues on most pods while its layers run at their usual speed.
+- `overload`: pods holding most of the requests shed or queue while the layers run at their usual
+  speed, or demand grew enough to explain slower layers.
 
 The verdict is `cause` (the first of the ranked findings), `healthy` (the SLO holds and every
 check ran and found nothing; GPU memory is checked only where a DCGM exporter reports it), or
@@ -78,7 +79,13 @@ QUEUE_SHARE = 0.4
 """A pod whose requests spend this share of their time queued is behind."""
 LAYERS_AS_USUAL = 1.5
 """Overload needs the layers' time per request no more than this against the baseline: more demand,
-not a slower fleet."""
+not a slower fleet, unless demand grew `DEMAND_GROWTH` times or more."""
+DEMAND_GROWTH = 2.0
+"""Requests per second this many times the baseline's explain slower layers too: a surge makes
+whatever shares the model's cores (tokenising, the HTTP server refusing the excess, on one lab
+machine the load itself) take their time. In the lab's overload recordings (tests/diagnosis/recordings,
+10-23x the baseline's rate) a request's layers took 1.15-2.1x their baseline time. A fleet slower
+everywhere without such growth (a bad model version, throttled GPUs) is not overload."""
 
 
 @dataclass(frozen=True)
@@ -313,6 +320,17 @@ def _born_after(recording: Recording) -> float:
 def _slow_layers(recording: Recording, now: FleetReading, before: FleetReading) -> list[Finding] | str:
     if not recording.has("layer_sum") or not recording.has("layer_count"):
         return "layer_sum/layer_count (peakguard_layer_seconds)"
+    found = {f.figures["pod"]: f for f in _slow_layers_in(now, before, span="")}
+    # A slow layer can open the pod's breaker at once: the recent window then holds only its light
+    # model, which no peer runs to compare with. The span since the baseline still holds the
+    # moment its full model slowed.
+    since = read(recording, Window(before.window.end, now.window.end))
+    for finding in _slow_layers_in(since, before, span=" since the baseline"):
+        found.setdefault(finding.figures["pod"], finding)
+    return list(found.values())
+
+
+def _slow_layers_in(now: FleetReading, before: FleetReading, *, span: str) -> list[Finding]:
     findings = []
     for pod in now.serving:
         peers = _peer_layers(now, pod)
@@ -328,13 +346,14 @@ def _slow_layers(recording: Recording, now: FleetReading, before: FleetReading) 
             model, layer = key
             findings.append(Finding(
                 "slow-layer", min(0.99, 0.9 + relative / 1000),
-                f"on {pod.pod} the {model} model's {layer} takes {pod.layer_seconds[key] * 1000:.0f} ms a batch "
-                f"against "
-                f"{reference[key] * 1000:.1f} ms on {'its peers' if peers else 'itself before'} "
+                f"on {pod.pod} the {model} model's {layer} takes {pod.layer_seconds[key] * 1000:.0f} ms a batch"
+                f"{span} against "
+                f"{reference[key] * 1000:.2g} ms on {'its peers' if peers else 'itself before'} "
                 f"({relative:.1f}x, its other layers {others:.2f}x)",
                 {"pod": pod.pod, "node": pod.node, "model": model, "layer": layer, "ratio": round(relative, 2),
                  "seconds": pod.layer_seconds[key], "reference_seconds": reference[key],
-                 "other_layers_ratio": round(others, 2), "batches": pod.layer_batches.get(key)},
+                 "other_layers_ratio": round(others, 2), "batches": pod.layer_batches.get(key),
+                 "window": [now.window.start, now.window.end]},
             ))  # fmt: skip
     return findings
 
@@ -389,23 +408,28 @@ def _overload(recording: Recording, now: FleetReading, before: FleetReading) -> 
     if not serving:
         return []
     behind = [p for p in serving if (p.shed_share or 0) >= SHED_SHARE or _queued(p) >= QUEUE_SHARE]
-    if len(behind) * 2 <= len(serving):
+    # Weighed by requests, not pods: a balancer sends more to a pod that sheds (a refusal is quick),
+    # so one overloaded pod can hold most of the demand while its peer queues just under the bar.
+    held = sum(p.total for p in behind) / sum(p.total for p in serving)
+    if held <= 0.5:
         return []
     layers_now = _fleet_layers(now)
     layers_before = _fleet_layers(before)
     common = [layers_now[k] / layers_before[k] for k in layers_now if layers_before.get(k, 0) > 0]
     slower = statistics.median(common) if common else None
-    if slower is not None and slower > LAYERS_AS_USUAL:
+    rate_now = now.total / max(now.window.seconds, 1e-9)
+    rate_before = before.total / max(before.window.seconds, 1e-9)
+    surged = rate_before > 0 and rate_now >= DEMAND_GROWTH * rate_before
+    if slower is not None and slower > LAYERS_AS_USUAL and not surged:
         return []
     shed = now.share("shed") or 0.0
     queued = _queue_share(now)
-    rate_now = now.total / max(now.window.seconds, 1e-9)
-    rate_before = before.total / max(before.window.seconds, 1e-9)
     growth = f", {rate_now / rate_before:.1f}x the baseline's {rate_before:.1f}/s" if rate_before > 0 else ""
     score = 0.5 + 0.29 * min(1.0, shed / 0.2 + (queued or 0.0) / 2)
     return [Finding(
         "overload", round(score, 3),
-        f"{len(behind)} of {len(serving)} pods shed or queue: {shed:.1%} of requests shed, "
+        f"{len(behind)} of {len(serving)} pods, with {held:.0%} of the requests, shed or queue: {shed:.1%} of "
+        f"requests shed, "
         f"{(queued or 0):.0%} of a request's time queued, at {rate_now:.1f} requests/s{growth}; the layers run "
         + ("at their baseline speed" if slower is None or slower <= 1.2 else f"{slower:.2f}x their baseline time"),
         {"shed_share": round(shed, 4), "queue_share": None if queued is None else round(queued, 3),

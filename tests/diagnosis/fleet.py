@@ -31,6 +31,8 @@ class Pod:
     queue: float = 0.01
     model: float = 0.05
     batch_size: float = 4.0
+    serves: str = "full"
+    """The model answering (the breaker's open state serves the light one)."""
     layers: dict[str, float] = field(default_factory=lambda: dict.fromkeys(LAYERS, 0.01))
     changes: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     """(seconds into the recording, attributes that hold from then on)."""
@@ -108,9 +110,11 @@ def build(
             put("batch_count", labels, t, add(("bc",), batches))
             sampled = batches / 4
             for layer, mean in now.layers.items():
-                key = labels | {"model": "full", "layer": layer}
-                put("layer_sum", key, t, add(("ls", layer), mean * sampled))
-                put("layer_count", key, t, add(("lc", layer), sampled))
+                for served in ("full", "light"):
+                    key = labels | {"model": served, "layer": layer}
+                    running = served == now.serves
+                    put("layer_sum", key, t, add(("ls", served, layer), mean * sampled if running else 0.0))
+                    put("layer_count", key, t, add(("lc", served, layer), sampled if running else 0.0))
             put("queue_depth", labels, t, now.queue * now.answered)
             put("breaker_open", labels, t, 0.0)
     for node in sorted({p.node for p in pods}):

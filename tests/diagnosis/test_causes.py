@@ -37,6 +37,20 @@ def test_one_pods_slow_layer_is_named_with_the_pod_and_layer_even_when_its_peers
     assert "overload" not in [f.cause for f in result.findings[:1]]
 
 
+def test_a_slow_layer_that_opened_the_pods_breaker_is_found_where_the_full_model_slowed() -> None:
+    # The recent window holds only b's light model, which no peer runs: the span since the baseline
+    # still holds the seconds its full model ran slow.
+    slow = Pod("b", node="node-b", changes=[(35, {"layers": _slow("head", 0.2)}), (38, {"serves": "light"})])
+
+    result = diagnose(build([Pod("a"), slow]))
+
+    assert result.verdict == "cause", result.reason
+    top = result.findings[0]
+    assert (top.cause, top.figures["pod"]) == ("slow-layer", "b"), result.findings
+    assert (top.figures["model"], top.figures["layer"]) == ("full", "head"), result.findings
+    assert "since the baseline" in top.summary
+
+
 def test_a_slow_layer_on_the_only_pod_is_judged_against_its_own_baseline() -> None:
     result = diagnose(build([Pod("a", changes=[(35, {"layers": _slow("head", 0.2)})])]))
 
@@ -90,6 +104,26 @@ def test_demand_over_capacity_with_layers_at_their_usual_speed_is_overload() -> 
     top = result.findings[0]
     assert top.runbook == "emergency-stop" and top.figures["shed_share"] == pytest.approx(30 / 70, rel=0.02)
     assert any("SLO" in s for s in result.symptoms) and result.time["stage_shares"]["queue"] > 0.5
+
+
+def test_overload_is_weighed_by_requests_when_the_pod_that_sheds_holds_most_of_them() -> None:
+    # A refusal is quick, so a balancer sends more to the pod that sheds; its peer queues under the bar.
+    shedding = {"answered": 20.0, "shed": 150.0, "queue": 0.02, "latency": 0.3}
+    queuing = {"answered": 25.0, "queue": 0.02, "latency": 0.3}
+    result = diagnose(build([Pod("a", changes=[(40, shedding)]), Pod("b", node="node-b", changes=[(40, queuing)])]))
+
+    assert result.verdict == "cause" and result.findings[0].cause == "overload", result.reason
+    assert result.findings[0].figures["pods_behind"] == ["a"]
+
+
+def test_a_surge_is_overload_even_where_it_slows_the_layers_that_share_its_cores() -> None:
+    # Ten times the baseline's requests, every layer twice its time (the lab's overload runs at 250/s).
+    surge = {"answered": 40.0, "shed": 160.0, "queue": 0.02, "latency": 0.3, "layers": dict.fromkeys(LAYERS, 0.02)}
+    result = diagnose(build([Pod("a", answered=10.0, changes=[(40, surge)]),
+                             Pod("b", node="node-b", answered=10.0, changes=[(40, surge)])]))  # fmt: skip
+
+    assert result.verdict == "cause" and result.findings[0].cause == "overload", result.reason
+    assert result.findings[0].figures["layers_vs_baseline"] == pytest.approx(2.0, rel=0.05)
 
 
 def test_layers_slower_everywhere_are_not_called_overload() -> None:
