@@ -46,19 +46,32 @@ class BreakerSettings:
     trip_above: float | None = None
     """p99 seconds that, sustained, opens the breaker; None: `TRIP_OVER_BUDGET` x the latency budget,
     and at least `TRIP_MARGIN_SECONDS` above it."""
-    trip_after: float = 5.0
-    """Seconds p99 must stay above `trip_above`."""
+    trip_after: float = 10.0
+    """Seconds p99 must stay above `trip_above`; longer than `window` (see there)."""
     recover_below: float | None = None
     """p99 seconds under which the breaker may close (below trip_above: hysteresis); None: half of
     trip_above."""
     recover_after: float = 30.0
     """Seconds p99 must stay below `recover_below` before going back to the full model."""
-    window: float = 10.0
-    """Seconds of latencies the p99 is taken over."""
+    window: float = 5.0
+    """Seconds of latencies the p99 is taken over. Shorter than `trip_after`, as a Prometheus alert's
+    `for` is longer than its rate window: a burst of slow answers holds the window's p99 up for as
+    long as the window keeps them, so a 10 s window with a 5 s trip (the old defaults) opened on
+    bursts of a few seconds. At 8x it opened in two of three repetitions of the acceptance bench
+    (docs/bench/bench-model-20261207b.json: 212 and 192 full-model answers, then the light model for
+    the rest); replayed on the same 8x answers (`peakguard bench breaker`,
+    docs/bench/bench-breaker-20261207.json) the old timing opened 5.7 s into a surge whose p99 was
+    over the trip for at most 5 s at a stretch by this window, and this one stayed shut. Slowness
+    that lasts opens it within `trip_after` (plus the moments the window takes to fill)."""
     min_samples: int = 20
     """Fewer latencies than this in the window decide nothing."""
 
     def __post_init__(self) -> None:
+        if self.window >= self.trip_after:
+            raise ValueError(
+                f"window ({self.window} s) must be shorter than trip_after ({self.trip_after} s): otherwise one "
+                "burst shorter than trip_after keeps the window's p99 up long enough to open the breaker"
+            )
         if self.trip_above is not None and self.trip_above <= 0:
             raise ValueError(f"trip_above must be > 0 seconds, got {self.trip_above}")
         if self.recover_below is not None and not 0 < self.recover_below < (self.trip_above or math.inf):

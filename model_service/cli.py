@@ -398,6 +398,28 @@ def register_bench(commands: Any) -> None:
     refusal.add_argument("--rounds", type=_positive_int, default=2, help="bursts per variant (default 2)")
     refusal.add_argument("--json", type=Path, help="write the report here (atomically)")
     refusal.set_defaults(handler=_bench_refusal)
+    breaker = kinds.add_parser(
+        "breaker",
+        help="two circuit-breaker timings judged on the same 8x answers",
+        description=(
+            "Serve the bench's 8x (the sustainable rate, then 8 times it; admission on with the given budget) with the "
+            "server's own breaker held shut, and replay every answer's latency through a breaker of each timing "
+            "(the old 10 s window and 5 s trip; serve's default 5 s window and 10 s trip), both tripping over the "
+            "SLO: when, or whether, each would have opened on the very same answers. Take the budget, SLO and "
+            "sustainable rate from a `bench model --json` report. A run whose generator fell behind, or where "
+            "anything but the full model answered, is INVALID. Needs 2 cores; about 2 minutes a run."
+        ),
+    )
+    breaker.add_argument("--artifacts", type=Path, required=True, help="artifact root written by peakguard train")
+    breaker.add_argument("--version", default="", help="version folder (default: the newest)")
+    breaker.add_argument("--data", type=Path, help="data folder with banking77/: real query texts for the load")
+    breaker.add_argument("--budget-ms", type=float, required=True, help="admission's latency budget, ms")
+    breaker.add_argument("--slo-ms", type=float, required=True, help="the SLO p99 the breakers trip over, ms")
+    breaker.add_argument("--sustainable-rps", type=float, required=True, help="the sustainable rate; 8x is 8 times it")
+    breaker.add_argument("--runs", type=_positive_int, default=3, help="runs (default 3)")
+    breaker.add_argument("--overload-seconds", type=float, default=60.0, help="length of each 8x stretch (default 60)")
+    breaker.add_argument("--json", type=Path, help="write the report here (atomically)")
+    breaker.set_defaults(handler=_bench_breaker)
     peer = kinds.add_parser(
         "peer",
         help="the Ray Serve peer against a recorded `bench model` run",
@@ -540,6 +562,20 @@ def _bench_refusal(args: argparse.Namespace) -> int:
         return run(settings, log=_say)
 
     return _measured("refusal", measure, render, args.json)
+
+
+def _bench_breaker(args: argparse.Namespace) -> int:
+    from model_service.breaker_replay import BreakerReplaySettings, render, run
+
+    def measure() -> dict[str, Any]:
+        settings = BreakerReplaySettings(
+            artifacts=args.artifacts, version=args.version, data=args.data, latency_budget=args.budget_ms / 1000,
+            slo=args.slo_ms / 1000, sustainable_rps=args.sustainable_rps, runs=args.runs,
+            overload_seconds=args.overload_seconds,
+        )  # fmt: skip
+        return run(settings, log=_say)
+
+    return _measured("breaker", measure, render, args.json)
 
 
 def _bench_peer(args: argparse.Namespace) -> int:

@@ -182,7 +182,7 @@ def test_sustained_slowness_opens_and_sustained_recovery_closes_with_hysteresis(
 def test_a_short_spike_does_not_trip() -> None:
     clock = Clock()
     switches: list[tuple[bool, float]] = []
-    settings = BreakerSettings(window=2).for_budget(0.5)
+    settings = BreakerSettings().for_budget(0.5)
     breaker = CircuitBreaker(settings, on_switch=lambda s, p: switches.append((s, p)), clock=clock)
 
     _feed(breaker, clock, 0.1, 5)
@@ -227,8 +227,32 @@ def test_admission_held_latency_at_the_budget_does_not_open_the_default_breaker(
 
     _feed(breaker, clock, budget * 1.05, 60)  # a little over the budget, for a minute
     assert switches == []
-    _feed(breaker, clock, budget * 2, 10)  # well past it: admission is no longer enough
+    _feed(breaker, clock, budget * 2, 12)  # well past it: admission is no longer enough
     assert [state for state, _ in switches] == [True]
+
+
+def test_one_stall_at_8x_does_not_open_the_breaker_but_slowness_that_outlasts_its_window_does() -> None:
+    """The bench's 8x runs (docs/bench/bench-model-20261207b.json, repetitions 1 and 3): answers held
+    just under a trip at the SLO, one quarter-second stall (the generator's send lag reached 238 ms)
+    pushing the answers in flight past it. With a 10 s window and a 5 s trip the stall's answers,
+    over 1% of the window, held its p99 up long enough to open the breaker."""
+    clock = Clock()
+    switches: list[tuple[bool, float]] = []
+    breaker = CircuitBreaker(BreakerSettings(trip_above=0.44, recover_below=0.22),
+                             on_switch=lambda s, p: switches.append((s, p)), clock=clock)  # fmt: skip
+
+    _feed(breaker, clock, 0.37, 10, per_second=60)
+    _feed(breaker, clock, 0.62, 0.6, per_second=60)  # 36 answers delayed by the stall
+    _feed(breaker, clock, 0.37, 30, per_second=60)
+    assert switches == []
+
+    _feed(breaker, clock, 0.62, 16, per_second=60)  # slow for longer than window + trip_after
+    assert [state for state, _ in switches] == [True]
+
+
+def test_a_window_as_long_as_the_trip_is_refused() -> None:
+    with pytest.raises(ValueError, match="shorter than trip_after"):
+        BreakerSettings(window=10, trip_after=5)
 
 
 def test_a_breaker_without_thresholds_is_refused() -> None:

@@ -231,9 +231,9 @@ def test_the_recovery_gate_counts_refused_requests(world: World) -> None:
     print(f"\nrefused {raw['shed']:g} of {raw['requests']:g} requests: not recovered")
 
 
-TRIPPING_BREAKER = {"trip_above": 0.0002, "recover_below": 0.0001, "trip_after": 0.5, "window": 2.0,
+TRIPPING_BREAKER = {"trip_above": 0.0002, "recover_below": 0.0001, "trip_after": 2.5, "window": 2.0,
                     "min_samples": 5, "recover_after": 600.0}  # fmt: skip
-"""A breaker that opens on any traffic (p99 over 0.2 ms for half a second) and stays open."""
+"""A breaker that opens on any traffic (p99 over 0.2 ms for 2.5 s) and stays open."""
 
 
 @pytest.mark.parametrize("world", [{"breaker": TRIPPING_BREAKER}], indirect=True)
