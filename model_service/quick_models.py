@@ -59,8 +59,9 @@ from model_service.training import (
 
 __all__ = ["RECIPE_VERSION", "QuickRecipe", "prepare", "summary"]
 
-RECIPE_VERSION = "quick-1"
-"""Part of the cache key: bump it whenever a code change changes what the recipe makes."""
+RECIPE_VERSION = "quick-2"
+"""Part of the cache key: bump it whenever a code change changes what the recipe makes (quick-2: the
+hand-over threshold's confidence, training.TrainingSettings.handover_confidence)."""
 
 RECORD = "quick.json"
 """Written last into a cache folder: the key it was built for and how; without it the folder is not used."""

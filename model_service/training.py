@@ -65,9 +65,15 @@ class TrainingSettings:
     (half an epoch on the labels alone lost 1.85 points at half the channels)."""
     max_handover_accuracy_loss: float = 0.01
     """In-scope accuracy the out-of-scope threshold may cost (1 point)..."""
-    handover_confidence: float | None = 0.9
-    """...as a 90% upper confidence bound from the validation split (`handover` says why; None spends
-    the budget on validation to the last answer, which cost 1.36 points on test)."""
+    handover_confidence: float | None = 0.975
+    """...as an upper confidence bound from the validation split (`handover` says why; None spends
+    the budget on validation to the last answer, which cost 1.36 points on test). A bound at c
+    leaves each seed a 1 - c chance of costing more than the budget however well validation
+    matches test, and issue 17 asks it of all three seeds: at 0.9 all three hold with 0.9^3 = 73%,
+    at 0.975 with 93%. At 1000 validation answers it allows 3 lost, not 5.
+    Chosen after seed 2's threshold (0.9) cost 1.33 points on test: the r3 seeds' own test figures
+    at 0.975 (0.19, 0.29, 0.52 points; out of scope 89.8-92.4%) are not an unbiased check of it,
+    seeds trained after it are."""
     handover_target_recall: float = 1.0
     """Share of CLINC150 oos_val to aim for; 1.0 means as much as the in-scope budget allows. A lower
     target is a percentile of only 100 oos_val queries: aiming at 90% gave 79.5% on oos_test."""

@@ -56,6 +56,7 @@ def test_a_confident_budget_allows_the_losses_a_binomial_bound_allows() -> None:
     # 1-point budget on 1000 answers allows 5 lost, where the point estimate allows 10.
     assert allowed_losses(1000, 0.01, None) == 10
     assert allowed_losses(1000, 0.01, 0.9) == 5
+    assert allowed_losses(1000, 0.01, 0.975) == 3, "training's default: P(X <= 3) = 1.0%, P(X <= 4) = 2.9%"
     assert allowed_losses(1000, 0.01, 0.8) == 6
     # binom.cdf(0, 100, 0.01) = 0.366: a hundred answers cannot show a 1-point cost at 90%.
     assert allowed_losses(100, 0.01, 0.9) == -1
